@@ -1,0 +1,269 @@
+"""JetStream plumbing: connect, provision streams, publish with msg-ids, batched pull consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import BadRequestError, NotFoundError
+
+from libs.common import subjects
+from libs.common.settings import Settings
+from libs.common.subjects import Bucket, Header, Stream
+
+log = logging.getLogger(__name__)
+
+WORK_QUEUE_STREAMS = {Stream.CMD, Stream.DSP}
+
+
+async def connect(settings: Settings, name: str) -> NATS:
+    """Connect with unlimited reconnects: a NATS restart must not kill a service."""
+    return await nats.connect(
+        settings.nats_url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2,
+        allow_reconnect=True,
+    )
+
+
+async def provision(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update every stream and KV bucket. Safe to run from every process."""
+    for stream, subs in subjects.STREAM_SUBJECTS.items():
+        work_queue = stream in WORK_QUEUE_STREAMS
+        config = jsapi.StreamConfig(
+            name=stream.value,
+            subjects=subs,
+            retention=(
+                jsapi.RetentionPolicy.WORK_QUEUE if work_queue else jsapi.RetentionPolicy.LIMITS
+            ),
+            storage=jsapi.StorageType.FILE,
+            max_age=None if work_queue else settings.stream_max_age_s,
+            duplicate_window=settings.dedupe_window_s,
+            max_msg_size=8 * 1024 * 1024,
+        )
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Exists with different settings (another version): update in place.
+            await js.update_stream(config)
+    for bucket, ttl in (
+        (Bucket.WORKERS, None),
+        (Bucket.DISPATCHERS, None),
+        (Bucket.LEASES, None),
+    ):
+        try:
+            await js.key_value(bucket.value)
+        except (NotFoundError, BadRequestError, Exception):
+            await js.create_key_value(
+                jsapi.KeyValueConfig(bucket=bucket.value, history=1, ttl=ttl)
+            )
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One message to publish. msg_id must be deterministic for exactly-once effects."""
+
+    subject: str
+    payload: bytes
+    msg_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def publish_batch(js: JetStreamContext, batch: Sequence[Outgoing]) -> None:
+    """Publish pipelined and wait for every ack; raises if any publish failed."""
+    futures: list[asyncio.Future[jsapi.PubAck]] = []
+    for item in batch:
+        headers = {Header.MSG_ID.value: item.msg_id, **item.headers}
+        futures.append(await js.publish_async(item.subject, item.payload, headers=headers))
+    if futures:
+        await asyncio.gather(*futures)
+
+
+async def publish_one(js: JetStreamContext, item: Outgoing, timeout_s: float = 5.0) -> None:
+    headers = {Header.MSG_ID.value: item.msg_id, **item.headers}
+    await js.publish(item.subject, item.payload, headers=headers, timeout=timeout_s)
+
+
+# A handler applies a batch and returns the messages it found undecodable (with a reason):
+# those are dead-lettered, everything else is acked once the handler returns.
+Rejected = list[tuple[Msg, str]]
+BatchHandler = Callable[[list[Msg]], Awaitable[Rejected | None]]
+
+
+class PoisonMessage(Exception):
+    """Raised by a handler for a message that can never be processed (bad encoding...)."""
+
+
+class BatchConsumer:
+    """A durable pull consumer that hands batches to a handler and acks after it returns.
+
+    In-flight work is bounded by the fetch size (one batch at a time) and by the server-side
+    max_ack_pending. A failing batch is retried message by message so one poison message
+    cannot hold back the rest; a message delivered max_deliver times is dead-lettered to the
+    DLQ stream with its subject and sequence and terminated.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        stream: Stream,
+        durable: str,
+        filter_subject: str,
+        handler: BatchHandler,
+        batch_size: int = 256,
+        max_deliver: int = 8,
+        ack_wait_s: float = 30.0,
+        backoff_s: Sequence[float] = (0.2, 1.0, 2.0, 5.0, 10.0),
+        fetch_timeout_s: float = 1.0,
+        deliver_new: bool = False,
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._durable = durable
+        self._filter = filter_subject
+        self._handler = handler
+        self._batch_size = batch_size
+        self._max_deliver = max_deliver
+        self._ack_wait_s = ack_wait_s
+        self._backoff = list(backoff_s)
+        self._fetch_timeout_s = fetch_timeout_s
+        self._deliver_new = deliver_new
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.dead_lettered = 0
+
+    async def start(self) -> None:
+        # BackOff length must be < max_deliver, and ack_wait covers the first redelivery.
+        backoff = self._backoff[: max(0, self._max_deliver - 1)]
+        config = jsapi.ConsumerConfig(
+            durable_name=self._durable,
+            filter_subject=self._filter,
+            ack_policy=jsapi.AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait_s,
+            max_deliver=self._max_deliver,
+            backoff=backoff or None,
+            max_ack_pending=max(1000, self._batch_size * 4),
+            deliver_policy=(
+                jsapi.DeliverPolicy.NEW if self._deliver_new else jsapi.DeliverPolicy.ALL
+            ),
+        )
+        self._sub = await self._js.pull_subscribe(
+            self._filter, durable=self._durable, stream=self._stream.value, config=config
+        )
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self._durable}")
+
+    async def stop(self, drain_timeout_s: float = 10.0) -> None:
+        """Stop fetching, let the batch in hand finish (bounded), then unsubscribe."""
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), drain_timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _run(self) -> None:
+        assert self._sub is not None
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._sub.fetch(self._batch_size, timeout=self._fetch_timeout_s)
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection trouble: back off and retry
+                log.warning("fetch failed on %s: %r", self._durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            await self._process(msgs)
+
+    async def _process(self, msgs: list[Msg]) -> None:
+        live: list[Msg] = []
+        for msg in msgs:
+            if msg.metadata.num_delivered >= self._max_deliver:
+                await self._dead_letter(msg, "max deliveries reached")
+            else:
+                live.append(msg)
+        if not live:
+            return
+        try:
+            rejected = await self._handler(live)
+        except Exception as exc:
+            if len(live) == 1:
+                await self._fail_one(live[0], exc)
+                return
+            log.warning("batch of %d failed on %s (%r); isolating", len(live), self._durable, exc)
+            for msg in live:
+                try:
+                    one_rejected = await self._handler([msg])
+                except Exception as one_exc:
+                    await self._fail_one(msg, one_exc)
+                else:
+                    await self._settle([msg], one_rejected)
+            return
+        await self._settle(live, rejected)
+
+    async def _settle(self, msgs: list[Msg], rejected: Rejected | None) -> None:
+        bad = {id(m): reason for m, reason in rejected or ()}
+        for msg in msgs:
+            reason = bad.get(id(msg))
+            if reason is None:
+                await _ack(msg)
+            else:
+                await self._dead_letter(msg, reason)
+
+    async def _fail_one(self, msg: Msg, exc: Exception) -> None:
+        if isinstance(exc, PoisonMessage):
+            await self._dead_letter(msg, str(exc))
+            return
+        log.warning(
+            "message failed on %s subject=%s seq=%s delivery=%s: %r",
+            self._durable,
+            msg.subject,
+            msg.metadata.sequence.stream,
+            msg.metadata.num_delivered,
+            exc,
+        )
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=self._backoff[0] if self._backoff else None)
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        seq = msg.metadata.sequence.stream
+        log.error(
+            "dead-lettering message",
+            extra={"subject": msg.subject, "stream_seq": seq, "reason": reason},
+        )
+        headers = dict(msg.headers or {})
+        headers.pop(Header.MSG_ID.value, None)
+        headers[Header.DLQ_SUBJECT.value] = msg.subject
+        headers[Header.DLQ_SEQ.value] = str(seq)
+        headers[Header.DLQ_REASON.value] = reason[:500]
+        headers[Header.MSG_ID.value] = f"dlq:{self._stream.value}:{seq}"
+        try:
+            await self._js.publish(subjects.dlq(msg.subject), msg.data, headers=headers)
+            await msg.term()
+            self.dead_lettered += 1
+        except Exception as exc:
+            log.error("could not dead-letter seq=%s: %r", seq, exc)
+
+
+async def _ack(msg: Msg) -> None:
+    with contextlib.suppress(Exception):
+        await msg.ack()

@@ -1,0 +1,136 @@
+"""Internal wire messages (msgpack via msgspec). Event payloads on evt.* stay JSON."""
+
+from __future__ import annotations
+
+import msgspec
+
+# Tags make one decoder read a union of command kinds.
+
+
+class TriggerRun(msgspec.Struct, tag="trigger", kw_only=True):
+    run_id: str
+    workflow: str
+    version_id: str
+    input: bytes  # JSON
+    metadata: dict[str, str] = {}
+    priority: int | None = None
+    additional: dict[str, bytes] = {}  # e.g. {"filter_payload": b"{...}"}
+    source: str = "api"  # api | event | cron | schedule
+    sticky_worker: str | None = None
+
+
+class CancelRun(msgspec.Struct, tag="cancel", kw_only=True):
+    run_id: str
+    reason: str = "cancelled by user"
+
+
+class ReplayRun(msgspec.Struct, tag="replay", kw_only=True):
+    run_id: str
+
+
+Command = TriggerRun | CancelRun | ReplayRun
+
+
+class TaskError(msgspec.Struct, kw_only=True):
+    type: str
+    message: str
+    traceback: str = ""
+    non_retryable: bool = False
+
+
+class TaskReport(msgspec.Struct, kw_only=True):
+    """A worker's account of one attempt, relayed by its dispatcher."""
+
+    kind: str  # started | completed | failed | refresh | log | lost
+    task_id: str
+    attempt: int
+    worker_id: str
+    ts_ms: int
+    output: bytes = b""
+    error: TaskError | None = None
+    refresh_ms: int = 0
+    log: str = ""
+
+
+class Assignment(msgspec.Struct, kw_only=True):
+    tenant: str
+    worker_id: str
+    task_id: str
+    run_id: str
+    attempt: int
+    workflow: str
+    task_name: str
+    action: str
+    input: bytes
+    parent_outputs: dict[str, bytes] = {}
+    additional: dict[str, bytes] = {}
+    timeout_ms: int = 0
+    metadata: dict[str, str] = {}
+
+
+class CancelTask(msgspec.Struct, kw_only=True):
+    tenant: str
+    worker_id: str
+    task_id: str
+    attempt: int
+    reason: str
+
+
+class DispatchBatch(msgspec.Struct, kw_only=True):
+    assignments: list[Assignment] = []
+    cancels: list[CancelTask] = []
+
+
+class TaskStateChanged(msgspec.Struct, kw_only=True):
+    tenant: str
+    run_id: str
+    task_id: str
+    task_name: str
+    workflow: str
+    attempt: int
+    state: str
+    ts_ms: int
+    worker_id: str = ""
+    queued_ms: int = 0
+    started_ms: int = 0
+    error: TaskError | None = None
+
+
+class RunStateChanged(msgspec.Struct, kw_only=True):
+    tenant: str
+    run_id: str
+    workflow: str
+    status: str
+    ts_ms: int
+    created_ms: int = 0
+
+
+class WorkerInfo(msgspec.Struct, kw_only=True):
+    """Registry entry a dispatcher keeps in the workers KV bucket."""
+
+    worker_id: str
+    tenant: str
+    name: str
+    dispatcher_id: str
+    actions: list[str]
+    slots: int
+    labels: dict[str, str] = {}
+    heartbeat_ms: int = 0
+
+
+class DispatcherInfo(msgspec.Struct, kw_only=True):
+    dispatcher_id: str
+    heartbeat_ms: int
+
+
+ENCODER = msgspec.msgpack.Encoder()
+COMMAND_DECODER = msgspec.msgpack.Decoder(Command)
+REPORT_DECODER = msgspec.msgpack.Decoder(TaskReport)
+DISPATCH_DECODER = msgspec.msgpack.Decoder(DispatchBatch)
+WORKER_INFO_DECODER = msgspec.msgpack.Decoder(WorkerInfo)
+TASK_STATE_DECODER = msgspec.msgpack.Decoder(TaskStateChanged)
+RUN_STATE_DECODER = msgspec.msgpack.Decoder(RunStateChanged)
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return ENCODER.encode(msg)

@@ -1,0 +1,136 @@
+"""Workflow definitions as registered through the API (JSON), and their validation."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import msgspec
+
+Priority = Literal[1, 2, 3]
+
+
+class ConcurrencySpec(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    max_runs: int = 1
+    strategy: Literal["GROUP_ROUND_ROBIN", "CANCEL_IN_PROGRESS", "CANCEL_NEWEST"] = (
+        "GROUP_ROUND_ROBIN"
+    )
+
+
+class RateLimitSpec(msgspec.Struct, frozen=True, kw_only=True):
+    key: str | None = None
+    dynamic_key: str | None = None
+    units: int | str = 1
+    limit: int | None = None
+    per: Literal["second", "minute", "hour"] | None = None
+
+
+class LabelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    value: str
+    required: bool = True
+    weight: int = 100
+
+
+class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    parents: list[str] = []
+    retries: int = 0
+    backoff_factor: float = 2.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    execution_timeout_s: float = 300.0
+    schedule_timeout_s: float = 300.0
+    concurrency: list[ConcurrencySpec] = []
+    rate_limits: list[RateLimitSpec] = []
+    desired_labels: dict[str, LabelSpec] = {}
+
+
+class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    tasks: list[TaskSpec]
+    description: str = ""
+    on_events: list[str] = []
+    on_crons: list[str] = []
+    concurrency: list[ConcurrencySpec] = []
+    on_failure: TaskSpec | None = None
+    on_success: TaskSpec | None = None
+    input_schema: dict[str, object] | None = None
+    default_priority: int = 1
+    sticky: Literal["SOFT", "HARD"] | None = None
+
+
+class SpecError(ValueError):
+    """A workflow definition that cannot be registered; the message says why."""
+
+
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not name or len(name) > 128 or not set(name) <= NAME_CHARS:
+        raise SpecError(
+            f"{kind} name {name!r} must be 1-128 characters of letters, digits, '_', '-', '.', ':'"
+        )
+
+
+def validate(spec: WorkflowSpec) -> list[str]:
+    """Check a workflow spec; return its task names in a topological order.
+
+    Raises SpecError on an empty DAG, a bad or duplicate name, an unknown parent or a cycle.
+    """
+    _check_name("workflow", spec.name)
+    if not spec.tasks:
+        raise SpecError(f"workflow {spec.name!r} has no tasks")
+    if not 1 <= spec.default_priority <= 3:
+        raise SpecError("default_priority must be 1, 2 or 3")
+    by_name: dict[str, TaskSpec] = {}
+    for task in spec.tasks:
+        _check_name("task", task.name)
+        if task.name in by_name:
+            raise SpecError(f"duplicate task name {task.name!r}")
+        if task.retries < 0:
+            raise SpecError(f"task {task.name!r}: retries must be >= 0")
+        if task.execution_timeout_s <= 0 or task.schedule_timeout_s <= 0:
+            raise SpecError(f"task {task.name!r}: timeouts must be positive")
+        by_name[task.name] = task
+    for extra in (spec.on_failure, spec.on_success):
+        if extra is not None:
+            _check_name("task", extra.name)
+            if extra.name in by_name:
+                raise SpecError(f"on_failure/on_success task {extra.name!r} clashes with a task")
+            if extra.parents:
+                raise SpecError(f"task {extra.name!r}: on_failure/on_success take no parents")
+    for task in spec.tasks:
+        for parent in task.parents:
+            if parent not in by_name:
+                raise SpecError(f"task {task.name!r} has unknown parent {parent!r}")
+            if parent == task.name:
+                raise SpecError(f"task {task.name!r} lists itself as a parent: cycle")
+    return _toposort(spec.tasks)
+
+
+def _toposort(tasks: list[TaskSpec]) -> list[str]:
+    indegree = {t.name: len(set(t.parents)) for t in tasks}
+    children: dict[str, list[str]] = {t.name: [] for t in tasks}
+    for t in tasks:
+        for p in set(t.parents):
+            children[p].append(t.name)
+    ready = [name for name, d in indegree.items() if d == 0]
+    order: list[str] = []
+    while ready:
+        name = ready.pop()
+        order.append(name)
+        for child in children[name]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                ready.append(child)
+    if len(order) != len(tasks):
+        stuck = sorted(n for n, d in indegree.items() if d > 0)
+        raise SpecError(f"cycle among tasks {stuck}")
+    return order
+
+
+def content_hash(spec: WorkflowSpec) -> str:
+    """Stable hash of a definition: identical code registers as the same version."""
+    return hashlib.sha256(msgspec.json.encode(spec, order="sorted")).hexdigest()[:32]

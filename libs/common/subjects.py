@@ -1,0 +1,90 @@
+"""Every stream, subject, KV bucket and header name in one place."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Stream(StrEnum):
+    EVT = "EVT"
+    CMD = "CMD"
+    TASK = "TASK"
+    DSP = "DSP"
+    DLQ = "DLQ"
+
+
+class Header(StrEnum):
+    MSG_ID = "Nats-Msg-Id"
+    SCOPE = "Ratchet-Scope"
+    EVENT_ID = "Ratchet-Event-Id"
+    METADATA = "Ratchet-Metadata"
+    TRACEPARENT = "traceparent"
+    DLQ_SUBJECT = "Ratchet-Dlq-Subject"
+    DLQ_SEQ = "Ratchet-Dlq-Seq"
+    DLQ_REASON = "Ratchet-Dlq-Reason"
+
+
+class Bucket(StrEnum):
+    WORKERS = "ratchet_workers"
+    DISPATCHERS = "ratchet_dispatchers"
+    LEASES = "ratchet_leases"
+
+
+STREAM_SUBJECTS: dict[Stream, list[str]] = {
+    Stream.EVT: ["evt.>"],
+    Stream.CMD: ["cmd.>"],
+    Stream.TASK: ["task.>"],
+    Stream.DSP: ["dsp.>"],
+    Stream.DLQ: ["dlq.>"],
+}
+
+
+def evt(tenant: str, key: str) -> str:
+    return f"evt.{tenant}.{key}"
+
+
+def cmd(tenant: str, verb: str) -> str:
+    """verb: run.trigger | run.cancel | run.replay | filter.changed | ..."""
+    return f"cmd.{tenant}.{verb}"
+
+
+def task_report(tenant: str, kind: str) -> str:
+    return f"task.{tenant}.report.{kind}"
+
+
+def task_state(tenant: str, state: str) -> str:
+    return f"task.{tenant}.state.{state}"
+
+
+def run_state(tenant: str, status: str) -> str:
+    return f"task.{tenant}.run.{status}"
+
+
+def dsp(dispatcher_id: str) -> str:
+    return f"dsp.{dispatcher_id}"
+
+
+def dlq(original_subject: str) -> str:
+    return f"dlq.{original_subject}"
+
+
+def tenant_of(subject: str) -> str:
+    """The tenant token of any tenant-scoped subject (second token)."""
+    return subject.split(".", 2)[1]
+
+
+CMD_ALL = "cmd.>"
+TASK_REPORTS_ALL = "task.*.report.>"
+TASK_STATES_ALL = "task.*.state.>"
+RUN_STATES_ALL = "task.*.run.>"
+EVT_ALL = "evt.>"
+MATCHER_CHANGES = "ratchet.matcher.changed"
+OLAP_QUERY = "ratchet.olap.query"
+
+# Task ids are safe subject tokens, tenants are validated to be too.
+TENANT_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def valid_tenant(tenant: str) -> bool:
+    return 0 < len(tenant) <= 64 and set(tenant) <= TENANT_ALPHABET
+CMD_RUN_ALL = "cmd.*.run.>"

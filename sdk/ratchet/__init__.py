@@ -1,0 +1,27 @@
+"""Ratchet: durable task queue and workflow engine for AI workloads."""
+
+from ratchet.client import Ratchet, RunRef
+from ratchet.context import Context
+from ratchet.errors import ApiError, NonRetryable, RatchetError, RunFailed, WorkflowDefinitionError
+from ratchet.types import Concurrency, DesiredLabel, RateLimit, StickyStrategy, Strategy
+from ratchet.worker import Worker
+from ratchet.workflow import Task, Workflow
+
+__all__ = [
+    "ApiError",
+    "Concurrency",
+    "Context",
+    "DesiredLabel",
+    "NonRetryable",
+    "RateLimit",
+    "Ratchet",
+    "RatchetError",
+    "RunFailed",
+    "RunRef",
+    "StickyStrategy",
+    "Strategy",
+    "Task",
+    "Worker",
+    "Workflow",
+    "WorkflowDefinitionError",
+]

@@ -1,0 +1,38 @@
+"""Exceptions users see."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RatchetError(Exception):
+    """Base of every Ratchet SDK error."""
+
+
+class NonRetryable(RatchetError):
+    """Raise inside a task to fail it at once, without retries."""
+
+
+class ApiError(RatchetError):
+    """The REST API refused a request; `status` is the HTTP status, `detail` its message."""
+
+    def __init__(self, status: int, detail: str, extra: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.extra = extra
+
+
+class RunFailed(RatchetError):
+    """A run ended FAILED or CANCELLED. `errors` maps task name to its last error."""
+
+    def __init__(self, run_id: str, status: str, errors: dict[str, dict[str, Any]]) -> None:
+        summary = "; ".join(f"{k}: {v.get('type')}: {v.get('message')}" for k, v in errors.items())
+        super().__init__(f"run {run_id} {status}" + (f" ({summary})" if summary else ""))
+        self.run_id = run_id
+        self.status = status
+        self.errors = errors
+
+
+class WorkflowDefinitionError(RatchetError, ValueError):
+    """A workflow or task definition is invalid (raised at import time)."""

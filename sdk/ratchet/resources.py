@@ -1,0 +1,144 @@
+"""REST resources hanging off the client: runs, events, filters, crons, schedules, limits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ratchet import _codec
+from ratchet.errors import ApiError
+
+if TYPE_CHECKING:
+    from ratchet.client import Ratchet
+
+
+class _Resource:
+    def __init__(self, client: Ratchet) -> None:
+        self._c = client
+
+
+class Runs(_Resource):
+    def get(self, run_id: str, *, wait_s: float = 0.0, missing_ok: bool = False) -> Any:
+        """The run with tasks, outputs and errors; `wait_s` long-polls for its end."""
+        try:
+            return self._c.request("GET", f"/runs/{run_id}", params={"wait_s": wait_s})
+        except ApiError as exc:
+            if missing_ok and exc.status == 404:
+                return None
+            raise
+
+    async def aio_get(self, run_id: str, *, wait_s: float = 0.0, missing_ok: bool = False) -> Any:
+        try:
+            return await self._c.arequest("GET", f"/runs/{run_id}", params={"wait_s": wait_s})
+        except ApiError as exc:
+            if missing_ok and exc.status == 404:
+                return None
+            raise
+
+    def list(self, *, status: str | None = None, workflow: str | None = None, limit: int = 50) -> Any:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if workflow:
+            params["workflow"] = workflow
+        return self._c.request("GET", "/runs", params=params)
+
+    def cancel(self, run_id: str) -> Any:
+        return self._c.request("POST", f"/runs/{run_id}/cancel")
+
+    def replay(self, run_id: str) -> Any:
+        return self._c.request("POST", f"/runs/{run_id}/replay")
+
+    def events(self, run_id: str) -> Any:
+        return self._c.request("GET", f"/runs/{run_id}/events")
+
+
+class Events(_Resource):
+    def push(self, key: str, payload: Any, *, scope: str | None = None,
+             metadata: dict[str, str] | None = None, event_id: str | None = None) -> Any:
+        return self._c.request("POST", "/events", json=_event(key, payload, scope, metadata, event_id))
+
+    def push_many(self, events: list[dict[str, Any]]) -> Any:
+        """Each item: {"key", "payload", optional "scope", "metadata", "event_id"}."""
+        return self._c.request("POST", "/events/bulk", json={"events": events})
+
+    async def aio_push(self, key: str, payload: Any, *, scope: str | None = None,
+                       metadata: dict[str, str] | None = None, event_id: str | None = None) -> Any:
+        return await self._c.arequest(
+            "POST", "/events", json=_event(key, payload, scope, metadata, event_id)
+        )
+
+
+def _event(key: str, payload: Any, scope: str | None, metadata: dict[str, str] | None,
+           event_id: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": key, "payload": _codec.to_builtins(payload)}
+    if scope is not None:
+        body["scope"] = scope
+    if metadata:
+        body["metadata"] = metadata
+    if event_id:
+        body["event_id"] = event_id
+    return body
+
+
+class Filters(_Resource):
+    def create(self, *, workflow: str, expression: str, scope: str | None = None,
+               payload: Any = None) -> Any:
+        body = {"workflow": workflow, "expression": expression, "scope": scope,
+                "payload": _codec.to_builtins(payload) if payload is not None else None}
+        return self._c.request("POST", "/filters", json=body)
+
+    def list(self, *, workflow: str | None = None) -> Any:
+        return self._c.request("GET", "/filters", params={"workflow": workflow} if workflow else None)
+
+    def get(self, filter_id: str) -> Any:
+        return self._c.request("GET", f"/filters/{filter_id}")
+
+    def update(self, filter_id: str, **fields: Any) -> Any:
+        return self._c.request("PATCH", f"/filters/{filter_id}", json=fields)
+
+    def delete(self, filter_id: str) -> Any:
+        return self._c.request("DELETE", f"/filters/{filter_id}")
+
+
+class Crons(_Resource):
+    def create(self, *, workflow: str, expression: str, input: Any = None, name: str | None = None,
+               metadata: dict[str, str] | None = None) -> Any:
+        body = {"workflow": workflow, "expression": expression, "name": name,
+                "input": _codec.to_builtins(input) if input is not None else {},
+                "metadata": metadata or {}}
+        return self._c.request("POST", "/crons", json=body)
+
+    def list(self) -> Any:
+        return self._c.request("GET", "/crons")
+
+    def delete(self, cron_id: str) -> Any:
+        return self._c.request("DELETE", f"/crons/{cron_id}")
+
+
+class Scheduled(_Resource):
+    def create(self, *, workflow: str, run_at: datetime, input: Any = None,
+               metadata: dict[str, str] | None = None) -> Any:
+        if run_at.tzinfo is None:
+            raise ValueError("run_at must be timezone-aware")
+        body = {"workflow": workflow, "run_at": run_at.isoformat(),
+                "input": _codec.to_builtins(input) if input is not None else {},
+                "metadata": metadata or {}}
+        return self._c.request("POST", "/scheduled", json=body)
+
+    def list(self) -> Any:
+        return self._c.request("GET", "/scheduled")
+
+    def delete(self, scheduled_id: str) -> Any:
+        return self._c.request("DELETE", f"/scheduled/{scheduled_id}")
+
+
+class RateLimits(_Resource):
+    def put(self, key: str, *, limit: int, per: str = "second", burst: int | None = None) -> Any:
+        body: dict[str, Any] = {"key": key, "limit": limit, "per": per}
+        if burst is not None:
+            body["burst"] = burst
+        return self._c.request("PUT", f"/rate-limits/{key}", json=body)
+
+    def list(self) -> Any:
+        return self._c.request("GET", "/rate-limits")

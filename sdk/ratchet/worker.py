@@ -1,0 +1,326 @@
+"""The worker: one gRPC stream to a dispatcher, running assigned tasks within `slots`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ratchet import _codec
+from ratchet._proto import worker_pb2 as pb
+from ratchet._proto import worker_pb2_grpc as pb_grpc
+from ratchet.context import Context
+from ratchet.errors import NonRetryable
+from ratchet.workflow import Task, Workflow
+
+if TYPE_CHECKING:
+    from ratchet.client import Ratchet
+
+log = logging.getLogger("ratchet.worker")
+
+MAX_PENDING_EVENTS = 50_000
+RECONNECT_MAX_S = 5.0
+_KIND = {
+    "log": pb.LOG,
+    "stream": pb.STREAM,
+    "refresh": pb.REFRESH_TIMEOUT,
+}
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    ctx: Context
+    task: asyncio.Task[None]
+
+
+class Worker:
+    """Runs the tasks of `workflows`. `start()` blocks; `await astart()` in async code."""
+
+    def __init__(
+        self,
+        client: Ratchet,
+        name: str,
+        workflows: list[Workflow],
+        *,
+        slots: int = 10,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("slots must be >= 1")
+        self.client = client
+        self.name = name
+        self.workflows = list(workflows)
+        self.slots = slots
+        self.labels = dict(labels or {})
+        self.worker_id = ""
+        self._by_action: dict[str, Task[Any]] = {
+            t.action: t for wf in self.workflows for t in wf.all_tasks()
+        }
+        if not self._by_action:
+            raise ValueError("a worker needs at least one workflow with tasks")
+        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"ratchet-{name}")
+        self._running: dict[tuple[str, int], _Running] = {}
+        self._pending: list[pb.TaskEvent] = []
+        self._events_ready: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected: asyncio.Event | None = None
+        self._started = threading.Event()
+
+    # lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Block until stopped. Installs SIGINT/SIGTERM handlers only on the main thread."""
+        main = threading.current_thread() is threading.main_thread()
+
+        async def runner() -> None:
+            if main:
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, self.stop)
+            await self.astart()
+
+        asyncio.run(runner())
+
+    async def astart(self) -> None:
+        """Register the workflows, connect, and work until `stop()`."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._events_ready = asyncio.Event()
+        self._connected = asyncio.Event()
+        for wf in self.workflows:
+            await self.client._register_async(wf)
+        self._started.set()
+        backoff = 0.1
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._session()
+                    backoff = 0.1
+                except (grpc.aio.AioRpcError, OSError) as exc:
+                    code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+                    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+                        raise
+                    log.warning("worker stream dropped (%s); reconnecting", code or exc)
+                if not self._stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), backoff)
+                    backoff = min(RECONNECT_MAX_S, backoff * 2)
+        finally:
+            await self._cancel_all()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Drain in-flight tasks, then disconnect. Safe from any thread, and before start."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.current_thread() is threading.main_thread() and _running_loop() is loop:
+            loop.create_task(self._drain_and_stop())
+        else:
+            asyncio.run_coroutine_threadsafe(self._drain_and_stop(), loop)
+
+    async def astop(self, drain_timeout_s: float = 30.0) -> None:
+        await self._drain_and_stop(drain_timeout_s)
+
+    async def wait_connected(self, timeout_s: float = 30.0) -> None:
+        """Wait until registered with a dispatcher (useful in tests and scripts)."""
+        deadline = time.monotonic() + timeout_s
+        while self._connected is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("worker did not start")
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(self._connected.wait(), max(0.0, deadline - time.monotonic()))
+
+    async def _drain_and_stop(self, drain_timeout_s: float = 30.0) -> None:
+        self._draining = True
+        deadline = time.monotonic() + drain_timeout_s
+        while self._running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self._cancel_all()
+        # Let the last completions go out before closing the stream.
+        flush_deadline = time.monotonic() + 2.0
+        while self._pending and time.monotonic() < flush_deadline:
+            await asyncio.sleep(0.01)
+        if self._stop is not None:
+            self._stop.set()
+        if self._events_ready is not None:
+            self._events_ready.set()
+
+    async def _cancel_all(self) -> None:
+        for running in list(self._running.values()):
+            running.ctx._cancel()
+            running.task.cancel()
+        if self._running:
+            await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
+
+    # the stream ---------------------------------------------------------------------
+    async def _session(self) -> None:
+        assert self._stop is not None and self._events_ready is not None
+        metadata = (("authorization", f"Bearer {self.client.config.token}"),)
+        async with grpc.aio.insecure_channel(
+            self.client.config.grpc_addr,
+            options=[("grpc.max_receive_message_length", 32 * 1024 * 1024),
+                     ("grpc.max_send_message_length", 32 * 1024 * 1024)],
+        ) as channel:
+            stub = pb_grpc.DispatcherStub(channel)
+            call = stub.Connect(metadata=metadata)
+            await call.write(pb.WorkerMessage(register=pb.Register(
+                name=self.name, actions=sorted(self._by_action), slots=self.slots,
+                labels=self.labels, worker_id=self.worker_id,
+            )))
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("msg") != "registered":
+                raise OSError("dispatcher closed the stream during registration")
+            self.worker_id = first.registered.worker_id
+            interval_s = max(0.2, first.registered.heartbeat_interval_ms / 1000)
+            assert self._connected is not None
+            self._connected.set()
+            log.info("worker %s registered as %s", self.name, self.worker_id)
+            writer = asyncio.create_task(self._write_loop(call, interval_s))
+            try:
+                while not self._stop.is_set():
+                    read = asyncio.ensure_future(call.read())
+                    stopper = asyncio.ensure_future(self._stop.wait())
+                    done, _ = await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    stopper.cancel()
+                    if read not in done:
+                        read.cancel()
+                        break
+                    msg = read.result()
+                    if msg is grpc.aio.EOF:
+                        raise OSError("dispatcher ended the stream")
+                    self._on_message(msg)
+            finally:
+                self._connected.clear()
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writer
+                with contextlib.suppress(Exception):
+                    await call.done_writing()
+                call.cancel()
+
+    async def _write_loop(self, call: Any, interval_s: float) -> None:
+        assert self._events_ready is not None
+        next_beat = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:
+                await call.write(pb.WorkerMessage(heartbeat=pb.Heartbeat(ts_ms=int(time.time() * 1000))))
+                next_beat = now + interval_s
+            if self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await call.write(pb.WorkerMessage(events=pb.TaskEvents(events=batch)))
+                except BaseException:
+                    self._pending[:0] = batch  # keep them for the next stream
+                    raise
+                continue
+            self._events_ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._events_ready.wait(), max(0.0, next_beat - time.monotonic()))
+
+    def _on_message(self, msg: pb.DispatcherMessage) -> None:
+        which = msg.WhichOneof("msg")
+        if which == "assignments":
+            for a in msg.assignments.items:
+                self._accept(a)
+        elif which == "cancels":
+            for c in msg.cancels.items:
+                running = self._running.get((c.task_id, c.attempt))
+                if running is not None:
+                    running.ctx._cancel()
+                    if running.task is not asyncio.current_task():
+                        running.task.cancel()
+
+    def _accept(self, a: pb.Assignment) -> None:
+        key = (a.task_id, a.attempt)
+        if key in self._running:
+            return  # a redelivered assignment: already running
+        if self._draining:
+            self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.FAILED,
+                                    error=pb.TaskError(type="WorkerLost", message="worker draining")))
+            return
+        ctx = Context(
+            run_id=a.run_id, task_id=a.task_id, task_name=a.task_name, workflow=a.workflow,
+            attempt=a.attempt,
+            parent_outputs={k: _codec.loads(v) for k, v in a.parent_outputs.items()},
+            additional={k: _codec.loads(v) for k, v in a.additional.items()},
+            metadata=dict(a.metadata),
+            sink=self._sink_for(a.task_id, a.attempt),
+        )
+        task = asyncio.create_task(self._execute(a, ctx))
+        self._running[key] = _Running(ctx, task)
+
+    async def _execute(self, a: pb.Assignment, ctx: Context) -> None:
+        key = (a.task_id, a.attempt)
+        self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.STARTED))
+        try:
+            task = self._by_action.get(a.action)
+            if task is None:
+                raise NonRetryable(f"this worker has no task {a.action!r}")
+            value = _codec.convert(_codec.loads(a.input), task.workflow.input_type)
+            if task.is_async:
+                result = await task.fn(value, ctx)
+            else:
+                loop = asyncio.get_running_loop()
+                call = contextvars.copy_context().run
+                result = await loop.run_in_executor(self._executor, call, task.fn, value, ctx)
+            if ctx.cancelled:
+                self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.CANCELLED))
+            else:
+                output = _codec.dumps(result)
+                self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.COMPLETED,
+                                        output=output))
+        except asyncio.CancelledError:
+            self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.CANCELLED))
+        except Exception as exc:
+            self._emit(pb.TaskEvent(
+                task_id=a.task_id, attempt=a.attempt, kind=pb.FAILED,
+                error=pb.TaskError(
+                    type=type(exc).__name__, message=str(exc),
+                    traceback="".join(traceback.format_exception(exc))[-8000:],
+                    non_retryable=isinstance(exc, NonRetryable),
+                ),
+            ))
+        finally:
+            self._running.pop(key, None)
+
+    def _sink_for(self, task_id: str, attempt: int) -> Any:
+        def sink(kind: str, fields: dict[str, Any]) -> None:
+            ev = pb.TaskEvent(task_id=task_id, attempt=attempt, kind=_KIND[kind], **fields)
+            loop = self._loop
+            if loop is None:
+                return
+            if _running_loop() is loop:
+                self._emit(ev)
+            else:
+                loop.call_soon_threadsafe(self._emit, ev)
+
+        return sink
+
+    def _emit(self, ev: pb.TaskEvent) -> None:
+        if not ev.ts_ms:
+            ev.ts_ms = int(time.time() * 1000)
+        if len(self._pending) >= MAX_PENDING_EVENTS and ev.kind in (pb.LOG, pb.STREAM):
+            return  # bounded: under pressure, logs and stream chunks give way to state
+        self._pending.append(ev)
+        if self._events_ready is not None:
+            self._events_ready.set()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

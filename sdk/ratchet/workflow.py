@@ -1,0 +1,329 @@
+"""Workflow and task definitions: decorators validate at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ratchet import _codec
+from ratchet.context import Context
+from ratchet.errors import WorkflowDefinitionError
+from ratchet.types import Concurrency, DesiredLabel, RateLimit, StickyStrategy
+
+if TYPE_CHECKING:
+    from ratchet.client import Ratchet, RunRef
+
+R = TypeVar("R")
+TaskFn = Callable[[Any, Context], Any]
+
+
+def _seconds(value: timedelta | float | int | None, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    retries: int = 0
+    backoff_factor: float = 2.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    execution_timeout: float = 300.0
+    schedule_timeout: float = 300.0
+    concurrency: tuple[Concurrency, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()
+    desired_labels: tuple[tuple[str, DesiredLabel], ...] = ()
+
+
+class Task(Generic[R]):
+    """A task function registered on a workflow. Calling it calls the function directly."""
+
+    def __init__(
+        self,
+        workflow: Workflow,
+        fn: TaskFn,
+        name: str,
+        parents: tuple[Task[Any], ...],
+        options: TaskOptions,
+        role: str = "task",
+    ) -> None:
+        params = list(inspect.signature(fn).parameters.values())
+        if len(params) != 2:
+            raise WorkflowDefinitionError(
+                f"task {name!r} must take exactly (input, ctx); it takes {len(params)} parameters"
+            )
+        self.workflow = workflow
+        self.fn = fn
+        self.name = name
+        self.parents = parents
+        self.options = options
+        self.role = role
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    @property
+    def action(self) -> str:
+        return f"{self.workflow.name}:{self.name}"
+
+    def __call__(self, input: Any, ctx: Context) -> Any:
+        return self.fn(input, ctx)
+
+    def spec(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "name": self.name,
+            "parents": [p.name for p in self.parents],
+            "retries": o.retries,
+            "backoff_factor": o.backoff_factor,
+            "backoff_base_s": o.backoff_base,
+            "backoff_max_s": o.backoff_max,
+            "execution_timeout_s": o.execution_timeout,
+            "schedule_timeout_s": o.schedule_timeout,
+            "concurrency": [_concurrency_spec(c) for c in o.concurrency],
+            "rate_limits": [_rate_limit_spec(r) for r in o.rate_limits],
+            "desired_labels": {
+                k: {"value": v.value, "required": v.required, "weight": v.weight}
+                for k, v in o.desired_labels
+            },
+        }
+
+    def mock_run(
+        self,
+        input: Any = None,
+        parent_outputs: dict[str, Any] | None = None,
+        *,
+        attempt: int = 0,
+        additional: dict[str, Any] | None = None,
+    ) -> Any:
+        """Run the function locally without a server, for unit tests."""
+        ctx = Context(
+            run_id="mock-run", task_id="mock-task", task_name=self.name,
+            workflow=self.workflow.name, attempt=attempt,
+            parent_outputs=dict(parent_outputs or {}), additional=additional,
+        )
+        value = _codec.convert(_codec.to_builtins(input) if input is not None else {}, self.workflow.input_type)
+        result = self.fn(value, ctx)
+        if inspect.isawaitable(result):
+            return asyncio.run(_await(result))
+        return result
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _concurrency_spec(c: Concurrency) -> dict[str, Any]:
+    return {"key": c.key, "max_runs": c.max_runs, "strategy": str(c.strategy)}
+
+
+def _rate_limit_spec(r: RateLimit) -> dict[str, Any]:
+    out: dict[str, Any] = {"units": r.units}
+    for name in ("key", "dynamic_key", "limit", "per"):
+        value = getattr(r, name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+@dataclass(slots=True)
+class _RegState:
+    registered_spec: dict[str, Any] | None = None
+    lock: asyncio.Lock | None = None
+
+
+class Workflow:
+    """A DAG of tasks. Create with `Ratchet.workflow(...)`, add tasks with `@wf.task()`."""
+
+    def __init__(
+        self,
+        client: Ratchet,
+        name: str,
+        *,
+        input: Any = None,
+        description: str = "",
+        on_events: list[str] | None = None,
+        on_crons: list[str] | None = None,
+        concurrency: Concurrency | list[Concurrency] | None = None,
+        default_priority: int = 1,
+        sticky: StickyStrategy | None = None,
+    ) -> None:
+        if not name or any(c.isspace() for c in name):
+            raise WorkflowDefinitionError(f"invalid workflow name {name!r}")
+        if default_priority not in (1, 2, 3):
+            raise WorkflowDefinitionError("default_priority must be 1, 2 or 3")
+        self.client = client
+        self.name = name
+        self.input_type = input
+        self.description = description
+        self.on_events = list(on_events or [])
+        self.on_crons = list(on_crons or [])
+        if isinstance(concurrency, Concurrency):
+            concurrency = [concurrency]
+        self.concurrency = list(concurrency or [])
+        self.default_priority = default_priority
+        self.sticky = sticky
+        self.tasks: dict[str, Task[Any]] = {}
+        self.on_failure: Task[Any] | None = None
+        self.on_success: Task[Any] | None = None
+        self._reg = _RegState()
+
+    # definition ---------------------------------------------------------------------
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        parents: list[Task[Any]] | None = None,
+        retries: int = 0,
+        backoff_factor: float = 2.0,
+        backoff_base: timedelta | float = 1.0,
+        backoff_max: timedelta | float = 60.0,
+        execution_timeout: timedelta | float = 300.0,
+        schedule_timeout: timedelta | float = 300.0,
+        concurrency: Concurrency | list[Concurrency] | None = None,
+        rate_limits: list[RateLimit] | None = None,
+        desired_labels: dict[str, DesiredLabel | str] | None = None,
+    ) -> Callable[[TaskFn], Task[Any]]:
+        """Decorate a function `(input, ctx)` as a task of this workflow."""
+        options = self._options(
+            retries, backoff_factor, backoff_base, backoff_max, execution_timeout,
+            schedule_timeout, concurrency, rate_limits, desired_labels,
+        )
+        parent_list = tuple(parents or ())
+
+        def decorate(fn: TaskFn) -> Task[Any]:
+            task_name = name or fn.__name__
+            if task_name in self.tasks or task_name in self._hook_names():
+                raise WorkflowDefinitionError(
+                    f"workflow {self.name!r} already has a task named {task_name!r}"
+                )
+            for parent in parent_list:
+                if not isinstance(parent, Task) or parent.workflow is not self:
+                    raise WorkflowDefinitionError(
+                        f"task {task_name!r}: parents must be tasks of workflow {self.name!r}"
+                    )
+                if parent.role != "task":
+                    raise WorkflowDefinitionError("on_failure/on_success tasks cannot be parents")
+            task: Task[Any] = Task(self, fn, task_name, parent_list, options)
+            self.tasks[task_name] = task
+            return task
+
+        return decorate
+
+    def on_failure_task(self, name: str | None = None, **kw: Any) -> Callable[[TaskFn], Task[Any]]:
+        """A task that runs once when any task of the run failed."""
+        return self._hook("on_failure", name, kw)
+
+    def on_success_task(self, name: str | None = None, **kw: Any) -> Callable[[TaskFn], Task[Any]]:
+        """A task that runs once when every task of the run succeeded."""
+        return self._hook("on_success", name, kw)
+
+    def _hook(self, role: str, name: str | None, kw: dict[str, Any]) -> Callable[[TaskFn], Task[Any]]:
+        options = self._options(
+            kw.get("retries", 0), kw.get("backoff_factor", 2.0), kw.get("backoff_base", 1.0),
+            kw.get("backoff_max", 60.0), kw.get("execution_timeout", 300.0),
+            kw.get("schedule_timeout", 300.0), None, None, None,
+        )
+
+        def decorate(fn: TaskFn) -> Task[Any]:
+            task_name = name or fn.__name__
+            if task_name in self.tasks or task_name in self._hook_names():
+                raise WorkflowDefinitionError(f"duplicate task name {task_name!r}")
+            task: Task[Any] = Task(self, fn, task_name, (), options, role=role)
+            setattr(self, role, task)
+            return task
+
+        return decorate
+
+    def _hook_names(self) -> set[str]:
+        return {t.name for t in (self.on_failure, self.on_success) if t is not None}
+
+    @staticmethod
+    def _options(
+        retries: int, backoff_factor: float, backoff_base: timedelta | float,
+        backoff_max: timedelta | float, execution_timeout: timedelta | float,
+        schedule_timeout: timedelta | float, concurrency: Concurrency | list[Concurrency] | None,
+        rate_limits: list[RateLimit] | None, desired_labels: dict[str, DesiredLabel | str] | None,
+    ) -> TaskOptions:
+        if retries < 0:
+            raise WorkflowDefinitionError("retries must be >= 0")
+        if isinstance(concurrency, Concurrency):
+            concurrency = [concurrency]
+        labels = tuple(
+            (k, v if isinstance(v, DesiredLabel) else DesiredLabel(value=str(v)))
+            for k, v in (desired_labels or {}).items()
+        )
+        opts = TaskOptions(
+            retries=retries,
+            backoff_factor=float(backoff_factor),
+            backoff_base=_seconds(backoff_base, 1.0),
+            backoff_max=_seconds(backoff_max, 60.0),
+            execution_timeout=_seconds(execution_timeout, 300.0),
+            schedule_timeout=_seconds(schedule_timeout, 300.0),
+            concurrency=tuple(concurrency or ()),
+            rate_limits=tuple(rate_limits or ()),
+            desired_labels=labels,
+        )
+        if opts.execution_timeout <= 0 or opts.schedule_timeout <= 0:
+            raise WorkflowDefinitionError("timeouts must be positive")
+        return opts
+
+    def all_tasks(self) -> list[Task[Any]]:
+        hooks = [t for t in (self.on_failure, self.on_success) if t is not None]
+        return [*self.tasks.values(), *hooks]
+
+    def spec(self) -> dict[str, Any]:
+        """The JSON definition registered with the API."""
+        if not self.tasks:
+            raise WorkflowDefinitionError(f"workflow {self.name!r} has no tasks")
+        return {
+            "name": self.name,
+            "description": self.description,
+            "tasks": [t.spec() for t in self.tasks.values()],
+            "on_events": self.on_events,
+            "on_crons": self.on_crons,
+            "concurrency": [_concurrency_spec(c) for c in self.concurrency],
+            "on_failure": self.on_failure.spec() if self.on_failure else None,
+            "on_success": self.on_success.spec() if self.on_success else None,
+            "input_schema": _codec.json_schema(self.input_type),
+            "default_priority": self.default_priority,
+            "sticky": str(self.sticky) if self.sticky else None,
+        }
+
+    # running ------------------------------------------------------------------------
+    def run(self, input: Any = None, *, priority: int | None = None,
+            metadata: dict[str, str] | None = None, timeout_s: float = 3600.0) -> dict[str, Any]:
+        """Trigger a run and wait for it: `{task_name: output}`; raises RunFailed."""
+        return self.run_no_wait(input, priority=priority, metadata=metadata).result(timeout_s)
+
+    def run_no_wait(self, input: Any = None, *, priority: int | None = None,
+                    metadata: dict[str, str] | None = None) -> RunRef:
+        self.client._register_sync(self)
+        return self.client._trigger_sync(self.name, input, priority, metadata)
+
+    async def aio_run(self, input: Any = None, *, priority: int | None = None,
+                      metadata: dict[str, str] | None = None, timeout_s: float = 3600.0) -> dict[str, Any]:
+        ref = await self.aio_run_no_wait(input, priority=priority, metadata=metadata)
+        return await ref.aio_result(timeout_s)
+
+    async def aio_run_no_wait(self, input: Any = None, *, priority: int | None = None,
+                              metadata: dict[str, str] | None = None) -> RunRef:
+        await self.client._register_async(self)
+        return await self.client._trigger_async(self.name, input, priority, metadata)
+
+    def run_many(self, inputs: list[Any], *, priority: int | None = None) -> list[RunRef]:
+        """Trigger many runs in bulk requests of up to 1,000."""
+        self.client._register_sync(self)
+        return self.client._trigger_bulk_sync(self.name, inputs, priority)
+
+    def schedule(self, run_at: datetime, input: Any = None, **kw: Any) -> Any:
+        """Run once at `run_at` (timezone-aware)."""
+        self.client._register_sync(self)
+        return self.client.scheduled.create(workflow=self.name, run_at=run_at, input=input, **kw)

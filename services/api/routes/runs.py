@@ -1,0 +1,201 @@
+"""Reading runs (optionally waiting for the end), cancel, replay and history."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from libs.common import jetstream, subjects
+from libs.common.jetstream import Outgoing
+from libs.common.messages import CancelRun, ReplayRun, encode
+from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
+from services.api.state import TERMINAL_RUN, ApiState
+
+MAX_WAIT_S = 60.0
+RUN_STATUSES = frozenset({"PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"})
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _json(raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    return msgspec.json.decode(raw)
+
+
+async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
+    async with api.pool.acquire() as conn:
+        run = await conn.fetchrow(
+            "SELECT id, workflow, version_id, status, priority, input, metadata::text AS metadata,"
+            " created_at, finished_at FROM runs WHERE tenant_id = $1 AND id = $2",
+            tenant, run_id,
+        )
+        if run is None:
+            return None
+        tasks = await conn.fetch(
+            "SELECT id, name, status, attempt, output, worker_id, queued_at, started_at,"
+            " finished_at FROM tasks WHERE tenant_id = $1 AND run_id = $2 ORDER BY created_at, name",
+            tenant, run_id,
+        )
+        attempts = await conn.fetch(
+            "SELECT a.task_id, a.attempt, a.status, a.worker_id, a.error::text AS error,"
+            " a.started_at, a.finished_at FROM task_attempts a JOIN tasks t"
+            " ON t.tenant_id = a.tenant_id AND t.id = a.task_id"
+            " WHERE t.tenant_id = $1 AND t.run_id = $2 ORDER BY a.attempt",
+            tenant, run_id,
+        )
+    by_task: dict[str, list[AttemptView]] = {}
+    for a in attempts:
+        by_task.setdefault(a["task_id"], []).append(
+            AttemptView(
+                attempt=a["attempt"], status=a["status"], worker_id=a["worker_id"],
+                error=msgspec.json.decode(a["error"]) if a["error"] else None,
+                started_at=_iso(a["started_at"]), finished_at=_iso(a["finished_at"]),
+            )
+        )
+    views: list[TaskView] = []
+    output: dict[str, Any] = {}
+    errors: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        out = _json(bytes(t["output"])) if t["output"] is not None else None
+        if t["status"] == "SUCCEEDED":
+            output[t["name"]] = out
+        history = by_task.get(t["id"], [])
+        if t["status"] in ("FAILED", "TIMED_OUT", "CANCELLED"):
+            last = next((a.error for a in reversed(history) if a.error), None)
+            if last:
+                errors[t["name"]] = last
+        views.append(
+            TaskView(
+                id=t["id"], name=t["name"], status=t["status"], attempt=t["attempt"],
+                output=out, worker_id=t["worker_id"], queued_at=_iso(t["queued_at"]),
+                started_at=_iso(t["started_at"]), finished_at=_iso(t["finished_at"]),
+                attempts=history,
+            )
+        )
+    return RunView(
+        id=run["id"], workflow=run["workflow"], version_id=run["version_id"],
+        status=run["status"], priority=run["priority"], input=_json(bytes(run["input"])),
+        metadata=msgspec.json.decode(run["metadata"]), created_at=run["created_at"].isoformat(),
+        finished_at=_iso(run["finished_at"]), output=output, tasks=views, errors=errors,
+    )
+
+
+class RunController(Controller):
+    path = "/runs"
+    tags = ["runs"]
+
+    @get("/{run_id:str}")
+    async def get_run(
+        self,
+        run_id: str,
+        tenant: str,
+        api: ApiState,
+        wait_s: float = Parameter(default=0.0, ge=0.0, le=MAX_WAIT_S, description="long-poll"),
+    ) -> RunView:
+        """A run with its tasks, outputs and every attempt's error. `wait_s` waits for the end."""
+        fut = api.waiter(run_id) if wait_s > 0 else None
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            while True:
+                view = await load_run(api, tenant, run_id)
+                remaining = deadline - loop.time()
+                if (view is not None and view.status in TERMINAL_RUN) or fut is None or remaining <= 0:
+                    break
+                # Not there yet (or not finished): wait for the scheduler's announcement, and
+                # re-read now and then in case the announcement came before we subscribed.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), min(remaining, 1.0))
+                if fut.done():
+                    api.forget(run_id, fut)
+                    fut = api.waiter(run_id)
+        finally:
+            if fut is not None:
+                api.forget(run_id, fut)
+        if view is None:
+            raise NotFoundException(f"run {run_id!r} not found")
+        return view
+
+    @get("/")
+    async def list_runs(
+        self,
+        tenant: str,
+        api: ApiState,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = Parameter(default=50, ge=1, le=1000),
+    ) -> list[RunSummary]:
+        if status is not None and status not in RUN_STATUSES:
+            raise ClientException(f"status must be one of {sorted(RUN_STATUSES)}")
+        rows = await api.pool.fetch(
+            "SELECT id, workflow, status, created_at, finished_at FROM runs WHERE tenant_id = $1"
+            " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR workflow = $3)"
+            " ORDER BY created_at DESC LIMIT $4",
+            tenant, status, workflow, limit,
+        )
+        return [
+            RunSummary(
+                id=r["id"], workflow=r["workflow"], status=r["status"],
+                created_at=r["created_at"].isoformat(), finished_at=_iso(r["finished_at"]),
+            )
+            for r in rows
+        ]
+
+    @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED)
+    async def cancel(self, run_id: str, tenant: str, api: ApiState) -> Accepted:
+        await _require_run(api, tenant, run_id)
+        msg = CancelRun(run_id=run_id)
+        await jetstream.publish_one(
+            api.js, Outgoing(subjects.cmd(tenant, "run.cancel"), encode(msg), f"cancel:{run_id}")
+        )
+        return Accepted(run_id=run_id)
+
+    @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED)
+    async def replay(self, run_id: str, tenant: str, api: ApiState) -> Accepted:
+        status = await _require_run(api, tenant, run_id)
+        if status not in TERMINAL_RUN:
+            raise ClientException(f"run {run_id!r} is {status}; only finished runs replay")
+        msg = ReplayRun(run_id=run_id)
+        await jetstream.publish_one(
+            api.js,
+            Outgoing(subjects.cmd(tenant, "run.replay"), encode(msg), f"replay:{uuid.uuid4().hex}"),
+        )
+        return Accepted(run_id=run_id)
+
+    @get("/{run_id:str}/events")
+    async def events(self, run_id: str, tenant: str, api: ApiState) -> list[RunEventView]:
+        """Every transition of the run and its tasks, in order."""
+        await _require_run(api, tenant, run_id)
+        rows = await api.pool.fetch(
+            "SELECT seq, kind, task_name, attempt, detail::text AS detail, ts FROM run_events"
+            " WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq",
+            tenant, run_id,
+        )
+        return [
+            RunEventView(
+                seq=r["seq"], kind=r["kind"], task_name=r["task_name"], attempt=r["attempt"],
+                detail=msgspec.json.decode(r["detail"]) if r["detail"] else None,
+                ts=r["ts"].isoformat(),
+            )
+            for r in rows
+        ]
+
+
+async def _require_run(api: ApiState, tenant: str, run_id: str) -> str:
+    status = await api.pool.fetchval(
+        "SELECT status FROM runs WHERE tenant_id = $1 AND id = $2", tenant, run_id
+    )
+    if status is None:
+        raise NotFoundException(f"run {run_id!r} not found")
+    return str(status)

@@ -1,0 +1,100 @@
+"""Request and response bodies of the REST API (msgspec Structs → OpenAPI at /schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class RegisterResponse(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    hash: str
+    created: bool
+
+
+class WorkflowView(msgspec.Struct, kw_only=True):
+    name: str
+    version_id: str
+    spec: dict[str, Any]
+    updated_at: str
+
+
+class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    input: Any = None
+    metadata: dict[str, str] = {}
+    priority: int | None = None
+
+
+class BulkRunRequest(msgspec.Struct, kw_only=True):
+    runs: list[RunRequest]
+
+
+class RunCreated(msgspec.Struct, kw_only=True):
+    run_id: str
+    workflow: str
+    version_id: str
+
+
+class BulkRunCreated(msgspec.Struct, kw_only=True):
+    run_ids: list[str]
+
+
+class AttemptView(msgspec.Struct, kw_only=True):
+    attempt: int
+    status: str
+    worker_id: str | None
+    error: dict[str, Any] | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class TaskView(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    status: str
+    attempt: int
+    output: Any = None
+    worker_id: str | None = None
+    queued_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    attempts: list[AttemptView] = []
+
+
+class RunView(msgspec.Struct, kw_only=True):
+    id: str
+    workflow: str
+    version_id: str
+    status: str
+    priority: int
+    input: Any
+    metadata: dict[str, str]
+    created_at: str
+    finished_at: str | None
+    output: dict[str, Any]
+    tasks: list[TaskView]
+    errors: dict[str, dict[str, Any]] = {}
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    id: str
+    workflow: str
+    status: str
+    created_at: str
+    finished_at: str | None
+
+
+class RunEventView(msgspec.Struct, kw_only=True):
+    seq: int
+    kind: str
+    task_name: str | None
+    attempt: int | None
+    detail: Any
+    ts: str
+
+
+class Accepted(msgspec.Struct, kw_only=True):
+    run_id: str
+    accepted: bool = True

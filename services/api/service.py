@@ -1,0 +1,79 @@
+"""The API service: Litestar served by uvicorn inside our own lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+from nats.aio.client import Client as NATS
+
+from libs.common import db, jetstream, tenants
+from libs.common.service import Service
+from libs.common.settings import Settings
+from services.api.app import create_app
+from services.api.state import ApiState
+
+log = logging.getLogger(__name__)
+
+
+class ApiService(Service):
+    name = "api"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.state: ApiState | None = None
+        self._nc: NATS | None = None
+        self._server: uvicorn.Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self.port = settings.api_port
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._nc = await jetstream.connect(s, "api")
+        js = self._nc.jetstream()
+        await jetstream.provision(js, s)
+        await db.migrate(s.database_url)
+        pool = await db.create_pool(s.database_url, max_size=10)
+        self.state = ApiState(
+            settings=s, pool=pool, nc=self._nc, js=js, tokens=tenants.TokenCache(pool)
+        )
+        await self.state.start()
+        app = create_app(self.state, extra_routes=_extra_routes())
+        config = uvicorn.Config(
+            app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off",
+            access_log=False, http="httptools", loop="none",
+        )
+        self._server = uvicorn.Server(config)
+        self._serve_task = asyncio.create_task(self._server.serve(), name="api-http")
+        while not self._server.started:
+            if self._serve_task.done():
+                self._serve_task.result()
+                raise RuntimeError("API server exited during startup")
+            await asyncio.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        log.info("api listening on %s:%d", s.api_host, self.port)
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._serve_task, 10)
+        if self.state is not None:
+            await self.state.stop()
+            await self.state.pool.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+
+def _extra_routes() -> list[object]:
+    """Routes contributed by other modules (events, filters, crons...), when present."""
+    routes: list[object] = []
+    with contextlib.suppress(ImportError):
+        from services.api.routes import extra
+
+        routes.extend(extra.ROUTES)
+    return routes

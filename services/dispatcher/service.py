@@ -1,0 +1,289 @@
+"""The dispatcher: holds live gRPC streams to workers and bridges them to JetStream.
+
+Assignments arrive on `dsp.<dispatcher id>` and are pushed down the worker's stream; the
+worker's events are published as task reports. Each connected worker has an entry in the
+workers KV bucket that this dispatcher refreshes while the worker heartbeats; when the stream
+drops or heartbeats stop the entry is deleted, and the scheduler requeues what it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from libs.common import db, jetstream, subjects, tenants
+from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
+from libs.common.messages import DISPATCH_DECODER, TaskError, TaskReport, WorkerInfo, encode
+from libs.common.service import Service
+from libs.common.settings import Settings
+from libs.common.subjects import Bucket, Stream
+from ratchet._proto import worker_pb2 as pb
+from ratchet._proto import worker_pb2_grpc as pb_grpc
+from services.dispatcher.streams import (
+    WorkerConn,
+    to_proto_assignment,
+    to_proto_cancel,
+    to_report,
+    validate_register,
+)
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL_MS = 2000
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+class DispatcherService(Service, pb_grpc.DispatcherServicer):
+    name = "dispatcher"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.dispatcher_id = settings.dispatcher_id
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._tokens: tenants.TokenCache | None = None
+        self._kv: KeyValue | None = None
+        self._server: grpc.aio.Server | None = None
+        self._consumer: BatchConsumer | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.conns: dict[str, WorkerConn] = {}
+        self.port = settings.grpc_port
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._nc = await jetstream.connect(s, f"dispatcher-{self.dispatcher_id}")
+        self._js = self._nc.jetstream()
+        await jetstream.provision(self._js, s)
+        self._pool = await db.create_pool(s.database_url, max_size=2)
+        self._tokens = tenants.TokenCache(self._pool)
+        self._kv = await self._js.key_value(Bucket.WORKERS.value)
+        self._consumer = BatchConsumer(
+            self._js, stream=Stream.DSP, durable=f"dispatcher-{self.dispatcher_id}",
+            filter_subject=subjects.dsp(self.dispatcher_id), handler=self._on_dispatch,
+            batch_size=500, max_deliver=s.max_deliver,
+        )
+        await self._consumer.start()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        pb_grpc.add_DispatcherServicer_to_server(self, self._server)
+        self.port = self._server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        await self._server.start()
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="dispatcher-heartbeat")
+        log.info("dispatcher %s listening on %s:%d", self.dispatcher_id, s.grpc_host, self.port)
+
+    async def _stop(self) -> None:
+        self._stopping.set()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        for conn in list(self.conns.values()):
+            conn.closed.set()
+        if self._server is not None:
+            await self._server.stop(grace=5)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        if self._pool is not None:
+            await self._pool.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    # gRPC ---------------------------------------------------------------------------
+    async def Connect(  # noqa: N802 - the generated servicer's name
+        self,
+        request_iterator: AsyncIterator[pb.WorkerMessage],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[pb.DispatcherMessage]:
+        tenant = await self._authenticate(context)
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("msg") != "register":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be register")
+        reg = first.register
+        problem = validate_register(reg)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        worker_id = reg.worker_id or uuid.uuid4().hex
+        info = WorkerInfo(
+            worker_id=worker_id, tenant=tenant, name=reg.name, dispatcher_id=self.dispatcher_id,
+            actions=list(reg.actions), slots=reg.slots, labels=dict(reg.labels),
+            heartbeat_ms=_now(),
+        )
+        conn = WorkerConn(info, asyncio.Queue(maxsize=reg.slots * 2 + 256), _now())
+        previous = self.conns.get(worker_id)
+        if previous is not None:
+            previous.closed.set()
+        self.conns[worker_id] = conn
+        await self._put_entry(conn)
+        log.info("worker connected", extra={"tenant": tenant, "worker_id": worker_id, "name": reg.name})
+        yield pb.DispatcherMessage(
+            registered=pb.Registered(
+                worker_id=worker_id, tenant=tenant, dispatcher_id=self.dispatcher_id,
+                heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            )
+        )
+        reader = asyncio.create_task(self._read_worker(conn, request_iterator))
+        closed = asyncio.create_task(conn.closed.wait())
+        try:
+            while True:
+                getter = asyncio.create_task(conn.outbox.get())
+                done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                yield getter.result()
+        finally:
+            closed.cancel()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await self._drop(conn)
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
+        assert self._tokens is not None
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                token = value[7:]
+        tenant = await self._tokens.tenant(token) if token else None
+        if tenant is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+        assert tenant is not None
+        return tenant
+
+    async def _read_worker(
+        self, conn: WorkerConn, request_iterator: AsyncIterator[pb.WorkerMessage]
+    ) -> None:
+        try:
+            async for msg in request_iterator:
+                conn.last_seen_ms = _now()
+                which = msg.WhichOneof("msg")
+                if which == "events":
+                    await self._publish_events(conn, msg.events.events)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            conn.closed.set()
+
+    async def _publish_events(self, conn: WorkerConn, events: list[pb.TaskEvent]) -> None:
+        assert self._js is not None
+        now = _now()
+        tenant = conn.info.tenant
+        batch: list[Outgoing] = []
+        for ev in events:
+            report = to_report(conn.info.worker_id, ev, now)
+            if report is None or report.kind in ("log", "stream"):
+                continue  # logs and stream chunks are not state: they take another path
+            batch.append(
+                Outgoing(
+                    subjects.task_report(tenant, report.kind),
+                    encode(report),
+                    f"task:{report.task_id}:{report.attempt}:{report.kind}"
+                    + (f":{report.refresh_ms}:{report.ts_ms}" if report.kind == "refresh" else ""),
+                )
+            )
+        if batch:
+            await jetstream.publish_batch(self._js, batch)
+
+    async def _drop(self, conn: WorkerConn) -> None:
+        worker_id = conn.info.worker_id
+        if self.conns.get(worker_id) is conn:
+            del self.conns[worker_id]
+            with contextlib.suppress(Exception):
+                assert self._kv is not None
+                await self._kv.delete(worker_id)
+            log.info("worker disconnected", extra={"worker_id": worker_id})
+
+    async def _put_entry(self, conn: WorkerConn) -> None:
+        assert self._kv is not None
+        conn.info.heartbeat_ms = _now()
+        await self._kv.put(conn.info.worker_id, encode(conn.info))
+
+    # JetStream ----------------------------------------------------------------------
+    async def _on_dispatch(self, msgs: list[Msg]) -> Rejected:
+        rejected: Rejected = []
+        per_worker: dict[str, tuple[list[pb.Assignment], list[pb.Cancel]]] = {}
+        undeliverable: list[tuple[str, TaskReport]] = []
+        for msg in msgs:
+            try:
+                batch = DISPATCH_DECODER.decode(msg.data)
+            except Exception as exc:
+                rejected.append((msg, f"undecodable: {exc}"))
+                continue
+            for a in batch.assignments:
+                if a.worker_id in self.conns:
+                    per_worker.setdefault(a.worker_id, ([], []))[0].append(to_proto_assignment(a))
+                else:
+                    report = TaskReport(
+                        kind="failed", task_id=a.task_id, attempt=a.attempt,
+                        worker_id=a.worker_id, ts_ms=_now(),
+                        error=TaskError(type="WorkerLost", message="worker not connected"),
+                    )
+                    undeliverable.append((a.tenant, report))
+            for c in batch.cancels:
+                if c.worker_id in self.conns:
+                    per_worker.setdefault(c.worker_id, ([], []))[1].append(to_proto_cancel(c))
+        for worker_id, (assigns, cancels) in per_worker.items():
+            conn = self.conns.get(worker_id)
+            if conn is None:
+                continue
+            if assigns:
+                await conn.outbox.put(
+                    pb.DispatcherMessage(assignments=pb.Assignments(items=assigns))
+                )
+            if cancels:
+                await conn.outbox.put(pb.DispatcherMessage(cancels=pb.Cancels(items=cancels)))
+        if undeliverable:
+            await self._report_undeliverable(undeliverable)
+        return rejected
+
+    async def _report_undeliverable(self, reports: list[tuple[str, TaskReport]]) -> None:
+        """Tell the scheduler at once, instead of letting the task wait for its timeout."""
+        assert self._js is not None
+        log.warning("%d assignments for workers not connected here", len(reports))
+        await jetstream.publish_batch(
+            self._js,
+            [
+                Outgoing(
+                    subjects.task_report(tenant, "failed"),
+                    encode(r),
+                    f"task:{r.task_id}:{r.attempt}:undeliverable",
+                )
+                for tenant, r in reports
+            ],
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        timeout_ms = int(self.settings.worker_heartbeat_timeout_s * 1000)
+        refresh_ms = max(500, timeout_ms // 4)
+        while not self._stopping.is_set():
+            await asyncio.sleep(refresh_ms / 1000)
+            now = _now()
+            for conn in list(self.conns.values()):
+                if now - conn.last_seen_ms > timeout_ms:
+                    log.warning("worker %s stopped heartbeating", conn.info.worker_id)
+                    conn.closed.set()
+                    continue
+                with contextlib.suppress(Exception):
+                    await self._put_entry(conn)
+
+
+def _now() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,90 @@
+"""One connected worker: its outbound queue and the conversions to and from protobuf."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+
+from libs.common.messages import Assignment, CancelTask, TaskError, TaskReport, WorkerInfo
+from ratchet._proto import worker_pb2 as pb
+
+EVENT_KINDS: dict[int, str] = {
+    pb.STARTED: "started",
+    pb.COMPLETED: "completed",
+    pb.FAILED: "failed",
+    pb.CANCELLED: "cancelled",
+    pb.REFRESH_TIMEOUT: "refresh",
+    pb.LOG: "log",
+    pb.STREAM: "stream",
+}
+
+MAX_SLOTS = 10_000
+MAX_ACTIONS = 1_000
+
+
+@dataclass(slots=True, eq=False)
+class WorkerConn:
+    info: WorkerInfo
+    outbox: asyncio.Queue[pb.DispatcherMessage]
+    last_seen_ms: int
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def validate_register(reg: pb.Register) -> str | None:
+    """Return what is wrong with a registration, or None."""
+    if not reg.name or len(reg.name) > 200:
+        return "register.name must be 1-200 characters"
+    if not 1 <= reg.slots <= MAX_SLOTS:
+        return f"register.slots must be between 1 and {MAX_SLOTS}"
+    if not reg.actions or len(reg.actions) > MAX_ACTIONS:
+        return f"register.actions must list 1-{MAX_ACTIONS} actions"
+    if reg.worker_id and (len(reg.worker_id) > 64 or not reg.worker_id.replace("-", "").isalnum()):
+        return "register.worker_id must be up to 64 letters, digits or '-'"
+    return None
+
+
+def to_proto_assignment(a: Assignment) -> pb.Assignment:
+    return pb.Assignment(
+        task_id=a.task_id,
+        run_id=a.run_id,
+        attempt=a.attempt,
+        workflow=a.workflow,
+        task_name=a.task_name,
+        action=a.action,
+        input=a.input,
+        parent_outputs=a.parent_outputs,
+        additional=a.additional,
+        timeout_ms=a.timeout_ms,
+        metadata=a.metadata,
+    )
+
+
+def to_proto_cancel(c: CancelTask) -> pb.Cancel:
+    return pb.Cancel(task_id=c.task_id, attempt=c.attempt, reason=c.reason)
+
+
+def to_report(worker_id: str, ev: pb.TaskEvent, now_ms: int) -> TaskReport | None:
+    kind = EVENT_KINDS.get(ev.kind)
+    if kind is None or not ev.task_id:
+        return None
+    error = None
+    if ev.HasField("error"):
+        error = TaskError(
+            type=ev.error.type or "Error",
+            message=ev.error.message,
+            traceback=ev.error.traceback,
+            non_retryable=ev.error.non_retryable,
+        )
+    return TaskReport(
+        kind=kind,
+        task_id=ev.task_id,
+        attempt=ev.attempt,
+        worker_id=worker_id,
+        ts_ms=ev.ts_ms or now_ms,
+        output=ev.output,
+        error=error,
+        refresh_ms=ev.refresh_ms,
+        log=ev.log,
+    )

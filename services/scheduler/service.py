@@ -1,0 +1,344 @@
+"""The scheduler service: one core loop applies batches from CMD and TASK reports.
+
+Consumers hand decoded batches to the loop through a bounded inbox and wait; the loop
+applies everything that is waiting to the in-memory engine, fires due timers, assigns free
+slots, writes all effects (outbox included) in ONE transaction, lets the consumers ack, and
+then relays the outbox. A crash anywhere before the commit loses nothing (messages are
+redelivered); after it, the outbox is relayed on restart with the same msg-ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from libs.common import db, jetstream, subjects
+from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
+from libs.common.messages import (
+    COMMAND_DECODER,
+    REPORT_DECODER,
+    WORKER_INFO_DECODER,
+    CancelRun,
+    ReplayRun,
+    TaskReport,
+    TriggerRun,
+    WorkerInfo,
+)
+from libs.common.service import Service
+from libs.common.settings import Settings
+from libs.common.subjects import Bucket, Stream
+from services.scheduler import store
+from services.scheduler.engine import TIMER_EXEC, Engine
+from services.scheduler.model import RUN_TERMINAL
+
+log = logging.getLogger(__name__)
+
+INBOX_MAX = 32
+OUTBOX_RELAY_BATCH = 5000
+
+
+@dataclass(slots=True)
+class Work:
+    kind: str  # "cmd" | "report"
+    items: list[tuple[str, object]]  # (tenant, decoded message)
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class SchedulerService(Service):
+    name = "scheduler"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.engine = Engine()
+        self._specs = store.SpecCache()
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._kv: KeyValue | None = None
+        self._inbox: asyncio.Queue[Work] = asyncio.Queue(maxsize=INBOX_MAX)
+        self._worker_events: deque[tuple[str, WorkerInfo | str]] = deque()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._consumers: list[BatchConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._published: list[str] = []
+        self._unsent: list[Outgoing] = []
+        self._watcher: KeyValue.KeyWatcher | None = None
+
+    # lifecycle ----------------------------------------------------------------------
+    async def _start(self) -> None:
+        s = self.settings
+        self._nc = await jetstream.connect(s, "scheduler")
+        self._js = self._nc.jetstream()
+        await jetstream.provision(self._js, s)
+        await db.migrate(s.database_url)
+        self._pool = await db.create_pool(s.database_url, max_size=4)
+        await self._load()
+        self._unsent = await store.pending_outbox(self._pool, OUTBOX_RELAY_BATCH * 20)
+        self._kv = await self._js.key_value(Bucket.WORKERS.value)
+        self._watcher = await self._kv.watchall()
+        self._tasks = [
+            asyncio.create_task(self._core_loop(), name="scheduler-core"),
+            asyncio.create_task(self._watch_workers(), name="scheduler-workers"),
+            asyncio.create_task(self._sweep_stale_workers(), name="scheduler-stale"),
+        ]
+        self._consumers = [
+            BatchConsumer(
+                self._js, stream=Stream.CMD, durable="scheduler-cmd",
+                filter_subject=subjects.CMD_RUN_ALL, handler=self._on_commands,
+                batch_size=500, max_deliver=s.max_deliver,
+            ),
+            BatchConsumer(
+                self._js, stream=Stream.TASK, durable="scheduler-reports",
+                filter_subject=subjects.TASK_REPORTS_ALL, handler=self._on_reports,
+                batch_size=1000, max_deliver=s.max_deliver,
+            ),
+        ]
+        for consumer in self._consumers:
+            await consumer.start()
+
+    async def _stop(self) -> None:
+        for consumer in self._consumers:
+            await consumer.stop()
+        self._stopping.set()
+        self._wake.set()
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 10)
+        if self._pool is not None:
+            await self._pool.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    async def _load(self) -> None:
+        assert self._pool is not None
+        self.engine = Engine()
+        async with self._pool.acquire() as conn:
+            runs = await store.load_runs(conn, self._specs, "status IN ('PENDING', 'RUNNING')")
+            for run in runs:
+                self.engine.adopt(run)
+            for tenant, task_id, kind, attempt, due in await store.load_timers(conn):
+                task = self.engine.tasks.get(task_id)
+                if task is None:
+                    continue
+                if kind == TIMER_EXEC and task.attempt == attempt:
+                    task.deadline_ms = due
+                self.engine.adopt_timer(tenant, task_id, kind, attempt, due)
+        log.info("loaded %d active runs", len(self.engine.runs))
+
+    # consumers ----------------------------------------------------------------------
+    async def _on_commands(self, msgs: list[Msg]) -> Rejected:
+        return await self._submit("cmd", msgs, COMMAND_DECODER)
+
+    async def _on_reports(self, msgs: list[Msg]) -> Rejected:
+        return await self._submit("report", msgs, REPORT_DECODER)
+
+    async def _submit(self, kind: str, msgs: list[Msg], decoder: msgspec.msgpack.Decoder) -> Rejected:  # type: ignore[type-arg]
+        items: list[tuple[str, object]] = []
+        rejected: Rejected = []
+        for msg in msgs:
+            try:
+                items.append((subjects.tenant_of(msg.subject), decoder.decode(msg.data)))
+            except (msgspec.DecodeError, IndexError) as exc:
+                rejected.append((msg, f"undecodable: {exc}"))
+        if items:
+            work = Work(kind, items)
+            await self._inbox.put(work)
+            await work.done
+        return rejected
+
+    # core loop ----------------------------------------------------------------------
+    async def _core_loop(self) -> None:
+        while True:
+            works = await self._next_works()
+            if self._stopping.is_set() and not works:
+                return
+            try:
+                await self._step(works)
+            except Exception as exc:
+                log.exception("batch failed; reloading state from PostgreSQL")
+                for w in works:
+                    if not w.done.done():
+                        w.done.set_exception(exc)
+                await self._recover()
+
+    async def _next_works(self) -> list[Work]:
+        works: list[Work] = []
+        if self._inbox.empty() and not self._worker_events and not self._unsent:
+            next_due = self.engine.next_timer_ms()
+            timeout = 1.0 if next_due is None else max(0.0, min(1.0, (next_due - _now()) / 1000))
+            getter = asyncio.ensure_future(self._inbox.get())
+            waker = asyncio.ensure_future(self._wake.wait())
+            done, _ = await asyncio.wait({getter, waker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            if getter in done:
+                works.append(getter.result())
+            else:
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    got = await getter
+                    works.append(got)
+            self._wake.clear()
+        while not self._inbox.empty() and len(works) < INBOX_MAX:
+            works.append(self._inbox.get_nowait())
+        return works
+
+    async def _step(self, works: list[Work]) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            specs, existing = await self._prefetch(conn, works)
+            engine = self.engine
+            engine.begin(_now())
+            while self._worker_events:
+                op, value = self._worker_events.popleft()
+                if isinstance(value, WorkerInfo):
+                    engine.worker_seen(value)
+                else:
+                    engine.worker_lost(value)
+            for work in works:
+                for tenant, msg in work.items:
+                    if isinstance(msg, TaskReport):
+                        engine.report(tenant, msg)
+                    elif isinstance(msg, TriggerRun):
+                        spec = specs.get(msg.version_id)
+                        if spec is None:
+                            log.error("trigger for unknown version %s dropped", msg.version_id)
+                        elif msg.run_id not in existing:
+                            engine.trigger(tenant, msg, spec)
+                    elif isinstance(msg, CancelRun):
+                        engine.cancel(tenant, msg)
+                    elif isinstance(msg, ReplayRun):
+                        engine.replay(tenant, msg)
+            engine.fire_timers()
+            fx = engine.finish()
+            if not fx.empty() or self._published:
+                async with conn.transaction():
+                    await store.flush(conn, fx, self._published)
+                self._published = []
+        for work in works:
+            if not work.done.done():
+                work.done.set_result(None)
+        await self._relay(self._unsent + fx.outbox)
+
+    async def _prefetch(
+        self, conn: asyncpg.Connection, works: list[Work]
+    ) -> tuple[dict[str, object], set[str]]:
+        """Look up what the batch needs from PostgreSQL before mutating anything."""
+        version_ids: set[str] = set()
+        keys: list[tuple[str, str]] = []
+        replays: list[tuple[str, str]] = []
+        for work in works:
+            for tenant, msg in work.items:
+                if isinstance(msg, TriggerRun):
+                    version_ids.add(msg.version_id)
+                    if msg.run_id not in self.engine.runs:
+                        keys.append((tenant, msg.run_id))
+                elif isinstance(msg, ReplayRun) and msg.run_id not in self.engine.runs:
+                    replays.append((tenant, msg.run_id))
+        specs = await self._specs.get_many(conn, version_ids) if version_ids else {}
+        existing = await store.existing_runs(conn, keys)
+        for tenant, run_id in replays:
+            for run in await store.load_runs(conn, self._specs, "tenant_id = $1 AND id = $2", tenant, run_id):
+                if run.status in RUN_TERMINAL:
+                    self.engine.adopt(run)
+        return dict(specs), existing
+
+    async def _relay(self, outgoing: list[Outgoing]) -> None:
+        if not outgoing:
+            self._unsent = []
+            return
+        assert self._js is not None
+        try:
+            for i in range(0, len(outgoing), OUTBOX_RELAY_BATCH):
+                chunk = outgoing[i : i + OUTBOX_RELAY_BATCH]
+                await jetstream.publish_batch(self._js, chunk)
+                self._published.extend(o.msg_id for o in chunk)
+            self._unsent = []
+        except Exception as exc:
+            sent = set(self._published)
+            self._unsent = [o for o in outgoing if o.msg_id not in sent]
+            log.warning("outbox relay failed (%r); %d messages pending", exc, len(self._unsent))
+            await asyncio.sleep(0.2)
+
+    async def _recover(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._load()
+                assert self._pool is not None
+                self._unsent = await store.pending_outbox(self._pool, OUTBOX_RELAY_BATCH * 20)
+                self._published = []
+                assert self._kv is not None
+                for info in await _current_workers(self._kv):
+                    self._worker_events.append(("put", info))
+                return
+            except Exception:
+                log.exception("recovery failed; retrying")
+                await asyncio.sleep(1.0)
+
+    # worker registry ------------------------------------------------------------------
+    async def _watch_workers(self) -> None:
+        assert self._watcher is not None
+        async for entry in self._watcher:
+            if entry is None:
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._worker_events.append(("del", entry.key))
+            else:
+                try:
+                    info = WORKER_INFO_DECODER.decode(entry.value)
+                except msgspec.DecodeError:
+                    continue
+                self._worker_events.append(("put", info))
+            self._wake.set()
+
+    async def _sweep_stale_workers(self) -> None:
+        """A worker whose registry entry stops being refreshed is lost (its dispatcher died)."""
+        timeout_ms = int(self.settings.worker_heartbeat_timeout_s * 1000)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=min(1.0, timeout_ms / 4000))
+            now = _now()
+            for worker in list(self.engine.assigner.workers.values()):
+                if now - worker.info.heartbeat_ms > timeout_ms:
+                    log.warning("worker %s missed heartbeats: lost", worker.info.worker_id)
+                    self._worker_events.append(("del", worker.info.worker_id))
+                    if self._kv is not None:
+                        with contextlib.suppress(Exception):
+                            await self._kv.delete(worker.info.worker_id)
+            for worker_id in self.engine.assigner.orphaned_workers():
+                self._worker_events.append(("del", worker_id))
+            if self._worker_events:
+                self._wake.set()
+
+
+async def _current_workers(kv: KeyValue) -> list[WorkerInfo]:
+    out: list[WorkerInfo] = []
+    try:
+        keys = await kv.keys()
+    except Exception:
+        return out
+    for key in keys:
+        with contextlib.suppress(Exception):
+            entry = await kv.get(key)
+            if entry.value:
+                out.append(WORKER_INFO_DECODER.decode(entry.value))
+    return out
+
+
+def _now() -> int:
+    return int(time.time() * 1000)

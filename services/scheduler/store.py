@@ -1,0 +1,275 @@
+"""PostgreSQL persistence for the scheduler: load active state, flush a batch's effects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+import msgspec
+
+from libs.common.jetstream import Outgoing
+from libs.common.messages import TaskError
+from libs.common.specs import WorkflowSpec
+from services.scheduler.effects import Effects
+from services.scheduler.model import Run, RunStatus, Task, TaskStatus, build_run
+
+_ADDITIONAL = msgspec.msgpack.Decoder(dict[str, bytes])
+_ENC = msgspec.msgpack.Encoder()
+_ERR = msgspec.json.Decoder(TaskError)
+
+
+def ts(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+class SpecCache:
+    """Workflow versions are immutable, so their specs cache forever (bounded)."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._specs: dict[str, WorkflowSpec] = {}
+        self._max = max_entries
+
+    async def get_many(self, conn: asyncpg.Connection, ids: set[str]) -> dict[str, WorkflowSpec]:
+        missing = [i for i in ids if i not in self._specs]
+        if missing:
+            rows = await conn.fetch(
+                "SELECT id, spec::text AS spec FROM workflow_versions WHERE id = ANY($1)", missing
+            )
+            if len(self._specs) + len(rows) > self._max:
+                self._specs.clear()
+            for row in rows:
+                self._specs[row["id"]] = msgspec.json.decode(row["spec"], type=WorkflowSpec)
+        return {i: self._specs[i] for i in ids if i in self._specs}
+
+
+_UPSERT_TASK = """
+INSERT INTO tasks (tenant_id, id, run_id, name, action, status, attempt, failures, worker_id,
+                   output, priority, queued_at, started_at, finished_at, not_before, created_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::int[], $8::int[], $9::text[], $10::bytea[], $11::smallint[],
+                     $12::timestamptz[], $13::timestamptz[], $14::timestamptz[],
+                     $15::timestamptz[], $16::timestamptz[])
+ON CONFLICT (tenant_id, id) DO UPDATE SET
+    status = EXCLUDED.status, attempt = EXCLUDED.attempt, failures = EXCLUDED.failures,
+    worker_id = EXCLUDED.worker_id, output = EXCLUDED.output, queued_at = EXCLUDED.queued_at,
+    started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+    not_before = EXCLUDED.not_before
+"""
+
+_UPSERT_RUN = """
+INSERT INTO runs (tenant_id, id, workflow, version_id, status, priority, input, metadata,
+                  additional, source, generation, created_at, finished_at)
+SELECT t, i, w, v, s, p, inp, md::jsonb, a, src, g, c, f
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
+            $7::bytea[], $8::text[], $9::bytea[], $10::text[], $11::int[],
+            $12::timestamptz[], $13::timestamptz[])
+     AS x(t, i, w, v, s, p, inp, md, a, src, g, c, f)
+ON CONFLICT (tenant_id, id) DO UPDATE SET
+    status = EXCLUDED.status, generation = EXCLUDED.generation,
+    finished_at = EXCLUDED.finished_at
+"""
+
+_UPSERT_ATTEMPT = """
+INSERT INTO task_attempts (tenant_id, task_id, attempt, status, worker_id, error,
+                           started_at, finished_at)
+SELECT t, i, a, s, w, e::jsonb, st, f
+FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+            $7::timestamptz[], $8::timestamptz[]) AS x(t, i, a, s, w, e, st, f)
+ON CONFLICT (tenant_id, task_id, attempt) DO UPDATE SET
+    status = EXCLUDED.status, worker_id = EXCLUDED.worker_id,
+    error = COALESCE(EXCLUDED.error, task_attempts.error),
+    started_at = COALESCE(EXCLUDED.started_at, task_attempts.started_at),
+    finished_at = EXCLUDED.finished_at
+"""
+
+_INSERT_HISTORY = """
+INSERT INTO run_events (tenant_id, run_id, task_id, task_name, attempt, kind, detail, ts)
+SELECT t, r, ti, tn, a, k, d::jsonb, ts
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
+            $8::timestamptz[]) WITH ORDINALITY AS x(t, r, ti, tn, a, k, d, ts, n)
+ORDER BY n
+"""
+
+_INSERT_OUTBOX = """
+INSERT INTO outbox (msg_id, subject, payload)
+SELECT m, s, p FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY AS x(m, s, p, n)
+ON CONFLICT (msg_id) DO NOTHING
+"""
+
+
+def _col(rows: list[tuple[object, ...]], i: int) -> list[object]:
+    return [r[i] for r in rows]
+
+
+def _cols(rows: list[tuple[object, ...]], n: int) -> list[list[object]]:
+    return [_col(rows, i) for i in range(n)]
+
+
+async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> None:
+    """Write one batch's effects; `published` outbox ids from earlier batches are deleted."""
+    if fx.runs:
+        rows = [
+            (
+                r.tenant, r.id, r.workflow, r.version_id, r.status.value, r.priority, r.input,
+                msgspec.json.encode(r.metadata).decode(), _ENC.encode(r.additional), r.source,
+                r.generation, ts(r.created_ms), ts(r.finished_ms),
+            )
+            for r in fx.runs.values()
+        ]
+        await conn.execute(_UPSERT_RUN, *_cols(rows, 13))
+    if fx.tasks:
+        rows = [
+            (
+                t.tenant, t.id, t.run_id, t.name, t.action, t.status.value, t.attempt,
+                t.failures, t.worker_id, t.output, t.priority, ts(t.queued_ms),
+                ts(t.started_ms), ts(t.finished_ms), ts(t.not_before_ms), ts(t.created_ms),
+            )
+            for t in fx.tasks.values()
+        ]
+        await conn.execute(_UPSERT_TASK, *_cols(rows, 16))
+    if fx.attempts:
+        rows = [
+            (
+                a.tenant, a.task_id, a.attempt, a.status, a.worker_id,
+                a.error.decode() if a.error else None, ts(a.started_ms), ts(a.finished_ms),
+            )
+            for a in fx.attempts.values()
+        ]
+        await conn.execute(_UPSERT_ATTEMPT, *_cols(rows, 8))
+    if fx.history:
+        rows = [
+            (
+                h.tenant, h.run_id, h.task_id, h.task_name, h.attempt, h.kind,
+                h.detail.decode() if h.detail else None, ts(h.ts_ms),
+            )
+            for h in fx.history
+        ]
+        await conn.execute(_INSERT_HISTORY, *_cols(rows, 8))
+    if fx.timers_del:
+        keys = list(fx.timers_del)
+        await conn.execute(
+            "DELETE FROM timers t USING unnest($1::text[], $2::text[], $3::text[]) AS x(a, b, c)"
+            " WHERE t.tenant_id = x.a AND t.task_id = x.b AND t.kind = x.c",
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+        )
+    if fx.timers_put:
+        items = list(fx.timers_put.items())
+        await conn.execute(
+            "INSERT INTO timers (tenant_id, task_id, kind, attempt, due_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],"
+            " $5::timestamptz[]) ON CONFLICT (tenant_id, task_id, kind) DO UPDATE SET"
+            " attempt = EXCLUDED.attempt, due_at = EXCLUDED.due_at",
+            [k[0] for k, _ in items], [k[1] for k, _ in items], [k[2] for k, _ in items],
+            [v[0] for _, v in items], [ts(v[1]) for _, v in items],
+        )
+    if fx.outbox:
+        await conn.execute(
+            _INSERT_OUTBOX,
+            [o.msg_id for o in fx.outbox],
+            [o.subject for o in fx.outbox],
+            [o.payload for o in fx.outbox],
+        )
+    if published:
+        await delete_outbox(conn, published)
+
+
+async def delete_outbox(conn: asyncpg.Connection | asyncpg.Pool, msg_ids: list[str]) -> None:
+    await conn.execute("DELETE FROM outbox WHERE msg_id = ANY($1)", msg_ids)
+
+
+async def pending_outbox(conn: asyncpg.Connection | asyncpg.Pool, limit: int) -> list[Outgoing]:
+    rows = await conn.fetch(
+        "SELECT msg_id, subject, payload FROM outbox ORDER BY seq LIMIT $1", limit
+    )
+    return [Outgoing(r["subject"], bytes(r["payload"]), r["msg_id"]) for r in rows]
+
+
+async def existing_runs(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> set[str]:
+    if not keys:
+        return set()
+    rows = await conn.fetch(
+        "SELECT r.id FROM runs r JOIN unnest($1::text[], $2::text[]) AS x(t, i)"
+        " ON r.tenant_id = x.t AND r.id = x.i",
+        [k[0] for k in keys], [k[1] for k in keys],
+    )
+    return {row["id"] for row in rows}
+
+
+async def load_runs(
+    conn: asyncpg.Connection, specs: SpecCache, where: str, *args: object
+) -> list[Run]:
+    """Rebuild runs (and their tasks) selected by `where` over the runs table."""
+    run_rows = await conn.fetch(
+        "SELECT tenant_id, id, workflow, version_id, status, priority, input, metadata::text"
+        f" AS metadata, additional, source, generation, created_at, finished_at FROM runs WHERE {where}",
+        *args,
+    )
+    if not run_rows:
+        return []
+    spec_by_id = await specs.get_many(conn, {r["version_id"] for r in run_rows})
+    runs: dict[tuple[str, str], Run] = {}
+    for row in run_rows:
+        spec = spec_by_id.get(row["version_id"])
+        if spec is None:
+            continue
+        run = Run(
+            tenant=row["tenant_id"], id=row["id"], workflow=row["workflow"],
+            version_id=row["version_id"], spec=spec, status=RunStatus(row["status"]),
+            priority=row["priority"], input=bytes(row["input"]),
+            created_ms=ms(row["created_at"]) or 0,
+            metadata=msgspec.json.decode(row["metadata"]),
+            additional=_ADDITIONAL.decode(row["additional"]) if row["additional"] else {},
+            source=row["source"], generation=row["generation"],
+            finished_ms=ms(row["finished_at"]),
+        )
+        build_run(run)
+        runs[(run.tenant, run.id)] = run
+    task_rows = await conn.fetch(
+        "SELECT t.*, a.error::text AS error FROM tasks t"
+        " JOIN unnest($1::text[], $2::text[]) AS x(tn, r) ON t.tenant_id = x.tn AND t.run_id = x.r"
+        " LEFT JOIN task_attempts a ON a.tenant_id = t.tenant_id AND a.task_id = t.id"
+        " AND a.attempt = t.attempt",
+        [k[0] for k in runs], [k[1] for k in runs],
+    )
+    for row in task_rows:
+        run = runs[(row["tenant_id"], row["run_id"])]
+        task = run.tasks.get(row["name"])
+        if task is None:
+            continue
+        _restore_task(task, row)
+    for run in runs.values():
+        for task in run.tasks.values():
+            if task.status == TaskStatus.PENDING:
+                task.pending_parents = sum(
+                    1 for p in set(task.spec.parents)
+                    if run.tasks[p].status != TaskStatus.SUCCEEDED
+                )
+    return list(runs.values())
+
+
+def _restore_task(task: Task, row: asyncpg.Record) -> None:
+    task.status = TaskStatus(row["status"])
+    task.attempt = row["attempt"]
+    task.failures = row["failures"]
+    task.worker_id = row["worker_id"]
+    task.output = bytes(row["output"]) if row["output"] is not None else None
+    task.priority = row["priority"]
+    task.queued_ms = ms(row["queued_at"])
+    task.started_ms = ms(row["started_at"])
+    task.finished_ms = ms(row["finished_at"])
+    task.not_before_ms = ms(row["not_before"])
+    if row["error"]:
+        err = _ERR.decode(row["error"]) if row["error"] != "{}" else None
+        task.last_error = err
+
+
+async def load_timers(conn: asyncpg.Connection) -> list[tuple[str, str, str, int, int]]:
+    rows = await conn.fetch("SELECT tenant_id, task_id, kind, attempt, due_at FROM timers")
+    return [
+        (r["tenant_id"], r["task_id"], r["kind"], r["attempt"], ms(r["due_at"]) or 0)
+        for r in rows
+    ]

@@ -1,0 +1,80 @@
+"""Session-wide infrastructure for the test suite.
+
+`nats_url`: a private nats-server with JetStream on a free port (TEST_NATS_URL overrides).
+`database_url`: a fresh, migrated database with a unique name, in a private PostgreSQL cluster
+(or on the server of TEST_DATABASE_URL); dropped at the end of the session.
+
+Fixtures are synchronous and run their async steps on a private loop in a worker thread
+(`localstack.run_blocking`), so they never interfere with pytest-asyncio's session loop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from libs.common import db, localstack
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("TEST_NATS_URL")
+    if external:
+        yield external
+        return
+    base = tmp_path_factory.mktemp("nats")
+    server = localstack.NatsServer(base / "store", log_file=base / "nats-server.log")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    """DSN of a server where the session may create databases (`postgres` database)."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    # Not tmp_path_factory: its directories are 0700, and as root the cluster runs as `postgres`.
+    base = Path(tempfile.mkdtemp(prefix="ratchet-pg-"))
+    base.chmod(0o755)
+    cluster = localstack.PostgresCluster(base / "data", log_file=base / "postgres.log")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _dsn_for(dsn: str, database: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_dsn: str) -> Iterator[str]:
+    name = f"ratchet_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    localstack.run_blocking(lambda: admin(f'CREATE DATABASE "{name}"'))
+    dsn = _dsn_for(pg_admin_dsn, name)
+    try:
+        localstack.run_blocking(lambda: db.migrate(dsn))
+        yield dsn
+    finally:
+        localstack.run_blocking(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
