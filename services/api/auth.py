@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from litestar import Request
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException
 
 from services.api.state import ApiState
 
 
-async def provide_tenant(request: Request, api: ApiState) -> str:  # type: ignore[type-arg]
+async def provide_tenant(request: Request, api: NamedDependency[ApiState]) -> str:  # type: ignore[type-arg]
     header = request.headers.get("authorization", "")
     if not header.startswith("Bearer "):
         raise NotAuthorizedException("missing bearer token (Authorization: Bearer <token>)")
@@ -16,3 +17,7 @@ async def provide_tenant(request: Request, api: ApiState) -> str:  # type: ignor
     if tenant is None:
         raise NotAuthorizedException("unknown token")
     return tenant
+
+
+Api = NamedDependency[ApiState]
+Tenant = NamedDependency[str]

@@ -132,7 +132,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             previous.closed.set()
         self.conns[worker_id] = conn
         await self._put_entry(conn)
-        log.info("worker connected", extra={"tenant": tenant, "worker_id": worker_id, "name": reg.name})
+        log.info("worker connected", extra={"tenant": tenant, "worker_id": worker_id, "worker_name": reg.name})
         yield pb.DispatcherMessage(
             registered=pb.Registered(
                 worker_id=worker_id, tenant=tenant, dispatcher_id=self.dispatcher_id,

@@ -17,6 +17,7 @@ from libs.common import jetstream, subjects
 from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, ReplayRun, encode
 from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
+from services.api.auth import Api, Tenant
 from services.api.state import TERMINAL_RUN, ApiState
 
 MAX_WAIT_S = 60.0
@@ -99,8 +100,8 @@ class RunController(Controller):
     async def get_run(
         self,
         run_id: str,
-        tenant: str,
-        api: ApiState,
+        tenant: Tenant,
+        api: Api,
         wait_s: float = Parameter(default=0.0, ge=0.0, le=MAX_WAIT_S, description="long-poll"),
     ) -> RunView:
         """A run with its tasks, outputs and every attempt's error. `wait_s` waits for the end."""
@@ -130,8 +131,8 @@ class RunController(Controller):
     @get("/")
     async def list_runs(
         self,
-        tenant: str,
-        api: ApiState,
+        tenant: Tenant,
+        api: Api,
         status: str | None = None,
         workflow: str | None = None,
         limit: int = Parameter(default=50, ge=1, le=1000),
@@ -153,7 +154,7 @@ class RunController(Controller):
         ]
 
     @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED)
-    async def cancel(self, run_id: str, tenant: str, api: ApiState) -> Accepted:
+    async def cancel(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
         await _require_run(api, tenant, run_id)
         msg = CancelRun(run_id=run_id)
         await jetstream.publish_one(
@@ -162,7 +163,7 @@ class RunController(Controller):
         return Accepted(run_id=run_id)
 
     @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED)
-    async def replay(self, run_id: str, tenant: str, api: ApiState) -> Accepted:
+    async def replay(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
         status = await _require_run(api, tenant, run_id)
         if status not in TERMINAL_RUN:
             raise ClientException(f"run {run_id!r} is {status}; only finished runs replay")
@@ -174,7 +175,7 @@ class RunController(Controller):
         return Accepted(run_id=run_id)
 
     @get("/{run_id:str}/events")
-    async def events(self, run_id: str, tenant: str, api: ApiState) -> list[RunEventView]:
+    async def events(self, run_id: str, tenant: Tenant, api: Api) -> list[RunEventView]:
         """Every transition of the run and its tasks, in order."""
         await _require_run(api, tenant, run_id)
         rows = await api.pool.fetch(

@@ -23,6 +23,7 @@ from services.api.schemas import (
     RunRequest,
     WorkflowView,
 )
+from services.api.auth import Api, Tenant
 from services.api.state import ApiState
 
 _JSON = msgspec.json.Encoder()
@@ -33,7 +34,7 @@ class WorkflowController(Controller):
     tags = ["workflows"]
 
     @post("/", status_code=HTTP_201_CREATED)
-    async def register(self, data: specs.WorkflowSpec, tenant: str, api: ApiState) -> RegisterResponse:
+    async def register(self, data: specs.WorkflowSpec, tenant: Tenant, api: Api) -> RegisterResponse:
         """Register a workflow version. Identical definitions are the same version (no-op)."""
         try:
             specs.validate(data)
@@ -59,7 +60,7 @@ class WorkflowController(Controller):
         return RegisterResponse(id=version_id, name=data.name, hash=digest, created=bool(created))
 
     @get("/")
-    async def list_workflows(self, tenant: str, api: ApiState) -> list[WorkflowView]:
+    async def list_workflows(self, tenant: Tenant, api: Api) -> list[WorkflowView]:
         rows = await api.pool.fetch(
             "SELECT w.name, w.latest_version_id, v.spec::text AS spec, w.updated_at"
             " FROM workflows w JOIN workflow_versions v ON v.id = w.latest_version_id"
@@ -69,7 +70,7 @@ class WorkflowController(Controller):
         return [_view(r) for r in rows]
 
     @get("/{name:str}")
-    async def get_workflow(self, name: str, tenant: str, api: ApiState) -> WorkflowView:
+    async def get_workflow(self, name: str, tenant: Tenant, api: Api) -> WorkflowView:
         row = await api.pool.fetchrow(
             "SELECT w.name, w.latest_version_id, v.spec::text AS spec, w.updated_at"
             " FROM workflows w JOIN workflow_versions v ON v.id = w.latest_version_id"
@@ -81,7 +82,7 @@ class WorkflowController(Controller):
         return _view(row)
 
     @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED)
-    async def trigger(self, name: str, data: RunRequest, tenant: str, api: ApiState) -> RunCreated:
+    async def trigger(self, name: str, data: RunRequest, tenant: Tenant, api: Api) -> RunCreated:
         """Start a run of the latest version of a workflow."""
         version_id, spec = await _latest(api, tenant, name)
         trig = _trigger(name, version_id, spec, data)
@@ -90,7 +91,7 @@ class WorkflowController(Controller):
 
     @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED)
     async def trigger_bulk(
-        self, name: str, data: BulkRunRequest, tenant: str, api: ApiState
+        self, name: str, data: BulkRunRequest, tenant: Tenant, api: Api
     ) -> BulkRunCreated:
         """Start many runs in one request (up to 1,000), published pipelined."""
         if not 1 <= len(data.runs) <= 1000:
