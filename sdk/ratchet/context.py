@@ -42,7 +42,7 @@ class Context:
         self._sink = sink
         self._cancelled = threading.Event()
 
-    def parent_output(self, task: Task | str) -> Any:
+    def parent_output(self, task: Task[Any] | str) -> Any:
         """The output of a parent task (pass the task object or its name)."""
         name = task if isinstance(task, str) else task.name
         if name not in self._parents:

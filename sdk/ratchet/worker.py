@@ -71,12 +71,14 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"ratchet-{name}")
         self._running: dict[tuple[str, int], _Running] = {}
         self._pending: list[pb.TaskEvent] = []
-        self._events_ready: asyncio.Event | None = None
-        self._stop: asyncio.Event | None = None
+        # asyncio.Event binds to a loop only when first awaited, so these can live here.
+        self._events_ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._connected: asyncio.Event | None = None
-        self._started = threading.Event()
 
     # lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -95,12 +97,8 @@ class Worker:
     async def astart(self) -> None:
         """Register the workflows, connect, and work until `stop()`."""
         self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._events_ready = asyncio.Event()
-        self._connected = asyncio.Event()
         for wf in self.workflows:
             await self.client._register_async(wf)
-        self._started.set()
         backoff = 0.1
         try:
             while not self._stop.is_set():
@@ -135,27 +133,23 @@ class Worker:
 
     async def wait_connected(self, timeout_s: float = 30.0) -> None:
         """Wait until registered with a dispatcher (useful in tests and scripts)."""
-        deadline = time.monotonic() + timeout_s
-        while self._connected is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("worker did not start")
-            await asyncio.sleep(0.01)
-        await asyncio.wait_for(self._connected.wait(), max(0.0, deadline - time.monotonic()))
+        await asyncio.wait_for(self._connected.wait(), timeout_s)
 
     async def _drain_and_stop(self, drain_timeout_s: float = 30.0) -> None:
         self._draining = True
-        deadline = time.monotonic() + drain_timeout_s
-        while self._running and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
         await self._cancel_all()
         # Let the last completions go out before closing the stream.
-        flush_deadline = time.monotonic() + 2.0
-        while self._pending and time.monotonic() < flush_deadline:
-            await asyncio.sleep(0.01)
-        if self._stop is not None:
-            self._stop.set()
-        if self._events_ready is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flushed(), 2.0)
+        self._stop.set()
+        self._events_ready.set()
+
+    async def _flushed(self) -> None:
+        while self._pending and self._connected.is_set():
             self._events_ready.set()
+            await asyncio.sleep(0.005)
 
     async def _cancel_all(self) -> None:
         for running in list(self._running.values()):
@@ -166,7 +160,6 @@ class Worker:
 
     # the stream ---------------------------------------------------------------------
     async def _session(self) -> None:
-        assert self._stop is not None and self._events_ready is not None
         metadata = (("authorization", f"Bearer {self.client.config.token}"),)
         async with grpc.aio.insecure_channel(
             self.client.config.grpc_addr,
@@ -184,7 +177,6 @@ class Worker:
                 raise OSError("dispatcher closed the stream during registration")
             self.worker_id = first.registered.worker_id
             interval_s = max(0.2, first.registered.heartbeat_interval_ms / 1000)
-            assert self._connected is not None
             self._connected.set()
             log.info("worker %s registered as %s", self.name, self.worker_id)
             writer = asyncio.create_task(self._write_loop(call, interval_s))
@@ -211,7 +203,6 @@ class Worker:
                 call.cancel()
 
     async def _write_loop(self, call: Any, interval_s: float) -> None:
-        assert self._events_ready is not None
         next_beat = time.monotonic()
         while True:
             now = time.monotonic()
@@ -261,6 +252,7 @@ class Worker:
         )
         task = asyncio.create_task(self._execute(a, ctx))
         self._running[key] = _Running(ctx, task)
+        self._idle.clear()
 
     async def _execute(self, a: pb.Assignment, ctx: Context) -> None:
         key = (a.task_id, a.attempt)
@@ -295,6 +287,8 @@ class Worker:
             ))
         finally:
             self._running.pop(key, None)
+            if not self._running:
+                self._idle.set()
 
     def _sink_for(self, task_id: str, attempt: int) -> Any:
         def sink(kind: str, fields: dict[str, Any]) -> None:
@@ -315,8 +309,7 @@ class Worker:
         if len(self._pending) >= MAX_PENDING_EVENTS and ev.kind in (pb.LOG, pb.STREAM):
             return  # bounded: under pressure, logs and stream chunks give way to state
         self._pending.append(ev)
-        if self._events_ready is not None:
-            self._events_ready.set()
+        self._events_ready.set()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

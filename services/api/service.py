@@ -40,7 +40,7 @@ class ApiService(Service):
             settings=s, pool=pool, nc=self._nc, js=js, tokens=tenants.TokenCache(pool)
         )
         await self.state.start()
-        app = create_app(self.state, extra_routes=_extra_routes())
+        app = create_app(self.state)
         config = uvicorn.Config(
             app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off",
             access_log=False, http="httptools", loop="none",
@@ -67,13 +67,3 @@ class ApiService(Service):
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
-
-
-def _extra_routes() -> list[object]:
-    """Routes contributed by other modules (events, filters, crons...), when present."""
-    routes: list[object] = []
-    with contextlib.suppress(ImportError):
-        from services.api.routes import extra
-
-        routes.extend(extra.ROUTES)
-    return routes

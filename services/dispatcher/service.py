@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import asyncpg
 import grpc
@@ -21,6 +21,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from ratchet._proto import worker_pb2 as pb
+from ratchet._proto import worker_pb2_grpc as pb_grpc
 
 from libs.common import db, jetstream, subjects, tenants
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
@@ -28,8 +30,6 @@ from libs.common.messages import DISPATCH_DECODER, TaskError, TaskReport, Worker
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Stream
-from ratchet._proto import worker_pb2 as pb
-from ratchet._proto import worker_pb2_grpc as pb_grpc
 from services.dispatcher.streams import (
     WorkerConn,
     to_proto_assignment,
@@ -107,15 +107,16 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 await self._nc.drain()
 
     # gRPC ---------------------------------------------------------------------------
-    async def Connect(  # noqa: N802 - the generated servicer's name
+    async def Connect(
         self,
         request_iterator: AsyncIterator[pb.WorkerMessage],
-        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.DispatcherMessage]:
         tenant = await self._authenticate(context)
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("msg") != "register":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be register")
+        assert first is not None
         reg = first.register
         problem = validate_register(reg)
         if problem is not None:
@@ -156,7 +157,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 await reader
             await self._drop(conn)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:  # type: ignore[type-arg]
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
         assert self._tokens is not None
         token = ""
         for key, value in context.invocation_metadata() or ():
@@ -182,7 +183,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         finally:
             conn.closed.set()
 
-    async def _publish_events(self, conn: WorkerConn, events: list[pb.TaskEvent]) -> None:
+    async def _publish_events(self, conn: WorkerConn, events: Iterable[pb.TaskEvent]) -> None:
         assert self._js is not None
         now = _now()
         tenant = conn.info.tenant

@@ -6,8 +6,9 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
-from libs.common.messages import Assignment, CancelTask, TaskError, TaskReport, WorkerInfo
 from ratchet._proto import worker_pb2 as pb
+
+from libs.common.messages import Assignment, CancelTask, TaskError, TaskReport, WorkerInfo
 
 EVENT_KINDS: dict[int, str] = {
     pb.STARTED: "started",

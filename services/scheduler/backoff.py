@@ -12,7 +12,7 @@ JITTER = 0.2  # ±20 %
 def retry_delay_s(spec: TaskSpec, failures: int, rng: random.Random | None = None) -> float:
     """Delay before the retry that follows the `failures`-th failure (1-based).
 
-    base × factor^(failures-1), capped at backoff_max_s, then jittered by ±20 % (never above
+    base * factor^(failures-1), capped at backoff_max_s, then jittered by ±20 % (never above
     the cap, never negative).
     """
     exponent = max(0, failures - 1)

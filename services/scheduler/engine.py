@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+
 import msgspec
 
 from libs.common import subjects
@@ -244,7 +245,7 @@ class Engine:
     def fire_timers(self, limit: int = 1000) -> int:
         fired = 0
         while self._timers and self._timers[0][0] <= self.now_ms and fired < limit:
-            due, tenant, task_id, kind, attempt = heapq.heappop(self._timers)
+            _due, tenant, task_id, kind, attempt = heapq.heappop(self._timers)
             fired += 1
             self.fx.del_timer((tenant, task_id, kind))
             task = self.tasks.get(task_id)

@@ -37,6 +37,7 @@ from libs.common.messages import (
 )
 from libs.common.service import Service
 from libs.common.settings import Settings
+from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
 from services.scheduler import store
 from services.scheduler.engine import TIMER_EXEC, Engine
@@ -205,7 +206,7 @@ class SchedulerService(Service):
             engine = self.engine
             engine.begin(_now())
             while self._worker_events:
-                op, value = self._worker_events.popleft()
+                _op, value = self._worker_events.popleft()
                 if isinstance(value, WorkerInfo):
                     engine.worker_seen(value)
                 else:
@@ -237,7 +238,7 @@ class SchedulerService(Service):
 
     async def _prefetch(
         self, conn: asyncpg.Connection, works: list[Work]
-    ) -> tuple[dict[str, object], set[str]]:
+    ) -> tuple[dict[str, WorkflowSpec], set[str]]:
         """Look up what the batch needs from PostgreSQL before mutating anything."""
         version_ids: set[str] = set()
         keys: list[tuple[str, str]] = []

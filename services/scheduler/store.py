@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -101,12 +103,9 @@ ON CONFLICT (msg_id) DO NOTHING
 """
 
 
-def _col(rows: list[tuple[object, ...]], i: int) -> list[object]:
-    return [r[i] for r in rows]
-
-
-def _cols(rows: list[tuple[object, ...]], n: int) -> list[list[object]]:
-    return [_col(rows, i) for i in range(n)]
+def _cols(rows: Sequence[tuple[Any, ...]], n: int) -> list[list[Any]]:
+    """Row tuples → one list per column, the shape `unnest($1::type[], ...)` takes."""
+    return [[r[i] for r in rows] for i in range(n)]
 
 
 async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> None:
@@ -122,7 +121,7 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
         ]
         await conn.execute(_UPSERT_RUN, *_cols(rows, 13))
     if fx.tasks:
-        rows = [
+        task_rows = [
             (
                 t.tenant, t.id, t.run_id, t.name, t.action, t.status.value, t.attempt,
                 t.failures, t.worker_id, t.output, t.priority, ts(t.queued_ms),
@@ -130,25 +129,25 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
             )
             for t in fx.tasks.values()
         ]
-        await conn.execute(_UPSERT_TASK, *_cols(rows, 16))
+        await conn.execute(_UPSERT_TASK, *_cols(task_rows, 16))
     if fx.attempts:
-        rows = [
+        attempt_rows = [
             (
                 a.tenant, a.task_id, a.attempt, a.status, a.worker_id,
                 a.error.decode() if a.error else None, ts(a.started_ms), ts(a.finished_ms),
             )
             for a in fx.attempts.values()
         ]
-        await conn.execute(_UPSERT_ATTEMPT, *_cols(rows, 8))
+        await conn.execute(_UPSERT_ATTEMPT, *_cols(attempt_rows, 8))
     if fx.history:
-        rows = [
+        history_rows = [
             (
                 h.tenant, h.run_id, h.task_id, h.task_name, h.attempt, h.kind,
                 h.detail.decode() if h.detail else None, ts(h.ts_ms),
             )
             for h in fx.history
         ]
-        await conn.execute(_INSERT_HISTORY, *_cols(rows, 8))
+        await conn.execute(_INSERT_HISTORY, *_cols(history_rows, 8))
     if fx.timers_del:
         keys = list(fx.timers_del)
         await conn.execute(

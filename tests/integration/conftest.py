@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+from ratchet import Ratchet, Worker
 
 from libs.common import db, tenants
 from libs.common.settings import Settings, load_settings
-from ratchet import Ratchet, Worker
 from services.api.service import ApiService
 from services.dispatcher.service import DispatcherService
 from services.scheduler.service import SchedulerService

@@ -6,7 +6,6 @@ import asyncio
 
 import msgspec
 import pytest
-
 from ratchet import ApiError, Context, Ratchet, RunFailed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

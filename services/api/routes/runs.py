@@ -16,8 +16,8 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from libs.common import jetstream, subjects
 from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, ReplayRun, encode
-from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
 from services.api.auth import Api, Tenant
+from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
 from services.api.state import TERMINAL_RUN, ApiState
 
 MAX_WAIT_S = 60.0

@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 from libs.common import jetstream, specs, subjects
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TriggerRun, encode
+from services.api.auth import Api, Tenant
 from services.api.input_schema import check_input
 from services.api.schemas import (
     BulkRunCreated,
@@ -23,7 +24,6 @@ from services.api.schemas import (
     RunRequest,
     WorkflowView,
 )
-from services.api.auth import Api, Tenant
 from services.api.state import ApiState
 
 _JSON = msgspec.json.Encoder()

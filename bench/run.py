@@ -1,0 +1,122 @@
+"""`make bench`: N no-op single-task runs end to end through the local stack.
+
+Triggers go through the REST bulk endpoint; an in-process SDK worker runs the tasks. The
+task reads its trigger time from its input (trigger→start); trigger→result uses the run's
+finished_at as recorded by the scheduler (same machine clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from ratchet import Context, Ratchet
+
+N_TASKS = int(os.environ.get("BENCH_TASKS", "5000"))
+BATCH = int(os.environ.get("BENCH_BATCH", "500"))
+SLOTS = int(os.environ.get("BENCH_SLOTS", "200"))
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def main() -> dict[str, float]:
+    r = Ratchet()
+    starts: dict[int, float] = {}
+    triggered: dict[str, float] = {}
+    name = f"bench-noop-{int(time.time())}"
+    noop_wf = r.workflow(name)
+
+    @noop_wf.task()
+    async def noop(input: dict[str, float], ctx: Context) -> dict[str, int]:
+        starts[int(input["i"])] = time.time() - input["t"]
+        return {"ok": 1}
+
+    worker = r.worker("bench-worker", workflows=[noop_wf], slots=SLOTS)
+    worker_task = asyncio.create_task(worker.astart())
+    await worker.wait_connected(30)
+    warm = await noop_wf.aio_run({"i": -1, "t": time.time()}, timeout_s=30)
+    assert warm == {"noop": {"ok": 1}}
+    starts.clear()
+
+    t0 = time.time()
+    i = 0
+    while i < N_TASKS:
+        n = min(BATCH, N_TASKS - i)
+        now = time.time()
+        body = {"runs": [{"input": {"i": i + k, "t": now}} for k in range(n)]}
+        out = await r.arequest("POST", f"/workflows/{name}/run/bulk", json=body)
+        for run_id in out["run_ids"]:
+            triggered[run_id] = now
+        i += n
+    trigger_done = time.time()
+
+    pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=1, max_size=2)
+    ids = list(triggered)
+    deadline = time.time() + 600
+    while True:
+        done = await pool.fetchval(
+            "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'SUCCEEDED'", ids
+        )
+        if done >= len(ids) or time.time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    rows = await pool.fetch(
+        "SELECT id, finished_at FROM runs WHERE id = ANY($1) AND status = 'SUCCEEDED'", ids
+    )
+    await pool.close()
+    result_lat = [(row["finished_at"].timestamp() - triggered[row["id"]]) * 1000 for row in rows]
+    last_finish = max(row["finished_at"].timestamp() for row in rows)
+    elapsed = last_finish - t0
+    start_lat = [v * 1000 for v in starts.values()]
+    await worker.astop()
+    await asyncio.wait_for(worker_task, 30)
+    await r.aclose()
+    stats = {
+        "tasks": float(len(rows)),
+        "requested": float(N_TASKS),
+        "elapsed_s": round(elapsed, 3),
+        "trigger_s": round(trigger_done - t0, 3),
+        "tasks_per_s": round(len(rows) / elapsed, 1),
+        "start_p50_ms": round(pct(start_lat, 50), 2),
+        "start_p95_ms": round(pct(start_lat, 95), 2),
+        "start_p99_ms": round(pct(start_lat, 99), 2),
+        "result_p50_ms": round(pct(result_lat, 50), 2),
+        "result_p95_ms": round(pct(result_lat, 95), 2),
+        "result_p99_ms": round(pct(result_lat, 99), 2),
+    }
+    return stats
+
+
+def run() -> None:
+    stats = asyncio.run(main())
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path("bench/results") / f"bench-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(stats, indent=2) + "\n")
+    print(f"ratchet bench: {int(stats['tasks'])} no-op single-task runs")
+    print(f"  throughput      {stats['tasks_per_s']:.0f} tasks/s ({stats['elapsed_s']} s)")
+    print(
+        f"  trigger->start  p50 {stats['start_p50_ms']} ms  p95 {stats['start_p95_ms']} ms"
+        f"  p99 {stats['start_p99_ms']} ms"
+    )
+    print(
+        f"  trigger->result p50 {stats['result_p50_ms']} ms  p95 {stats['result_p95_ms']} ms"
+        f"  p99 {stats['result_p99_ms']} ms"
+    )
+    print(f"  wrote {out}")
+
+
+if __name__ == "__main__":
+    run()
