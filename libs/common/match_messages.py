@@ -1,0 +1,46 @@
+"""Wire schema of event-match outcomes (msgpack), published by the matcher on TASK.
+
+One `EventMatches` message per event that reached at least one workflow, on
+`task.<tenant>.match`, with msg-id `match:<tenant>:<event_id>` so a redelivered event
+records its outcomes once. The replicator projects them into ClickHouse.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Outcome = Literal["matched", "no_match", "error"]
+
+
+class MatchOutcome(msgspec.Struct, kw_only=True):
+    """One evaluation: a workflow against an event, through one filter (or none)."""
+
+    workflow: str
+    outcome: Outcome
+    filter_id: str = ""  # empty: the workflow has no filters and runs for every event
+    run_id: str = ""  # the triggered run when outcome == "matched"
+    error: str = ""  # why the expression failed, when outcome == "error"
+    eval_us: int = 0
+
+
+class EventMatches(msgspec.Struct, kw_only=True):
+    tenant: str
+    event_id: str
+    event_key: str
+    scope: str | None = None
+    ts_ms: int
+    outcomes: list[MatchOutcome] = []
+
+
+EVENT_MATCHES_DECODER = msgspec.msgpack.Decoder(EventMatches)
+
+
+def match_subject(tenant: str) -> str:
+    # Kept here rather than in subjects.py so this module can ship on its own; the lead may
+    # move it next to the other task.* subjects.
+    return f"task.{tenant}.match"
+
+
+MATCH_ALL = "task.*.match"

@@ -1,0 +1,246 @@
+"""CEL event filters: compile once with sandbox limits, evaluate many times.
+
+Filters are compiled when they are created (the API rejects bad ones with a position) and
+again, once, when the matcher first loads them. Evaluation never raises: a runtime error
+(a missing field, a type mismatch on real data) is an outcome, counted as no match.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import celpy
+import celpy.evaluation
+import lark
+from celpy import celtypes
+
+# celpy logs every evaluation error at ERROR level; a missing field is an ordinary outcome
+# for us (recorded as a match error), so its own log line would only be noise.
+logging.getLogger("celpy").setLevel(logging.CRITICAL)
+
+MAX_EXPRESSION_CHARS = 2000
+MAX_NODES = 2000
+MAX_BRACKET_DEPTH = 32
+MAX_MACROS = 4
+MAX_REGEX_CHARS = 200
+
+VARIABLES = frozenset({"input", "payload", "metadata", "event_key"})
+MACROS = frozenset({"map", "filter", "all", "exists", "exists_one"})
+FUNCTIONS = frozenset(celpy.evaluation.base_functions) | {"has", "dyn"}
+# A quantified group that itself contains a quantifier, e.g. (a+)+ : catastrophic backtracking
+# in Python's re (CEL's RE2 would be linear, but we run on re).
+_NESTED_QUANTIFIER = re.compile(r"\([^)]*[+*}][^)]*\)\s*[+*{]")
+
+_ENV = celpy.Environment(runner_class=celpy.CompiledRunner)
+
+
+class CelError(ValueError):
+    """An expression that cannot become a filter; the message names line and column."""
+
+    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
+        super().__init__(f"line {line}, column {column}: {message}")
+        self.line = line
+        self.column = column
+        self.reason = message
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A compiled, sandbox-checked filter expression."""
+
+    expression: str
+    runner: celpy.Runner
+
+    def evaluate(self, activation: dict[str, Any]) -> tuple[bool, str | None]:
+        """(matched, error). Errors (missing fields, wrong types, non-bool) never raise."""
+        try:
+            value = self.runner.evaluate(activation)
+        except celpy.CELEvalError as exc:
+            return False, _eval_reason(exc)
+        except Exception as exc:  # noqa: BLE001 - a filter must never take the matcher down
+            return False, f"{type(exc).__name__}: {exc}"
+        if isinstance(value, celpy.CELEvalError):
+            return False, _eval_reason(value)
+        if isinstance(value, celtypes.BoolType):
+            return bool(value), None
+        return False, f"expression returned {type(value).__name__}, not bool"
+
+
+def compile_filter(expression: str) -> Program:
+    """Parse, sandbox-check and compile. Raises CelError naming the position of the problem."""
+    if not expression.strip():
+        raise CelError("expression is empty")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise CelError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
+    _check_bracket_depth(expression)
+    try:
+        ast = _ENV.compile(expression)
+    except celpy.CELParseError as exc:
+        line, column = exc.line or 1, exc.column or 1
+        raise CelError(f"syntax error {_near(expression, line, column)}", line, column) from exc
+    except RecursionError as exc:
+        raise CelError("expression nests too deeply") from exc
+    _check_tree(ast)
+    _check_constants(expression, ast)
+    try:
+        runner = _ENV.program(ast)
+    except Exception as exc:  # transpiler rejects something the grammar allowed
+        raise CelError(f"cannot compile: {exc}") from exc
+    return Program(expression, runner)
+
+
+def to_cel(value: Any) -> Any:
+    """JSON-shaped Python data → CEL values (done once per event, not per filter)."""
+    return celpy.json_to_cel(value)
+
+
+def _near(text: str, line: int, column: int) -> str:
+    lines = text.splitlines() or [""]
+    rest = lines[min(line, len(lines)) - 1][column - 1 :].strip()
+    return f"near {rest[:20]!r}" if rest else "at end of expression"
+
+
+def _eval_reason(exc: celpy.CELEvalError) -> str:
+    args = exc.args
+    if len(args) >= 3 and isinstance(args[2], tuple) and args[2]:
+        inner = args[2][0]
+        if isinstance(inner, str):
+            return inner
+    return str(args[0]) if args else "evaluation error"
+
+
+def _check_bracket_depth(text: str) -> None:
+    # The parser is recursive: refuse pathological nesting before it can exhaust the stack.
+    depth = 0
+    line, column = 1, 0
+    for ch in text:
+        column += 1
+        if ch == "\n":
+            line, column = line + 1, 0
+        elif ch in "([{":
+            depth += 1
+            if depth > MAX_BRACKET_DEPTH:
+                raise CelError(f"brackets nest deeper than {MAX_BRACKET_DEPTH}", line, column)
+        elif ch in ")]}":
+            depth -= 1
+
+
+def _pos(tree: lark.Tree[Any]) -> tuple[int, int]:
+    meta = tree.meta
+    return getattr(meta, "line", 1), getattr(meta, "column", 1)
+
+
+def _first_token(tree: lark.Tree[Any]) -> str:
+    for child in tree.children:
+        if isinstance(child, lark.Token):
+            return str(child)
+    return ""
+
+
+def _check_tree(ast: lark.Tree[Any]) -> None:
+    """Names, functions and cost: unknown variables/functions and unbounded shapes fail here."""
+    nodes = 0
+    macros: list[lark.Tree[Any]] = []
+    macro_vars: set[str] = set()
+    for node in ast.iter_subtrees_topdown():
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise CelError(f"expression has more than {MAX_NODES} syntax nodes", *_pos(node))
+        if node.data == "member_dot_arg":
+            method = _first_token(node)
+            if method in MACROS:
+                macros.append(node)
+                var = _macro_var(node)
+                if var:
+                    macro_vars.add(var)
+            elif method not in FUNCTIONS:
+                raise CelError(f"unknown function {method!r}", *_pos(node))
+            if method == "matches":
+                _check_regex(node)
+        elif node.data == "ident_arg":
+            name = _first_token(node)
+            if name not in FUNCTIONS:
+                raise CelError(f"unknown function {name!r}", *_pos(node))
+            if name == "matches":
+                _check_regex(node)
+    if len(macros) > MAX_MACROS:
+        raise CelError(f"more than {MAX_MACROS} comprehensions (map/filter/all/exists)",
+                       *_pos(macros[MAX_MACROS]))
+    for macro in macros:
+        for inner in macro.iter_subtrees():
+            if inner is not macro and inner in macros:
+                raise CelError("nested comprehensions are not allowed (cost)", *_pos(inner))
+    allowed = VARIABLES | macro_vars
+    for node in ast.iter_subtrees_topdown():
+        if node.data == "ident":
+            name = _first_token(node)
+            if name not in allowed:
+                raise CelError(
+                    f"unknown variable {name!r} (use input, payload, metadata, event_key)",
+                    *_pos(node),
+                )
+
+
+def _macro_var(node: lark.Tree[Any]) -> str | None:
+    for child in node.children:
+        if isinstance(child, lark.Tree) and child.data == "exprlist" and child.children:
+            first = child.children[0]
+            if isinstance(first, lark.Tree):
+                idents = [t for t in first.iter_subtrees() if t.data == "ident"]
+                if len(idents) == 1:
+                    return _first_token(idents[0])
+    return None
+
+
+def _check_regex(node: lark.Tree[Any]) -> None:
+    literals = [t for t in node.iter_subtrees() if t.data == "literal"]
+    patterns = [
+        _first_token(t) for t in literals
+        if any(isinstance(c, lark.Token) and c.type.endswith("STRING_LIT") for c in t.children)
+    ]
+    if not patterns:
+        raise CelError("matches() takes a literal pattern", *_pos(node))
+    for pattern in patterns:
+        if len(pattern) > MAX_REGEX_CHARS:
+            raise CelError(f"regex longer than {MAX_REGEX_CHARS} characters", *_pos(node))
+        if _NESTED_QUANTIFIER.search(pattern):
+            raise CelError("regex with nested quantifiers is not allowed (cost)", *_pos(node))
+
+
+_OPERATORS = frozenset({"conditionalor", "conditionaland", "relation", "addition",
+                        "multiplication", "unary"})
+
+
+def _check_constants(text: str, ast: lark.Tree[Any]) -> None:
+    """Type errors among constants (`1 + 'a'`), reported at the innermost failing operator.
+
+    Sub-expressions that read no variable are evaluated once here; anything touching the
+    event is only known at run time (and then counts as a no-match).
+    """
+    seen: set[tuple[int, int]] = set()
+    for node in ast.iter_subtrees():  # bottom-up: innermost first
+        if node.data not in _OPERATORS:
+            continue
+        meta = node.meta
+        start, end = getattr(meta, "start_pos", None), getattr(meta, "end_pos", None)
+        if start is None or end is None or (start, end) in seen:
+            continue
+        seen.add((start, end))
+        if any(t.data in ("ident", "ident_arg", "member_dot_arg") for t in node.iter_subtrees()):
+            continue
+        if not any(len(t.children) > 1 for t in node.iter_subtrees() if t.data in _OPERATORS):
+            continue  # a bare literal: nothing to type-check
+        try:
+            value = _ENV.program(_ENV.compile(text[start:end])).evaluate({})
+        except celpy.CELEvalError as exc:
+            reason = _eval_reason(exc)
+            if "overload" in reason or "TypeError" in str(exc.args[1:2]):
+                raise CelError(f"type error: {reason}", *_pos(node)) from exc
+            continue
+        except Exception:  # noqa: BLE001 - a slice that is not an expression on its own
+            continue
+        if isinstance(value, celpy.CELEvalError):
+            raise CelError(f"type error: {_eval_reason(value)}", *_pos(node))
