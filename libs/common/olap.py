@@ -201,7 +201,7 @@ class ChdbBackend:
         from chdb import session  # imported lazily: server deployments never load the engine
 
         Path(path).mkdir(parents=True, exist_ok=True)
-        self._session: Any = session.Session(str(path))
+        self._session: Any = session.Session(str(path))  # type: ignore[no-untyped-call]
         # One statement at a time keeps inserts from interleaving with DDL on the one engine.
         self._lock = threading.Lock()
 

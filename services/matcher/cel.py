@@ -16,6 +16,9 @@ import celpy
 import celpy.evaluation
 import lark
 from celpy import celtypes
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParseError
+from celpy.evaluation import CELEvalError
 
 # celpy logs every evaluation error at ERROR level; a missing field is an ordinary outcome
 # for us (recorded as a match error), so its own log line would only be noise.
@@ -58,11 +61,11 @@ class Program:
         """(matched, error). Errors (missing fields, wrong types, non-bool) never raise."""
         try:
             value = self.runner.evaluate(activation)
-        except celpy.CELEvalError as exc:
+        except CELEvalError as exc:
             return False, _eval_reason(exc)
-        except Exception as exc:  # noqa: BLE001 - a filter must never take the matcher down
+        except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
-        if isinstance(value, celpy.CELEvalError):
+        if isinstance(value, CELEvalError):
             return False, _eval_reason(value)
         if isinstance(value, celtypes.BoolType):
             return bool(value), None
@@ -78,7 +81,7 @@ def compile_filter(expression: str) -> Program:
     _check_bracket_depth(expression)
     try:
         ast = _ENV.compile(expression)
-    except celpy.CELParseError as exc:
+    except CELParseError as exc:
         line, column = exc.line or 1, exc.column or 1
         raise CelError(f"syntax error {_near(expression, line, column)}", line, column) from exc
     except RecursionError as exc:
@@ -94,7 +97,7 @@ def compile_filter(expression: str) -> Program:
 
 def to_cel(value: Any) -> Any:
     """JSON-shaped Python data → CEL values (done once per event, not per filter)."""
-    return celpy.json_to_cel(value)
+    return json_to_cel(value)
 
 
 def _near(text: str, line: int, column: int) -> str:
@@ -103,7 +106,7 @@ def _near(text: str, line: int, column: int) -> str:
     return f"near {rest[:20]!r}" if rest else "at end of expression"
 
 
-def _eval_reason(exc: celpy.CELEvalError) -> str:
+def _eval_reason(exc: CELEvalError) -> str:
     args = exc.args
     if len(args) >= 3 and isinstance(args[2], tuple) and args[2]:
         inner = args[2][0]
@@ -235,12 +238,12 @@ def _check_constants(text: str, ast: lark.Tree[Any]) -> None:
             continue  # a bare literal: nothing to type-check
         try:
             value = _ENV.program(_ENV.compile(text[start:end])).evaluate({})
-        except celpy.CELEvalError as exc:
+        except CELEvalError as exc:
             reason = _eval_reason(exc)
             if "overload" in reason or "TypeError" in str(exc.args[1:2]):
                 raise CelError(f"type error: {reason}", *_pos(node)) from exc
             continue
-        except Exception:  # noqa: BLE001 - a slice that is not an expression on its own
+        except Exception:
             continue
-        if isinstance(value, celpy.CELEvalError):
+        if isinstance(value, CELEvalError):
             raise CelError(f"type error: {_eval_reason(value)}", *_pos(node))

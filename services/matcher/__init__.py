@@ -1,0 +1,1 @@
+"""The matcher service: EVT events and CEL filters → run triggers on CMD."""

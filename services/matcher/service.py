@@ -1,0 +1,188 @@
+"""The matcher: events in (EVT), run triggers out (CMD), one outcome record per event (TASK).
+
+Each batch of events is matched against cached per-tenant rules and everything it produces
+is published pipelined before the batch is acked. Every id is derived from the event id, the
+workflow and the filter, so a redelivered batch republishes the same msg-ids (dropped by the
+stream) and the same run ids (ignored by the scheduler): an event never triggers twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from prometheus_client import Counter, Histogram
+
+from libs.common import db, jetstream, subjects
+from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
+from libs.common.match_messages import EventMatches, MatchOutcome, match_subject
+from libs.common.messages import TriggerRun, encode
+from libs.common.service import Service
+from libs.common.settings import Settings
+from libs.common.subjects import Stream, valid_tenant
+from services.matcher import events
+from services.matcher.cel import to_cel
+from services.matcher.rules import DEFAULT_TTL_S, RuleCache, TenantRules, WorkflowRule
+
+log = logging.getLogger(__name__)
+
+# Fixed namespace: run ids must come out the same in every process and after restarts.
+RUN_NAMESPACE = uuid.UUID("3b1f7c52-57a4-4a52-9a0e-8d1c2f6b9e01")
+
+EVENTS = Counter("ratchet_matcher_events_total", "Events read from EVT", ["result"])
+TRIGGERS = Counter("ratchet_matcher_triggers_total", "Runs triggered by events")
+EVALS = Counter("ratchet_matcher_evaluations_total", "Filter evaluations", ["outcome"])
+EVAL_SECONDS = Histogram(
+    "ratchet_matcher_eval_seconds", "CEL evaluation time",
+    buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2),
+)
+
+
+def event_run_id(tenant: str, event_id: str, workflow: str, filter_id: str) -> str:
+    return uuid.uuid5(RUN_NAMESPACE, f"evt\x00{tenant}\x00{event_id}\x00{workflow}\x00{filter_id}").hex
+
+
+class MatcherService(Service):
+    name = "matcher"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        durable: str = "matcher",
+        batch_size: int = 500,
+        rules_ttl_s: float = DEFAULT_TTL_S,
+    ) -> None:
+        super().__init__(settings)
+        self._durable = durable
+        self._batch_size = batch_size
+        self._rules_ttl_s = rules_ttl_s
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._consumer: BatchConsumer | None = None
+        self._changes: Subscription | None = None
+        self.rules: RuleCache | None = None
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._nc = await jetstream.connect(s, "matcher")
+        self._js = self._nc.jetstream()
+        await jetstream.provision(self._js, s)
+        await db.migrate(s.database_url)
+        self._pool = await db.create_pool(s.database_url, max_size=4)
+        self.rules = RuleCache(self._pool, ttl_s=self._rules_ttl_s)
+        # Subscribe before consuming so no change made after our first load can be missed.
+        self._changes = await self._nc.subscribe(subjects.MATCHER_CHANGES, cb=self._on_change)
+        self._consumer = BatchConsumer(
+            self._js, stream=Stream.EVT, durable=self._durable, filter_subject=subjects.EVT_ALL,
+            handler=self.handle, batch_size=self._batch_size, max_deliver=s.max_deliver,
+        )
+        await self._consumer.start()
+
+    async def _stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._changes is not None:
+            with contextlib.suppress(Exception):
+                await self._changes.unsubscribe()
+        if self._pool is not None:
+            await self._pool.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    async def _on_change(self, msg: Msg) -> None:
+        tenant = msg.data.decode(errors="replace").strip()
+        if self.rules is not None and valid_tenant(tenant):
+            self.rules.invalidate(tenant)
+
+    async def handle(self, msgs: list[Msg]) -> Rejected:
+        """Match a batch of EVT messages; malformed ones are returned to be dead-lettered."""
+        assert self._js is not None and self.rules is not None
+        parsed: list[events.Event] = []
+        rejected: Rejected = []
+        for msg in msgs:
+            try:
+                parsed.append(events.parse(msg))
+            except events.BadEvent as exc:
+                log.warning("rejecting event on %s: %s", msg.subject, exc)
+                EVENTS.labels("rejected").inc()
+                rejected.append((msg, f"bad event: {exc}"))
+        if parsed:
+            rules = await self.rules.rules_for(e.tenant for e in parsed)
+            outgoing: list[Outgoing] = []
+            for event in parsed:
+                outgoing.extend(match_event(event, rules.get(event.tenant)))
+            await jetstream.publish_batch(self._js, outgoing)
+            EVENTS.labels("matched").inc(len(parsed))
+        return rejected
+
+
+def match_event(event: events.Event, rules: TenantRules | None) -> list[Outgoing]:
+    """The run triggers and the outcome record one event produces."""
+    workflows = rules.by_key.get(event.key) if rules is not None else None
+    if not workflows:
+        return []
+    out: list[Outgoing] = []
+    outcomes: list[MatchOutcome] = []
+    activation: dict[str, object] | None = None
+    for rule in workflows:
+        if not rule.filters:
+            run_id = event_run_id(event.tenant, event.event_id, rule.workflow, "")
+            out.append(_trigger(event, rule, run_id, None))
+            outcomes.append(MatchOutcome(workflow=rule.workflow, outcome="matched", run_id=run_id))
+            continue
+        for flt in rule.by_scope.get(event.scope, ()):
+            if flt.program is None:
+                outcomes.append(MatchOutcome(workflow=rule.workflow, outcome="error",
+                                             filter_id=flt.id, error=flt.compile_error))
+                continue
+            if activation is None:  # converted once per event, shared by all its filters
+                activation = {
+                    "input": to_cel(event.payload),
+                    "metadata": to_cel(event.metadata),
+                    "event_key": to_cel(event.key),
+                }
+            activation["payload"] = flt.payload_cel
+            started = time.perf_counter_ns()
+            matched, error = flt.program.evaluate(activation)
+            eval_us = (time.perf_counter_ns() - started) // 1000
+            EVAL_SECONDS.observe(eval_us / 1e6)
+            if matched:
+                run_id = event_run_id(event.tenant, event.event_id, rule.workflow, flt.id)
+                out.append(_trigger(event, rule, run_id, flt.payload_json))
+                outcomes.append(MatchOutcome(workflow=rule.workflow, outcome="matched",
+                                             filter_id=flt.id, run_id=run_id, eval_us=eval_us))
+            else:
+                outcomes.append(MatchOutcome(
+                    workflow=rule.workflow, outcome="error" if error else "no_match",
+                    filter_id=flt.id, error=error or "", eval_us=eval_us,
+                ))
+    for o in outcomes:
+        EVALS.labels(o.outcome).inc()
+    TRIGGERS.inc(len(out))
+    if outcomes:
+        record = EventMatches(tenant=event.tenant, event_id=event.event_id, event_key=event.key,
+                              scope=event.scope, ts_ms=int(time.time() * 1000), outcomes=outcomes)
+        out.append(Outgoing(match_subject(event.tenant), encode(record),
+                            f"match:{event.tenant}:{event.event_id}"))
+    return out
+
+
+def _trigger(event: events.Event, rule: WorkflowRule, run_id: str,
+             filter_payload: bytes | None) -> Outgoing:
+    trig = TriggerRun(
+        run_id=run_id, workflow=rule.workflow, version_id=rule.version_id, input=event.raw,
+        metadata=events.run_metadata(event.metadata), source="event",
+        additional={"filter_payload": filter_payload} if filter_payload is not None else {},
+    )
+    return Outgoing(subjects.cmd(event.tenant, "run.trigger"), encode(trig),
+                    f"run:{run_id}:trigger")

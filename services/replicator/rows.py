@@ -1,0 +1,133 @@
+"""Stream messages → analytical rows. Pure functions, so the mapping is testable on its own.
+
+Every row carries the message's own timestamps (never the replicator's clock) so that a
+redelivered message yields a byte-identical row, which the ReplacingMergeTree tables collapse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from libs.common.messages import RunStateChanged, TaskStateChanged
+from libs.common.olap import TERMINAL_TASK_STATES, Row, ch_time, run_version
+from libs.common.subjects import Header
+
+_TERMINAL = frozenset(TERMINAL_TASK_STATES)
+_RUN_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+MAX_PAYLOAD_CHARS = 64 * 1024  # evt payloads above this are truncated in the projection
+_GENERIC = msgspec.msgpack.Decoder()
+_JSON = msgspec.json.Encoder()
+
+
+def task_event_row(change: TaskStateChanged) -> Row:
+    # Queue wait is known once an attempt starts (RUNNING), duration once it ends; -1 keeps
+    # the columns non-Nullable, and every query filters on >= 0.
+    wait_ms = -1
+    if change.state == "RUNNING" and change.started_ms and change.queued_ms:
+        wait_ms = max(0, change.started_ms - change.queued_ms)
+    duration_ms = -1
+    if change.state in _TERMINAL and change.started_ms:
+        duration_ms = max(0, change.ts_ms - change.started_ms)
+    return {
+        "tenant": change.tenant,
+        "run_id": change.run_id,
+        "task_id": change.task_id,
+        "task_name": change.task_name,
+        "workflow": change.workflow,
+        "attempt": change.attempt,
+        "state": change.state,
+        "ts": ch_time(change.ts_ms),
+        "worker_id": change.worker_id,
+        "wait_ms": wait_ms,
+        "duration_ms": duration_ms,
+        "error_type": change.error.type if change.error else "",
+        "error_message": change.error.message[:4000] if change.error else "",
+    }
+
+
+def run_row(change: RunStateChanged) -> Row:
+    created_ms = change.created_ms or change.ts_ms
+    terminal = change.status in _RUN_TERMINAL
+    return {
+        "tenant": change.tenant,
+        "run_id": change.run_id,
+        "workflow": change.workflow,
+        "status": change.status,
+        "created_at": ch_time(created_ms),
+        "updated_at": ch_time(change.ts_ms),
+        "duration_ms": max(0, change.ts_ms - created_ms) if terminal else -1,
+        "version": run_version(change.ts_ms, change.status),
+    }
+
+
+def _stream_ms(msg: Msg) -> int:
+    return int(msg.metadata.timestamp.timestamp() * 1000)
+
+
+def _fallback_id(msg: Msg) -> str:
+    headers = msg.headers or {}
+    return headers.get(Header.MSG_ID.value) or f"seq:{msg.metadata.sequence.stream}"
+
+
+def event_row(msg: Msg) -> Row | None:
+    """`evt.<tenant>.<key>` with a JSON body; None for what cannot be an event."""
+    parts = msg.subject.split(".", 2)
+    if len(parts) < 3:
+        return None
+    try:
+        payload = msg.data.decode()
+    except UnicodeDecodeError:
+        return None
+    headers = msg.headers or {}
+    return {
+        "tenant": parts[1],
+        "key": parts[2],
+        "event_id": headers.get(Header.EVENT_ID.value) or _fallback_id(msg),
+        "scope": headers.get(Header.SCOPE.value, ""),
+        "payload": payload[:MAX_PAYLOAD_CHARS],
+        "ts": ch_time(_stream_ms(msg)),
+    }
+
+
+def match_row(msg: Msg) -> Row | None:
+    """A match outcome (`task.<tenant>.match`): a msgpack map whose schema belongs to the
+    matcher. Known fields are lifted into columns, the whole map kept as JSON in `detail`;
+    anything that is not a map is not a match outcome and is skipped."""
+    try:
+        doc = _GENERIC.decode(msg.data)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    # The subject, not the body, names the tenant: it is what stream permissions guard.
+    tenant = msg.subject.split(".", 2)[1]
+    ts_ms = _int(doc.get("ts_ms")) or _stream_ms(msg)
+    matched = doc.get("matched", doc.get("run_id") is not None)
+    return {
+        "tenant": tenant,
+        "msg_id": _fallback_id(msg),
+        "event_id": str(doc.get("event_id") or ""),
+        "workflow": str(doc.get("workflow") or ""),
+        "matched": 1 if matched else 0,
+        "run_id": str(doc.get("run_id") or ""),
+        "detail": _JSON.encode(_jsonable(doc)).decode()[:MAX_PAYLOAD_CHARS],
+        "ts": ch_time(ts_ms),
+    }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _jsonable(value: Any) -> Any:
+    """msgpack may carry bytes and non-string keys that JSON cannot; make them strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return value

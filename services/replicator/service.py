@@ -1,0 +1,249 @@
+"""The replicator service: durable consumers on EVT and TASK → batched inserts into the OLAP store.
+
+Each consumer hands its fetched batch to the Batcher and acks only after the insert returned,
+so a crash loses nothing (redelivery) and duplicates nothing (dedupe keys, see libs/common/olap).
+In embedded mode (chDB) it also answers tenant-scoped reads on `ratchet.olap.query`, because
+only the process that opened a chDB directory may read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter, Gauge
+
+from libs.common import jetstream, olap, subjects
+from libs.common.jetstream import BatchConsumer, Rejected
+from libs.common.messages import RUN_STATE_DECODER, TASK_STATE_DECODER
+from libs.common.olap import OlapBackend, OlapError, Row
+from libs.common.service import Service
+from libs.common.settings import Settings
+from libs.common.subjects import Stream
+from services.replicator import rows
+from services.replicator.batcher import Batcher
+
+log = logging.getLogger(__name__)
+
+# Match outcomes are published by the matcher on task.<tenant>.match.
+# TODO(lead): move to libs/common/subjects.py next to the matcher's publisher.
+MATCH_OUTCOMES_ALL = "task.*.match"
+
+LAG = Gauge(
+    "ratchet_replicator_lag_messages",
+    "Messages in the stream not yet in the OLAP store (consumer num_pending + num_ack_pending)",
+    ["consumer"],
+)
+ROWS = Counter("ratchet_replicator_rows_total", "Rows inserted into the OLAP store", ["table"])
+SKIPPED = Counter(
+    "ratchet_replicator_skipped_total", "Messages acked without a row (not ours to read)",
+    ["consumer"],
+)
+
+QUERY_BACKLOG = 256  # pending OLAP requests before NATS drops them (the requester times out)
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """One durable consumer: nats-server 2.9 allows one filter subject per consumer."""
+
+    durable: str
+    stream: Stream
+    filter_subject: str
+    table: str
+
+
+FEEDS = (
+    Feed("replicator-evt", Stream.EVT, subjects.EVT_ALL, olap.EVENTS),
+    Feed("replicator-task-state", Stream.TASK, subjects.TASK_STATES_ALL, olap.TASK_EVENTS),
+    Feed("replicator-run-state", Stream.TASK, subjects.RUN_STATES_ALL, olap.RUNS),
+    Feed("replicator-match", Stream.TASK, MATCH_OUTCOMES_ALL, olap.MATCHES),
+)
+
+
+class ReplicatorService(Service):
+    name = "replicator"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        fetch_batch: int = 2000,
+        max_rows: int = 5000,
+        linger_s: float = 0.2,
+        lag_interval_s: float = 2.0,
+    ) -> None:
+        super().__init__(settings)
+        self._fetch_batch = fetch_batch
+        self._max_rows = max_rows
+        self._linger_s = linger_s
+        self._lag_interval_s = lag_interval_s
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self.backend: OlapBackend | None = None
+        self._batcher: Batcher | None = None
+        self._consumers: list[BatchConsumer] = []
+        self._query_sub: Subscription | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    # lifecycle ----------------------------------------------------------------------
+    async def _start(self) -> None:
+        s = self.settings
+        self._nc = await jetstream.connect(s, "replicator")
+        self._js = self._nc.jetstream()
+        await jetstream.provision(self._js, s)
+        self.backend = olap.open_backend(s)
+        await olap.ensure_schema(self.backend)
+        await self._backfill_if_empty()
+        self._batcher = Batcher(self.backend, max_rows=self._max_rows, linger_s=self._linger_s)
+        self._batcher.start()
+        handlers: dict[str, Callable[[list[Msg]], Awaitable[Rejected | None]]] = {
+            olap.EVENTS: self._on_events,
+            olap.TASK_EVENTS: self._on_task_states,
+            olap.RUNS: self._on_run_states,
+            olap.MATCHES: self._on_matches,
+        }
+        self._consumers = [
+            BatchConsumer(
+                self._js, stream=feed.stream, durable=feed.durable,
+                filter_subject=feed.filter_subject, handler=handlers[feed.table],
+                batch_size=self._fetch_batch, max_deliver=s.max_deliver,
+            )
+            for feed in FEEDS
+        ]
+        for consumer in self._consumers:
+            await consumer.start()
+        if not s.clickhouse_url:
+            self._query_sub = await self._nc.subscribe(
+                subjects.OLAP_QUERY, queue="replicator", cb=self._on_query,
+                pending_msgs_limit=QUERY_BACKLOG,
+            )
+        self._lag_task = asyncio.create_task(self._watch_lag(), name="replicator-lag")
+
+    async def _stop(self) -> None:
+        self._stopping.set()
+        if self._query_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._query_sub.unsubscribe()
+        for consumer in self._consumers:
+            await consumer.stop()
+        if self._batcher is not None:
+            await self._batcher.stop()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+        if self.backend is not None:
+            await self.backend.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    async def _backfill_if_empty(self) -> None:
+        """A table with no rows (a new or wiped store) is rebuilt from the stream start.
+
+        A fresh durable starts at the first message (DeliverPolicy.ALL), but an existing one
+        remembers what it acked into the lost store, so it is deleted and recreated. Rereading
+        into a table that is empty only because nothing happened yet costs nothing.
+        """
+        assert self.backend is not None and self._js is not None
+        for feed in FEEDS:
+            found = await self.backend.query(f"SELECT 1 AS one FROM {feed.table} LIMIT 1")
+            if found:
+                continue
+            with contextlib.suppress(NotFoundError):
+                await self._js.delete_consumer(feed.stream.value, feed.durable)
+                log.info("store table %s is empty: replaying %s from the start",
+                         feed.table, feed.durable)
+
+    # consumers ----------------------------------------------------------------------
+    async def _on_task_states(self, msgs: list[Msg]) -> Rejected:
+        out: list[Row] = []
+        rejected: Rejected = []
+        for msg in msgs:
+            try:
+                out.append(rows.task_event_row(TASK_STATE_DECODER.decode(msg.data)))
+            except msgspec.DecodeError as exc:
+                rejected.append((msg, f"undecodable task state: {exc}"))
+        await self._write(olap.TASK_EVENTS, out, msgs)
+        return rejected
+
+    async def _on_run_states(self, msgs: list[Msg]) -> Rejected:
+        out: list[Row] = []
+        rejected: Rejected = []
+        for msg in msgs:
+            try:
+                out.append(rows.run_row(RUN_STATE_DECODER.decode(msg.data)))
+            except msgspec.DecodeError as exc:
+                rejected.append((msg, f"undecodable run state: {exc}"))
+        await self._write(olap.RUNS, out, msgs)
+        return rejected
+
+    async def _on_events(self, msgs: list[Msg]) -> None:
+        await self._write_lenient("replicator-evt", olap.EVENTS, msgs, rows.event_row)
+
+    async def _on_matches(self, msgs: list[Msg]) -> None:
+        await self._write_lenient("replicator-match", olap.MATCHES, msgs, rows.match_row)
+
+    async def _write_lenient(
+        self, consumer: str, table: str, msgs: list[Msg], to_row: Callable[[Msg], Row | None]
+    ) -> None:
+        # Other parties publish here (any NATS client for events, the matcher for outcomes):
+        # what does not fit is skipped and acked, not dead-lettered.
+        out = [row for row in map(to_row, msgs) if row is not None]
+        if len(out) < len(msgs):
+            SKIPPED.labels(consumer).inc(len(msgs) - len(out))
+        await self._write(table, out, msgs)
+
+    async def _write(self, table: str, out: list[Row], msgs: list[Msg]) -> None:
+        assert self._batcher is not None
+        try:
+            await self._batcher.write({table: out})
+        except OlapError as exc:
+            # The store is down: ask for redelivery later rather than raising, which would make
+            # BatchConsumer retry message by message against the same outage. The ack it sends
+            # after we return is a no-op for a nak'ed message.
+            log.warning("store unavailable (%s); %d messages nak'ed", exc, len(msgs))
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=2.0)
+            return
+        ROWS.labels(table).inc(len(out))
+
+    # reads for other services (embedded mode) ---------------------------------------------
+    async def _on_query(self, msg: Msg) -> None:
+        assert self.backend is not None
+        reply = await olap.answer_query(self.backend, msg.data)
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(reply)
+
+    # lag -----------------------------------------------------------------------------
+    async def lag(self) -> dict[str, int]:
+        """Per consumer: messages in its stream not yet inserted and acked."""
+        assert self._js is not None
+        out: dict[str, int] = {}
+        for feed in FEEDS:
+            info = await self._js.consumer_info(feed.stream.value, feed.durable)
+            out[feed.durable] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        return out
+
+    async def _watch_lag(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                for durable, value in (await self.lag()).items():
+                    LAG.labels(durable).set(value)
+            except Exception as exc:  # NATS hiccup: keep the last values, try again
+                log.debug("lag probe failed: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._lag_interval_s)
