@@ -10,6 +10,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
 from services.api.auth import provide_tenant
+from services.api.routes.analytics import AnalyticsController
 from services.api.routes.runs import RunController
 from services.api.routes.workflows import WorkflowController
 from services.api.state import ApiState
@@ -27,7 +28,7 @@ def create_app(
         return api
 
     return Litestar(
-        route_handlers=[healthz, WorkflowController, RunController, *extra_routes],
+        route_handlers=[healthz, WorkflowController, RunController, AnalyticsController, *extra_routes],
         dependencies={
             "api": Provide(provide_api, use_cache=True, sync_to_thread=False),
             "tenant": Provide(provide_tenant),

@@ -10,6 +10,7 @@ import uvicorn
 from nats.aio.client import Client as NATS
 
 from libs.common import db, jetstream, tenants
+from libs.common.olap import OlapClient
 from libs.common.service import Service
 from libs.common.settings import Settings
 from services.api.app import create_app
@@ -39,6 +40,7 @@ class ApiService(Service):
         self.state = ApiState(
             settings=s, pool=pool, nc=self._nc, js=js, tokens=tenants.TokenCache(pool)
         )
+        self.state.olap = OlapClient(s, self._nc)
         await self.state.start()
         app = create_app(self.state)
         config = uvicorn.Config(
@@ -63,6 +65,8 @@ class ApiService(Service):
                 await asyncio.wait_for(self._serve_task, 10)
         if self.state is not None:
             await self.state.stop()
+            if self.state.olap is not None:
+                await self.state.olap.close()
             await self.state.pool.close()
         if self._nc is not None:
             with contextlib.suppress(Exception):

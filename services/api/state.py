@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -32,6 +33,7 @@ class ApiState:
     _versions: dict[tuple[str, str], tuple[float, str, str]] = field(default_factory=dict)
     _sub: object = None
     _specs: dict[str, WorkflowSpec] = field(default_factory=dict)
+    olap: Any = None  # libs.common.olap.OlapClient, set by ApiService
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.RUN_STATES_ALL, cb=self._on_run_state)

@@ -21,6 +21,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from libs.common import db, jetstream, subjects
@@ -308,21 +309,40 @@ class SchedulerService(Service):
             self._wake.set()
 
     async def _sweep_stale_workers(self) -> None:
-        """A worker whose registry entry stops being refreshed is lost (its dispatcher died)."""
+        """Resync the registry now and then and declare workers with stale entries lost.
+
+        The KV watch is the fast path; this full read makes the scheduler independent of it
+        (a watch can miss updates across a NATS restart). An entry whose heartbeat stopped
+        being refreshed means its dispatcher died or stopped hearing from the worker.
+        """
         timeout_ms = int(self.settings.worker_heartbeat_timeout_s * 1000)
+        started = _now()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=min(1.0, timeout_ms / 4000))
+                await asyncio.wait_for(self._stopping.wait(), timeout=min(2.0, timeout_ms / 4000))
+            if self._kv is None or self._stopping.is_set():
+                continue
+            try:
+                current = {w.worker_id: w for w in await _current_workers(self._kv)}
+            except Exception as exc:
+                log.warning("worker registry resync failed: %r", exc)
+                continue
             now = _now()
-            for worker in list(self.engine.assigner.workers.values()):
-                if now - worker.info.heartbeat_ms > timeout_ms:
-                    log.warning("worker %s missed heartbeats: lost", worker.info.worker_id)
-                    self._worker_events.append(("del", worker.info.worker_id))
-                    if self._kv is not None:
-                        with contextlib.suppress(Exception):
-                            await self._kv.delete(worker.info.worker_id)
-            for worker_id in self.engine.assigner.orphaned_workers():
-                self._worker_events.append(("del", worker_id))
+            for worker_id, info in current.items():
+                if now - info.heartbeat_ms > timeout_ms:
+                    log.warning("worker %s missed heartbeats: lost", worker_id)
+                    self._worker_events.append(("del", worker_id))
+                    with contextlib.suppress(Exception):
+                        await self._kv.delete(worker_id)
+                else:
+                    self._worker_events.append(("put", info))
+            for worker_id in list(self.engine.assigner.workers):
+                if worker_id not in current:
+                    self._worker_events.append(("del", worker_id))
+            if now - started > timeout_ms:
+                for worker_id in self.engine.assigner.orphaned_workers():
+                    if worker_id not in current:
+                        self._worker_events.append(("del", worker_id))
             if self._worker_events:
                 self._wake.set()
 
@@ -331,7 +351,7 @@ async def _current_workers(kv: KeyValue) -> list[WorkerInfo]:
     out: list[WorkerInfo] = []
     try:
         keys = await kv.keys()
-    except Exception:
+    except NoKeysError:
         return out
     for key in keys:
         with contextlib.suppress(Exception):
