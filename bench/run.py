@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-
 from ratchet import Context, Ratchet
 
 N_TASKS = int(os.environ.get("BENCH_TASKS", "5000"))

@@ -6,7 +6,6 @@ import json
 import threading
 
 import msgspec
-
 from ratchet import Context, Ratchet
 
 

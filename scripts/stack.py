@@ -35,7 +35,8 @@ if str(ROOT) not in sys.path:  # `python scripts/stack.py ...` without -m
 
 from libs.common import localstack  # noqa: E402
 
-RUN = ROOT / ".run"
+# RATCHET_RUN_DIR lets tests (the chaos suite) run a second, private stack.
+RUN = Path(os.environ.get("RATCHET_RUN_DIR") or ROOT / ".run").resolve()
 PIDS = RUN / "pids"
 LOGS = RUN / "logs"
 DATA = RUN / "data"

@@ -78,14 +78,33 @@ class Outgoing:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-async def publish_batch(js: JetStreamContext, batch: Sequence[Outgoing]) -> None:
-    """Publish pipelined and wait for every ack; raises if any publish failed."""
+async def publish_batch(
+    js: JetStreamContext, batch: Sequence[Outgoing], timeout_s: float = 10.0
+) -> None:
+    """Publish pipelined and wait for every ack; raises if any publish failed or timed out.
+
+    Acks of messages sent just before a NATS restart never arrive, so the wait is bounded and
+    the stragglers are cancelled (which also hands their slots back to nats-py's pending-publish
+    semaphore). Callers republish with the same msg-ids; the stream drops the duplicates.
+    """
     futures: list[asyncio.Future[jsapi.PubAck]] = []
-    for item in batch:
-        headers = {Header.MSG_ID.value: item.msg_id, **item.headers}
-        futures.append(await js.publish_async(item.subject, item.payload, headers=headers))
-    if futures:
-        await asyncio.gather(*futures)
+    try:
+        for item in batch:
+            headers = {Header.MSG_ID.value: item.msg_id, **item.headers}
+            futures.append(
+                await js.publish_async(item.subject, item.payload, headers=headers, wait_stall=timeout_s)
+            )
+        if not futures:
+            return
+        done, pending = await asyncio.wait(futures, timeout=timeout_s)
+        if pending:
+            raise TimeoutError(f"{len(pending)} of {len(futures)} publishes were not acked")
+        for fut in done:
+            fut.result()
+    finally:
+        for fut in futures:
+            if not fut.done():
+                fut.cancel()
 
 
 async def publish_one(js: JetStreamContext, item: Outgoing, timeout_s: float = 5.0) -> None:

@@ -124,9 +124,10 @@ SCHEMA: tuple[str, ...] = (
 Row = dict[str, Any]
 Params = Mapping[str, Any]
 
-# Settings for every read: 64-bit integers as JSON numbers on both backends, and readonly=2
-# (no writes, but per-query settings allowed) so a reader can never modify the store.
-READ_SETTINGS: dict[str, Any] = {"output_format_json_quote_64bit_integers": 0, "readonly": 2}
+# 64-bit integers as JSON numbers, as chDB returns them. (Not `readonly`: clickhouse-connect's
+# chDB client keeps per-query settings for the session, which would then refuse inserts;
+# check_read guards reads, and a server deployment gives readers a readonly user.)
+READ_SETTINGS: dict[str, Any] = {"output_format_json_quote_64bit_integers": 0}
 
 _JSON = msgspec.json.Encoder()
 _READ_START = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
@@ -338,15 +339,21 @@ class OlapClient:
     ) -> None:
         self._timeout_s = timeout_s
         self._nc = nc
+        self._url = settings.clickhouse_url
         self._backend: OlapBackend | None = None
-        if settings.clickhouse_url:
-            self._backend = ClickHouseBackend.from_url(settings.clickhouse_url)
-        elif nc is None:
+        if not self._url and nc is None:
             raise ValueError("embedded OLAP needs a NATS connection to reach the replicator")
 
     async def query(self, sql: str, params: Params | None, *, tenant: str) -> list[Row]:
         bound = scope_to_tenant(sql, params, tenant)
-        if self._backend is not None:
+        if self._url:
+            if self._backend is None:
+                # Connected on first use: clickhouse-connect probes the server when created,
+                # and the API must start (and serve everything else) while ClickHouse is down.
+                try:
+                    self._backend = await asyncio.to_thread(ClickHouseBackend.from_url, self._url)
+                except Exception as exc:
+                    raise OlapError(f"cannot reach ClickHouse: {exc}") from exc
             return await self._backend.query(sql, bound)
         assert self._nc is not None
         request = _MSGPACK.encode(QueryRequest(sql=sql, params=bound, tenant=tenant))

@@ -11,6 +11,9 @@ from litestar.types import ControllerRouterHandler
 
 from services.api.auth import provide_tenant
 from services.api.routes.analytics import AnalyticsController
+from services.api.routes.crons import CronController, ScheduledController
+from services.api.routes.events import EventController
+from services.api.routes.filters import FilterController
 from services.api.routes.runs import RunController
 from services.api.routes.workflows import WorkflowController
 from services.api.state import ApiState
@@ -28,7 +31,11 @@ def create_app(
         return api
 
     return Litestar(
-        route_handlers=[healthz, WorkflowController, RunController, AnalyticsController, *extra_routes],
+        route_handlers=[
+            healthz, WorkflowController, RunController, AnalyticsController,
+            EventController, FilterController, CronController, ScheduledController,
+            *extra_routes,
+        ],
         dependencies={
             "api": Provide(provide_api, use_cache=True, sync_to_thread=False),
             "tenant": Provide(provide_tenant),

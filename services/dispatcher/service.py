@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_MS = 2000
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+PUBLISH_RETRY_S = 120.0
 
 
 class DispatcherService(Service, pb_grpc.DispatcherServicer):
@@ -200,8 +201,18 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                     + (f":{report.refresh_ms}:{report.ts_ms}" if report.kind == "refresh" else ""),
                 )
             )
-        if batch:
-            await jetstream.publish_batch(self._js, batch)
+        # Keep trying through a NATS restart: dropping these would leave the scheduler waiting
+        # for outcomes the worker already reported. Same msg-ids, so retries are deduplicated.
+        deadline = time.monotonic() + PUBLISH_RETRY_S
+        while batch:
+            try:
+                await jetstream.publish_batch(self._js, batch)
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("publishing %d worker events failed (%r); retrying", len(batch), exc)
+                await asyncio.sleep(0.2)
 
     async def _drop(self, conn: WorkerConn) -> None:
         worker_id = conn.info.worker_id

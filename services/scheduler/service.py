@@ -41,6 +41,7 @@ from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
 from services.scheduler import store
+from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_EXEC, Engine
 from services.scheduler.model import RUN_TERMINAL
 
@@ -77,6 +78,7 @@ class SchedulerService(Service):
         self._published: list[str] = []
         self._unsent: list[Outgoing] = []
         self._watcher: KeyValue.KeyWatcher | None = None
+        self._cron: CronTicker | None = None
 
     # lifecycle ----------------------------------------------------------------------
     async def _start(self) -> None:
@@ -109,8 +111,12 @@ class SchedulerService(Service):
         ]
         for consumer in self._consumers:
             await consumer.start()
+        self._cron = CronTicker(s, self._pool, self._js)
+        await self._cron.start()
 
     async def _stop(self) -> None:
+        if self._cron is not None:
+            await self._cron.stop()
         for consumer in self._consumers:
             await consumer.stop()
         self._stopping.set()

@@ -10,9 +10,9 @@ import httpx
 import msgspec
 import pytest
 from conftest import eventually
+from ratchet import ApiError, Context, NonRetryable, Ratchet, RunFailed
 
 from libs.common import subjects
-from ratchet import ApiError, Context, NonRetryable, Ratchet, RunFailed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

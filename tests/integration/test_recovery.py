@@ -7,8 +7,8 @@ import contextlib
 
 import pytest
 from conftest import eventually
-
 from ratchet import Context, Ratchet
+
 from services.scheduler.service import SchedulerService
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -1,7 +1,6 @@
 """The public SDK surface is pinned, and definitions fail at import time."""
 
 import pytest
-
 import ratchet
 from ratchet import Context, Ratchet, WorkflowDefinitionError
 

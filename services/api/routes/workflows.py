@@ -16,6 +16,7 @@ from libs.common.jetstream import Outgoing
 from libs.common.messages import TriggerRun, encode
 from services.api.auth import Api, Tenant
 from services.api.input_schema import check_input
+from services.api.routes.crons import workflow_changed
 from services.api.schemas import (
     BulkRunCreated,
     BulkRunRequest,
@@ -57,6 +58,7 @@ class WorkflowController(Controller):
                 tenant, data.name, version_id,
             )
         api.cache_version(tenant, data.name, version_id, spec_json)
+        await workflow_changed(api, tenant, data)  # on_crons rows + matcher cache invalidation
         return RegisterResponse(id=version_id, name=data.name, hash=digest, created=bool(created))
 
     @get("/")

@@ -1,0 +1,36 @@
+"""A worker process for the chaos suite (it gets SIGKILLed): `python -m bench.chaos_worker WF`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import timedelta
+
+from ratchet import Context, Ratchet
+
+
+def build(r: Ratchet, name: str):  # type: ignore[no-untyped-def]
+    wf = r.workflow(name)
+
+    @wf.task(retries=5, backoff_base=0.1, backoff_max=1.0, execution_timeout=timedelta(seconds=10))
+    async def first(input: dict, ctx: Context) -> dict:  # type: ignore[type-arg]
+        await asyncio.sleep(0.02)
+        return {"i": input["i"]}
+
+    @wf.task(parents=[first], retries=5, backoff_base=0.1, backoff_max=1.0,
+             execution_timeout=timedelta(seconds=10))
+    async def second(input: dict, ctx: Context) -> dict:  # type: ignore[type-arg]
+        await asyncio.sleep(0.02)
+        return {"i2": ctx.parent_output(first)["i"] * 2}
+
+    return wf
+
+
+def main() -> None:
+    r = Ratchet()
+    wf = build(r, sys.argv[1])
+    r.worker(f"chaos-{sys.argv[1]}", workflows=[wf], slots=20).start()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Crons (`/crons`) and one-off scheduled runs (`/scheduled`); the scheduler fires them.
+
+Rows written here carry `next_due_at` / `run_at`; `services.scheduler.cron.CronTicker`
+claims them when due. Workflow `on_crons` become rows with origin 'workflow', kept in step
+with the latest version by `workflow_changed` (called after every registration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.exceptions import ClientException, HTTPException, NotFoundException
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
+
+from libs.common.specs import WorkflowSpec
+from services.api.auth import Api, Tenant
+from services.api.input_schema import check_input
+from services.api.routes.filters import notify_matcher
+from services.api.state import ApiState
+from services.scheduler.cron import cron_problem, next_tick
+
+log = logging.getLogger(__name__)
+
+_JSON = msgspec.json.Encoder()
+_CRON_COLUMNS = (
+    "id, workflow, name, expression, input::text AS input, metadata::text AS metadata,"
+    " origin, next_due_at, last_tick, created_at"
+)
+_SCHEDULED_COLUMNS = (
+    "id, workflow, run_at, input::text AS input, metadata::text AS metadata, run_id,"
+    " fired_at, created_at"
+)
+
+
+class CronIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    workflow: str
+    expression: str
+    input: Any = None
+    metadata: dict[str, str] = {}
+    name: str | None = None
+
+
+class CronView(msgspec.Struct, kw_only=True):
+    id: str
+    workflow: str
+    name: str
+    expression: str
+    input: Any
+    metadata: dict[str, str]
+    origin: str  # api | workflow
+    next_due_at: str
+    last_tick: str | None
+    created_at: str
+
+
+class ScheduledIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    workflow: str
+    run_at: datetime
+    input: Any = None
+    metadata: dict[str, str] = {}
+
+
+class ScheduledView(msgspec.Struct, kw_only=True):
+    id: str
+    workflow: str
+    run_at: str
+    input: Any
+    metadata: dict[str, str]
+    run_id: str  # the run it starts, known in advance
+    fired_at: str | None
+    created_at: str
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _cron_view(row: Any) -> CronView:
+    return CronView(
+        id=row["id"], workflow=row["workflow"], name=row["name"], expression=row["expression"],
+        input=msgspec.json.decode(row["input"]), metadata=msgspec.json.decode(row["metadata"]),
+        origin=row["origin"], next_due_at=row["next_due_at"].isoformat(),
+        last_tick=_iso(row["last_tick"]), created_at=row["created_at"].isoformat(),
+    )
+
+
+def _scheduled_view(row: Any) -> ScheduledView:
+    return ScheduledView(
+        id=row["id"], workflow=row["workflow"], run_at=row["run_at"].isoformat(),
+        input=msgspec.json.decode(row["input"]), metadata=msgspec.json.decode(row["metadata"]),
+        run_id=row["run_id"], fired_at=_iso(row["fired_at"]),
+        created_at=row["created_at"].isoformat(),
+    )
+
+
+async def _checked_input(api: ApiState, tenant: str, workflow: str, value: Any) -> str:
+    """The run input as JSON, validated against the workflow's latest input schema."""
+    # Not workflows._latest: that module calls workflow_changed, so importing it is a cycle.
+    row = await api.pool.fetchrow(
+        "SELECT v.id, v.spec::text AS spec FROM workflows w"
+        " JOIN workflow_versions v ON v.id = w.latest_version_id"
+        " WHERE w.tenant_id = $1 AND w.name = $2",
+        tenant, workflow,
+    )
+    if row is None:
+        raise NotFoundException(f"workflow {workflow!r} not found")
+    spec = api.spec_of(row["id"], row["spec"])
+    value = value if value is not None else {}
+    check_input(spec, value)
+    return _JSON.encode(value).decode()
+
+
+class CronController(Controller):
+    path = "/crons"
+    tags = ["crons"]
+
+    @post("/", status_code=HTTP_201_CREATED)
+    async def create(self, data: CronIn, tenant: Tenant, api: Api) -> CronView:
+        """Run a workflow on a cron schedule (UTC; 5 fields, or 6 with seconds first)."""
+        problem = cron_problem(data.expression)
+        if problem:
+            raise ClientException(problem)
+        input_json = await _checked_input(api, tenant, data.workflow, data.input)
+        cron_id = "cron_" + uuid.uuid4().hex
+        try:
+            row = await api.pool.fetchrow(
+                "INSERT INTO crons (tenant_id, id, workflow, name, expression, input, metadata,"
+                " origin, next_due_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, 'api',"
+                f" $8) RETURNING {_CRON_COLUMNS}",
+                tenant, cron_id, data.workflow, data.name or cron_id, data.expression,
+                input_json, _JSON.encode(data.metadata).decode(),
+                next_tick(data.expression, datetime.now(UTC)),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise HTTPException(
+                status_code=HTTP_409_CONFLICT,
+                detail=f"workflow {data.workflow!r} already has a cron named {data.name!r}",
+            ) from exc
+        return _cron_view(row)
+
+    @get("/")
+    async def list_crons(
+        self, tenant: Tenant, api: Api, workflow: str | None = None,
+        limit: int = Parameter(default=1000, ge=1, le=10_000),
+    ) -> list[CronView]:
+        rows = await api.pool.fetch(
+            f"SELECT {_CRON_COLUMNS} FROM crons WHERE tenant_id = $1"
+            " AND ($2::text IS NULL OR workflow = $2) ORDER BY created_at, id LIMIT $3",
+            tenant, workflow, limit,
+        )
+        return [_cron_view(r) for r in rows]
+
+    @get("/{cron_id:str}")
+    async def get_cron(self, cron_id: str, tenant: Tenant, api: Api) -> CronView:
+        row = await api.pool.fetchrow(
+            f"SELECT {_CRON_COLUMNS} FROM crons WHERE tenant_id = $1 AND id = $2", tenant, cron_id
+        )
+        if row is None:
+            raise NotFoundException(f"cron {cron_id!r} not found")
+        return _cron_view(row)
+
+    @delete("/{cron_id:str}", status_code=HTTP_204_NO_CONTENT)
+    async def delete_cron(self, cron_id: str, tenant: Tenant, api: Api) -> None:
+        origin = await api.pool.fetchval(
+            "SELECT origin FROM crons WHERE tenant_id = $1 AND id = $2", tenant, cron_id
+        )
+        if origin is None:
+            raise NotFoundException(f"cron {cron_id!r} not found")
+        if origin == "workflow":
+            raise ClientException("this cron comes from the workflow's on_crons; change the workflow")
+        await api.pool.execute("DELETE FROM crons WHERE tenant_id = $1 AND id = $2", tenant, cron_id)
+
+
+class ScheduledController(Controller):
+    path = "/scheduled"
+    tags = ["scheduled"]
+
+    @post("/", status_code=HTTP_201_CREATED)
+    async def create(self, data: ScheduledIn, tenant: Tenant, api: Api) -> ScheduledView:
+        """Run a workflow once at `run_at` (timezone-aware ISO-8601; a past time runs now)."""
+        if data.run_at.tzinfo is None:
+            raise ClientException("run_at must be timezone-aware (e.g. 2026-12-01T09:00:00Z)")
+        input_json = await _checked_input(api, tenant, data.workflow, data.input)
+        row = await api.pool.fetchrow(
+            "INSERT INTO scheduled_runs (tenant_id, id, workflow, run_at, input, metadata,"
+            " run_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)"
+            f" RETURNING {_SCHEDULED_COLUMNS}",
+            tenant, "sch_" + uuid.uuid4().hex, data.workflow, data.run_at, input_json,
+            _JSON.encode(data.metadata).decode(), uuid.uuid4().hex,
+        )
+        return _scheduled_view(row)
+
+    @get("/")
+    async def list_scheduled(
+        self, tenant: Tenant, api: Api, workflow: str | None = None,
+        limit: int = Parameter(default=1000, ge=1, le=10_000),
+    ) -> list[ScheduledView]:
+        rows = await api.pool.fetch(
+            f"SELECT {_SCHEDULED_COLUMNS} FROM scheduled_runs WHERE tenant_id = $1"
+            " AND ($2::text IS NULL OR workflow = $2) ORDER BY run_at, id LIMIT $3",
+            tenant, workflow, limit,
+        )
+        return [_scheduled_view(r) for r in rows]
+
+    @get("/{scheduled_id:str}")
+    async def get_scheduled(self, scheduled_id: str, tenant: Tenant, api: Api) -> ScheduledView:
+        row = await api.pool.fetchrow(
+            f"SELECT {_SCHEDULED_COLUMNS} FROM scheduled_runs WHERE tenant_id = $1 AND id = $2",
+            tenant, scheduled_id,
+        )
+        if row is None:
+            raise NotFoundException(f"scheduled run {scheduled_id!r} not found")
+        return _scheduled_view(row)
+
+    @delete("/{scheduled_id:str}", status_code=HTTP_204_NO_CONTENT)
+    async def delete_scheduled(self, scheduled_id: str, tenant: Tenant, api: Api) -> None:
+        """Cancel a scheduled run that has not fired yet (a fired one is just forgotten)."""
+        deleted = await api.pool.fetchval(
+            "DELETE FROM scheduled_runs WHERE tenant_id = $1 AND id = $2 RETURNING true",
+            tenant, scheduled_id,
+        )
+        if not deleted:
+            raise NotFoundException(f"scheduled run {scheduled_id!r} not found")
+
+
+def workflow_cron_id(tenant: str, workflow: str, expression: str) -> str:
+    return "wc_" + hashlib.sha256(f"{tenant}/{workflow}/{expression}".encode()).hexdigest()[:24]
+
+
+async def workflow_changed(api: ApiState, tenant: str, spec: WorkflowSpec) -> None:
+    """After a registration: sync the workflow's on_crons rows, then tell the matchers.
+
+    Idempotent, so re-registering an unchanged workflow repairs a sync that a crash cut
+    short. Invalid on_crons expressions are skipped (registration has already committed).
+    """
+    now = datetime.now(UTC)
+    expressions = []
+    for expression in dict.fromkeys(spec.on_crons):
+        problem = cron_problem(expression)
+        if problem:
+            log.warning("workflow %s of %s: on_crons entry skipped: %s", spec.name, tenant, problem)
+        else:
+            expressions.append(expression)
+    async with api.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "DELETE FROM crons WHERE tenant_id = $1 AND workflow = $2 AND origin = 'workflow'"
+            " AND NOT (expression = ANY($3::text[]))",
+            tenant, spec.name, expressions,
+        )
+        if expressions:
+            await conn.executemany(
+                "INSERT INTO crons (tenant_id, id, workflow, name, expression, origin,"
+                " next_due_at) VALUES ($1, $2, $3, $4, $5, 'workflow', $6)"
+                " ON CONFLICT DO NOTHING",
+                [
+                    (tenant, workflow_cron_id(tenant, spec.name, e), spec.name,
+                     f"on_crons:{e}", e, next_tick(e, now))
+                    for e in expressions
+                ],
+            )
+    await notify_matcher(api, tenant)

@@ -1,0 +1,171 @@
+"""Event filters: CEL expressions that decide which events of a workflow start a run.
+
+Expressions are compiled (and sandbox-checked) here, so a bad one is a 400 naming its
+position instead of a matcher error later. Every change tells the matchers to drop the
+tenant's cached rules (core NATS, best effort; their TTL is the safety net).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from libs.common import subjects
+from services.api.auth import Api, Tenant
+from services.api.state import ApiState
+from services.matcher import events as evt
+from services.matcher.cel import CelError, compile_filter
+
+log = logging.getLogger(__name__)
+
+_JSON = msgspec.json.Encoder()
+_COLUMNS = "id, workflow, scope, expression, payload::text AS payload, created_at, updated_at"
+
+
+class FilterIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    workflow: str
+    expression: str
+    scope: str | None = None
+    payload: Any = None
+
+
+class FilterPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Only the fields present change; `"scope": null` clears the scope."""
+
+    workflow: str | msgspec.UnsetType = msgspec.UNSET
+    expression: str | msgspec.UnsetType = msgspec.UNSET
+    scope: str | msgspec.UnsetType | None = msgspec.UNSET
+    payload: Any = msgspec.UNSET
+
+
+class FilterView(msgspec.Struct, kw_only=True):
+    id: str
+    workflow: str
+    scope: str | None
+    expression: str
+    payload: Any
+    created_at: str
+    updated_at: str
+
+
+async def notify_matcher(api: ApiState, tenant: str) -> None:
+    """Tell every matcher that the tenant's workflows or filters changed."""
+    try:
+        await api.nc.publish(subjects.MATCHER_CHANGES, tenant.encode())
+        # Flushed so the change reaches the matchers before any event we accept next.
+        await api.nc.flush(timeout=2)
+    except Exception as exc:  # the change is committed; matchers catch up on their TTL
+        log.warning("matcher invalidation for %s not sent: %r", tenant, exc)
+
+
+def _check(workflow: str, expression: str, scope: str | None) -> None:
+    if not workflow or len(workflow) > 128:
+        raise ClientException("workflow must be 1-128 characters")
+    if scope is not None:
+        problem = evt.header_problem("scope", scope, evt.MAX_SCOPE_CHARS)
+        if problem:
+            raise ClientException(problem)
+    try:
+        compile_filter(expression)
+    except CelError as exc:
+        raise ClientException(
+            f"invalid expression: {exc}", extra={"line": exc.line, "column": exc.column}
+        ) from exc
+
+
+def _view(row: Any) -> FilterView:
+    return FilterView(
+        id=row["id"], workflow=row["workflow"], scope=row["scope"],
+        expression=row["expression"],
+        payload=msgspec.json.decode(row["payload"]) if row["payload"] is not None else None,
+        created_at=row["created_at"].isoformat(), updated_at=row["updated_at"].isoformat(),
+    )
+
+
+def _payload_json(payload: Any) -> str | None:
+    return _JSON.encode(payload).decode() if payload is not None else None
+
+
+class FilterController(Controller):
+    path = "/filters"
+    tags = ["filters"]
+
+    @post("/", status_code=HTTP_201_CREATED)
+    async def create(self, data: FilterIn, tenant: Tenant, api: Api) -> FilterView:
+        """Create a filter. The expression sees `input`, `payload`, `metadata`, `event_key`."""
+        _check(data.workflow, data.expression, data.scope)
+        row = await api.pool.fetchrow(
+            "INSERT INTO filters (tenant_id, id, workflow, scope, expression, payload)"
+            f" VALUES ($1, $2, $3, $4, $5, $6::jsonb) RETURNING {_COLUMNS}",
+            tenant, "flt_" + uuid.uuid4().hex, data.workflow, data.scope, data.expression,
+            _payload_json(data.payload),
+        )
+        await notify_matcher(api, tenant)
+        return _view(row)
+
+    @get("/")
+    async def list_filters(
+        self, tenant: Tenant, api: Api, workflow: str | None = None,
+        limit: int = Parameter(default=1000, ge=1, le=10_000),
+    ) -> list[FilterView]:
+        rows = await api.pool.fetch(
+            f"SELECT {_COLUMNS} FROM filters WHERE tenant_id = $1"
+            " AND ($2::text IS NULL OR workflow = $2) ORDER BY created_at, id LIMIT $3",
+            tenant, workflow, limit,
+        )
+        return [_view(r) for r in rows]
+
+    @get("/{filter_id:str}")
+    async def get_filter(self, filter_id: str, tenant: Tenant, api: Api) -> FilterView:
+        row = await api.pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM filters WHERE tenant_id = $1 AND id = $2", tenant, filter_id
+        )
+        if row is None:
+            raise NotFoundException(f"filter {filter_id!r} not found")
+        return _view(row)
+
+    @patch("/{filter_id:str}")
+    async def update(
+        self, filter_id: str, data: FilterPatch, tenant: Tenant, api: Api
+    ) -> FilterView:
+        """Change some fields of a filter; the new expression is compiled first."""
+        async with api.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM filters WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+                tenant, filter_id,
+            )
+            if row is None:
+                raise NotFoundException(f"filter {filter_id!r} not found")
+            current = _view(row)
+            workflow = current.workflow if data.workflow is msgspec.UNSET else data.workflow
+            expression = (
+                current.expression if data.expression is msgspec.UNSET else data.expression
+            )
+            scope = current.scope if data.scope is msgspec.UNSET else data.scope
+            payload = current.payload if data.payload is msgspec.UNSET else data.payload
+            _check(workflow, expression, scope)
+            row = await conn.fetchrow(
+                "UPDATE filters SET workflow = $3, scope = $4, expression = $5,"
+                " payload = $6::jsonb, updated_at = now() WHERE tenant_id = $1 AND id = $2"
+                f" RETURNING {_COLUMNS}",
+                tenant, filter_id, workflow, scope, expression, _payload_json(payload),
+            )
+        await notify_matcher(api, tenant)
+        return _view(row)
+
+    @delete("/{filter_id:str}", status_code=HTTP_204_NO_CONTENT)
+    async def delete_filter(self, filter_id: str, tenant: Tenant, api: Api) -> None:
+        deleted = await api.pool.fetchval(
+            "DELETE FROM filters WHERE tenant_id = $1 AND id = $2 RETURNING true",
+            tenant, filter_id,
+        )
+        if not deleted:
+            raise NotFoundException(f"filter {filter_id!r} not found")
+        await notify_matcher(api, tenant)

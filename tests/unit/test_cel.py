@@ -1,0 +1,125 @@
+"""CEL filters: compile-time checks name positions, evaluation never raises."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import celpy
+import pytest
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParser
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.matcher.cel import MAX_EXPRESSION_CHARS, CelError, compile_filter, to_cel
+
+
+def _activation(input: Any, payload: Any = None, metadata: Any = None, key: str = "k") -> dict[str, Any]:
+    return {"input": to_cel(input), "payload": to_cel(payload),
+            "metadata": to_cel(metadata or {}), "event_key": to_cel(key)}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(a=st.integers(-10**9, 10**9), b=st.integers(-10**9, 10**9))
+def test_comparison_agrees_with_python(a: int, b: int) -> None:
+    program = compile_filter("input.a < input.b && payload.flag")
+    assert program.evaluate(_activation({"a": a, "b": b}, {"flag": True})) == (a < b, None)
+
+
+@settings(max_examples=50, deadline=None)
+@given(value=json_values)
+def test_evaluation_never_raises(value: Any) -> None:
+    program = compile_filter("input.user.name == 'ann' || size(input) > 2")
+    matched, error = program.evaluate(_activation(value))
+    assert isinstance(matched, bool)
+    assert error is None or isinstance(error, str)
+
+
+@settings(max_examples=50, deadline=None)
+@given(text=st.text(alphabet="input.()[]{}'\"!=<>&|+-*/ 0123456789abcxyz\n", max_size=60))
+def test_compile_fails_only_with_cel_error(text: str) -> None:
+    try:
+        compile_filter(text)
+    except CelError as exc:
+        assert exc.line >= 1 and exc.column >= 1
+        assert str(exc).startswith(f"line {exc.line}, column {exc.column}: ")
+
+
+@pytest.mark.parametrize(
+    ("expression", "line", "column", "fragment"),
+    [
+        ("input.user ==", 1, 12, "syntax error"),
+        ("input.a &&\n  input.b ==", 2, 11, "syntax error"),
+        ("input.a > 1 && (2 + 'x') == 3", 1, 17, "type error"),
+        ("user.name == 'x'", 1, 1, "unknown variable 'user'"),
+        ("input.a && shout(input.b)", 1, 12, "unknown function 'shout'"),
+        ("input.l.exists(x, input.m.all(y, y > x))", 1, 19, "nested comprehensions"),
+        ("input.s.matches('(a+)+$')", 1, 1, "nested quantifiers"),
+        ("input.s.matches(input.p)", 1, 1, "literal pattern"),
+        ("(" * 40 + "true" + ")" * 40, 1, 33, "nest deeper"),
+        ("", 1, 1, "empty"),
+    ],
+)
+def test_compile_errors_name_the_position(
+    expression: str, line: int, column: int, fragment: str
+) -> None:
+    with pytest.raises(CelError) as info:
+        compile_filter(expression)
+    assert (info.value.line, info.value.column) == (line, column)
+    assert fragment in str(info.value)
+
+
+def test_expression_size_is_bounded() -> None:
+    with pytest.raises(CelError, match="longer than"):
+        compile_filter("input.a == 1 || " * (MAX_EXPRESSION_CHARS // 10) + "true")
+
+
+@pytest.mark.parametrize(
+    ("expression", "input", "expected"),
+    [
+        ("input.user != 'bot'", {"user": "ann"}, (True, None)),
+        ("input.items.exists(i, i.price > 10)", {"items": [{"price": 3}, {"price": 12}]}, (True, None)),
+        ("event_key.startsWith('doc.') && metadata.src == 'cli'", {}, (True, None)),
+        ("has(input.opt) && input.opt", {}, (False, None)),
+        ("has(input.opt) && input.opt", {"opt": True}, (True, None)),
+        ("!has(input.opt) ? true : input.opt", {"opt": False}, (False, None)),
+        ("input.s.matches('^a[0-9]+$')", {"s": "a12"}, (True, None)),
+    ],
+)
+def test_evaluation(expression: str, input: dict[str, Any], expected: tuple[bool, None]) -> None:
+    act = _activation(input, metadata={"src": "cli"}, key="doc.up")
+    assert compile_filter(expression).evaluate(act) == expected
+
+
+def test_runtime_errors_are_no_match_with_reason() -> None:
+    matched, error = compile_filter("input.missing.deep == 1").evaluate(_activation({}))
+    assert matched is False and error is not None and "missing" in error
+    matched, error = compile_filter("input.n + 1").evaluate(_activation({"n": 1}))
+    assert matched is False and error is not None and "not bool" in error
+
+
+def test_other_celpy_users_do_not_break_compiled_filters() -> None:
+    # celpy shares one parser per process; an interpreted Environment made elsewhere (before
+    # or after us) must not change the trees our compiled runner gets.
+    saved = CELParser.CEL_PARSER
+    CELParser.CEL_PARSER = None
+    try:
+        other = celpy.Environment()
+        assert other.program(other.compile("1 < 2")).evaluate({})
+        assert compile_filter("has(input.a) && input.a > 1").evaluate(_activation({"a": 2})) == (
+            True, None)
+    finally:
+        CELParser.CEL_PARSER = saved
+
+
+@settings(max_examples=50, deadline=None)
+@given(value=json_values | st.floats(allow_nan=False) | st.integers())
+def test_to_cel_agrees_with_celpy(value: Any) -> None:
+    assert repr(to_cel(value)) == repr(json_to_cel(value))
