@@ -294,7 +294,7 @@ def cmd_up() -> int:
     missing = [s for s in SERVICES_START if s not in present]
     if missing:
         say(f"not started (no services/<name>/__main__.py yet): {', '.join(missing)}")
-    say(f"up; environment in {ENV_FILE.relative_to(ROOT)}")
+    say(f"up; environment in {ENV_FILE}")
     return 0
 
 
@@ -327,7 +327,7 @@ def cmd_clean() -> int:
     cmd_down()
     if RUN.exists():
         shutil.rmtree(RUN)
-        say(f"removed {RUN.relative_to(ROOT)}/")
+        say(f"removed {RUN}/")
     return 0
 
 
@@ -351,7 +351,7 @@ def cmd_status() -> int:
         extra = f"  port {port}" if port and pid is not None else ""
         print(f"{name:<11} {state}{extra}")
     if env:
-        print(f"env: {ENV_FILE.relative_to(ROOT)} (RATCHET_API_URL={env.get('RATCHET_API_URL')})")
+        print(f"env: {ENV_FILE} (RATCHET_API_URL={env.get('RATCHET_API_URL')})")
     return 0
 
 
