@@ -111,7 +111,7 @@ class Chaos:
         for fault in self.faults:
             before = await self.succeeded()
             # Wait for some progress first, unless everything triggered is already done.
-            while await self.succeeded() < before + 10:  # noqa: ASYNC110 - polls PostgreSQL
+            while await self.succeeded() < before + 10:
                 if len(self.run_ids) >= self.n_runs and await self.succeeded() >= len(self.run_ids):
                     break
                 await asyncio.sleep(0.1)
