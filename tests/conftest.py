@@ -10,16 +10,19 @@ Fixtures are synchronous and run their async steps on a private loop in a worker
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import pytest_asyncio
 
 from libs.common import db, localstack
 
@@ -78,3 +81,30 @@ def database_url(pg_admin_dsn: str) -> Iterator[str]:
         yield dsn
     finally:
         localstack.run_blocking(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session", autouse=True)
+async def _no_stray_tasks() -> AsyncIterator[None]:
+    """At the end of the session, cancel what is still running on the loop, bounded.
+
+    pytest-asyncio cancels leftovers when it closes the loop and waits for them without a limit;
+    a task that swallows its cancellation would hang the whole run. Here such a task is named,
+    with its stack, and the session fails instead.
+    """
+    yield
+    me = asyncio.current_task()
+    leftovers = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for task in leftovers:
+        task.cancel()
+    if not leftovers:
+        return
+    _, pending = await asyncio.wait(leftovers, timeout=15)
+    if pending:
+        stacks = "\n".join(f"{t!r}\n" + "".join(_format_stack(t)) for t in pending)
+        pytest.fail(f"{len(pending)} task(s) ignored cancellation:\n{stacks}")
+
+
+def _format_stack(task: asyncio.Task[object]) -> list[str]:
+    buf = io.StringIO()
+    task.print_stack(file=buf)
+    return [buf.getvalue()]

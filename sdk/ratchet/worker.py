@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ log = logging.getLogger("ratchet.worker")
 
 MAX_PENDING_EVENTS = 50_000
 RECONNECT_MAX_S = 5.0
+FINISHED_MEMORY = 20_000  # attempts remembered to drop redelivered assignments
 _KIND = {
     "log": pb.LOG,
     "stream": pb.STREAM,
@@ -70,6 +72,9 @@ class Worker:
             raise ValueError("a worker needs at least one workflow with tasks")
         self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"ratchet-{name}")
         self._running: dict[tuple[str, int], _Running] = {}
+        # Attempts this worker already finished, so a redelivered assignment (the dispatcher's
+        # ack raced its redelivery) is not executed a second time. Bounded: oldest forgotten.
+        self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._pending: list[pb.TaskEvent] = []
         # asyncio.Event binds to a loop only when first awaited, so these can live here.
         self._events_ready = asyncio.Event()
@@ -236,8 +241,8 @@ class Worker:
 
     def _accept(self, a: pb.Assignment) -> None:
         key = (a.task_id, a.attempt)
-        if key in self._running:
-            return  # a redelivered assignment: already running
+        if key in self._running or key in self._finished:
+            return  # a redelivered assignment: already running or done
         if self._draining:
             self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.FAILED,
                                     error=pb.TaskError(type="WorkerLost", message="worker draining")))
@@ -287,6 +292,9 @@ class Worker:
             ))
         finally:
             self._running.pop(key, None)
+            self._finished[key] = None
+            if len(self._finished) > FINISHED_MEMORY:
+                self._finished.popitem(last=False)
             if not self._running:
                 self._idle.set()
 

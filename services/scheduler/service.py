@@ -197,10 +197,9 @@ class SchedulerService(Service):
             if getter in done:
                 works.append(getter.result())
             else:
+                # Not awaited: a cancelled Queue.get leaves its item in the queue, and awaiting it
+                # here could swallow a cancellation meant for this task.
                 getter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    got = await getter
-                    works.append(got)
             self._wake.clear()
         while not self._inbox.empty() and len(works) < INBOX_MAX:
             works.append(self._inbox.get_nowait())

@@ -186,8 +186,9 @@ async def test_replay_reruns_failed_task_and_descendants(client: Ratchet, start_
     await eventually(succeeded)
     run = await client.runs.aio_get(ref.run_id)
     assert run["output"] == {"a": {"a": 1}, "b": {"b": 2}, "c": {"c": 3}}
-    assert runs_of == {"a": 1, "b": 2, "c": 1}
-    kinds = [e["kind"] for e in await client.arequest("GET", f"/runs/{ref.run_id}/events")]
+    history = await client.arequest("GET", f"/runs/{ref.run_id}/events")
+    assert runs_of == {"a": 1, "b": 2, "c": 1}, history
+    kinds = [e["kind"] for e in history]
     assert kinds[0] == "run.created"
     assert "run.failed" in kinds and "run.replayed" in kinds and kinds[-1] == "run.succeeded"
     assert kinds.index("run.failed") < kinds.index("run.replayed")
