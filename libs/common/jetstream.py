@@ -89,18 +89,19 @@ async def publish_batch(
     """
     futures: list[asyncio.Future[jsapi.PubAck]] = []
     try:
-        for item in batch:
-            headers = {Header.MSG_ID.value: item.msg_id, **item.headers}
-            futures.append(
-                await js.publish_async(item.subject, item.payload, headers=headers, wait_stall=timeout_s)
-            )
-        if not futures:
-            return
-        done, pending = await asyncio.wait(futures, timeout=timeout_s)
-        if pending:
-            raise TimeoutError(f"{len(pending)} of {len(futures)} publishes were not acked")
-        for fut in done:
-            fut.result()
+        # One deadline for the whole batch: nats-py's own per-publish `wait_stall` wraps every
+        # publish in asyncio.wait_for, which costs a task per message.
+        async with asyncio.timeout(timeout_s):
+            for item in batch:
+                headers = {Header.MSG_ID.value: item.msg_id, **item.headers}
+                futures.append(await js.publish_async(item.subject, item.payload, headers=headers))
+            if futures:
+                await asyncio.gather(*futures)
+    except TimeoutError:
+        pending = sum(1 for fut in futures if not fut.done())
+        raise TimeoutError(
+            f"{pending + len(batch) - len(futures)} of {len(batch)} publishes were not acked"
+        ) from None
     finally:
         for fut in futures:
             if not fut.done():
