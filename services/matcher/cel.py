@@ -7,8 +7,12 @@ again, once, when the matcher first loads them. Evaluation never raises: a runti
 
 from __future__ import annotations
 
+import ast
+import functools
 import logging
+import operator
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,7 @@ import lark.exceptions
 from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError, CELParser
-from celpy.evaluation import CELEvalError
+from celpy.evaluation import Activation, CELEvalError
 
 # celpy logs every evaluation error at ERROR level; a missing field is an ordinary outcome
 # for us (recorded as a match error), so its own log line would only be noise.
@@ -94,6 +98,182 @@ class _OwnParser(CELParser):
 _ENV = _private_environment()
 
 
+# ------------------------------------------------------------------ cheaper evaluation
+#
+# celpy's CompiledRunner.evaluate, per call: deep-copies an Activation, loads the variables
+# into it (a regex match per name), exec()s the whole transpiled module (re-creating every
+# lambda and every constant), resolves each variable through NameContainer's package search,
+# and its bool_* helpers rebuild a functools.wraps wrapper on every comparison. None of that
+# is semantics: it is the same code run with less set-up. Below, the transpiled statements
+# run once per program, constants are built once, variables are a dict lookup, and the
+# helpers that rebuilt themselves per call are built once. Expressions still evaluate through
+# celpy's own operators, types and error handling, so results are celpy's.
+
+
+class Bindings(Activation):
+    """The variables of one evaluation, looked up in a dict (innermost macro variable first).
+
+    Build one per event and `bind("payload", ...)` per filter: nothing is copied per filter.
+    Names that are not bound fall back to the environment's activation (type annotations,
+    functions), exactly where celpy would find them.
+    """
+
+    __slots__ = ("_parent", "_values")
+
+    def __init__(self, values: dict[str, Any], parent: Bindings | None = None) -> None:
+        # Deliberately not calling Activation.__init__: that builds the NameContainer we skip.
+        self._values = values
+        self._parent = parent
+        self.functions = _BASE_ACTIVATION.functions
+        self.package = _BASE_ACTIVATION.package
+
+    def bind(self, name: str, value: Any) -> None:
+        self._values[name] = value
+
+    def variables(self) -> dict[str, Any]:
+        return self._values
+
+    def _lookup(self, name: str) -> Any:
+        scope: Bindings | None = self
+        while scope is not None:
+            values = scope._values
+            if name in values:
+                return values[name]
+            scope = scope._parent
+        raise KeyError(name)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not attributes: CEL identifiers (`activation.input`).
+        try:
+            return self._lookup(name)
+        except KeyError:
+            return getattr(_BASE_ACTIVATION, name)
+
+    get = __getattr__
+
+    def resolve_variable(self, name: str) -> Any:
+        try:
+            return self._lookup(name)
+        except KeyError:
+            return _BASE_ACTIVATION.resolve_variable(name)
+
+    def nested_activation(
+        self, annotations: Mapping[str, Any] | None = None, vars: Mapping[str, Any] | None = None
+    ) -> Bindings:
+        if annotations:  # the transpiler never passes any; refuse rather than ignore them
+            raise TypeError("Bindings cannot take annotations")
+        return Bindings(dict(vars or {}), self)
+
+
+_BASE_ACTIVATION = Activation(
+    annotations=_ENV.annotations, package=_ENV.package, functions=None
+)
+
+# Names an expression may not use as a macro variable: on an Activation they are attributes
+# (methods, `functions`, `package`), so `activation.<name>` would not reach the variable.
+RESERVED_NAMES = frozenset(n for n in dir(Activation) if not n.startswith("__")) | {
+    "identifiers", "functions", "package", "bind"}
+
+
+def _reduce_macro(
+    combine: Callable[[Any, Any], Any], start: Any
+) -> Callable[[Activation, str, Callable[[Activation], Any], Callable[[Activation], Any]], Any]:
+    """celpy's exists()/all(): fold every element's result (no early exit, as celpy does).
+
+    Upstream spells a typing cast with a subscripted Callable inside the function, which
+    costs more than the fold itself on short lists.
+    """
+    evaluation = celpy.evaluation
+
+    def macro(activation: Activation, bind_variable: str,
+              cel_expr: Callable[[Activation], Any], cel_gen: Callable[[Activation], Any]) -> Any:
+        results = (
+            evaluation.result(activation.nested_activation(vars={bind_variable: value}), cel_expr)
+            for value in cel_gen(activation)
+        )
+        return celtypes.BoolType(functools.reduce(combine, results, celtypes.BoolType(start)))
+
+    return macro
+
+
+class _Namespace:
+    """A module stand-in: the real module's names, some replaced, the rest passed through."""
+
+    def __init__(self, module: Any, **replaced: Any) -> None:
+        self.__dict__.update(vars(module))
+        self.__dict__.update(replaced)
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+_boolean = celpy.evaluation.boolean
+_EVALUATION = _Namespace(
+    celpy.evaluation,
+    # Upstream's bool_eq(a, b) is `boolean(operator.eq)(a, b)`: the same wrapper, built once.
+    bool_lt=_boolean(operator.lt), bool_le=_boolean(operator.le),
+    bool_gt=_boolean(operator.gt), bool_ge=_boolean(operator.ge),
+    bool_eq=_boolean(operator.eq), bool_ne=_boolean(operator.ne),
+    macro_exists=_reduce_macro(celtypes.logical_or, False),
+    macro_all=_reduce_macro(celtypes.logical_and, True),
+)
+_GLOBALS: dict[str, Any] = {
+    **vars(celpy.evaluation),
+    "celpy": _Namespace(celpy, evaluation=_EVALUATION),
+}
+# Literal constructors whose value depends only on their literal argument (and is immutable).
+_CONSTANT_TYPES = frozenset({"StringType", "IntType", "UintType", "DoubleType", "BoolType",
+                             "BytesType"})
+
+
+class _HoistConstants(ast.NodeTransformer):
+    """`celpy.celtypes.IntType(3)` → a name bound once to that value."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.namespace = namespace
+
+    def visit_Call(self, node: ast.Call) -> Any:
+        self.generic_visit(node)
+        func = node.func
+        if not (isinstance(func, ast.Attribute) and func.attr in _CONSTANT_TYPES
+                and ast.unparse(func.value) == "celpy.celtypes" and not node.keywords
+                and all(isinstance(a, ast.Constant) for a in node.args)):
+            return node
+        try:
+            value = getattr(celtypes, func.attr)(*(a.value for a in node.args))  # type: ignore[attr-defined]
+        except Exception:
+            return node  # fails at run time too: leave it there, where celpy reports it
+        name = f"_k{len(self.namespace)}"
+        self.namespace[name] = value
+        return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
+
+
+def _entry_point(source: str) -> Callable[[Activation], Any] | None:
+    """Run the transpiled statements once; return `activation -> value`, or None if the
+    source is not the expected shape (lambda definitions, then `CEL = <expr>`)."""
+    module = ast.parse(source)
+    *definitions, last = module.body
+    if not (isinstance(last, ast.Assign) and len(last.targets) == 1
+            and isinstance(last.targets[0], ast.Name) and last.targets[0].id == "CEL"):
+        return None
+    if not all(isinstance(d, ast.Assign) and isinstance(d.value, ast.Lambda) for d in definitions):
+        return None
+    constants: dict[str, Any] = {}
+    hoisted = _HoistConstants(constants)
+    body: list[ast.stmt] = [hoisted.visit(d) for d in definitions]
+    entry = ast.parse("def _cel_entry(base_activation):\n    return None").body[0]
+    assert isinstance(entry, ast.FunctionDef)
+    entry.body = [ast.Return(hoisted.visit(last.value))]
+    body.append(entry)
+    code = compile(ast.fix_missing_locations(ast.Module(body=body, type_ignores=[])),
+                   "<cel>", "exec")
+    namespace = {**_GLOBALS, **constants}
+    exec(code, namespace)
+    function: Callable[[Activation], Any] = namespace["_cel_entry"]
+    return function
+
+
 class CelError(ValueError):
     """An expression that cannot become a filter; the message names line and column."""
 
@@ -110,11 +290,12 @@ class Program:
 
     expression: str
     runner: celpy.Runner
+    entry: Callable[[Activation], Any] | None = None  # None: evaluate through the runner
 
-    def evaluate(self, activation: dict[str, Any]) -> tuple[bool, str | None]:
+    def evaluate(self, activation: Bindings | Mapping[str, Any]) -> tuple[bool, str | None]:
         """(matched, error). Errors (missing fields, wrong types, non-bool) never raise."""
         try:
-            value = self.runner.evaluate(activation)
+            value = self._value(activation)
         except CELEvalError as exc:
             return False, _eval_reason(exc)
         except Exception as exc:
@@ -124,6 +305,20 @@ class Program:
         if isinstance(value, celtypes.BoolType):
             return bool(value), None
         return False, f"expression returned {type(value).__name__}, not bool"
+
+    def _value(self, activation: Bindings | Mapping[str, Any]) -> Any:
+        if self.entry is None:
+            variables = activation.variables() if isinstance(activation, Bindings) else activation
+            return self.runner.evaluate(dict(variables))
+        bindings = activation if isinstance(activation, Bindings) else Bindings(dict(activation))
+        # Error handling as in celpy's Transpiler.evaluate, so reasons read the same.
+        try:
+            value = self.entry(bindings)
+            if isinstance(value, CELEvalError):
+                raise value
+            return value
+        except Exception as exc:
+            raise CELEvalError("evaluation error", type(exc), exc.args) from exc
 
 
 def compile_filter(expression: str) -> Program:
@@ -146,7 +341,8 @@ def compile_filter(expression: str) -> Program:
         runner = _ENV.program(ast)
     except Exception as exc:  # transpiler rejects something the grammar allowed
         raise CelError(f"cannot compile: {exc}") from exc
-    return Program(expression, runner)
+    assert isinstance(runner, _Runner)
+    return Program(expression, runner, _entry_point(runner.tp.source_text))
 
 
 _S, _B, _I, _D = celtypes.StringType, celtypes.BoolType, celtypes.IntType, celtypes.DoubleType
@@ -240,6 +436,8 @@ def _check_tree(ast: lark.Tree[Any]) -> None:
             if method in MACROS:
                 macros.append(node)
                 var = _macro_var(node)
+                if var in RESERVED_NAMES:
+                    raise CelError(f"{var!r} is reserved; pick another variable name", *_pos(node))
                 if var:
                     macro_vars.add(var)
             elif method not in FUNCTIONS:

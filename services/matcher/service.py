@@ -28,7 +28,7 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Stream, valid_tenant
 from services.matcher import events
-from services.matcher.cel import to_cel
+from services.matcher.cel import Bindings, to_cel
 from services.matcher.rules import DEFAULT_TTL_S, RuleCache, TenantRules, WorkflowRule
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def match_event(event: events.Event, rules: TenantRules | None) -> list[Outgoing
         return []
     out: list[Outgoing] = []
     outcomes: list[MatchOutcome] = []
-    activation: dict[str, object] | None = None
+    bindings: Bindings | None = None
     for rule in workflows:
         if not rule.filters:
             run_id = event_run_id(event.tenant, event.event_id, rule.workflow, "")
@@ -150,15 +150,15 @@ def match_event(event: events.Event, rules: TenantRules | None) -> list[Outgoing
                 outcomes.append(MatchOutcome(workflow=rule.workflow, outcome="error",
                                              filter_id=flt.id, error=flt.compile_error))
                 continue
-            if activation is None:  # converted once per event, shared by all its filters
-                activation = {
+            if bindings is None:  # converted once per event, shared by all its filters
+                bindings = Bindings({
                     "input": to_cel(event.payload),
                     "metadata": to_cel(event.metadata),
                     "event_key": to_cel(event.key),
-                }
-            activation["payload"] = flt.payload_cel
+                })
+            bindings.bind("payload", flt.payload_cel)
             started = time.perf_counter_ns()
-            matched, error = flt.program.evaluate(activation)
+            matched, error = flt.program.evaluate(bindings)
             eval_us = (time.perf_counter_ns() - started) // 1000
             EVAL_SECONDS.observe(eval_us / 1e6)
             if matched:

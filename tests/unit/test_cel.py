@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import celpy
@@ -11,7 +12,13 @@ from celpy.celparser import CELParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.matcher.cel import MAX_EXPRESSION_CHARS, CelError, compile_filter, to_cel
+from services.matcher.cel import (
+    MAX_EXPRESSION_CHARS,
+    Bindings,
+    CelError,
+    compile_filter,
+    to_cel,
+)
 
 
 def _activation(input: Any, payload: Any = None, metadata: Any = None, key: str = "k") -> dict[str, Any]:
@@ -123,3 +130,78 @@ def test_other_celpy_users_do_not_break_compiled_filters() -> None:
 @given(value=json_values | st.floats(allow_nan=False) | st.integers(-(2**63), 2**63 - 1))  # CEL ints are 64-bit
 def test_to_cel_agrees_with_celpy(value: Any) -> None:
     assert repr(to_cel(value)) == repr(json_to_cel(value))
+
+
+# The matcher evaluates through Program.entry (statements run once, constants built once,
+# dict-backed bindings); the runner path is stock celpy. Both must agree on every outcome,
+# errors and their reasons included.
+AGREEMENT_EXPRESSIONS = [
+    "input.a == 1",
+    "input.a != 'x' && input.b > 2",
+    "input.a < input.b || payload.flag",
+    "input.a + 1 > 3",
+    "input.a * 9223372036854775807 > 1",
+    "10 / input.a == 2",
+    "input.a % 3 == 1",
+    "input.s.startsWith('ab') || input.s.endsWith('z')",
+    "input.s.contains('b') && size(input.s) > 1",
+    "input.s.matches('^a[0-9]*$')",
+    "input.a in [1, 2, 'x']",
+    "'k' in input",
+    "input.l.exists(v, v == 1)",
+    "input.l.all(v, v > 0)",
+    "input.l.exists_one(v, v == 'x')",
+    "input.l.map(v, v).size() >= 0",
+    "input.l.filter(v, v == true).size() == 1",
+    "has(input.a) && input.a == 1",
+    "!has(input.a) ? payload.flag : input.b == 2",
+    "has(input.l) && size(input.l) == 2",
+    "input.a",
+    "int(input.s) > 3",
+    "string(input.a) == '1'",
+    "double(input.a) > 0.5",
+    "type(input.a) == type(1)",
+    "event_key.endsWith('.up') && metadata.src == 'cli'",
+    "dyn(input.a) == 1.0",
+    "input.m.x.y == 1",
+    "{'a': 1}[input.s] == 1",
+    "[1, 2, 3][input.a] == 2",
+]
+
+agreement_inputs = st.fixed_dictionaries({}, optional={
+    "a": json_values | st.integers(-5, 5), "b": json_values | st.integers(-5, 5),
+    "s": st.sampled_from(["", "a1", "ab", "abz", "3", "x"]) | st.text(max_size=4),
+    "l": st.lists(st.integers(-2, 2) | st.sampled_from(["x", True]), max_size=4),
+    "m": json_values, "k": json_values,
+})
+
+
+@settings(max_examples=200, deadline=None)
+@given(expression=st.sampled_from(AGREEMENT_EXPRESSIONS), value=agreement_inputs,
+       flag=st.booleans() | st.none())
+def test_fast_evaluation_agrees_with_celpy_runner(
+    expression: str, value: dict[str, Any], flag: bool | None
+) -> None:
+    program = compile_filter(expression)
+    assert program.entry is not None
+    reference = dataclasses.replace(program, entry=None)
+    act = _activation(value, {"flag": flag}, {"src": "cli"}, "doc.up")
+    assert program.evaluate(act) == reference.evaluate(act)
+
+
+def test_bindings_are_reused_across_filters() -> None:
+    bindings = Bindings({"input": to_cel({"n": 2}), "metadata": to_cel({}),
+                         "event_key": to_cel("k")})
+    high = compile_filter("input.n > payload.min")
+    bindings.bind("payload", to_cel({"min": 1}))
+    assert high.evaluate(bindings) == (True, None)
+    bindings.bind("payload", to_cel({"min": 5}))
+    assert high.evaluate(bindings) == (False, None)
+    # A macro variable is local to its comprehension, never left behind in the bindings.
+    assert compile_filter("[1, 2].exists(x, x == input.n)").evaluate(bindings) == (True, None)
+    assert "x" not in bindings.variables()
+
+
+def test_macro_variables_may_not_shadow_activation_attributes() -> None:
+    with pytest.raises(CelError, match="reserved"):
+        compile_filter("input.l.exists(functions, functions == 1)")
