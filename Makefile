@@ -8,8 +8,8 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.ratchet-synced
 UV_VERSION := 0.13.8
 STACK      := $(PY) -m scripts.stack
-# Run a module with .run/env exported (written by `make up`).
-WITH_ENV   := set -a && source .run/env && set +a &&
+# Run a module with .run/env exported (written by `make up`; $RATCHET_RUN_DIR/env when set).
+WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 # root runs apt-get directly; others go through sudo when it exists.
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
