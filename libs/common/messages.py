@@ -116,6 +116,11 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     slots: int
     labels: dict[str, str] = {}
     heartbeat_ms: int = 0
+    # One stream's life: a new session means the worker (re)registered at registered_ms,
+    # holding exactly the attempts listed in `holding` (task id, attempt).
+    session: str = ""
+    registered_ms: int = 0
+    holding: list[tuple[str, int]] = []
 
 
 class DispatcherInfo(msgspec.Struct, kw_only=True):

@@ -31,6 +31,7 @@ log = logging.getLogger("ratchet.worker")
 
 MAX_PENDING_EVENTS = 50_000
 RECONNECT_MAX_S = 5.0
+_SETTLING = frozenset({pb.COMPLETED, pb.FAILED, pb.CANCELLED})
 FINISHED_MEMORY = 20_000  # attempts remembered to drop redelivered assignments
 _KIND = {
     "log": pb.LOG,
@@ -175,7 +176,7 @@ class Worker:
             call = stub.Connect(metadata=metadata)
             await call.write(pb.WorkerMessage(register=pb.Register(
                 name=self.name, actions=sorted(self._by_action), slots=self.slots,
-                labels=self.labels, worker_id=self.worker_id,
+                labels=self.labels, worker_id=self.worker_id, holding=self._holding(),
             )))
             first = await call.read()
             if first is grpc.aio.EOF or first.WhichOneof("msg") != "registered":
@@ -225,6 +226,12 @@ class Worker:
             self._events_ready.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._events_ready.wait(), max(0.0, next_beat - time.monotonic()))
+
+    def _holding(self) -> list[pb.TaskKey]:
+        """What this worker still answers for: running attempts and unsent outcomes."""
+        keys = set(self._running)
+        keys.update((e.task_id, e.attempt) for e in self._pending if e.kind in _SETTLING)
+        return [pb.TaskKey(task_id=t, attempt=a) for t, a in sorted(keys)]
 
     def _on_message(self, msg: pb.DispatcherMessage) -> None:
         which = msg.WhichOneof("msg")

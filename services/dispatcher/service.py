@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_MS = 2000
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 PUBLISH_RETRY_S = 120.0
+# Worker event batches waiting to be published; a full queue slows the gRPC readers down.
+EVENT_QUEUE_MAX = 256
+EVENT_PUBLISH_MAX = 2000  # reports per JetStream publish batch
 
 
 class DispatcherService(Service, pb_grpc.DispatcherServicer):
@@ -59,6 +62,13 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         self._server: grpc.aio.Server | None = None
         self._consumer: BatchConsumer | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        # Readers hand worker events to one publisher task, which publishes whatever has
+        # accumulated as one pipelined batch: a reader never waits for a JetStream ack round
+        # trip per gRPC message, and order is kept (one FIFO, one publisher).
+        self._events: asyncio.Queue[tuple[str, list[Outgoing]]] = asyncio.Queue(
+            maxsize=EVENT_QUEUE_MAX
+        )
+        self._publisher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.conns: dict[str, WorkerConn] = {}
         self.port = settings.grpc_port
@@ -77,6 +87,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             batch_size=500, max_deliver=s.max_deliver,
         )
         await self._consumer.start()
+        self._publisher = asyncio.create_task(self._publish_loop(), name="dispatcher-events")
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -97,6 +108,10 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             conn.closed.set()
         if self._server is not None:
             await self._server.stop(grace=5)
+        if self._publisher is not None:
+            await self._events.put(("", []))  # sentinel: all queued before it gets published
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._publisher, PUBLISH_RETRY_S)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,7 +141,8 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         info = WorkerInfo(
             worker_id=worker_id, tenant=tenant, name=reg.name, dispatcher_id=self.dispatcher_id,
             actions=list(reg.actions), slots=reg.slots, labels=dict(reg.labels),
-            heartbeat_ms=_now(),
+            heartbeat_ms=_now(), session=uuid.uuid4().hex, registered_ms=_now(),
+            holding=[(k.task_id, k.attempt) for k in reg.holding],
         )
         conn = WorkerConn(info, asyncio.Queue(maxsize=reg.slots * 2 + 256), _now())
         previous = self.conns.get(worker_id)
@@ -178,14 +194,15 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 conn.last_seen_ms = _now()
                 which = msg.WhichOneof("msg")
                 if which == "events":
-                    await self._publish_events(conn, msg.events.events)
+                    batch = self._reports(conn, msg.events.events)
+                    if batch:
+                        await self._events.put((conn.info.worker_id, batch))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
             conn.closed.set()
 
-    async def _publish_events(self, conn: WorkerConn, events: Iterable[pb.TaskEvent]) -> None:
-        assert self._js is not None
+    def _reports(self, conn: WorkerConn, events: Iterable[pb.TaskEvent]) -> list[Outgoing]:
         now = _now()
         tenant = conn.info.tenant
         batch: list[Outgoing] = []
@@ -201,16 +218,43 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                     + (f":{report.refresh_ms}:{report.ts_ms}" if report.kind == "refresh" else ""),
                 )
             )
-        # Keep trying through a NATS restart: dropping these would leave the scheduler waiting
-        # for outcomes the worker already reported. Same msg-ids, so retries are deduplicated.
+        return batch
+
+    async def _publish_loop(self) -> None:
+        """Publish queued worker events in batches until the empty-batch sentinel arrives."""
+        assert self._js is not None
+        while True:
+            worker_id, batch = await self._events.get()
+            workers = {worker_id}
+            last = not batch
+            while not last and len(batch) < EVENT_PUBLISH_MAX and not self._events.empty():
+                worker_id, more = self._events.get_nowait()
+                workers.add(worker_id)
+                last = not more
+                batch.extend(more)
+            if batch and not await self._publish_reports(batch):
+                # The outcomes are gone: end those workers' streams so the scheduler declares
+                # them lost and requeues their tasks rather than waiting for a timeout.
+                for wid in workers:
+                    conn = self.conns.get(wid)
+                    if conn is not None:
+                        conn.closed.set()
+            if last:
+                return
+
+    async def _publish_reports(self, batch: list[Outgoing]) -> bool:
+        """Keep trying through a NATS restart (same msg-ids, so the stream drops duplicates)."""
+        assert self._js is not None
         deadline = time.monotonic() + PUBLISH_RETRY_S
-        while batch:
+        while True:
             try:
                 await jetstream.publish_batch(self._js, batch)
-                return
+                return True
             except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    log.error("dropped %d worker events after %.0f s of failed publishes",
+                              len(batch), PUBLISH_RETRY_S)
+                    return False
                 log.warning("publishing %d worker events failed (%r); retrying", len(batch), exc)
                 await asyncio.sleep(0.2)
 

@@ -22,6 +22,7 @@ EVENT_KINDS: dict[int, str] = {
 
 MAX_SLOTS = 10_000
 MAX_ACTIONS = 1_000
+MAX_HOLDING = 100_000
 
 
 @dataclass(slots=True, eq=False)
@@ -43,6 +44,8 @@ def validate_register(reg: pb.Register) -> str | None:
         return f"register.actions must list 1-{MAX_ACTIONS} actions"
     if reg.worker_id and (len(reg.worker_id) > 64 or not reg.worker_id.replace("-", "").isalnum()):
         return "register.worker_id must be up to 64 letters, digits or '-'"
+    if len(reg.holding) > MAX_HOLDING:
+        return f"register.holding lists more than {MAX_HOLDING} attempts"
     return None
 
 

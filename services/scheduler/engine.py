@@ -215,7 +215,35 @@ class Engine:
 
     # workers ------------------------------------------------------------------------
     def worker_seen(self, info: WorkerInfo) -> None:
+        known = self.assigner.workers.get(info.worker_id)
+        new_session = bool(info.session) and (known is None or known.info.session != info.session)
         self.assigner.upsert_worker(info)
+        if new_session and info.registered_ms:
+            self._reconcile(info)
+
+    def _reconcile(self, info: WorkerInfo) -> None:
+        """The worker (re)registered holding `info.holding`: whatever this scheduler gave it
+        before that moment and it does not hold was lost on the way (a dispatcher that died
+        between taking the assignment and writing it to the stream), so requeue it now
+        instead of waiting for the execution timeout. Attempts assigned after the
+        registration are left alone: they may still be in flight to the new stream.
+        """
+        holding = {(t, a) for t, a in info.holding}
+        worker = self.assigner.workers[info.worker_id]
+        for task_id, attempt in sorted(worker.inflight - holding):
+            task = self.tasks.get(task_id)
+            if (
+                task is None
+                or task.worker_id != info.worker_id
+                or task.attempt != attempt
+                or task.status not in IN_FLIGHT
+            ):
+                continue
+            since = task.started_ms if task.status == TaskStatus.RUNNING else task.assigned_ms
+            if since is None or since >= info.registered_ms:
+                continue
+            self.assigner.release(info.worker_id, task_id, attempt)
+            self._requeue_lost(task)
 
     def worker_lost(self, worker_id: str) -> None:
         held = self.assigner.remove_worker(worker_id)
@@ -413,6 +441,7 @@ class Engine:
             run = self.runs[task.run_id]
             task.status = TaskStatus.ASSIGNED
             task.worker_id = worker.info.worker_id
+            task.assigned_ms = self.now_ms
             task.deadline_ms = self.now_ms + int(task.spec.execution_timeout_s * 1000)
             self.fx.touch_task(task)
             self.fx.del_timer((task.tenant, task.id, TIMER_SCHED))

@@ -75,6 +75,7 @@ class Task:
     worker_id: str | None = None
     output: bytes | None = None
     queued_ms: int | None = None
+    assigned_ms: int | None = None  # in memory only: None after a scheduler restart
     started_ms: int | None = None
     finished_ms: int | None = None
     not_before_ms: int | None = None

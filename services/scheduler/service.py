@@ -77,6 +77,9 @@ class SchedulerService(Service):
         self._tasks: list[asyncio.Task[None]] = []
         self._published: list[str] = []
         self._unsent: list[Outgoing] = []
+        # The outbox of batch N is relayed while batch N+1 is applied; at most one relay is in
+        # flight, which keeps publish order and bounds what waits in memory.
+        self._relay_task: asyncio.Task[None] | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
         self._cron: CronTicker | None = None
 
@@ -175,6 +178,7 @@ class SchedulerService(Service):
         while True:
             works = await self._next_works()
             if self._stopping.is_set() and not works:
+                await self._await_relay()  # what it could not send stays in the outbox table
                 return
             try:
                 await self._step(works)
@@ -234,13 +238,22 @@ class SchedulerService(Service):
             engine.fire_timers()
             fx = engine.finish()
             if not fx.empty() or self._published:
+                # Taken before the flush: the relay in flight keeps appending to the list.
+                published, self._published = self._published, []
                 async with conn.transaction():
-                    await store.flush(conn, fx, self._published)
-                self._published = []
+                    await store.flush(conn, fx, published)
         for work in works:
             if not work.done.done():
                 work.done.set_result(None)
-        await self._relay(self._unsent + fx.outbox)
+        await self._await_relay()
+        outgoing, self._unsent = self._unsent + fx.outbox, []
+        if outgoing:
+            self._relay_task = asyncio.create_task(self._relay(outgoing), name="outbox-relay")
+
+    async def _await_relay(self) -> None:
+        if self._relay_task is not None:
+            await self._relay_task  # never raises: failures are kept in self._unsent
+            self._relay_task = None
 
     async def _prefetch(
         self, conn: asyncpg.Connection, works: list[Work]
@@ -266,23 +279,22 @@ class SchedulerService(Service):
         return dict(specs), existing
 
     async def _relay(self, outgoing: list[Outgoing]) -> None:
-        if not outgoing:
-            self._unsent = []
-            return
         assert self._js is not None
+        sent = 0
         try:
             for i in range(0, len(outgoing), OUTBOX_RELAY_BATCH):
                 chunk = outgoing[i : i + OUTBOX_RELAY_BATCH]
                 await jetstream.publish_batch(self._js, chunk)
                 self._published.extend(o.msg_id for o in chunk)
-            self._unsent = []
+                sent = i + len(chunk)
         except Exception as exc:
-            sent = set(self._published)
-            self._unsent = [o for o in outgoing if o.msg_id not in sent]
+            # Republished next step with the same msg-ids: the stream drops any duplicates.
+            self._unsent = outgoing[sent:]
             log.warning("outbox relay failed (%r); %d messages pending", exc, len(self._unsent))
             await asyncio.sleep(0.2)
 
     async def _recover(self) -> None:
+        await self._await_relay()
         while not self._stopping.is_set():
             try:
                 await self._load()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 
 import pytest
 from conftest import eventually
@@ -75,3 +76,56 @@ async def test_scheduler_restart_loses_nothing(stack, client: Ratchet, start_wor
         run = await client.runs.aio_get(ref.run_id)
         for task in run["tasks"]:
             assert [a["status"] for a in task["attempts"]].count("SUCCEEDED") == 1
+
+
+async def test_assignment_lost_in_dispatcher_is_requeued_on_reregister(
+    stack, client: Ratchet, start_worker
+) -> None:
+    """A dispatcher that dies after taking an assignment off DSP but before writing it to the
+    worker loses it; the worker reconnects (same id) before anyone notices a stale heartbeat.
+    The worker's registration says what it holds, so the scheduler requeues the rest at once
+    rather than after the (here: ten-minute) execution timeout."""
+    dispatcher = stack.dispatcher
+    wf = client.workflow("lost-in-dispatch")
+
+    @wf.task(execution_timeout=timedelta(minutes=10))
+    async def step(input: dict, ctx: Context) -> dict:
+        return {"attempt": ctx.attempt}
+
+    worker = await start_worker("w-lost-dispatch", workflows=[wf], slots=1)
+    real_on_dispatch, real_drop = dispatcher._on_dispatch, dispatcher._drop
+    swallowed = asyncio.Event()
+
+    async def swallow(msgs):  # the crash window: taken off the stream, never written
+        mine = [m for m in msgs if worker.worker_id and worker.worker_id.encode() in m.data]
+        if mine and not swallowed.is_set():
+            swallowed.set()
+            rest = [m for m in msgs if m not in mine]
+            return await real_on_dispatch(rest) if rest else []
+        return await real_on_dispatch(msgs)
+
+    async def crash_drop(conn):  # a killed dispatcher cleans nothing up
+        if dispatcher.conns.get(conn.info.worker_id) is conn:
+            del dispatcher.conns[conn.info.worker_id]
+
+    dispatcher._on_dispatch = swallow
+    dispatcher._drop = crash_drop
+    try:
+        # The consumer holds a bound reference to the handler: swap it there too.
+        dispatcher._consumer._handler = swallow
+        ref = await wf.aio_run_no_wait({})
+        await asyncio.wait_for(swallowed.wait(), 20)
+        conn = dispatcher.conns[worker.worker_id]
+        conn.closed.set()  # the stream ends as if the dispatcher died; the worker reconnects
+
+        async def reconnected() -> bool:
+            again = dispatcher.conns.get(worker.worker_id)
+            return again is not None and again is not conn
+        await eventually(reconnected)
+    finally:
+        dispatcher._on_dispatch, dispatcher._drop = real_on_dispatch, real_drop
+        dispatcher._consumer._handler = real_on_dispatch
+    assert await ref.aio_result(30) == {"step": {"attempt": 1}}
+    run = await client.runs.aio_get(ref.run_id)
+    attempts = run["tasks"][0]["attempts"]
+    assert [a["status"] for a in attempts] == ["LOST", "SUCCEEDED"]
