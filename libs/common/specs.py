@@ -19,6 +19,13 @@ class ConcurrencySpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RateLimitSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Units a task takes from a rate limit when it starts.
+
+    `key` names a static limit created through the API; `dynamic_key` is CEL over the input
+    (and metadata) giving the key per run, with `limit`/`per` declared here (or left out to
+    use a static limit of that name). `units` is an int or CEL yielding one.
+    """
+
     key: str | None = None
     dynamic_key: str | None = None
     units: int | str = 1
@@ -27,9 +34,11 @@ class RateLimitSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LabelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker label a task wants: required (else never placed) or preferred by weight."""
+
     value: str
-    required: bool = True
-    weight: int = 100
+    required: bool = False
+    weight: int = 1
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,6 +93,7 @@ def validate(spec: WorkflowSpec) -> list[str]:
         raise SpecError(f"workflow {spec.name!r} has no tasks")
     if not 1 <= spec.default_priority <= 3:
         raise SpecError("default_priority must be 1, 2 or 3")
+    _check_concurrency(f"workflow {spec.name!r}", spec.concurrency)
     by_name: dict[str, TaskSpec] = {}
     for task in spec.tasks:
         _check_name("task", task.name)
@@ -93,6 +103,7 @@ def validate(spec: WorkflowSpec) -> list[str]:
             raise SpecError(f"task {task.name!r}: retries must be >= 0")
         if task.execution_timeout_s <= 0 or task.schedule_timeout_s <= 0:
             raise SpecError(f"task {task.name!r}: timeouts must be positive")
+        _check_fairness(f"task {task.name!r}", task)
         by_name[task.name] = task
     for extra in (spec.on_failure, spec.on_success):
         if extra is not None:
@@ -108,6 +119,54 @@ def validate(spec: WorkflowSpec) -> list[str]:
             if parent == task.name:
                 raise SpecError(f"task {task.name!r} lists itself as a parent: cycle")
     return _toposort(spec.tasks)
+
+
+def _check_concurrency(where: str, items: list[ConcurrencySpec]) -> None:
+    for c in items:
+        if not c.key.strip():
+            raise SpecError(f"{where}: concurrency key expression is empty")
+        if c.max_runs < 1:
+            raise SpecError(f"{where}: concurrency max_runs must be >= 1")
+
+
+def _check_fairness(where: str, task: TaskSpec) -> None:
+    """Shape checks; CEL syntax and static key existence are checked by the API."""
+    _check_concurrency(where, task.concurrency)
+    for rl in task.rate_limits:
+        if (rl.key is None) == (rl.dynamic_key is None):
+            raise SpecError(f"{where}: a rate limit needs exactly one of key or dynamic_key")
+        if isinstance(rl.units, int) and rl.units < 0:
+            raise SpecError(f"{where}: rate limit units must be >= 0")
+        if (rl.limit is None) != (rl.per is None):
+            raise SpecError(f"{where}: an inline rate limit needs both limit and per")
+        if rl.limit is not None and rl.limit < 1:
+            raise SpecError(f"{where}: rate limit limit must be >= 1")
+        if rl.key is not None and rl.limit is not None:
+            raise SpecError(
+                f"{where}: static rate limit {rl.key!r} is defined through the API, not inline"
+            )
+    for label, want in task.desired_labels.items():
+        if not label or want.weight < 0:
+            raise SpecError(f"{where}: desired label {label!r} needs a name and a weight >= 0")
+
+
+def cel_expressions(spec: WorkflowSpec) -> list[tuple[str, str]]:
+    """(where, expression) for every CEL expression in the spec, for the API to compile."""
+    out = [(f"workflow {spec.name!r} concurrency key", c.key) for c in spec.concurrency]
+    tasks = [*spec.tasks, *(t for t in (spec.on_failure, spec.on_success) if t is not None)]
+    for task in tasks:
+        out.extend((f"task {task.name!r} concurrency key", c.key) for c in task.concurrency)
+        for rl in task.rate_limits:
+            if rl.dynamic_key is not None:
+                out.append((f"task {task.name!r} rate limit dynamic_key", rl.dynamic_key))
+            if isinstance(rl.units, str):
+                out.append((f"task {task.name!r} rate limit units", rl.units))
+    return out
+
+
+def static_rate_limit_keys(spec: WorkflowSpec) -> set[str]:
+    tasks = [*spec.tasks, *(t for t in (spec.on_failure, spec.on_success) if t is not None)]
+    return {rl.key for t in tasks for rl in t.rate_limits if rl.key is not None}
 
 
 def _toposort(tasks: list[TaskSpec]) -> list[str]:

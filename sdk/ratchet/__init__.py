@@ -3,7 +3,7 @@
 from ratchet.client import Ratchet, RunRef
 from ratchet.context import Context
 from ratchet.errors import ApiError, NonRetryable, RatchetError, RunFailed, WorkflowDefinitionError
-from ratchet.types import Concurrency, DesiredLabel, RateLimit, StickyStrategy, Strategy
+from ratchet.types import Concurrency, DesiredLabel, RateLimit, Sticky, StickyStrategy, Strategy
 from ratchet.worker import Worker
 from ratchet.workflow import Task, Workflow
 
@@ -18,6 +18,7 @@ __all__ = [
     "RateLimit",
     "RunFailed",
     "RunRef",
+    "Sticky",
     "StickyStrategy",
     "Strategy",
     "Task",

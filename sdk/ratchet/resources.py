@@ -134,11 +134,34 @@ class Scheduled(_Resource):
 
 
 class RateLimits(_Resource):
+    """Static rate-limit keys that tasks reference with `RateLimit(key=...)`."""
+
     def put(self, key: str, *, limit: int, per: str = "second", burst: int | None = None) -> Any:
-        body: dict[str, Any] = {"key": key, "limit": limit, "per": per}
-        if burst is not None:
-            body["burst"] = burst
-        return self._c.request("PUT", f"/rate-limits/{key}", json=body)
+        """Create or change a key: at most `limit` units start in any window of `per`.
+
+        `burst` switches the key to a token bucket holding `burst` units, refilled at
+        limit/per: it starts a burst at once after a quiet spell, so one window may see
+        up to burst + limit units.
+        """
+        return self._c.request("PUT", f"/rate-limits/{key}", json=_limit(key, limit, per, burst))
+
+    async def aio_put(self, key: str, *, limit: int, per: str = "second",
+                      burst: int | None = None) -> Any:
+        return await self._c.arequest(
+            "PUT", f"/rate-limits/{key}", json=_limit(key, limit, per, burst)
+        )
+
+    def get(self, key: str) -> Any:
+        return self._c.request("GET", f"/rate-limits/{key}")
 
     def list(self) -> Any:
         return self._c.request("GET", "/rate-limits")
+
+
+def _limit(key: str, limit: int, per: str, burst: int | None) -> dict[str, Any]:
+    if per not in ("second", "minute", "hour"):
+        raise ValueError("per must be 'second', 'minute' or 'hour'")
+    body: dict[str, Any] = {"key": key, "limit": limit, "per": per}
+    if burst is not None:
+        body["burst"] = burst
+    return body

@@ -169,7 +169,7 @@ class Workflow:
             concurrency = [concurrency]
         self.concurrency = list(concurrency or [])
         self.default_priority = default_priority
-        self.sticky = sticky
+        self.sticky = StickyStrategy(sticky) if sticky is not None else None
         self.tasks: dict[str, Task[Any]] = {}
         self.on_failure: Task[Any] | None = None
         self.on_success: Task[Any] | None = None
@@ -256,6 +256,12 @@ class Workflow:
             raise WorkflowDefinitionError("retries must be >= 0")
         if isinstance(concurrency, Concurrency):
             concurrency = [concurrency]
+        for c in concurrency or ():
+            if c.max_runs < 1:
+                raise WorkflowDefinitionError("concurrency max_runs must be >= 1")
+        for rl in rate_limits or ():
+            if (rl.key is None) == (rl.dynamic_key is None):
+                raise WorkflowDefinitionError("a RateLimit needs exactly one of key or dynamic_key")
         labels = tuple(
             (k, v if isinstance(v, DesiredLabel) else DesiredLabel(value=str(v)))
             for k, v in (desired_labels or {}).items()

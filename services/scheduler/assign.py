@@ -1,20 +1,41 @@
 """Ready queues and worker slots: which queued task goes to which free worker.
 
-Queues are heaps per (tenant, action) ordered by priority (high first) then FIFO, so picking
-the next task is O(log n). Entries are removed lazily: a popped entry whose task is no longer
-QUEUED (cancelled, timed out, requeued under a new sequence) is skipped.
+A ready queue exists per (tenant, action, pinned worker) — the pin is set only for HARD
+sticky runs, whose tasks may go to one worker alone. Inside a queue, tasks are split by
+priority (3 first) and, within a priority, by fairness group (the task's round-robin
+concurrency keys). The groups of a priority form a ring: the group at the front gives its
+oldest task and moves to the back, so a group that floods thousands of tasks and a group
+that trickles a few take turns. Every choice is a heap pop plus a ring rotation —
+O(log n) in queued tasks, with no scan; `inspected` counts the entries looked at so tests
+can pin that down without timing anything.
+
+Entries are removed lazily: an entry whose task is no longer waiting here (cancelled,
+timed out, requeued under a new sequence number) is dropped when it reaches the front.
+
+Assignment is task-driven: the best head over all queues some free worker serves is
+placed on the best eligible free worker (required labels must match; preferred labels add
+their weight; a SOFT sticky run prefers its worker). A queue whose head no free worker
+may take sits out the round (tasks of one action share their label demands).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from libs.common.messages import WorkerInfo
 from services.scheduler.model import Task, TaskStatus
 
-QueueKey = tuple[str, str]  # (tenant, action)
+QueueKey = tuple[str, str, str]  # (tenant, action, pinned worker id or "")
+Order = tuple[int, int]  # (-priority, queue sequence)
+
+# score(task, worker) -> None when the worker may not take the task, else higher = better
+Scorer = Callable[[Task, "Worker"], int | None]
+# admit(task, worker) -> False when the task must wait (rate limit); the engine parked it
+Admitter = Callable[[Task, "Worker"], bool]
 
 
 @dataclass(slots=True, eq=False)
@@ -28,38 +49,92 @@ class Worker:
         return self.info.slots - len(self.inflight)
 
 
+@dataclass(slots=True, eq=False)
+class _Level:
+    """One priority of one ready queue: a ring of fairness groups, each a FIFO heap."""
+
+    groups: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    ring: deque[str] = field(default_factory=deque)
+
+
+@dataclass(slots=True, eq=False)
+class ReadyQueue:
+    levels: dict[int, _Level] = field(default_factory=dict)
+    size: int = 0  # entries, live or stale
+
+
 class Assigner:
     def __init__(self) -> None:
-        self._queues: dict[QueueKey, list[tuple[int, int, str]]] = {}
+        self._queues: dict[QueueKey, ReadyQueue] = {}
         self._seq = itertools.count(1)
         self.workers: dict[str, Worker] = {}
         # Inflight counts for workers we have not (yet) seen in the registry, e.g. right
         # after a scheduler restart; they are merged when the worker shows up.
         self._orphan_inflight: dict[str, set[tuple[str, int]]] = {}
         self._rr = 0
+        self.inspected = 0  # queue entries looked at, for the algorithmic-cost tests
 
     # queues -------------------------------------------------------------------------
-    def enqueue(self, task: Task) -> None:
-        task.queue_seq = next(self._seq)
-        heapq.heappush(
-            self._queues.setdefault((task.tenant, task.action), []),
-            (-task.priority, task.queue_seq, task.id),
-        )
+    def enqueue(self, task: Task, *, pinned: str = "", keep_seq: bool = False) -> None:
+        """Make a QUEUED task assignable; `keep_seq` keeps its place in line (unparked)."""
+        if not keep_seq or task.queue_seq == 0:
+            task.queue_seq = next(self._seq)
+        queue = self._queues.setdefault((task.tenant, task.action, pinned), ReadyQueue())
+        level = queue.levels.get(task.priority)
+        if level is None:
+            level = queue.levels[task.priority] = _Level()
+        heap = level.groups.get(task.group)
+        if heap is None:
+            heap = level.groups[task.group] = []
+            level.ring.append(task.group)
+        heapq.heappush(heap, (task.queue_seq, task.id))
+        queue.size += 1
 
     def queued_count(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return sum(q.size for q in self._queues.values())
 
     def _head(self, key: QueueKey, tasks: dict[str, Task]) -> Task | None:
         queue = self._queues.get(key)
-        while queue:
-            _, seq, task_id = queue[0]
-            task = tasks.get(task_id)
-            if task is not None and task.status == TaskStatus.QUEUED and task.queue_seq == seq:
-                return task
-            heapq.heappop(queue)
-        if queue is not None and not queue:
-            del self._queues[key]
+        if queue is None:
+            return None
+        for priority in (3, 2, 1):
+            level = queue.levels.get(priority)
+            if level is None:
+                continue
+            while level.ring:
+                group = level.ring[0]
+                heap = level.groups[group]
+                while heap:
+                    seq, task_id = heap[0]
+                    self.inspected += 1
+                    task = tasks.get(task_id)
+                    if (
+                        task is not None
+                        and task.status == TaskStatus.QUEUED
+                        and task.queue_seq == seq
+                        and task.stage == "ready"
+                    ):
+                        return task
+                    heapq.heappop(heap)
+                    queue.size -= 1
+                level.ring.popleft()
+                del level.groups[group]
+            del queue.levels[priority]
+        del self._queues[key]
         return None
+
+    def _pop_head(self, key: QueueKey, task: Task) -> None:
+        """Remove `task` (the current head of `key`) and rotate its group to the back."""
+        queue = self._queues[key]
+        level = queue.levels[task.priority]
+        group = level.ring.popleft()
+        heap = level.groups[group]
+        heapq.heappop(heap)
+        queue.size -= 1
+        if heap:
+            level.ring.append(group)
+        else:
+            del level.groups[group]
 
     # workers ------------------------------------------------------------------------
     def upsert_worker(self, info: WorkerInfo) -> None:
@@ -101,35 +176,63 @@ class Assigner:
         return [w for w, held in self._orphan_inflight.items() if held]
 
     # assignment ---------------------------------------------------------------------
-    def assign(self, tasks: dict[str, Task], limit: int = 1000) -> list[tuple[Task, Worker]]:
-        """Fill free slots, highest priority first; workers take turns one slot at a time."""
+    def assign(
+        self,
+        tasks: dict[str, Task],
+        limit: int = 1000,
+        score: Scorer | None = None,
+        admit: Admitter | None = None,
+    ) -> list[tuple[Task, Worker]]:
+        """Fill free slots: best head first (priority, then age), best worker for it."""
         out: list[tuple[Task, Worker]] = []
-        workers = [w for w in self.workers.values() if w.free > 0]
-        if not workers or not self._queues:
+        free = [w for w in self.workers.values() if w.free > 0]
+        if not free or not self._queues:
             return out
-        self._rr = (self._rr + 1) % len(workers)
-        workers = workers[self._rr :] + workers[: self._rr]
-        while workers and len(out) < limit:
-            still: list[Worker] = []
-            for worker in workers:
-                task = self._best_for(worker, tasks)
-                if task is None:
-                    continue
-                heapq.heappop(self._queues[(task.tenant, task.action)])
-                worker.inflight.add((task.id, task.attempt))
-                out.append((task, worker))
-                if worker.free > 0:
-                    still.append(worker)
-            workers = still
+        self._rr = (self._rr + 1) % len(free)
+        free = free[self._rr :] + free[: self._rr]  # ties go to workers in turn
+        serving: dict[tuple[str, str], list[Worker]] = {}
+        for worker in free:
+            for action in worker.info.actions:
+                serving.setdefault((worker.info.tenant, action), []).append(worker)
+        heads: list[tuple[Order, QueueKey]] = []
+        for (tenant, action), workers in serving.items():
+            for key in [(tenant, action, "")] + [(tenant, action, w.info.worker_id) for w in workers]:
+                task = self._head(key, tasks) if key in self._queues else None
+                if task is not None:
+                    heads.append(((-task.priority, task.queue_seq), key))
+        heapq.heapify(heads)
+        while heads and len(out) < limit:
+            order, key = heapq.heappop(heads)
+            task = self._head(key, tasks)
+            if task is None:
+                continue
+            if (-task.priority, task.queue_seq) != order:
+                heapq.heappush(heads, ((-task.priority, task.queue_seq), key))
+                continue
+            chosen = self._pick(task, key, serving[(key[0], key[1])], score)
+            if chosen is None:
+                continue  # nobody free may take this queue's head: it sits out the round
+            self._pop_head(key, task)
+            if admit is None or admit(task, chosen):
+                chosen.inflight.add((task.id, task.attempt))
+                out.append((task, chosen))
+            # else the engine parked it (rate limit); the next head of this queue goes on
+            nxt = self._head(key, tasks)
+            if nxt is not None:
+                heapq.heappush(heads, ((-nxt.priority, nxt.queue_seq), key))
         return out
 
-    def _best_for(self, worker: Worker, tasks: dict[str, Task]) -> Task | None:
-        best: Task | None = None
-        tenant = worker.info.tenant
-        for action in worker.info.actions:
-            task = self._head((tenant, action), tasks)
-            if task is not None and (
-                best is None or (-task.priority, task.queue_seq) < (-best.priority, best.queue_seq)
-            ):
-                best = task
+    @staticmethod
+    def _pick(task: Task, key: QueueKey, workers: list[Worker], score: Scorer | None) -> Worker | None:
+        best: Worker | None = None
+        best_rank: tuple[int, int] | None = None
+        for worker in workers:
+            if worker.free <= 0 or (key[2] and worker.info.worker_id != key[2]):
+                continue
+            s = 0 if score is None else score(task, worker)
+            if s is None:
+                continue
+            rank = (s, worker.free)
+            if best_rank is None or rank > best_rank:
+                best, best_rank = worker, rank
         return best

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from libs.common import subjects
 from libs.common.jetstream import Outgoing
+from libs.common.messages import RunStateChanged, StateChanges, TaskStateChanged, encode
+from services.scheduler.concurrency import SemRef
 from services.scheduler.model import Run, Task
+from services.scheduler.ratelimit import Admission
 
 TimerKey = tuple[str, str, str]  # (tenant, task_id, kind)
+# Transitions per StateChanges message: a few hundred bytes each, well under NATS's 1 MB.
+CHANGES_PER_MESSAGE = 500
 
 
 @dataclass(slots=True)
@@ -44,6 +50,37 @@ class Effects:
     timers_put: dict[TimerKey, tuple[int, int]] = field(default_factory=dict)  # attempt, due
     timers_del: set[TimerKey] = field(default_factory=set)
     finished_runs: list[Run] = field(default_factory=list)
+    # fair scheduling: concurrency holders, attempts still executing, rate-limit starts
+    holders_put: dict[tuple[str, str, str], SemRef] = field(default_factory=dict)
+    holders_del: set[tuple[str, str, str]] = field(default_factory=set)  # tenant, key, holder
+    exec_put: dict[tuple[str, str, int], tuple[str, str]] = field(default_factory=dict)
+    exec_del: set[tuple[str, str, int]] = field(default_factory=set)  # tenant, task, attempt
+    admissions: list[Admission] = field(default_factory=list)
+    # transitions per tenant, relayed as StateChanges messages (see bundle_changes)
+    changes: dict[str, list[tuple[TaskStateChanged | RunStateChanged, str]]] = field(
+        default_factory=dict
+    )
+
+    def note_change(self, tenant: str, change: TaskStateChanged | RunStateChanged, key: str) -> None:
+        """Record a transition; `key` names it uniquely (it seeds the message's msg-id)."""
+        self.changes.setdefault(tenant, []).append((change, key))
+
+    def bundle_changes(self) -> None:
+        """Turn the batch's transitions into a few StateChanges messages on the outbox.
+
+        The msg-id is derived from the transitions a message carries, so the same batch
+        relayed twice (after a crash) is deduplicated by the stream.
+        """
+        for tenant, items in self.changes.items():
+            for i in range(0, len(items), CHANGES_PER_MESSAGE):
+                chunk = items[i : i + CHANGES_PER_MESSAGE]
+                msg = StateChanges(
+                    tasks=[c for c, _ in chunk if isinstance(c, TaskStateChanged)],
+                    runs=[c for c, _ in chunk if isinstance(c, RunStateChanged)],
+                )
+                msg_id = f"changes:{chunk[0][1]}:{chunk[-1][1]}:{len(chunk)}"
+                self.outbox.append(Outgoing(subjects.task_changes(tenant), encode(msg), msg_id))
+        self.changes.clear()
 
     def touch_task(self, task: Task) -> None:
         self.tasks[task.id] = task
@@ -68,4 +105,9 @@ class Effects:
             or self.outbox
             or self.timers_put
             or self.timers_del
+            or self.holders_put
+            or self.holders_del
+            or self.exec_put
+            or self.exec_del
+            or self.admissions
         )

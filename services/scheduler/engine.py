@@ -8,6 +8,7 @@ in-memory model and record Effects; the service writes them in one transaction.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 
 import msgspec
@@ -29,8 +30,10 @@ from libs.common.messages import (
     encode,
 )
 from libs.common.specs import WorkflowSpec
-from services.scheduler.assign import Assigner
+from services.scheduler import keys
+from services.scheduler.assign import Assigner, Worker
 from services.scheduler.backoff import retry_delay_s
+from services.scheduler.concurrency import GRR, Arrival, Concurrency, SemRef
 from services.scheduler.effects import AttemptRow, Effects, HistoryRow, TimerKey
 from services.scheduler.model import (
     FAILED_LIKE,
@@ -43,6 +46,7 @@ from services.scheduler.model import (
     build_run,
     descendants,
 )
+from services.scheduler.ratelimit import PER_MS, Admission, LimitDef, Need, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,16 @@ class Engine:
         self.fx = Effects()
         self._timers: list[tuple[int, str, str, str, int]] = []  # due, tenant, task, kind, att
         self.now_ms = 0
+        self.conc = Concurrency()
+        self.limits = RateLimiter()
+        # Attempts assigned to a worker and not yet settled by it, for tasks under
+        # concurrency control: (task id, attempt) -> (tenant, run id, worker id). A
+        # concurrency slot is released only when its attempt has really stopped.
+        self.executing: dict[tuple[str, int], tuple[str, str, str]] = {}
+        self._exec_by_run: dict[str, set[tuple[str, int]]] = {}
+        self._run_holders: dict[str, str] = {}  # run id -> its workflow-level holder
+        self._deferred: list[str] = []  # holders admitted while loading, started next batch
+        self._order = itertools.count()
 
     # batch lifecycle ----------------------------------------------------------------
     def begin(self, now_ms: int) -> None:
@@ -71,8 +85,14 @@ class Engine:
 
     def finish(self) -> Effects:
         """Assign free slots, then hand over the batch's effects."""
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self._admitted(deferred)
+        self._unpark_rate_limited()
         self._assign()
+        self._journal()
         fx = self.fx
+        fx.bundle_changes()
         for run in fx.finished_runs:
             self.runs.pop(run.id, None)
             for task in run.tasks.values():
@@ -82,14 +102,95 @@ class Engine:
 
     # loading ------------------------------------------------------------------------
     def adopt(self, run: Run) -> None:
-        """Take a run loaded from the store into memory (after a restart or for replay)."""
+        """Take a run loaded from the store into memory (after a restart or for replay).
+
+        Call `restore_*` first: holders and executing attempts read back from PostgreSQL
+        decide which runs and tasks already own their concurrency slots.
+        """
         self.runs[run.id] = run
+        if run.sticky_worker is None and run.spec.sticky:
+            started = [t for t in run.tasks.values() if t.worker_id and t.started_ms]
+            if started:
+                run.sticky_worker = min(started, key=lambda t: t.started_ms or 0).worker_id
         for task in run.tasks.values():
             self.tasks[task.id] = task
-            if task.status == TaskStatus.QUEUED and task.not_before_ms is None:
-                self.assigner.enqueue(task)
-            elif task.status in IN_FLIGHT and task.worker_id is not None:
+            if task.status in IN_FLIGHT and task.worker_id is not None:
                 self.assigner.hold(task.worker_id, task.id, task.attempt)
+        if run.status in RUN_TERMINAL:
+            return  # loaded for a replay: admitted again by the replay itself
+        act = self._activation(run)
+        try:
+            self._prepare_run(run, act)
+        except keys.KeyError_:
+            run.sem_refs = []  # it was admitted under the same input before; stay lenient
+        holder = _run_holder(run)
+        if not run.sem_refs or self.conc.holds(holder):
+            run.admitted = True
+        else:
+            outcome, _ = self.conc.arrive(holder, run.sem_refs, self._order_of(run.priority, run.created_ms), apply_strategy=False)
+            self._run_holders[run.id] = holder
+            if outcome == Arrival.ADMITTED:
+                self._deferred.append(holder)
+        if run.sem_refs:
+            self._run_holders[run.id] = holder
+        for task in run.tasks.values():
+            if task.terminal or task.status == TaskStatus.PENDING:
+                continue
+            try:
+                self._prepare_task(run, task, act)
+            except keys.KeyError_:
+                task.sem_refs, task.needs = [], []
+            if task.status in IN_FLIGHT and task.worker_id is not None and self._controlled(run, task):
+                self.executing.setdefault((task.id, task.attempt), (task.tenant, run.id, task.worker_id))
+                self._exec_by_run.setdefault(run.id, set()).add((task.id, task.attempt))
+            if task.status == TaskStatus.QUEUED and task.not_before_ms is None and run.admitted:
+                tholder = _task_holder(task)
+                if not task.sem_refs or self.conc.holds(tholder):
+                    self._to_ready(task)
+                else:
+                    task.stage = "sem"
+                    outcome, _ = self.conc.arrive(tholder, task.sem_refs, self._order_of(task.priority, task.queued_ms or 0), apply_strategy=False)
+                    if outcome == Arrival.ADMITTED:
+                        self._deferred.append(tholder)
+
+    def restore_holder(self, holder: str, refs: list[SemRef]) -> None:
+        self.conc.restore(holder, refs, (0, 0, next(self._order)))
+        if holder.startswith("r:"):
+            self._run_holders[holder.split(":")[1]] = holder
+
+    def restore_executing(self, tenant: str, task_id: str, attempt: int, run_id: str, worker_id: str) -> None:
+        self.executing[(task_id, attempt)] = (tenant, run_id, worker_id)
+        self._exec_by_run.setdefault(run_id, set()).add((task_id, attempt))
+        self.assigner.hold(worker_id, task_id, attempt)
+
+    def restore_admission(self, adm: Admission) -> None:
+        self.limits.restore(adm)
+
+    def define_limit(self, tenant: str, key: str, limit: int, per: str, burst: int | None) -> None:
+        self.limits.define(tenant, key, LimitDef(limit, PER_MS[per], burst))
+
+    def release_stale_holders(self) -> None:
+        """After loading: free holders nothing can release any more (leak safety net)."""
+        stale: list[str] = []
+        for holder, entity in self.conc.entities.items():
+            if not entity.held:
+                continue
+            kind, ident, attempt = holder.split(":")
+            if kind == "r":
+                run = self.runs.get(ident)
+                if (run is None or run.status in RUN_TERMINAL) and not self._exec_by_run.get(ident):
+                    stale.append(holder)
+            else:
+                task = self.tasks.get(ident)
+                live = (
+                    task is not None and task.attempt == int(attempt)
+                    and (task.status == TaskStatus.QUEUED or task.status in IN_FLIGHT)
+                )
+                if not live and (ident, int(attempt)) not in self.executing:
+                    stale.append(holder)
+        for holder in stale:
+            self._deferred.extend(self.conc.release(holder))
+            self._run_holders.pop(holder.split(":")[1], None) if holder.startswith("r:") else None
 
     def adopt_timer(self, tenant: str, task_id: str, kind: str, attempt: int, due_ms: int) -> None:
         heapq.heappush(self._timers, (due_ms, tenant, task_id, kind, attempt))
@@ -112,6 +213,7 @@ class Engine:
             metadata=dict(cmd.metadata),
             additional=dict(cmd.additional),
             source=cmd.source,
+            traceparent=cmd.traceparent,
         )
         build_run(run)
         self.runs[run.id] = run
@@ -121,9 +223,7 @@ class Engine:
         self.fx.touch_run(run)
         self._history(run, None, "run.created", {"source": cmd.source})
         self._announce_run(run)
-        for task in run.main_tasks():
-            if task.pending_parents == 0:
-                self._queue(task)
+        self._admit_run(run)
 
     def cancel(self, tenant: str, cmd: CancelRun) -> None:
         run = self.runs.get(cmd.run_id)
@@ -160,6 +260,7 @@ class Engine:
                 task.worker_id = None
                 task.last_error = None
                 task.finished_ms = None
+                task.sem_refs = task.needs = None
                 self.fx.touch_task(task)
         for name in redo:
             task = run.tasks[name]
@@ -167,10 +268,7 @@ class Engine:
                 1 for p in set(task.spec.parents) if run.tasks[p].status != TaskStatus.SUCCEEDED
             )
         self._announce_run(run)
-        for name in sorted(redo):
-            task = run.tasks[name]
-            if task.pending_parents == 0:
-                self._queue(task)
+        self._admit_run(run)
 
     # reports from workers -----------------------------------------------------------
     def report(self, tenant: str, rep: TaskReport) -> None:
@@ -181,6 +279,7 @@ class Engine:
         # are keyed by attempt, so a late report cannot free a newer attempt's slot.
         if rep.kind in SETTLING_REPORTS:
             self.assigner.release(rep.worker_id, rep.task_id, rep.attempt)
+            self._attempt_stopped(rep.task_id, rep.attempt, rep.worker_id)
 
     def _apply_report(self, task: Task, rep: TaskReport) -> None:
         kind = rep.kind
@@ -244,6 +343,7 @@ class Engine:
                 continue
             self.assigner.release(info.worker_id, task_id, attempt)
             self._requeue_lost(task)
+            self._attempt_stopped(task_id, attempt, info.worker_id)  # never ran: free its keys
 
     def worker_lost(self, worker_id: str) -> None:
         held = self.assigner.remove_worker(worker_id)
@@ -256,6 +356,8 @@ class Engine:
                 and task.attempt == attempt
             ):
                 self._requeue_lost(task)
+        for task_id, attempt in sorted(held):
+            self._attempt_stopped(task_id, attempt, worker_id)
 
     def _requeue_lost(self, task: Task) -> None:
         err = TaskError(type="WorkerLost", message=f"worker {task.worker_id} was lost")
@@ -268,7 +370,9 @@ class Engine:
 
     # timers -------------------------------------------------------------------------
     def next_timer_ms(self) -> int | None:
-        return self._timers[0][0] if self._timers else None
+        due = [d for d in (self._timers[0][0] if self._timers else None,
+                           self.limits.next_wake_ms()) if d is not None]
+        return min(due) if due else None
 
     def fire_timers(self, limit: int = 1000) -> int:
         fired = 0
@@ -370,9 +474,11 @@ class Engine:
         self._history(run, None, f"run.{run.status.lower()}", None)
         self._announce_run(run)
         self.fx.finished_runs.append(run)
+        self._release_run_if_idle(run.id)
 
     def _queue(self, task: Task, not_before_ms: int | None = None) -> None:
         task.status = TaskStatus.QUEUED
+        task.stage = ""
         task.queued_ms = self.now_ms
         task.not_before_ms = not_before_ms
         task.deadline_ms = None
@@ -389,12 +495,49 @@ class Engine:
             self._enqueue(task)
 
     def _enqueue(self, task: Task) -> None:
-        self.assigner.enqueue(task)
+        """The task may start now: pass its task-level concurrency gate, then get ready."""
+        run = self.runs[task.run_id]
+        if task.sem_refs is None or task.needs is None:
+            try:
+                self._prepare_task(run, task, self._activation(run))
+            except keys.KeyError_ as exc:
+                self._reject(task, "KeyError", str(exc))
+                return
+        for need in task.needs or ():
+            if not self.limits.fits_ever(task.tenant, need):
+                self._reject(task, "RateLimitExceeded", f"task needs {need.units} units of"
+                             f" rate limit {need.key!r}, more than it can ever grant")
+                return
+        if not task.sem_refs:
+            self._to_ready(task)
+            return
+        holder = _task_holder(task)
+        task.stage = "sem"
+        outcome, evict = self.conc.arrive(
+            holder, task.sem_refs, self._order_of(task.priority, task.queued_ms or self.now_ms)
+        )
+        if outcome == Arrival.REJECTED:
+            self._reject(task, "Cancelled", "concurrency limit reached (CANCEL_NEWEST)", cancel=True)
+            return
+        if outcome == Arrival.ADMITTED:
+            self._to_ready(task)
+        self._evict(evict)
+
+    def _to_ready(self, task: Task, *, keep_seq: bool = False) -> None:
+        run = self.runs[task.run_id]
+        pinned = run.sticky_worker if run.spec.sticky == "HARD" and run.sticky_worker else ""
+        task.stage = "ready"
+        self.assigner.enqueue(task, pinned=pinned, keep_seq=keep_seq)
 
     def _settle(self, task: Task, status: TaskStatus, err: TaskError | None) -> None:
         was_in_flight = task.status in IN_FLIGHT
         if was_in_flight and status == TaskStatus.CANCELLED:
             self._cancel_on_worker(task, err.message if err else "cancelled")
+        if task.status == TaskStatus.QUEUED:
+            # Never reached a worker: its slot (or its place in a key's line) goes now. An
+            # attempt in flight keeps its slot until the worker confirms it stopped.
+            self._admitted(self.conc.release(_task_holder(task)))
+        task.stage = ""
         task.status = status
         task.finished_ms = self.now_ms
         task.deadline_ms = None
@@ -433,15 +576,23 @@ class Engine:
         )
 
     def _assign(self) -> None:
-        pairs = self.assigner.assign(self.tasks)
+        pairs = self.assigner.assign(self.tasks, score=self._score, admit=self._admit)
         if not pairs:
             return
         by_dispatcher: dict[str, list[Assignment]] = {}
         for task, worker in pairs:
             run = self.runs[task.run_id]
             task.status = TaskStatus.ASSIGNED
+            task.stage = ""
             task.worker_id = worker.info.worker_id
             task.assigned_ms = self.now_ms
+            if run.spec.sticky and run.sticky_worker is None:
+                run.sticky_worker = task.worker_id
+            if self._controlled(run, task):
+                key = (task.id, task.attempt)
+                self.executing[key] = (task.tenant, run.id, task.worker_id)
+                self._exec_by_run.setdefault(run.id, set()).add(key)
+                self.fx.exec_put[(task.tenant, task.id, task.attempt)] = (run.id, task.worker_id)
             task.deadline_ms = self.now_ms + int(task.spec.execution_timeout_s * 1000)
             self.fx.touch_task(task)
             self.fx.del_timer((task.tenant, task.id, TIMER_SCHED))
@@ -488,6 +639,7 @@ class Engine:
             additional=additional,
             timeout_ms=int(task.spec.execution_timeout_s * 1000),
             metadata=run.metadata,
+            traceparent=run.traceparent,
         )
 
     def _set_timer(self, task: Task, kind: str, due_ms: int) -> None:
@@ -527,13 +679,7 @@ class Engine:
             started_ms=task.started_ms or 0,
             error=task.last_error if task.status in FAILED_LIKE else None,
         )
-        self.fx.outbox.append(
-            Outgoing(
-                subjects.task_state(task.tenant, task.status.value),
-                encode(msg),
-                f"state:{task.id}:{task.attempt}:{task.status.value}",
-            )
-        )
+        self.fx.note_change(task.tenant, msg, f"{task.id}:{task.attempt}:{task.status.value}")
 
     def _announce_run(self, run: Run) -> None:
         msg = RunStateChanged(
@@ -544,13 +690,7 @@ class Engine:
             ts_ms=self.now_ms,
             created_ms=run.created_ms,
         )
-        self.fx.outbox.append(
-            Outgoing(
-                subjects.run_state(run.tenant, run.status.value),
-                encode(msg),
-                f"run:{run.id}:{run.generation}:{run.status.value}",
-            )
-        )
+        self.fx.note_change(run.tenant, msg, f"{run.id}:{run.generation}:{run.status.value}")
 
     def _history(self, run: Run, task: Task | None, kind: str, detail: object) -> None:
         self.fx.history.append(
@@ -566,6 +706,228 @@ class Engine:
             )
         )
 
+    # fair scheduling ------------------------------------------------------------------
+    def _activation(self, run: Run) -> dict[str, object]:
+        return keys.activation(run.input, run.metadata)
+
+    def _order_of(self, priority: int, ms: int) -> tuple[int, int, int]:
+        return (-priority, ms, next(self._order))
+
+    @staticmethod
+    def _controlled(run: Run, task: Task) -> bool:
+        return bool(run.sem_refs) or bool(task.sem_refs)
+
+    def _prepare_run(self, run: Run, act: dict[str, object]) -> None:
+        """Evaluate the workflow-level concurrency keys, once per run."""
+        if run.sem_refs is None:
+            run.sem_refs = [
+                SemRef(run.tenant, f"wf:{run.workflow}:{i}:{keys.eval_key(c.key, act)}",
+                       c.max_runs, c.strategy)
+                for i, c in enumerate(run.spec.concurrency)
+            ]
+
+    def _prepare_task(self, run: Run, task: Task, act: dict[str, object]) -> None:
+        """Evaluate the task's concurrency keys and rate-limit needs, once per task."""
+        if task.sem_refs is None:
+            task.sem_refs = [
+                SemRef(task.tenant, f"task:{task.action}:{i}:{keys.eval_key(c.key, act)}",
+                       c.max_runs, c.strategy)
+                for i, c in enumerate(task.spec.concurrency)
+            ]
+            task.group = "|".join(
+                ref.key for ref in [*(run.sem_refs or ()), *task.sem_refs] if ref.strategy == GRR
+            )
+        if task.needs is None:
+            needs: list[Need] = []
+            for rl in task.spec.rate_limits:
+                key = rl.key if rl.key is not None else keys.eval_key(rl.dynamic_key or "", act)
+                inline = (
+                    LimitDef(rl.limit, PER_MS[rl.per], None)
+                    if rl.limit is not None and rl.per is not None else None
+                )
+                need = Need(key, keys.eval_units(rl.units, act), inline)
+                self.limits.remember_dynamic(task.tenant, need)
+                needs.append(need)
+            task.needs = needs
+
+    def _admit_run(self, run: Run) -> None:
+        """Pass the workflow-level concurrency gate, then queue the tasks that are ready."""
+        try:
+            self._prepare_run(run, self._activation(run))
+        except keys.KeyError_ as exc:
+            self._end_run(run, TaskStatus.FAILED, TaskError(
+                type="ConcurrencyKeyError", message=str(exc), non_retryable=True))
+            return
+        holder = _run_holder(run)
+        if not run.sem_refs or self.conc.holds(holder):
+            run.admitted = True
+            self._start_ready(run)
+            return
+        run.admitted = False
+        self._run_holders[run.id] = holder
+        outcome, evict = self.conc.arrive(
+            holder, run.sem_refs, self._order_of(run.priority, run.created_ms)
+        )
+        if outcome == Arrival.REJECTED:
+            self._end_run(run, TaskStatus.CANCELLED, TaskError(
+                type="Cancelled", message="concurrency limit reached (CANCEL_NEWEST)"))
+        elif outcome == Arrival.ADMITTED:
+            run.admitted = True
+            self._start_ready(run)
+        else:
+            self._history(run, None, "run.waiting_for_concurrency", None)
+        self._evict(evict)
+
+    def _start_ready(self, run: Run) -> None:
+        for task in run.main_tasks():
+            if task.status == TaskStatus.PENDING and task.pending_parents <= 0:
+                self._queue(task)
+
+    def _end_run(self, run: Run, status: TaskStatus, err: TaskError) -> None:
+        for task in run.tasks.values():
+            if not task.terminal:
+                self._settle(task, status, err)
+        self._maybe_finish(run)
+
+    def _reject(self, task: Task, kind: str, message: str, *, cancel: bool = False) -> None:
+        err = TaskError(type=kind, message=message, non_retryable=True)
+        self._settle(task, TaskStatus.CANCELLED if cancel else TaskStatus.FAILED, err)
+        self._after_failure(task)
+
+    def _evict(self, holders: list[str]) -> None:
+        """CANCEL_IN_PROGRESS: cancel the oldest holders so the newcomer gets their slots."""
+        reason = "cancelled for a newer run (CANCEL_IN_PROGRESS)"
+        for holder in holders:
+            kind, ident, attempt = holder.split(":")
+            if kind == "r":
+                run = self.runs.get(ident)
+                if run is not None and run.status not in RUN_TERMINAL:
+                    self.cancel(run.tenant, CancelRun(run_id=run.id, reason=reason))
+            else:
+                task = self.tasks.get(ident)
+                if task is not None and not task.terminal and task.attempt == int(attempt):
+                    self._settle(task, TaskStatus.CANCELLED, TaskError(type="Cancelled", message=reason))
+                    self._after_failure(task)
+                else:
+                    self._admitted(self.conc.release(holder))
+
+    def _admitted(self, holders: list[str]) -> None:
+        """Holders that just got their slots: start them, or give back what nobody uses."""
+        while holders:
+            holder = holders.pop()
+            kind, ident, attempt = holder.split(":")
+            if kind == "r":
+                run = self.runs.get(ident)
+                if run is not None and run.status not in RUN_TERMINAL:
+                    if not run.admitted:
+                        run.admitted = True
+                        self._history(run, None, "run.admitted", None)
+                        self._start_ready(run)
+                    continue
+                self._run_holders.pop(ident, None)
+            else:
+                task = self.tasks.get(ident)
+                if (
+                    task is not None and task.attempt == int(attempt)
+                    and task.status == TaskStatus.QUEUED and task.stage == "sem"
+                ):
+                    self._to_ready(task)
+                    continue
+            holders.extend(self.conc.release(holder))
+
+    def _attempt_stopped(self, task_id: str, attempt: int, worker_id: str | None) -> None:
+        """An attempt has settled on its worker (or the worker is gone): free its slots."""
+        key = (task_id, attempt)
+        running = self.executing.get(key)
+        if running is not None:
+            tenant, run_id, on_worker = running
+            if worker_id and on_worker != worker_id:
+                return  # a report from elsewhere: the attempt may still run where it was sent
+            del self.executing[key]
+            self.fx.exec_put.pop((tenant, task_id, attempt), None)
+            self.fx.exec_del.add((tenant, task_id, attempt))
+            by_run = self._exec_by_run.get(run_id)
+            if by_run is not None:
+                by_run.discard(key)
+                if not by_run:
+                    del self._exec_by_run[run_id]
+            self._release_run_if_idle(run_id)
+        task = self.tasks.get(task_id)
+        if task is not None and task.attempt == attempt and (
+            task.status == TaskStatus.QUEUED or task.status in IN_FLIGHT
+        ):
+            return
+        self._admitted(self.conc.release(f"t:{task_id}:{attempt}"))
+
+    def _release_run_if_idle(self, run_id: str) -> None:
+        holder = self._run_holders.get(run_id)
+        if holder is None or self._exec_by_run.get(run_id):
+            return
+        run = self.runs.get(run_id)
+        if run is not None and run.status not in RUN_TERMINAL:
+            return
+        del self._run_holders[run_id]
+        self._admitted(self.conc.release(holder))
+
+    def _score(self, task: Task, worker: Worker) -> int | None:
+        """None: this worker may not take the task; else its preference (higher first)."""
+        score = 0
+        have = worker.info.labels
+        for label, want in task.spec.desired_labels.items():
+            if have.get(label) == want.value:
+                score += want.weight
+            elif want.required:
+                return None
+        run = self.runs[task.run_id]
+        if run.spec.sticky and run.sticky_worker is not None:
+            if run.sticky_worker == worker.info.worker_id:
+                score += 1_000_000
+            elif run.spec.sticky == "HARD":
+                return None
+        return score
+
+    def _admit(self, task: Task, worker: Worker) -> bool:
+        """Take the task's rate-limit units as it starts, or park it until they free up."""
+        if not task.needs:
+            return True
+        blocking, wake_ms = self.limits.try_take(
+            task.tenant, task.needs, self.now_ms, task.id, task.attempt
+        )
+        if blocking is None:
+            return True
+        task.stage = "rate"
+        self.limits.park(
+            task.tenant, blocking, (-task.priority, task.queue_seq, 0), task.id, task.attempt,
+            wake_ms,
+        )
+        return False
+
+    def _unpark_rate_limited(self) -> None:
+        for task_id, attempt in self.limits.due(self.now_ms):
+            task = self.tasks.get(task_id)
+            if (
+                task is not None and task.attempt == attempt
+                and task.status == TaskStatus.QUEUED and task.stage == "rate"
+            ):
+                self._to_ready(task, keep_seq=True)
+
+    def _journal(self) -> None:
+        """Move what the semaphores and limiters decided into this batch's effects."""
+        fx = self.fx
+        for k in self.conc.journal_del:
+            fx.holders_put.pop(k, None)
+            fx.holders_del.add(k)
+        fx.holders_put.update(self.conc.journal_put)
+        self.conc.journal_put = {}
+        self.conc.journal_del = set()
+        fx.admissions.extend(self.limits.journal)
+        self.limits.journal = []
+
+    def max_running(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(tenant, key) -> (holders, max_runs), for invariant checks and tests."""
+        return {sid: (len(s.holders), s.max_runs) for sid, s in self.conc.sems.items()}
+
+
 
 def _err_doc(err: TaskError | None) -> dict[str, object]:
     if err is None:
@@ -576,3 +938,13 @@ def _err_doc(err: TaskError | None) -> dict[str, object]:
         "traceback": err.traceback,
         "non_retryable": err.non_retryable,
     }
+
+
+def _run_holder(run: Run) -> str:
+    # One holder per run across replays: a replayed run whose old attempts are still
+    # winding down keeps the slot it already has instead of taking a second one.
+    return f"r:{run.id}:-"
+
+
+def _task_holder(task: Task) -> str:
+    return f"t:{task.id}:{task.attempt}"

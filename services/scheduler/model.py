@@ -13,6 +13,8 @@ from enum import StrEnum
 
 from libs.common.messages import TaskError
 from libs.common.specs import TaskSpec, WorkflowSpec
+from services.scheduler.concurrency import SemRef
+from services.scheduler.ratelimit import Need
 
 
 class TaskStatus(StrEnum):
@@ -84,6 +86,13 @@ class Task:
     children: list[str] = field(default_factory=list)
     last_error: TaskError | None = None
     queue_seq: int = 0
+    # Fair scheduling, all derived once when the task is first queued (see engine):
+    # where a QUEUED task waits — "sem" (a concurrency key), "ready" (the assigner's
+    # queues), "rate" (a rate-limit key), "" (a retry timer, or not queued).
+    stage: str = ""
+    group: str = ""  # round-robin fairness group inside its priority
+    sem_refs: list[SemRef] | None = None  # task-level concurrency keys
+    needs: list[Need] | None = None  # rate-limit units taken when it starts
 
     @property
     def terminal(self) -> bool:
@@ -105,8 +114,13 @@ class Run:
     additional: dict[str, bytes] = field(default_factory=dict)
     source: str = "api"
     generation: int = 0
+    traceparent: str | None = None  # W3C trace context of the run (observe.py)
     finished_ms: int | None = None
     tasks: dict[str, Task] = field(default_factory=dict)
+    sem_refs: list[SemRef] | None = None  # workflow-level concurrency keys
+    admitted: bool = False  # holds its workflow-level keys (or has none)
+    sticky_worker: str | None = None  # first worker a task of a sticky run went to
+    draining: bool = False  # terminal, but attempts still winding down on workers
 
     def main_tasks(self) -> list[Task]:
         return [t for t in self.tasks.values() if t.role == "task"]

@@ -43,6 +43,7 @@ from libs.common.subjects import Bucket, Stream
 from services.scheduler import store
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_EXEC, Engine
+from services.scheduler.fairness_store import FairnessStore
 from services.scheduler.model import RUN_TERMINAL
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class SchedulerService(Service):
         super().__init__(settings)
         self.engine = Engine()
         self._specs = store.SpecCache()
+        self._fairness = FairnessStore()
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
@@ -141,8 +143,10 @@ class SchedulerService(Service):
         self.engine = Engine()
         async with self._pool.acquire() as conn:
             runs = await store.load_runs(conn, self._specs, "status IN ('PENDING', 'RUNNING')")
+            await self._fairness.load(conn, self.engine)  # slot holders before runs
             for run in runs:
                 self.engine.adopt(run)
+            self.engine.release_stale_holders()
             for tenant, task_id, kind, attempt, due in await store.load_timers(conn):
                 task = self.engine.tasks.get(task_id)
                 if task is None:
@@ -213,6 +217,7 @@ class SchedulerService(Service):
         assert self._pool is not None
         async with self._pool.acquire() as conn:
             specs, existing = await self._prefetch(conn, works)
+            await self._fairness.refresh_limits(conn, self.engine)
             engine = self.engine
             engine.begin(_now())
             while self._worker_events:
@@ -242,6 +247,7 @@ class SchedulerService(Service):
                 published, self._published = self._published, []
                 async with conn.transaction():
                     await store.flush(conn, fx, published)
+                    await self._fairness.flush(conn, fx, engine)
         for work in works:
             if not work.done.done():
                 work.done.set_result(None)

@@ -8,7 +8,7 @@ from ratchet import Context, Ratchet, WorkflowDefinitionError
 def test_public_names_are_pinned() -> None:
     assert set(ratchet.__all__) == {
         "ApiError", "Concurrency", "Context", "DesiredLabel", "NonRetryable", "RateLimit",
-        "Ratchet", "RatchetError", "RunFailed", "RunRef", "StickyStrategy", "Strategy", "Task",
+        "Ratchet", "RatchetError", "RunFailed", "RunRef", "Sticky", "StickyStrategy", "Strategy", "Task",
         "Worker", "Workflow", "WorkflowDefinitionError",
     }
 

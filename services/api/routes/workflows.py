@@ -17,6 +17,7 @@ from libs.common.messages import TriggerRun, encode
 from services.api.auth import Api, Tenant
 from services.api.input_schema import check_input
 from services.api.routes.crons import workflow_changed
+from services.api.routes.rate_limits import check_fairness
 from services.api.schemas import (
     BulkRunCreated,
     BulkRunRequest,
@@ -41,6 +42,7 @@ class WorkflowController(Controller):
             specs.validate(data)
         except specs.SpecError as exc:
             raise ClientException(str(exc)) from exc
+        await check_fairness(api.pool, tenant, data)
         digest = specs.content_hash(data)
         version_id = "wv_" + hashlib.sha256(f"{tenant}/{digest}".encode()).hexdigest()[:24]
         spec_json = _JSON.encode(data).decode()

@@ -1,0 +1,110 @@
+"""Rate limits: static keys a tenant defines (`PUT /rate-limits/{key}`), and the checks a
+workflow's fairness options must pass before it is registered.
+
+A definition takes effect in the scheduler within a fraction of a second (it polls the
+table for changes). `limit` units may start per `per` in ANY sliding window of that length;
+with `burst` the key is a token bucket of `burst` units refilled at limit/per instead.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import asyncpg
+import msgspec
+from litestar import Controller, get, put
+from litestar.exceptions import ClientException, NotFoundException
+
+from libs.common import specs
+from services.api.auth import Api, Tenant
+from services.scheduler.keys import check_expression
+
+Per = Literal["second", "minute", "hour"]
+MAX_KEY_CHARS = 256
+
+
+class RateLimitIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    limit: int
+    per: Per = "second"
+    burst: int | None = None
+    key: str | None = None  # optional echo of the path key
+
+
+class RateLimitView(msgspec.Struct, kw_only=True):
+    key: str
+    limit: int
+    per: str
+    burst: int | None
+    updated_at: str
+
+
+class RateLimitController(Controller):
+    path = "/rate-limits"
+    tags = ["rate-limits"]
+
+    @put("/{key:str}")
+    async def put_limit(self, key: str, data: RateLimitIn, tenant: Tenant, api: Api) -> RateLimitView:
+        """Create or change a static rate-limit key."""
+        if not key or len(key) > MAX_KEY_CHARS:
+            raise ClientException(f"key must be 1-{MAX_KEY_CHARS} characters")
+        if data.key is not None and data.key != key:
+            raise ClientException("key in the body differs from the key in the path")
+        if data.limit < 1:
+            raise ClientException("limit must be >= 1")
+        if data.burst is not None and data.burst < 1:
+            raise ClientException("burst must be >= 1")
+        row = await api.pool.fetchrow(
+            "INSERT INTO rate_limits (tenant_id, key, limit_units, per, burst) VALUES"
+            " ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO UPDATE SET"
+            " limit_units = EXCLUDED.limit_units, per = EXCLUDED.per, burst = EXCLUDED.burst,"
+            " updated_at = clock_timestamp() RETURNING key, limit_units, per, burst, updated_at",
+            tenant, key, data.limit, data.per, data.burst,
+        )
+        return _view(row)
+
+    @get("/")
+    async def list_limits(self, tenant: Tenant, api: Api) -> list[RateLimitView]:
+        rows = await api.pool.fetch(
+            "SELECT key, limit_units, per, burst, updated_at FROM rate_limits"
+            " WHERE tenant_id = $1 ORDER BY key",
+            tenant,
+        )
+        return [_view(r) for r in rows]
+
+    @get("/{key:str}")
+    async def get_limit(self, key: str, tenant: Tenant, api: Api) -> RateLimitView:
+        row = await api.pool.fetchrow(
+            "SELECT key, limit_units, per, burst, updated_at FROM rate_limits"
+            " WHERE tenant_id = $1 AND key = $2",
+            tenant, key,
+        )
+        if row is None:
+            raise NotFoundException(f"rate limit {key!r} not found")
+        return _view(row)
+
+
+def _view(row: asyncpg.Record) -> RateLimitView:
+    return RateLimitView(
+        key=row["key"], limit=row["limit_units"], per=row["per"], burst=row["burst"],
+        updated_at=row["updated_at"].isoformat(),
+    )
+
+
+async def check_fairness(pool: asyncpg.Pool, tenant: str, spec: specs.WorkflowSpec) -> None:
+    """400 for a CEL key that does not compile (with its position) or an unknown static key."""
+    for where, expression in specs.cel_expressions(spec):
+        problem = check_expression(expression)
+        if problem is not None:
+            raise ClientException(f"{where}: {problem}")
+    wanted = specs.static_rate_limit_keys(spec)
+    if wanted:
+        rows = await pool.fetch(
+            "SELECT key FROM rate_limits WHERE tenant_id = $1 AND key = ANY($2)",
+            tenant, sorted(wanted),
+        )
+        missing = sorted(wanted - {r["key"] for r in rows})
+        if missing:
+            raise ClientException(
+                f"unknown rate limit key(s) {missing}: create them first with"
+                " r.rate_limits.put(key, limit=..., per=...) or PUT /rate-limits/{key}"
+            )
