@@ -133,8 +133,21 @@ COMMAND_DECODER = msgspec.msgpack.Decoder(Command)
 REPORT_DECODER = msgspec.msgpack.Decoder(TaskReport)
 DISPATCH_DECODER = msgspec.msgpack.Decoder(DispatchBatch)
 WORKER_INFO_DECODER = msgspec.msgpack.Decoder(WorkerInfo)
+class StateChanges(msgspec.Struct, kw_only=True):
+    """The transitions of one scheduler batch for one tenant, in the order they happened.
+
+    One message per batch rather than one per transition: a task's life is four or five
+    transitions, and publishing, storing and acking each one separately cost more than the
+    task itself.
+    """
+
+    tasks: list[TaskStateChanged] = []
+    runs: list[RunStateChanged] = []
+
+
 TASK_STATE_DECODER = msgspec.msgpack.Decoder(TaskStateChanged)
 RUN_STATE_DECODER = msgspec.msgpack.Decoder(RunStateChanged)
+STATE_CHANGES_DECODER = msgspec.msgpack.Decoder(StateChanges)
 
 
 def encode(msg: msgspec.Struct) -> bytes:

@@ -52,12 +52,9 @@ def task_report(tenant: str, kind: str) -> str:
     return f"task.{tenant}.report.{kind}"
 
 
-def task_state(tenant: str, state: str) -> str:
-    return f"task.{tenant}.state.{state}"
-
-
-def run_state(tenant: str, status: str) -> str:
-    return f"task.{tenant}.run.{status}"
+def task_changes(tenant: str) -> str:
+    """Task and run transitions of one scheduler batch (messages.StateChanges)."""
+    return f"task.{tenant}.changes"
 
 
 def dsp(dispatcher_id: str) -> str:
@@ -75,8 +72,7 @@ def tenant_of(subject: str) -> str:
 
 CMD_ALL = "cmd.>"
 TASK_REPORTS_ALL = "task.*.report.>"
-TASK_STATES_ALL = "task.*.state.>"
-RUN_STATES_ALL = "task.*.run.>"
+TASK_CHANGES_ALL = "task.*.changes"
 EVT_ALL = "evt.>"
 MATCHER_CHANGES = "ratchet.matcher.changed"
 OLAP_QUERY = "ratchet.olap.query"

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs.common import subjects, tenants
-from libs.common.messages import RUN_STATE_DECODER
+from libs.common.messages import STATE_CHANGES_DECODER
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 
@@ -36,22 +36,25 @@ class ApiState:
     olap: Any = None  # libs.common.olap.OlapClient, set by ApiService
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(subjects.RUN_STATES_ALL, cb=self._on_run_state)
+        self._sub = await self.nc.subscribe(subjects.TASK_CHANGES_ALL, cb=self._on_changes)
 
     async def stop(self) -> None:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
 
-    async def _on_run_state(self, msg: Msg) -> None:
+    async def _on_changes(self, msg: Msg) -> None:
+        if not self.waiters:
+            return
         try:
-            change = RUN_STATE_DECODER.decode(msg.data)
+            changes = STATE_CHANGES_DECODER.decode(msg.data)
         except Exception:
             return
-        if change.status in TERMINAL_RUN:
-            for fut in self.waiters.pop(change.run_id, ()):
-                if not fut.done():
-                    fut.set_result(change.status)
+        for change in changes.runs:
+            if change.status in TERMINAL_RUN:
+                for fut in self.waiters.pop(change.run_id, ()):
+                    if not fut.done():
+                        fut.set_result(change.status)
 
     def waiter(self, run_id: str) -> asyncio.Future[str]:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from libs.common import jetstream, olap, subjects
 from libs.common.jetstream import BatchConsumer, Rejected
-from libs.common.messages import RUN_STATE_DECODER, TASK_STATE_DECODER
+from libs.common.messages import STATE_CHANGES_DECODER
 from libs.common.olap import OlapBackend, OlapError, Row
 from libs.common.service import Service
 from libs.common.settings import Settings
@@ -64,8 +64,8 @@ class Feed:
 
 FEEDS = (
     Feed("replicator-evt", Stream.EVT, subjects.EVT_ALL, olap.EVENTS),
-    Feed("replicator-task-state", Stream.TASK, subjects.TASK_STATES_ALL, olap.TASK_EVENTS),
-    Feed("replicator-run-state", Stream.TASK, subjects.RUN_STATES_ALL, olap.RUNS),
+    # Task and run transitions travel together (one StateChanges per scheduler batch).
+    Feed("replicator-changes", Stream.TASK, subjects.TASK_CHANGES_ALL, olap.TASK_EVENTS),
     Feed("replicator-match", Stream.TASK, MATCH_OUTCOMES_ALL, olap.MATCHES),
 )
 
@@ -109,8 +109,7 @@ class ReplicatorService(Service):
         self._batcher.start()
         handlers: dict[str, Callable[[list[Msg]], Awaitable[Rejected | None]]] = {
             olap.EVENTS: self._on_events,
-            olap.TASK_EVENTS: self._on_task_states,
-            olap.RUNS: self._on_run_states,
+            olap.TASK_EVENTS: self._on_changes,
             olap.MATCHES: self._on_matches,
         }
         self._consumers = [
@@ -167,26 +166,19 @@ class ReplicatorService(Service):
                          feed.table, feed.durable)
 
     # consumers ----------------------------------------------------------------------
-    async def _on_task_states(self, msgs: list[Msg]) -> Rejected:
-        out: list[Row] = []
+    async def _on_changes(self, msgs: list[Msg]) -> Rejected:
+        task_rows: list[Row] = []
+        run_rows: list[Row] = []
         rejected: Rejected = []
         for msg in msgs:
             try:
-                out.append(rows.task_event_row(TASK_STATE_DECODER.decode(msg.data)))
+                changes = STATE_CHANGES_DECODER.decode(msg.data)
             except msgspec.DecodeError as exc:
-                rejected.append((msg, f"undecodable task state: {exc}"))
-        await self._write(olap.TASK_EVENTS, out, msgs)
-        return rejected
-
-    async def _on_run_states(self, msgs: list[Msg]) -> Rejected:
-        out: list[Row] = []
-        rejected: Rejected = []
-        for msg in msgs:
-            try:
-                out.append(rows.run_row(RUN_STATE_DECODER.decode(msg.data)))
-            except msgspec.DecodeError as exc:
-                rejected.append((msg, f"undecodable run state: {exc}"))
-        await self._write(olap.RUNS, out, msgs)
+                rejected.append((msg, f"undecodable state changes: {exc}"))
+                continue
+            task_rows.extend(map(rows.task_event_row, changes.tasks))
+            run_rows.extend(map(rows.run_row, changes.runs))
+        await self._write({olap.TASK_EVENTS: task_rows, olap.RUNS: run_rows}, msgs)
         return rejected
 
     async def _on_events(self, msgs: list[Msg]) -> None:
@@ -203,12 +195,12 @@ class ReplicatorService(Service):
         out = [row for row in map(to_row, msgs) if row is not None]
         if len(out) < len(msgs):
             SKIPPED.labels(consumer).inc(len(msgs) - len(out))
-        await self._write(table, out, msgs)
+        await self._write({table: out}, msgs)
 
-    async def _write(self, table: str, out: list[Row], msgs: list[Msg]) -> None:
+    async def _write(self, tables: dict[str, list[Row]], msgs: list[Msg]) -> None:
         assert self._batcher is not None
         try:
-            await self._batcher.write({table: out})
+            await self._batcher.write(tables)
         except OlapError as exc:
             # The store is down: ask for redelivery later rather than raising, which would make
             # BatchConsumer retry message by message against the same outage. The ack it sends
@@ -218,7 +210,8 @@ class ReplicatorService(Service):
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=2.0)
             return
-        ROWS.labels(table).inc(len(out))
+        for table, out in tables.items():
+            ROWS.labels(table).inc(len(out))
 
     # reads for other services (embedded mode) ---------------------------------------------
     async def _on_query(self, msg: Msg) -> None:
