@@ -17,6 +17,7 @@ class TriggerRun(msgspec.Struct, tag="trigger", kw_only=True):
     additional: dict[str, bytes] = {}  # e.g. {"filter_payload": b"{...}"}
     source: str = "api"  # api | event | cron | schedule
     sticky_worker: str | None = None
+    traceparent: str | None = None  # W3C trace context of the trigger (sampled runs only)
 
 
 class CancelRun(msgspec.Struct, tag="cancel", kw_only=True):
@@ -66,6 +67,7 @@ class Assignment(msgspec.Struct, kw_only=True):
     additional: dict[str, bytes] = {}
     timeout_ms: int = 0
     metadata: dict[str, str] = {}
+    traceparent: str | None = None  # the run's trace context, for the dispatcher and worker
 
 
 class CancelTask(msgspec.Struct, kw_only=True):

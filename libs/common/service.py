@@ -13,7 +13,7 @@ from typing import Self
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from libs.common import logs
+from libs.common import logs, telemetry
 from libs.common.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ class Service(abc.ABC):
 
     @abc.abstractmethod
     async def _stop(self) -> None: ...
+
+    async def refresh_metrics(self) -> None:
+        """Bring gauges that describe current state up to date; called when /metrics is read."""
+        return None  # services without state gauges have nothing to refresh
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -94,6 +98,10 @@ class HealthServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             path = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else "/"
             if path.startswith("/metrics"):
+                try:
+                    await asyncio.wait_for(self._service.refresh_metrics(), 5)
+                except Exception as exc:  # stale gauges are better than a failed scrape
+                    log.warning("refreshing metrics failed: %r", exc)
                 body, ctype, status = generate_latest(), CONTENT_TYPE_LATEST, "200 OK"
             elif path.startswith("/healthz"):
                 ok = self._service.ready
@@ -118,13 +126,17 @@ def run_service(factory: Callable[[Settings], Service]) -> None:
     settings = load_settings()
     service = factory(settings)
     logs.configure(service.name, settings.log_level)
+    telemetry.configure(service.name, settings.otlp_endpoint)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable
         pass
-    asyncio.run(_serve(service, settings))
+    try:
+        asyncio.run(_serve(service, settings))
+    finally:
+        telemetry.shutdown()  # flush spans still batched for export
 
 
 async def _serve(service: Service, settings: Settings) -> None:

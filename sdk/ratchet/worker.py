@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ratchet import _codec
+from ratchet import _codec, _tracing
 from ratchet._proto import worker_pb2 as pb
 from ratchet._proto import worker_pb2_grpc as pb_grpc
 from ratchet.context import Context
@@ -66,6 +66,7 @@ class Worker:
         self.slots = slots
         self.labels = dict(labels or {})
         self.worker_id = ""
+        self.tenant = ""
         self._by_action: dict[str, Task[Any]] = {
             t.action: t for wf in self.workflows for t in wf.all_tasks()
         }
@@ -103,6 +104,8 @@ class Worker:
     async def astart(self) -> None:
         """Register the workflows, connect, and work until `stop()`."""
         self._loop = asyncio.get_running_loop()
+        _tracing.configure_from_env(f"ratchet-worker-{self.name}")
+        _tracing.install_log_filter()
         for wf in self.workflows:
             await self.client._register_async(wf)
         backoff = 0.1
@@ -182,9 +185,11 @@ class Worker:
             if first is grpc.aio.EOF or first.WhichOneof("msg") != "registered":
                 raise OSError("dispatcher closed the stream during registration")
             self.worker_id = first.registered.worker_id
+            self.tenant = first.registered.tenant
             interval_s = max(0.2, first.registered.heartbeat_interval_ms / 1000)
             self._connected.set()
-            log.info("worker %s registered as %s", self.name, self.worker_id)
+            log.info("worker %s registered as %s", self.name, self.worker_id,
+                     extra={"tenant": self.tenant, "worker_id": self.worker_id})
             writer = asyncio.create_task(self._write_loop(call, interval_s))
             try:
                 while not self._stop.is_set():
@@ -262,7 +267,7 @@ class Worker:
             metadata=dict(a.metadata),
             sink=self._sink_for(a.task_id, a.attempt),
         )
-        task = asyncio.create_task(self._execute(a, ctx))
+        task = _tracing.start_task(self._execute(a, ctx), a, self.tenant)
         self._running[key] = _Running(ctx, task)
         self._idle.clear()
 
@@ -289,6 +294,7 @@ class Worker:
         except asyncio.CancelledError:
             self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.CANCELLED))
         except Exception as exc:
+            _tracing.task_failed(exc)
             self._emit(pb.TaskEvent(
                 task_id=a.task_id, attempt=a.attempt, kind=pb.FAILED,
                 error=pb.TaskError(

@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 from ratchet._proto import worker_pb2 as pb
 from ratchet._proto import worker_pb2_grpc as pb_grpc
 
-from libs.common import db, jetstream, subjects, tenants
+from libs.common import db, jetstream, metrics, subjects, tenants
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
 from libs.common.messages import DISPATCH_DECODER, TaskError, TaskReport, WorkerInfo, encode
 from libs.common.service import Service
@@ -99,6 +99,14 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         await self._server.start()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="dispatcher-heartbeat")
         log.info("dispatcher %s listening on %s:%d", self.dispatcher_id, s.grpc_host, self.port)
+
+    async def refresh_metrics(self) -> None:
+        conns = list(self.conns.values())
+        metrics.DISPATCHER_WORKERS.set(len(conns))
+        metrics.DISPATCHER_SLOTS.set(sum(c.info.slots for c in conns))
+        await metrics.refresh_consumer_lag(
+            self._js, [(Stream.DSP, f"dispatcher-{self.dispatcher_id}")]
+        )
 
     async def _stop(self) -> None:
         self._stopping.set()
@@ -249,6 +257,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         while True:
             try:
                 await jetstream.publish_batch(self._js, batch)
+                metrics.DISPATCHER_EVENTS.inc(len(batch))
                 return True
             except Exception as exc:
                 if time.monotonic() > deadline:
@@ -265,7 +274,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             with contextlib.suppress(Exception):
                 assert self._kv is not None
                 await self._kv.delete(worker_id)
-            log.info("worker disconnected", extra={"worker_id": worker_id})
+            log.info("worker disconnected", extra={"tenant": conn.info.tenant, "worker_id": worker_id})
 
     async def _put_entry(self, conn: WorkerConn) -> None:
         assert self._kv is not None
@@ -304,6 +313,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 await conn.outbox.put(
                     pb.DispatcherMessage(assignments=pb.Assignments(items=assigns))
                 )
+                metrics.DISPATCHER_ASSIGNMENTS.inc(len(assigns))
             if cancels:
                 await conn.outbox.put(pb.DispatcherMessage(cancels=pb.Cancels(items=cancels)))
         if undeliverable:
@@ -334,7 +344,8 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             now = _now()
             for conn in list(self.conns.values()):
                 if now - conn.last_seen_ms > timeout_ms:
-                    log.warning("worker %s stopped heartbeating", conn.info.worker_id)
+                    log.warning("worker %s stopped heartbeating", conn.info.worker_id,
+                                extra={"tenant": conn.info.tenant, "worker_id": conn.info.worker_id})
                     conn.closed.set()
                     continue
                 with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ratchet._proto import worker_pb2 as pb
 
+from libs.common import telemetry
 from libs.common.messages import Assignment, CancelTask, TaskError, TaskReport, WorkerInfo
 
 EVENT_KINDS: dict[int, str] = {
@@ -62,6 +63,21 @@ def to_proto_assignment(a: Assignment) -> pb.Assignment:
         additional=a.additional,
         timeout_ms=a.timeout_ms,
         metadata=a.metadata,
+        traceparent=_dispatch_span(a) if a.traceparent else "",
+    )
+
+
+def _dispatch_span(a: Assignment) -> str:
+    """Record the dispatch hop of a traced run; the worker's span becomes its child."""
+    return telemetry.child_traceparent(
+        "ratchet.dispatcher",
+        "task.dispatch",
+        a.traceparent,
+        {
+            "ratchet.tenant": a.tenant, "ratchet.workflow": a.workflow, "ratchet.run_id": a.run_id,
+            "ratchet.task_id": a.task_id, "ratchet.task_name": a.task_name,
+            "ratchet.attempt": a.attempt, "ratchet.worker_id": a.worker_id,
+        },
     )
 
 

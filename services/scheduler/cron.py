@@ -91,6 +91,11 @@ def _trigger(tenant: str, run_id: str, row: Any, source: str) -> Outgoing:
     return Outgoing(subjects.cmd(tenant, "run.trigger"), encode(trig), f"run:{run_id}:trigger")
 
 
+def _ids(row: Any) -> dict[str, object]:
+    """Log fields (see libs/common/logs.py) of a cron or scheduled-run row."""
+    return {"tenant": row["tenant_id"], "workflow": row["workflow"]}
+
+
 def _str_map(raw: str) -> dict[str, str]:
     decoded = msgspec.json.decode(raw)
     if not isinstance(decoded, dict):
@@ -178,16 +183,18 @@ class CronTicker:
                     following = next_tick(row["expression"], tick)
                 except Exception as exc:
                     log.error("cron %s of %s cannot be evaluated: %r", row["id"],
-                              row["tenant_id"], exc)
+                              row["tenant_id"], exc, extra=_ids(row))
                     updates.append((row["tenant_id"], row["id"], None, now + BROKEN_RETRY,
                                     row["next_due_at"]))
                     continue
                 if tick > row["next_due_at"]:
                     log.warning("cron %s of %s skipped missed ticks from %s; firing %s",
-                                row["id"], row["tenant_id"], row["next_due_at"], tick)
+                                row["id"], row["tenant_id"], row["next_due_at"], tick,
+                                extra=_ids(row))
                 if row["version_id"] is None:
                     log.warning("cron %s: workflow %r of %s is not registered; tick %s skipped",
-                                row["id"], row["workflow"], row["tenant_id"], tick)
+                                row["id"], row["workflow"], row["tenant_id"], tick,
+                                extra=_ids(row))
                 else:
                     run_id = cron_run_id(row["tenant_id"], row["id"], tick)
                     outgoing.append(_trigger(row["tenant_id"], run_id, row, "cron"))
@@ -222,7 +229,8 @@ class CronTicker:
             for row in rows:
                 if row["version_id"] is None:
                     log.warning("scheduled run %s: workflow %r of %s is not registered; dropped",
-                                row["id"], row["workflow"], row["tenant_id"])
+                                row["id"], row["workflow"], row["tenant_id"],
+                                extra=_ids(row) | {"run_id": row["run_id"]})
                     continue
                 outgoing.append(_trigger(row["tenant_id"], row["run_id"], row, "schedule"))
             await jetstream.publish_batch(self._js, outgoing)

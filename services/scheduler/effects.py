@@ -60,6 +60,10 @@ class Effects:
     changes: dict[str, list[tuple[TaskStateChanged | RunStateChanged, str]]] = field(
         default_factory=dict
     )
+    # the transitions already bundled, kept for metrics and traces (scheduler/observe.py)
+    bundled: list[list[tuple[TaskStateChanged | RunStateChanged, str]]] = field(
+        default_factory=list
+    )
 
     def note_change(self, tenant: str, change: TaskStateChanged | RunStateChanged, key: str) -> None:
         """Record a transition; `key` names it uniquely (it seeds the message's msg-id)."""
@@ -80,6 +84,7 @@ class Effects:
                 )
                 msg_id = f"changes:{chunk[0][1]}:{chunk[-1][1]}:{len(chunk)}"
                 self.outbox.append(Outgoing(subjects.task_changes(tenant), encode(msg), msg_id))
+        self.bundled.extend(self.changes.values())
         self.changes.clear()
 
     def touch_task(self, task: Task) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -24,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from libs.common import db, jetstream, subjects
+from libs.common import db, jetstream, metrics, subjects
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
 from libs.common.messages import (
     COMMAND_DECODER,
@@ -40,7 +41,7 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
-from services.scheduler import store
+from services.scheduler import observe, store
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_EXEC, Engine
 from services.scheduler.fairness_store import FairnessStore
@@ -118,6 +119,12 @@ class SchedulerService(Service):
             await consumer.start()
         self._cron = CronTicker(s, self._pool, self._js)
         await self._cron.start()
+
+    async def refresh_metrics(self) -> None:
+        observe.refresh_gauges(self.engine)
+        await metrics.refresh_consumer_lag(
+            self._js, [(Stream.CMD, "scheduler-cmd"), (Stream.TASK, "scheduler-reports")]
+        )
 
     async def _stop(self) -> None:
         if self._cron is not None:
@@ -218,6 +225,7 @@ class SchedulerService(Service):
         async with self._pool.acquire() as conn:
             specs, existing = await self._prefetch(conn, works)
             await self._fairness.refresh_limits(conn, self.engine)
+            observe.trace_triggers(self.engine, _triggers(works), existing)
             engine = self.engine
             engine.begin(_now())
             while self._worker_events:
@@ -233,7 +241,9 @@ class SchedulerService(Service):
                     elif isinstance(msg, TriggerRun):
                         spec = specs.get(msg.version_id)
                         if spec is None:
-                            log.error("trigger for unknown version %s dropped", msg.version_id)
+                            log.error("trigger for unknown version %s dropped", msg.version_id,
+                                      extra={"tenant": tenant, "workflow": msg.workflow,
+                                             "run_id": msg.run_id})
                         elif msg.run_id not in existing:
                             engine.trigger(tenant, msg, spec)
                     elif isinstance(msg, CancelRun):
@@ -248,6 +258,7 @@ class SchedulerService(Service):
                 async with conn.transaction():
                     await store.flush(conn, fx, published)
                     await self._fairness.flush(conn, fx, engine)
+            observe.after_batch(engine, fx)
         for work in works:
             if not work.done.done():
                 work.done.set_result(None)
@@ -382,6 +393,11 @@ async def _current_workers(kv: KeyValue) -> list[WorkerInfo]:
             if entry.value:
                 out.append(WORKER_INFO_DECODER.decode(entry.value))
     return out
+
+
+def _triggers(works: list[Work]) -> Iterator[TriggerRun]:
+    """Lazy: only walked when tracing is on."""
+    return (m for w in works if w.kind == "cmd" for _, m in w.items if isinstance(m, TriggerRun))
 
 
 def _now() -> int:

@@ -64,12 +64,12 @@ ON CONFLICT (tenant_id, id) DO UPDATE SET
 
 _UPSERT_RUN = """
 INSERT INTO runs (tenant_id, id, workflow, version_id, status, priority, input, metadata,
-                  additional, source, generation, created_at, finished_at)
-SELECT t, i, w, v, s, p, inp, md::jsonb, a, src, g, c, f
+                  additional, source, generation, created_at, finished_at, traceparent)
+SELECT t, i, w, v, s, p, inp, md::jsonb, a, src, g, c, f, tp
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
             $7::bytea[], $8::text[], $9::bytea[], $10::text[], $11::int[],
-            $12::timestamptz[], $13::timestamptz[])
-     AS x(t, i, w, v, s, p, inp, md, a, src, g, c, f)
+            $12::timestamptz[], $13::timestamptz[], $14::text[])
+     AS x(t, i, w, v, s, p, inp, md, a, src, g, c, f, tp)
 ON CONFLICT (tenant_id, id) DO UPDATE SET
     status = EXCLUDED.status, generation = EXCLUDED.generation,
     finished_at = EXCLUDED.finished_at
@@ -115,11 +115,11 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
             (
                 r.tenant, r.id, r.workflow, r.version_id, r.status.value, r.priority, r.input,
                 msgspec.json.encode(r.metadata).decode(), _ENC.encode(r.additional), r.source,
-                r.generation, ts(r.created_ms), ts(r.finished_ms),
+                r.generation, ts(r.created_ms), ts(r.finished_ms), r.traceparent,
             )
             for r in fx.runs.values()
         ]
-        await conn.execute(_UPSERT_RUN, *_cols(rows, 13))
+        await conn.execute(_UPSERT_RUN, *_cols(rows, 14))
     if fx.tasks:
         task_rows = [
             (
@@ -204,7 +204,8 @@ async def load_runs(
     """Rebuild runs (and their tasks) selected by `where` over the runs table."""
     run_rows = await conn.fetch(
         "SELECT tenant_id, id, workflow, version_id, status, priority, input, metadata::text"
-        f" AS metadata, additional, source, generation, created_at, finished_at FROM runs WHERE {where}",
+        " AS metadata, additional, source, generation, created_at, finished_at, traceparent"
+        f" FROM runs WHERE {where}",
         *args,
     )
     if not run_rows:
@@ -223,7 +224,7 @@ async def load_runs(
             metadata=msgspec.json.decode(row["metadata"]),
             additional=_ADDITIONAL.decode(row["additional"]) if row["additional"] else {},
             source=row["source"], generation=row["generation"],
-            finished_ms=ms(row["finished_at"]),
+            finished_ms=ms(row["finished_at"]), traceparent=row["traceparent"],
         )
         build_run(run)
         runs[(run.tenant, run.id)] = run

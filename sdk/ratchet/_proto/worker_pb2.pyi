@@ -136,7 +136,7 @@ class Registered(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., tenant: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("task_id", "run_id", "attempt", "workflow", "task_name", "action", "input", "parent_outputs", "additional", "timeout_ms", "metadata")
+    __slots__ = ("task_id", "run_id", "attempt", "workflow", "task_name", "action", "input", "parent_outputs", "additional", "timeout_ms", "metadata", "traceparent")
     class ParentOutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class Assignment(_message.Message):
     ADDITIONAL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     attempt: int
@@ -180,7 +181,8 @@ class Assignment(_message.Message):
     additional: _containers.ScalarMap[str, bytes]
     timeout_ms: int
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[str] = ..., task_name: _Optional[str] = ..., action: _Optional[str] = ..., input: _Optional[bytes] = ..., parent_outputs: _Optional[_Mapping[str, bytes]] = ..., additional: _Optional[_Mapping[str, bytes]] = ..., timeout_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[str] = ..., task_name: _Optional[str] = ..., action: _Optional[str] = ..., input: _Optional[bytes] = ..., parent_outputs: _Optional[_Mapping[str, bytes]] = ..., additional: _Optional[_Mapping[str, bytes]] = ..., timeout_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("items",)

@@ -246,7 +246,8 @@ async def workflow_changed(api: ApiState, tenant: str, spec: WorkflowSpec) -> No
     for expression in dict.fromkeys(spec.on_crons):
         problem = cron_problem(expression)
         if problem:
-            log.warning("workflow %s of %s: on_crons entry skipped: %s", spec.name, tenant, problem)
+            log.warning("workflow %s of %s: on_crons entry skipped: %s", spec.name, tenant, problem,
+                        extra={"tenant": tenant, "workflow": spec.name})
         else:
             expressions.append(expression)
     async with api.pool.acquire() as conn, conn.transaction():

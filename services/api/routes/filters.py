@@ -62,7 +62,8 @@ async def notify_matcher(api: ApiState, tenant: str) -> None:
         # Flushed so the change reaches the matchers before any event we accept next.
         await api.nc.flush(timeout=2)
     except Exception as exc:  # the change is committed; matchers catch up on their TTL
-        log.warning("matcher invalidation for %s not sent: %r", tenant, exc)
+        log.warning("matcher invalidation for %s not sent: %r", tenant, exc,
+                    extra={"tenant": tenant})
 
 
 def _check(workflow: str, expression: str, scope: str | None) -> None:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, post
 from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import HeaderParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+from opentelemetry.trace import SpanKind
 
-from libs.common import jetstream, specs, subjects
+from libs.common import jetstream, metrics, specs, subjects, telemetry
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TriggerRun, encode
+from libs.common.subjects import Header
 from services.api.auth import Api, Tenant
 from services.api.input_schema import check_input
 from services.api.routes.crons import workflow_changed
@@ -29,6 +34,9 @@ from services.api.schemas import (
 from services.api.state import ApiState
 
 _JSON = msgspec.json.Encoder()
+SCOPE = "ratchet.api"
+# W3C trace context of the caller: the run's trace continues the caller's.
+TraceParent = Annotated[str | None, HeaderParameter(name="traceparent", required=False)]
 
 
 class WorkflowController(Controller):
@@ -86,23 +94,31 @@ class WorkflowController(Controller):
         return _view(row)
 
     @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED)
-    async def trigger(self, name: str, data: RunRequest, tenant: Tenant, api: Api) -> RunCreated:
+    async def trigger(
+        self, name: str, data: RunRequest, tenant: Tenant, api: Api,
+        traceparent: TraceParent = None,
+    ) -> RunCreated:
         """Start a run of the latest version of a workflow."""
         version_id, spec = await _latest(api, tenant, name)
         trig = _trigger(name, version_id, spec, data)
-        await jetstream.publish_one(api.js, _outgoing(tenant, trig))
+        with _trigger_span(tenant, name, traceparent, [trig]):
+            await jetstream.publish_one(api.js, _outgoing(tenant, trig))
+        metrics.API_RUNS_TRIGGERED.inc()
         return RunCreated(run_id=trig.run_id, workflow=name, version_id=version_id)
 
     @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED)
     async def trigger_bulk(
-        self, name: str, data: BulkRunRequest, tenant: Tenant, api: Api
+        self, name: str, data: BulkRunRequest, tenant: Tenant, api: Api,
+        traceparent: TraceParent = None,
     ) -> BulkRunCreated:
         """Start many runs in one request (up to 1,000), published pipelined."""
         if not 1 <= len(data.runs) <= 1000:
             raise ClientException("runs must hold 1 to 1000 items")
         version_id, spec = await _latest(api, tenant, name)
         trigs = [_trigger(name, version_id, spec, r) for r in data.runs]
-        await jetstream.publish_batch(api.js, [_outgoing(tenant, t) for t in trigs])
+        with _trigger_span(tenant, name, traceparent, trigs):
+            await jetstream.publish_batch(api.js, [_outgoing(tenant, t) for t in trigs])
+        metrics.API_RUNS_TRIGGERED.inc(len(trigs))
         return BulkRunCreated(run_ids=[t.run_id for t in trigs])
 
 
@@ -145,5 +161,25 @@ def _trigger(name: str, version_id: str, spec: specs.WorkflowSpec, req: RunReque
     )
 
 
+@contextlib.contextmanager
+def _trigger_span(
+    tenant: str, workflow: str, parent: str | None, trigs: list[TriggerRun]
+) -> Iterator[None]:
+    """Trace the trigger (a child of the caller's `traceparent` header, if any) and hand its
+    context to the runs. A bulk request is one span: its runs share its trace."""
+    attrs: dict[str, str | int] = {"ratchet.tenant": tenant, "ratchet.workflow": workflow}
+    if len(trigs) == 1:
+        attrs["ratchet.run_id"] = trigs[0].run_id
+    else:
+        attrs["ratchet.runs"] = len(trigs)
+    with telemetry.open_span(SCOPE, "run.trigger", parent, attrs, kind=SpanKind.PRODUCER) as tp:
+        for trig in trigs:
+            trig.traceparent = tp
+        yield
+
+
 def _outgoing(tenant: str, trig: TriggerRun) -> Outgoing:
-    return Outgoing(subjects.cmd(tenant, "run.trigger"), encode(trig), f"run:{trig.run_id}:trigger")
+    headers = {Header.TRACEPARENT.value: trig.traceparent} if trig.traceparent else {}
+    return Outgoing(
+        subjects.cmd(tenant, "run.trigger"), encode(trig), f"run:{trig.run_id}:trigger", headers
+    )
