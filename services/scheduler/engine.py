@@ -67,6 +67,7 @@ class Engine:
         self.fx = Effects()
         self._timers: list[tuple[int, str, str, str, int]] = []  # due, tenant, task, kind, att
         self.now_ms = 0
+        self._uses_cel: dict[str, bool] = {}  # version id -> does it evaluate CEL per run
         self.conc = Concurrency()
         self.limits = RateLimiter()
         # Attempts assigned to a worker and not yet settled by it, for tasks under
@@ -708,6 +709,15 @@ class Engine:
 
     # fair scheduling ------------------------------------------------------------------
     def _activation(self, run: Run) -> dict[str, object]:
+        # Converting the input to CEL values costs more than the rest of a trigger: skip it
+        # for the (common) workflows with no concurrency key and no CEL in their rate limits.
+        uses = self._uses_cel.get(run.version_id)
+        if uses is None:
+            if len(self._uses_cel) > 4096:
+                self._uses_cel.clear()
+            uses = self._uses_cel[run.version_id] = _uses_cel(run.spec)
+        if not uses:
+            return _NO_ACTIVATION
         return keys.activation(run.input, run.metadata)
 
     def _order_of(self, priority: int, ms: int) -> tuple[int, int, int]:
@@ -927,6 +937,24 @@ class Engine:
         """(tenant, key) -> (holders, max_runs), for invariant checks and tests."""
         return {sid: (len(s.holders), s.max_runs) for sid, s in self.conc.sems.items()}
 
+
+
+_NO_ACTIVATION: dict[str, object] = {}
+
+
+def _uses_cel(spec: WorkflowSpec) -> bool:
+    """Whether evaluating this workflow's keys or units needs the run's input as CEL."""
+    if spec.concurrency:
+        return True
+    for task in [*spec.tasks, spec.on_failure, spec.on_success]:
+        if task is None:
+            continue
+        if task.concurrency:
+            return True
+        for rl in task.rate_limits:
+            if rl.dynamic_key is not None or isinstance(rl.units, str):
+                return True
+    return False
 
 
 def _err_doc(err: TaskError | None) -> dict[str, object]:
