@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError, NotFoundError
@@ -200,19 +203,43 @@ class BatchConsumer:
             self._sub = None
 
     async def _run(self) -> None:
+        """Keep a pull request open and hand over whatever has arrived, as soon as it arrives.
+
+        nats-py's fetch(n) returns when n messages arrived or its timeout passed, so under light
+        load every message would wait out the timeout. Here the first message after a quiet
+        spell is handled at once, and under load everything that piled up while the previous
+        batch was being handled goes as one batch. The pull request asks for up to
+        `batch_size` messages and expires after `fetch_timeout_s`; then a new one is sent (that
+        also recovers from a NATS reconnect, which forgets open requests).
+        """
         assert self._sub is not None
+        psub = self._sub
+        inbox = psub._sub  # nats-py keeps the pull inbox subscription private
+        expires_ns = int(self._fetch_timeout_s * 1e9)
+        request = json.dumps({"batch": self._batch_size, "expires": expires_ns}).encode()
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(self._batch_size, timeout=self._fetch_timeout_s)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
+                await psub._nc.publish(psub._nms, request, reply=psub._deliver)
             except Exception as exc:  # connection trouble: back off and retry
-                log.warning("fetch failed on %s: %r", self._durable, exc)
+                log.warning("pull request failed on %s: %r", self._durable, exc)
                 await asyncio.sleep(0.5)
                 continue
-            await self._process(msgs)
+            open_until = time.monotonic() + self._fetch_timeout_s + 0.05
+            remaining = self._batch_size
+            while remaining > 0 and not self._stopping.is_set():
+                wait_s = open_until - time.monotonic()
+                if wait_s <= 0:
+                    break
+                try:
+                    first = await inbox.next_msg(timeout=min(wait_s, 0.5))
+                except TimeoutError:
+                    continue
+                msgs, finished = _take_available(inbox, first)
+                remaining -= len(msgs)
+                if msgs:
+                    await self._process(msgs)
+                if finished:
+                    break
 
     async def _process(self, msgs: list[Msg]) -> None:
         live: list[Msg] = []
@@ -282,6 +309,27 @@ class BatchConsumer:
             self.dead_lettered += 1
         except Exception as exc:
             log.error("could not dead-letter seq=%s: %r", seq, exc)
+
+
+def _take_available(inbox: Subscription, first: Msg) -> tuple[list[Msg], bool]:
+    """`first` plus every message already delivered; True once the pull request has ended
+    (a 404/408/409 status: no messages, expired, or refused)."""
+    msgs: list[Msg] = []
+    finished = False
+    queue = inbox._pending_queue
+    msg: Msg | None = first
+    while msg is not None:
+        status = JetStreamContext.is_status_msg(msg)
+        if status is None:
+            msgs.append(msg)
+        elif status != "100":  # 100 = idle heartbeat; anything else ends the request
+            finished = True
+            break
+        if queue.empty():
+            break
+        msg = queue.get_nowait()
+        inbox._pending_size -= len(msg.data)
+    return msgs, finished
 
 
 async def _ack(msg: Msg) -> None:
