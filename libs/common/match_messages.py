@@ -1,7 +1,7 @@
 """Wire schema of event-match outcomes (msgpack), published by the matcher on TASK.
 
 One `EventMatches` message per event that reached at least one workflow, on
-`task.<tenant>.match`, with msg-id `match:<tenant>:<event_id>` so a redelivered event
+`subjects.task_match(tenant)` (`task.<tenant>.match`), with msg-id `match:<tenant>:<event_id>` so a redelivered event
 records its outcomes once. The replicator projects them into ClickHouse.
 """
 
@@ -36,11 +36,3 @@ class EventMatches(msgspec.Struct, kw_only=True):
 
 EVENT_MATCHES_DECODER = msgspec.msgpack.Decoder(EventMatches)
 
-
-def match_subject(tenant: str) -> str:
-    # Kept here rather than in subjects.py so this module can ship on its own; the lead may
-    # move it next to the other task.* subjects.
-    return f"task.{tenant}.match"
-
-
-MATCH_ALL = "task.*.match"

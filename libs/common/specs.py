@@ -7,6 +7,8 @@ from typing import Literal
 
 import msgspec
 
+from libs.common.cronexpr import on_crons_problem
+
 Priority = Literal[1, 2, 3]
 
 
@@ -93,6 +95,8 @@ def validate(spec: WorkflowSpec) -> list[str]:
         raise SpecError(f"workflow {spec.name!r} has no tasks")
     if not 1 <= spec.default_priority <= 3:
         raise SpecError("default_priority must be 1, 2 or 3")
+    if cron_problem := on_crons_problem(spec.on_crons):
+        raise SpecError(f"workflow {spec.name!r}: {cron_problem}")
     _check_concurrency(f"workflow {spec.name!r}", spec.concurrency)
     by_name: dict[str, TaskSpec] = {}
     for task in spec.tasks:

@@ -57,6 +57,11 @@ def task_changes(tenant: str) -> str:
     return f"task.{tenant}.changes"
 
 
+def task_match(tenant: str) -> str:
+    """Outcomes of matching one event (match_messages.EventMatches), from the matcher."""
+    return f"task.{tenant}.match"
+
+
 def dsp(dispatcher_id: str) -> str:
     return f"dsp.{dispatcher_id}"
 
@@ -73,6 +78,7 @@ def tenant_of(subject: str) -> str:
 CMD_ALL = "cmd.>"
 TASK_REPORTS_ALL = "task.*.report.>"
 TASK_CHANGES_ALL = "task.*.changes"
+TASK_MATCH_ALL = "task.*.match"
 EVT_ALL = "evt.>"
 MATCHER_CHANGES = "ratchet.matcher.changed"
 OLAP_QUERY = "ratchet.olap.query"

@@ -96,6 +96,7 @@ class _OwnParser(CELParser):
 
 
 _ENV = _private_environment()
+_TRUE, _FALSE = celtypes.BoolType(True), celtypes.BoolType(False)
 
 
 # ------------------------------------------------------------------ cheaper evaluation
@@ -111,39 +112,42 @@ _ENV = _private_environment()
 
 
 class Bindings(Activation):
-    """The variables of one evaluation, looked up in a dict (innermost macro variable first).
+    """The variables of one evaluation, as plain instance attributes.
 
-    Build one per event and `bind("payload", ...)` per filter: nothing is copied per filter.
-    Names that are not bound fall back to the environment's activation (type annotations,
-    functions), exactly where celpy would find them.
+    Transpiled code reads `activation.input`: kept in the instance dict, that is an ordinary
+    attribute hit, with no `__getattr__` call. Build one per event and `bind("payload", ...)`
+    per filter: nothing is copied per filter. A macro's nested bindings hold its variable and
+    defer to their parent; names bound nowhere fall back to the environment's activation (type
+    annotations, functions), exactly where celpy would find them.
     """
 
-    __slots__ = ("_parent", "_values")
+    __slots__ = ("_parent",)
+    # Class-level so the instance dict holds nothing but variables; same values as celpy's.
+    functions = None  # type: ignore[assignment]  # set below, from the base activation
+    package: str | None = None
 
-    def __init__(self, values: dict[str, Any], parent: Bindings | None = None) -> None:
+    def __init__(self, values: Mapping[str, Any], parent: Bindings | None = None) -> None:
         # Deliberately not calling Activation.__init__: that builds the NameContainer we skip.
-        self._values = values
         self._parent = parent
-        self.functions = _BASE_ACTIVATION.functions
-        self.package = _BASE_ACTIVATION.package
+        self.__dict__.update(values)
 
     def bind(self, name: str, value: Any) -> None:
-        self._values[name] = value
+        self.__dict__[name] = value
 
     def variables(self) -> dict[str, Any]:
-        return self._values
+        return self.__dict__
 
     def _lookup(self, name: str) -> Any:
         scope: Bindings | None = self
         while scope is not None:
-            values = scope._values
+            values = scope.__dict__
             if name in values:
                 return values[name]
             scope = scope._parent
         raise KeyError(name)
 
     def __getattr__(self, name: str) -> Any:
-        # Only reached for names that are not attributes: CEL identifiers (`activation.input`).
+        # Reached only for names not bound here: a macro's parent scopes, then the environment.
         try:
             return self._lookup(name)
         except KeyError:
@@ -162,17 +166,19 @@ class Bindings(Activation):
     ) -> Bindings:
         if annotations:  # the transpiler never passes any; refuse rather than ignore them
             raise TypeError("Bindings cannot take annotations")
-        return Bindings(dict(vars or {}), self)
+        return Bindings(vars or {}, self)
 
 
 _BASE_ACTIVATION = Activation(
     annotations=_ENV.annotations, package=_ENV.package, functions=None
 )
+Bindings.functions = _BASE_ACTIVATION.functions  # type: ignore[assignment]
+Bindings.package = _BASE_ACTIVATION.package
 
 # Names an expression may not use as a macro variable: on an Activation they are attributes
-# (methods, `functions`, `package`), so `activation.<name>` would not reach the variable.
-RESERVED_NAMES = frozenset(n for n in dir(Activation) if not n.startswith("__")) | {
-    "identifiers", "functions", "package", "bind"}
+# (methods, `functions`, `package`), which celpy would return instead of the variable. Names
+# starting with "_" are refused as well (internals).
+RESERVED_NAMES = frozenset(n for n in dir(Bindings) if not n.startswith("_")) | {"identifiers"}
 
 
 def _reduce_macro(
@@ -196,6 +202,26 @@ def _reduce_macro(
     return macro
 
 
+def _operator_in(item: Any, container: Any) -> Any:
+    """celpy's `in`, minus a typing cast that subscripts a large Union on every call.
+
+    True on the first equal element; otherwise False, or a "no such overload" error when
+    some comparison was a type error. Errors in either operand propagate.
+    """
+    if isinstance(item, CELEvalError):
+        return item
+    if isinstance(container, CELEvalError):
+        return container
+    outcome: Any = _FALSE
+    for candidate in container:
+        try:
+            if candidate == item:
+                return _TRUE
+        except TypeError as exc:
+            outcome = CELEvalError("no such overload", exc.__class__, exc.args)
+    return outcome
+
+
 class _Namespace:
     """A module stand-in: the real module's names, some replaced, the rest passed through."""
 
@@ -217,6 +243,7 @@ _EVALUATION = _Namespace(
     bool_eq=_boolean(operator.eq), bool_ne=_boolean(operator.ne),
     macro_exists=_reduce_macro(celtypes.logical_or, False),
     macro_all=_reduce_macro(celtypes.logical_and, True),
+    operator_in=_operator_in,
 )
 _GLOBALS: dict[str, Any] = {
     **vars(celpy.evaluation),
@@ -310,7 +337,7 @@ class Program:
         if self.entry is None:
             variables = activation.variables() if isinstance(activation, Bindings) else activation
             return self.runner.evaluate(dict(variables))
-        bindings = activation if isinstance(activation, Bindings) else Bindings(dict(activation))
+        bindings = activation if isinstance(activation, Bindings) else Bindings(activation)
         # Error handling as in celpy's Transpiler.evaluate, so reasons read the same.
         try:
             value = self.entry(bindings)
@@ -346,7 +373,6 @@ def compile_filter(expression: str) -> Program:
 
 
 _S, _B, _I, _D = celtypes.StringType, celtypes.BoolType, celtypes.IntType, celtypes.DoubleType
-_TRUE, _FALSE = _B(True), _B(False)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63
 _str_new, _int_new, _float_new = str.__new__, int.__new__, float.__new__
 _set = dict.__setitem__  # MapType does not override it
@@ -436,7 +462,7 @@ def _check_tree(ast: lark.Tree[Any]) -> None:
             if method in MACROS:
                 macros.append(node)
                 var = _macro_var(node)
-                if var in RESERVED_NAMES:
+                if var and (var in RESERVED_NAMES or var.startswith("_")):
                     raise CelError(f"{var!r} is reserved; pick another variable name", *_pos(node))
                 if var:
                     macro_vars.add(var)

@@ -34,10 +34,6 @@ from services.replicator.batcher import Batcher
 
 log = logging.getLogger(__name__)
 
-# Match outcomes are published by the matcher on task.<tenant>.match.
-# TODO(lead): move to libs/common/subjects.py next to the matcher's publisher.
-MATCH_OUTCOMES_ALL = "task.*.match"
-
 LAG = Gauge(
     "ratchet_replicator_lag_messages",
     "Messages in the stream not yet in the OLAP store (consumer num_pending + num_ack_pending)",
@@ -66,7 +62,7 @@ FEEDS = (
     Feed("replicator-evt", Stream.EVT, subjects.EVT_ALL, olap.EVENTS),
     # Task and run transitions travel together (one StateChanges per scheduler batch).
     Feed("replicator-changes", Stream.TASK, subjects.TASK_CHANGES_ALL, olap.TASK_EVENTS),
-    Feed("replicator-match", Stream.TASK, MATCH_OUTCOMES_ALL, olap.MATCHES),
+    Feed("replicator-match", Stream.TASK, subjects.TASK_MATCH_ALL, olap.MATCHES),
 )
 
 

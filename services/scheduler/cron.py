@@ -32,6 +32,7 @@ from croniter import croniter
 from nats.js import JetStreamContext
 
 from libs.common import jetstream, subjects
+from libs.common.cronexpr import cron_problem as cron_problem  # one rule, shared with the API
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TriggerRun, encode
 from libs.common.settings import Settings
@@ -51,18 +52,6 @@ def utcnow() -> datetime:
 
 def _iter(expression: str, start: datetime) -> croniter:
     return croniter(expression, start, second_at_beginning=len(expression.split()) == 6)
-
-
-def cron_problem(expression: str) -> str | None:
-    """Why `expression` is not a cron we accept, or None when it is."""
-    fields = expression.split()
-    if len(fields) not in (5, 6) and not expression.startswith("@"):
-        return "cron expression must have 5 fields (or 6 with seconds first)"
-    try:
-        ok = croniter.is_valid(expression, second_at_beginning=len(fields) == 6)
-    except Exception:  # croniter raises on some inputs instead of answering False
-        ok = False
-    return None if ok else f"invalid cron expression {expression!r}"
 
 
 def next_tick(expression: str, after: datetime) -> datetime:

@@ -15,7 +15,7 @@ from nats.js import api as jsapi
 from ratchet import ApiError, Context, Ratchet
 
 from libs.common import subjects
-from libs.common.match_messages import EVENT_MATCHES_DECODER, EventMatches, match_subject
+from libs.common.match_messages import EVENT_MATCHES_DECODER, EventMatches
 from libs.common.subjects import Header, Stream
 from services.matcher.service import MatcherService
 
@@ -50,7 +50,7 @@ class Recorder:
     async def start(self) -> None:
         js = self._nc.jetstream()
         self._sub = await js.subscribe(
-            match_subject(self._tenant), stream=Stream.TASK.value, cb=self._on,
+            subjects.task_match(self._tenant), stream=Stream.TASK.value, cb=self._on,
             config=jsapi.ConsumerConfig(deliver_policy=jsapi.DeliverPolicy.ALL),
         )
 
@@ -205,7 +205,8 @@ async def test_duplicate_event_id_triggers_once(
     # Direct publish without a msg-id: the stream stores it, the matcher must still dedupe.
     await nc.jetstream().publish(subjects.evt(tenant, "pay.done"), b'{"x": 1}',
                                  headers={Header.EVENT_ID.value: "pay-123"})
-    # Events are matched in order: once a later event's run finished, all of these were seen.
+    # Batches may finish out of order, but every copy maps to the same run id: however they
+    # interleave, the pay-123 copies and the sentinel can only ever make two runs.
     sentinel = await client.events.aio_push("pay.done", {"x": 2}, event_id="sentinel")
     await recorder.wait(sentinel["event_id"])
     await _finished(client, "once", 2)

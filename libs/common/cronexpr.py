@@ -1,0 +1,44 @@
+"""Which cron expressions Ratchet accepts: one rule for registration, the API and the ticker.
+
+Parsing is croniter's (the scheduler's ticker uses it to compute ticks), so an expression
+accepted here is one the ticker can schedule. Crons are evaluated in UTC and have 5 fields,
+6 with seconds first, or one of croniter's `@` aliases (`@hourly`, `@daily`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from croniter import croniter
+
+MAX_CRON_CHARS = 255
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why `expression` is not a cron we accept, or None when it is."""
+    if len(expression) > MAX_CRON_CHARS:
+        return f"cron expression longer than {MAX_CRON_CHARS} characters"
+    fields = expression.split()
+    if len(fields) not in (5, 6) and not expression.startswith("@"):
+        return "cron expression must have 5 fields (or 6 with seconds first)"
+    try:
+        ok = croniter.is_valid(expression, second_at_beginning=len(fields) == 6)
+    except Exception:  # croniter raises on some inputs instead of answering False
+        ok = False
+    if not ok:
+        return f"invalid cron expression {expression!r}"
+    try:  # valid syntax can still name no real time (`0 0 31 2 *`): the ticker would spin
+        croniter(expression, datetime.now(UTC), second_at_beginning=len(fields) == 6).get_next()
+    except Exception:
+        return f"cron expression {expression!r} never fires"
+    return None
+
+
+def on_crons_problem(expressions: Iterable[str]) -> str | None:
+    """The first invalid entry of a workflow's `on_crons`, described, or None."""
+    for index, expression in enumerate(expressions):
+        problem = cron_problem(expression)
+        if problem:
+            return f"on_crons[{index}]: {problem}"
+    return None
