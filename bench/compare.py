@@ -28,9 +28,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ LATENCY_S = _env_int("COMPARE_LATENCY_S", 15)
 BATCH = _env_int("COMPARE_BATCH", 500)
 SLOTS = _env_int("COMPARE_SLOTS", 200)
 CHAIN_STEPS = 3
+Row = dict[str, float]  # one system's figures for one workload
 WAIT_TIMEOUT_S = 900.0
 
 
@@ -73,13 +75,15 @@ def summarize(
     end: float,
     start_ms: list[float],
     result_ms: list[float],
+    triggers_sent: float | None = None,
 ) -> dict[str, float]:
-    """One system's figures for one workload."""
+    """One system's figures for one workload (`triggers_sent`: when the last trigger returned)."""
     elapsed = max(end - t0, 1e-9)
     out = {
         "runs": float(runs),
         "tasks": float(runs * tasks_per_run),
         "elapsed_s": round(elapsed, 3),
+        "trigger_s": round((triggers_sent if triggers_sent is not None else end) - t0, 3),
         "runs_per_s": round(runs / elapsed, 1),
         "tasks_per_s": round(runs * tasks_per_run / elapsed, 1),
     }
@@ -141,7 +145,9 @@ class RatchetSide:
             f"cmp-worker-{self.suffix}", workflows=[self.noop_wf, self.chain_wf], slots=SLOTS
         )
 
-    async def run(self) -> dict[str, dict[str, float]]:
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[dict[str, Callable[[], Awaitable[Row]]]]:
+        """Start the worker, warm both workflows up, yield the workloads, stop the worker."""
         import asyncpg
 
         self.pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=1, max_size=2)
@@ -150,17 +156,16 @@ class RatchetSide:
             await self.worker.wait_connected(30)
             assert await self.noop_wf.aio_run({"i": -1, "t": time.time()}, timeout_s=60)
             assert await self.chain_wf.aio_run({"i": -1, "t": time.time()}, timeout_s=60)
-            results = {
-                "noop": await self.bulk(self.noop_wf.name, N_NOOP, 1),
-                "chain": await self.bulk(self.chain_wf.name, N_CHAINS, CHAIN_STEPS),
-                "latency": await self.steady(self.noop_wf.name),
+            yield {
+                "noop": lambda: self.bulk(self.noop_wf.name, N_NOOP, 1),
+                "chain": lambda: self.bulk(self.chain_wf.name, N_CHAINS, CHAIN_STEPS),
+                "latency": lambda: self.steady(self.noop_wf.name),
             }
         finally:
             await self.worker.astop()
             await asyncio.wait_for(worker_task, 30)
             await self.pool.close()
             await self.r.aclose()
-        return results
 
     def _reset(self, expected: int) -> None:
         self.starts.clear()
@@ -185,7 +190,7 @@ class RatchetSide:
             out = await self.r.arequest("POST", f"/workflows/{workflow}/run/bulk", json=body)
             for k, run_id in enumerate(out["run_ids"]):
                 triggered[run_id] = (first + k, now)
-        return await self._collect(triggered, t0, tasks_per_run)
+        return await self._collect(triggered, t0, time.time(), tasks_per_run)
 
     async def steady(self, workflow: str) -> dict[str, float]:
         """Trigger single runs at a steady RATE_PER_S; each trigger is its own request."""
@@ -211,10 +216,10 @@ class RatchetSide:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 tg.create_task(trigger(i))
-        return await self._collect(triggered, t0, 1)
+        return await self._collect(triggered, t0, time.time(), 1)
 
     async def _collect(
-        self, triggered: dict[str, tuple[int, float]], t0: float, tasks_per_run: int
+        self, triggered: dict[str, tuple[int, float]], t0: float, sent: float, tasks_per_run: int
     ) -> dict[str, float]:
         """Wait until every run succeeded; derive throughput and latencies."""
         n = len(triggered)
@@ -236,7 +241,7 @@ class RatchetSide:
         result_ms = [(finished[rid] - t) * 1000 for rid, (_, t) in triggered.items()]
         return summarize(
             runs=n, tasks_per_run=tasks_per_run, t0=t0, end=max(finished.values()),
-            start_ms=start_ms, result_ms=result_ms,
+            start_ms=start_ms, result_ms=result_ms, triggers_sent=sent,
         )
 
 
@@ -274,10 +279,82 @@ class CeleryWorker:
             self.proc = None
 
 
-class CelerySide:
-    """The three workloads through Celery on a private Redis."""
+class ResultWatcher:
+    """Sees Celery results arrive, from a thread, while the client is still triggering.
 
-    def run(self) -> dict[str, dict[str, float]]:
+    Celery's own `join` only starts once every trigger was sent, which would charge the
+    trigger loop to trigger→result. This polls the result keys in trigger order instead (results
+    of a solo worker arrive nearly in order), a small window at a time, so it adds little load.
+    """
+
+    WINDOW = 64
+    INTERVAL_S = 0.002
+
+    def __init__(self, redis_url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(f"{redis_url}/1")
+        self.keys: list[bytes] = []  # appended by the triggering thread, read here
+        self.arrived: dict[int, tuple[float, dict[str, Any]]] = {}
+        self.expected = -1
+        self.error: BaseException | None = None
+        self._low = 0
+        self._thread = threading.Thread(target=self._run, name="celery-results", daemon=True)
+        self._thread.start()
+
+    def add(self, key: bytes) -> None:
+        self.keys.append(key)
+
+    def _window(self) -> list[int]:
+        while self._low in self.arrived:
+            self._low += 1
+        out: list[int] = []
+        i, n = self._low, len(self.keys)
+        while i < n and len(out) < self.WINDOW:
+            if i not in self.arrived:
+                out.append(i)
+            i += 1
+        return out
+
+    def _run(self) -> None:
+        try:
+            while len(self.arrived) != self.expected:
+                idx = self._window()
+                values = self.client.mget([self.keys[i] for i in idx]) if idx else []
+                now = time.time()
+                for i, raw in zip(idx, values, strict=True):
+                    if raw is None:
+                        continue
+                    meta = json.loads(raw)
+                    if meta.get("status") != "SUCCESS":
+                        raise RuntimeError(f"celery task failed: {meta}")
+                    self.arrived[i] = (now, meta["result"])
+                time.sleep(self.INTERVAL_S)
+        except BaseException as exc:
+            self.error = exc
+
+    def wait(self, expected: int, timeout_s: float) -> dict[int, tuple[float, dict[str, Any]]]:
+        self.expected = expected
+        self._thread.join(timeout_s)
+        self.client.close()
+        if self.error is not None:
+            raise self.error
+        if self._thread.is_alive():
+            raise TimeoutError(f"celery: {len(self.arrived)} of {expected} results in time")
+        return self.arrived
+
+
+class CelerySide:
+    """The three workloads through Celery (`mod` is bench.celery_app, configured)."""
+
+    def __init__(self, mod: Any, redis_url: str) -> None:
+        self.mod = mod
+        self.redis_url = redis_url
+
+    @classmethod
+    @contextlib.contextmanager
+    def session(cls) -> Iterator[dict[str, Callable[[], Row]]]:
+        """Start a private Redis and a solo worker, yield the workloads, stop both."""
         from bench import celery_app
 
         with celery_app.PrivateRedis() as redis, tempfile.TemporaryDirectory() as logs:
@@ -288,10 +365,11 @@ class CelerySide:
                 # The first result also tells us the worker is up and consuming.
                 celery_app.noop.delay(-1, time.time()).get(timeout=60)
                 celery_app.step.delay(i=-1, t=time.time()).get(timeout=60)
-                return {
-                    "noop": self.noop(celery_app, N_NOOP),
-                    "chain": self.chains(celery_app, N_CHAINS),
-                    "latency": self.steady(celery_app),
+                side = cls(celery_app, redis.url)
+                yield {
+                    "noop": lambda: side.noop(N_NOOP),
+                    "chain": lambda: side.chains(N_CHAINS),
+                    "latency": side.steady,
                 }
             except BaseException:
                 sys.stderr.write(worker.log_path.read_text(errors="replace")[-4000:])
@@ -300,59 +378,56 @@ class CelerySide:
                 worker.stop()
                 celery_app.app.close()
 
-    def noop(self, mod: Any, n: int) -> dict[str, float]:
-        t0 = time.time()
-        sent = []
-        for i in range(n):
-            now = time.time()
-            sent.append((now, mod.noop.apply_async((i, now))))
-        return self._collect(sent, t0, 1)
-
-    def chains(self, mod: Any, n: int) -> dict[str, float]:
-        from celery import chain
-
-        t0 = time.time()
-        sent = []
-        for i in range(n):
-            now = time.time()
-            flow = chain(mod.step.s(i=i, t=now), mod.step.s(), mod.step.s())
-            sent.append((now, flow.apply_async()))
-        return self._collect(sent, t0, CHAIN_STEPS)
-
-    def steady(self, mod: Any) -> dict[str, float]:
+    def _measure(
+        self, n: int, tasks_per_run: int, send: Callable[[int, float], Any],
+        offsets: list[float] | None = None,
+    ) -> dict[str, float]:
+        """Trigger `n` runs (paced by `offsets` when given) and watch their results."""
+        watcher = ResultWatcher(self.redis_url)
+        key_for = self.mod.app.backend.get_key_for_task
+        triggers: list[float] = []
         t0 = time.time()
         base = time.monotonic()
-        sent = []
-        for i, offset in enumerate(pace(RATE_PER_S, LATENCY_S)):
-            delay = base + offset - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+        for i in range(n):
+            if offsets is not None:
+                delay = base + offsets[i] - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
             now = time.time()
-            sent.append((now, mod.noop.apply_async((i, now))))
-        return self._collect(sent, t0, 1)
-
-    @staticmethod
-    def _collect(sent: list[tuple[float, Any]], t0: float, tasks_per_run: int) -> dict[str, float]:
-        from celery.result import ResultSet
-
-        arrived: dict[str, tuple[float, dict[str, Any]]] = {}
-
-        def on_result(task_id: str, value: dict[str, Any]) -> None:
-            arrived[task_id] = (time.time(), value)
-
-        ResultSet([res for _, res in sent]).join_native(
-            timeout=WAIT_TIMEOUT_S, callback=on_result, interval=0.05
-        )
+            result = send(i, now)
+            triggers.append(now)
+            watcher.add(key_for(result.id))
+        sent = time.time()
+        arrived = watcher.wait(n, WAIT_TIMEOUT_S)
         start_ms, result_ms = [], []
-        for trigger, res in sent:
-            at, value = arrived[res.id]
+        for i, trigger in enumerate(triggers):
+            at, value = arrived[i]
             if tasks_per_run > 1 and value.get("steps") != tasks_per_run:
                 raise RuntimeError(f"celery chain ended after {value.get('steps')} steps")
             start_ms.append((float(value["start"]) - trigger) * 1000)
             result_ms.append((at - trigger) * 1000)
         return summarize(
-            runs=len(sent), tasks_per_run=tasks_per_run, t0=t0,
+            runs=n, tasks_per_run=tasks_per_run, t0=t0,
             end=max(at for at, _ in arrived.values()), start_ms=start_ms, result_ms=result_ms,
+            triggers_sent=sent,
+        )
+
+    def noop(self, n: int) -> dict[str, float]:
+        return self._measure(n, 1, lambda i, now: self.mod.noop.apply_async((i, now)))
+
+    def chains(self, n: int) -> dict[str, float]:
+        from celery import chain
+
+        def send(i: int, now: float) -> Any:
+            step = self.mod.step
+            return chain(step.s(i=i, t=now), step.s(), step.s()).apply_async()
+
+        return self._measure(n, CHAIN_STEPS, send)
+
+    def steady(self) -> dict[str, float]:
+        offsets = pace(RATE_PER_S, LATENCY_S)
+        return self._measure(
+            len(offsets), 1, lambda i, now: self.mod.noop.apply_async((i, now)), offsets
         )
 
 
@@ -397,8 +472,16 @@ def build_report(
 
 def format_table(report: dict[str, Any]) -> str:
     """A fixed-width table: per workload, one row per system and a ratio row."""
-    head = f"{'workload':<30} {'system':<8} {'tasks/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}"
-    lines = [head, "trigger->start percentiles; ratio = Ratchet / Celery", "-" * len(head)]
+    head = (
+        f"{'workload':<30} {'system':<8} {'tasks/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}"
+        f" {'sent s':>7} {'done s':>7}"
+    )
+    lines = [
+        head,
+        "p50/p95/p99: trigger->start; sent/done: seconds until the last trigger returned / the"
+        " last result; ratio: tasks/s Ratchet / Celery",
+        "-" * len(head),
+    ]
     for detail in report["workloads"].values():
         label = detail["label"]
         for system in ("ratchet", "celery"):
@@ -408,6 +491,7 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"{label:<30} {system:<8} {row['tasks_per_s']:>9.1f} {row['start_p50_ms']:>9.2f}"
                 f" {row['start_p95_ms']:>9.2f} {row['start_p99_ms']:>9.2f}"
+                f" {row['trigger_s']:>7.1f} {row['elapsed_s']:>7.1f}"
             )
             label = ""
         r = detail["ratio_tasks_per_s"]
@@ -428,16 +512,33 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
-def timed(what: str, fn: Callable[[], dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    print(f"bench-compare: running {what} (load {os.getloadavg()[0]:.2f})", flush=True)
-    return fn()
+async def run_interleaved(systems: set[str]) -> tuple[dict[str, Row], dict[str, Row]]:
+    """Each workload on Ratchet, then on Celery, before the next workload.
+
+    Interleaving keeps both systems of a pair under similar background load; the machine is
+    shared and its load moves by the minute. Only the system being measured is busy: the
+    other's worker and servers sit idle.
+    """
+    ratchet: dict[str, Row] = {}
+    celery: dict[str, Row] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        ours = await stack.enter_async_context(RatchetSide().session()) if "ratchet" in systems else {}
+        theirs = stack.enter_context(CelerySide.session()) if "celery" in systems else {}
+        for key, label in WORKLOADS.items():
+            if key in ours:
+                print(f"bench-compare: {label} on ratchet (load {os.getloadavg()[0]:.2f})", flush=True)
+                ratchet[key] = await ours[key]()
+            if key in theirs:
+                print(f"bench-compare: {label} on celery (load {os.getloadavg()[0]:.2f})", flush=True)
+                # A thread keeps the Ratchet worker's loop (idle now) answering its heartbeats.
+                celery[key] = await asyncio.to_thread(theirs[key])
+    return ratchet, celery
 
 
 def main() -> None:
     systems = {s.strip() for s in os.environ.get("COMPARE_SYSTEMS", "ratchet,celery").split(",")}
     before = machine()
-    ratchet = timed("ratchet", lambda: asyncio.run(RatchetSide().run())) if "ratchet" in systems else {}
-    celery = timed("celery", CelerySide().run) if "celery" in systems else {}
+    ratchet, celery = asyncio.run(run_interleaved(systems))
     report = build_report(ratchet, celery)
     report["config"] = {
         "noop_tasks": N_NOOP, "chains": N_CHAINS, "rate_per_s": RATE_PER_S,

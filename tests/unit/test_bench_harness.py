@@ -10,7 +10,6 @@ import json
 import math
 import tempfile
 from collections.abc import Iterator
-from types import ModuleType
 
 import pytest
 
@@ -98,7 +97,7 @@ def test_soak_verdict_needs_drained_queues_and_bounded_growth() -> None:
 
 
 @pytest.fixture
-def celery_worker() -> Iterator[ModuleType]:
+def celery_side() -> Iterator[compare.CelerySide]:
     from bench import celery_app
 
     with celery_app.PrivateRedis() as redis, tempfile.TemporaryDirectory() as logs:
@@ -107,16 +106,15 @@ def celery_worker() -> Iterator[ModuleType]:
         worker = compare.CeleryWorker(redis.url, logs)
         worker.start()
         try:
-            yield celery_app
+            yield compare.CelerySide(celery_app, redis.url)
         finally:
             worker.stop()
             celery_app.app.close()
 
 
-def test_celery_side_runs_tasks_and_chains(celery_worker: ModuleType) -> None:
-    side = compare.CelerySide()
-    noop = side.noop(celery_worker, 20)
+def test_celery_side_runs_tasks_and_chains(celery_side: compare.CelerySide) -> None:
+    noop = celery_side.noop(20)  # the first result also waits out the worker's start
     assert noop["runs"] == 20 and noop["tasks_per_s"] > 0
-    assert noop["start_p50_ms"] >= 0
-    chains = side.chains(celery_worker, 5)  # raises unless each chain ran all three steps
+    assert noop["start_p50_ms"] >= 0 and noop["result_p50_ms"] >= noop["start_p50_ms"]
+    chains = celery_side.chains(5)  # raises unless each chain ran all three steps
     assert chains["tasks"] == 15
