@@ -53,10 +53,12 @@ async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
     api = ApiService(settings)
     for svc in (scheduler, dispatcher, api):
         await svc.start()
+    stack = Stack(settings, api, scheduler, dispatcher)
     try:
-        yield Stack(settings, api, scheduler, dispatcher)
+        yield stack
     finally:
-        for svc in (api, dispatcher, scheduler):
+        # From the Stack, not the locals: a test may have replaced a service (a restart).
+        for svc in (stack.api, stack.dispatcher, stack.scheduler):
             await svc.stop()
 
 
