@@ -32,6 +32,7 @@ from libs.common.subjects import Stream, valid_tenant
 from services.matcher import events
 from services.matcher.cel import Bindings, to_cel
 from services.matcher.intake import EventIntake
+from services.matcher.publish import AckedPublisher
 from services.matcher.rules import DEFAULT_TTL_S, RuleCache, TenantRules, WorkflowRule
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class MatcherService(Service):
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
         self._consumer: EventIntake | None = None
+        self._publisher: AckedPublisher | None = None
         self._changes: Subscription | None = None
         self.rules: RuleCache | None = None
 
@@ -117,6 +119,8 @@ class MatcherService(Service):
         await db.migrate(s.database_url)
         self._pool = await db.create_pool(s.database_url, max_size=4)
         self.rules = RuleCache(self._pool, ttl_s=self._rules_ttl_s)
+        self._publisher = AckedPublisher(self._nc)
+        await self._publisher.start()
         # Subscribe before consuming so no change made after our first load can be missed.
         self._changes = await self._nc.subscribe(subjects.MATCHER_CHANGES, cb=self._on_change)
         self._consumer = EventIntake(
@@ -132,6 +136,8 @@ class MatcherService(Service):
         if self._changes is not None:
             with contextlib.suppress(Exception):
                 await self._changes.unsubscribe()
+        if self._publisher is not None:
+            await self._publisher.stop()
         if self._pool is not None:
             await self._pool.close()
         if self._nc is not None:
@@ -145,7 +151,7 @@ class MatcherService(Service):
 
     async def handle(self, msgs: list[Msg]) -> Rejected:
         """Match a batch of EVT messages; malformed ones are returned to be dead-lettered."""
-        assert self._js is not None and self.rules is not None
+        assert self._publisher is not None and self.rules is not None
         parsed: list[events.Event] = []
         rejected: Rejected = []
         for msg in msgs:
@@ -161,7 +167,7 @@ class MatcherService(Service):
             tally = Tally()
             for event in parsed:
                 outgoing.extend(match_event(event, rules.get(event.tenant), tally))
-            await jetstream.publish_batch(self._js, outgoing)
+            await self._publisher.publish_batch(outgoing)
             tally.flush()
             EVENTS.labels("matched").inc(len(parsed))
         return rejected
