@@ -101,6 +101,13 @@ class Effects:
         self.timers_put.pop(key, None)
         self.timers_del.add(key)
 
+    def fairness_empty(self) -> bool:
+        """Nothing for the fair-scheduling tables (most batches of most workloads)."""
+        return not (
+            self.holders_put or self.holders_del or self.exec_put or self.exec_del
+            or self.admissions
+        )
+
     def empty(self) -> bool:
         return not (
             self.tasks

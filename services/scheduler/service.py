@@ -255,9 +255,12 @@ class SchedulerService(Service):
             if not fx.empty() or self._published:
                 # Taken before the flush: the relay in flight keeps appending to the list.
                 published, self._published = self._published, []
-                async with conn.transaction():
-                    await store.flush(conn, fx, published)
-                    await self._fairness.flush(conn, fx, engine)
+                if fx.fairness_empty():
+                    await store.flush(conn, fx, published)  # one statement: its own transaction
+                else:
+                    async with conn.transaction():
+                        await store.flush(conn, fx, published)
+                        await self._fairness.flush(conn, fx, engine)
             observe.after_batch(engine, fx)
         for work in works:
             if not work.done.done():
