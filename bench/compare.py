@@ -53,6 +53,7 @@ SLOTS = _env_int("COMPARE_SLOTS", 200)
 CHAIN_STEPS = 3
 Row = dict[str, float]  # one system's figures for one workload
 WAIT_TIMEOUT_S = 900.0
+SETTLE_TIMEOUT_S = 180.0
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -166,6 +167,20 @@ class RatchetSide:
             await asyncio.wait_for(worker_task, 30)
             await self.pool.close()
             await self.r.aclose()
+
+    async def quiesce(self, timeout_s: float = SETTLE_TIMEOUT_S) -> float:
+        """Wait until no durable consumer has work left and the outbox is empty; return seconds."""
+        from bench.soak import jetstream_pending
+
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            pending = await jetstream_pending()
+            backlog = sum(v["pending"] + v["ack_pending"] for v in pending.values())
+            outbox = await self.pool.fetchval("SELECT count(*) FROM outbox")
+            if backlog == 0 and outbox == 0:
+                break
+            await asyncio.sleep(0.5)
+        return round(time.monotonic() - t0, 1)
 
     def _reset(self, expected: int) -> None:
         self.starts.clear()
@@ -522,22 +537,31 @@ async def run_interleaved(systems: set[str]) -> tuple[dict[str, Row], dict[str, 
     """Each workload on Ratchet, then on Celery, before the next workload.
 
     Interleaving keeps both systems of a pair under similar background load; the machine is
-    shared and its load moves by the minute. Only the system being measured is busy: the
-    other's worker and servers sit idle.
+    shared and its load moves by the minute. Before every measurement the Ratchet stack is let
+    settle (its replicator catches up on the burst just sent, the outbox drains), so neither
+    system is measured while Ratchet's background work from the previous workload still runs;
+    the time that took is reported as `settle_s` on the row measured next.
     """
     ratchet: dict[str, Row] = {}
     celery: dict[str, Row] = {}
+    side = RatchetSide() if "ratchet" in systems else None
     async with contextlib.AsyncExitStack() as stack:
-        ours = await stack.enter_async_context(RatchetSide().session()) if "ratchet" in systems else {}
+        ours = await stack.enter_async_context(side.session()) if side is not None else {}
         theirs = stack.enter_context(CelerySide.session()) if "celery" in systems else {}
+
+        async def settle() -> float:
+            return await side.quiesce() if side is not None else 0.0
+
         for key, label in WORKLOADS.items():
             if key in ours:
+                settled = await settle()
                 print(f"bench-compare: {label} on ratchet (load {os.getloadavg()[0]:.2f})", flush=True)
-                ratchet[key] = await ours[key]()
+                ratchet[key] = {**await ours[key](), "settle_s": settled}
             if key in theirs:
+                settled = await settle()
                 print(f"bench-compare: {label} on celery (load {os.getloadavg()[0]:.2f})", flush=True)
                 # A thread keeps the Ratchet worker's loop (idle now) answering its heartbeats.
-                celery[key] = await asyncio.to_thread(theirs[key])
+                celery[key] = {**await asyncio.to_thread(theirs[key]), "settle_s": settled}
     return ratchet, celery
 
 
