@@ -55,6 +55,7 @@ _JSON = msgspec.json.Encoder()
 TIMER_RETRY = "retry"
 TIMER_EXEC = "exec"
 TIMER_SCHED = "sched"
+TIMER_COMPACT_MIN = 4096  # heap entries before the first compaction
 
 SETTLING_REPORTS = frozenset({"completed", "failed", "cancelled"})
 
@@ -66,6 +67,7 @@ class Engine:
         self.assigner = Assigner()
         self.fx = Effects()
         self._timers: list[tuple[int, str, str, str, int]] = []  # due, tenant, task, kind, att
+        self._compact_timers_at = TIMER_COMPACT_MIN
         self.now_ms = 0
         self._uses_cel: dict[str, bool] = {}  # version id -> does it evaluate CEL per run
         self.conc = Concurrency()
@@ -98,8 +100,26 @@ class Engine:
             self.runs.pop(run.id, None)
             for task in run.tasks.values():
                 self.tasks.pop(task.id, None)
+        if len(self._timers) > self._compact_timers_at:
+            self._compact_timers()
         self.fx = Effects()
         return fx
+
+    def _compact_timers(self) -> None:
+        """Drop heap entries whose task finished or moved on to another attempt.
+
+        Timers are not removed from the heap when a task settles (that would be a scan); they
+        are skipped when they come due. With a five-minute timeout that is minutes of dead
+        entries, so the heap is rebuilt whenever it has doubled since the last rebuild:
+        amortized O(1) per timer, and memory stays proportional to the live tasks.
+        """
+        keep = [
+            entry for entry in self._timers
+            if (task := self.tasks.get(entry[2])) is not None and task.attempt == entry[4]
+        ]
+        heapq.heapify(keep)
+        self._timers = keep
+        self._compact_timers_at = max(TIMER_COMPACT_MIN, 2 * len(keep))
 
     # loading ------------------------------------------------------------------------
     def adopt(self, run: Run) -> None:
