@@ -152,5 +152,14 @@ RUN_STATE_DECODER = msgspec.msgpack.Decoder(RunStateChanged)
 STATE_CHANGES_DECODER = msgspec.msgpack.Decoder(StateChanges)
 
 
+class ReportBatch(msgspec.Struct, kw_only=True):
+    """Worker reports of one tenant that a dispatcher publishes together, in arrival order."""
+
+    reports: list[TaskReport] = []
+
+
+REPORT_BATCH_DECODER = msgspec.msgpack.Decoder(ReportBatch)
+
+
 def encode(msg: msgspec.Struct) -> bytes:
     return ENCODER.encode(msg)

@@ -52,6 +52,14 @@ def task_report(tenant: str, kind: str) -> str:
     return f"task.{tenant}.report.{kind}"
 
 
+# A dispatcher's reports of one tenant published as one messages.ReportBatch.
+REPORT_BATCH_KIND = "batch"
+
+
+def task_report_batch(tenant: str) -> str:
+    return task_report(tenant, REPORT_BATCH_KIND)
+
+
 def task_changes(tenant: str) -> str:
     """Task and run transitions of one scheduler batch (messages.StateChanges)."""
     return f"task.{tenant}.changes"

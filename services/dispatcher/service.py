@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import asyncpg
 import grpc
@@ -26,7 +26,14 @@ from ratchet._proto import worker_pb2_grpc as pb_grpc
 
 from libs.common import db, jetstream, metrics, subjects, tenants
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
-from libs.common.messages import DISPATCH_DECODER, TaskError, TaskReport, WorkerInfo, encode
+from libs.common.messages import (
+    DISPATCH_DECODER,
+    ReportBatch,
+    TaskError,
+    TaskReport,
+    WorkerInfo,
+    encode,
+)
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Stream
@@ -46,6 +53,8 @@ PUBLISH_RETRY_S = 120.0
 # Worker event batches waiting to be published; a full queue slows the gRPC readers down.
 EVENT_QUEUE_MAX = 256
 EVENT_PUBLISH_MAX = 2000  # reports per JetStream publish batch
+# One ReportBatch message stays well under NATS's default 1 MiB max payload.
+REPORT_BATCH_BYTES = 512 * 1024
 
 
 class DispatcherService(Service, pb_grpc.DispatcherServicer):
@@ -65,7 +74,8 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         # Readers hand worker events to one publisher task, which publishes whatever has
         # accumulated as one pipelined batch: a reader never waits for a JetStream ack round
         # trip per gRPC message, and order is kept (one FIFO, one publisher).
-        self._events: asyncio.Queue[tuple[str, list[Outgoing]]] = asyncio.Queue(
+        # (worker id, tenant, reports); an empty list is the stop sentinel
+        self._events: asyncio.Queue[tuple[str, str, list[TaskReport]]] = asyncio.Queue(
             maxsize=EVENT_QUEUE_MAX
         )
         self._publisher: asyncio.Task[None] | None = None
@@ -117,7 +127,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         if self._server is not None:
             await self._server.stop(grace=5)
         if self._publisher is not None:
-            await self._events.put(("", []))  # sentinel: all queued before it gets published
+            await self._events.put(("", "", []))  # sentinel: all queued before it gets published
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._publisher, PUBLISH_RETRY_S)
         if self._heartbeat is not None:
@@ -204,43 +214,49 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 if which == "events":
                     batch = self._reports(conn, msg.events.events)
                     if batch:
-                        await self._events.put((conn.info.worker_id, batch))
+                        await self._events.put((conn.info.worker_id, conn.info.tenant, batch))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
             conn.closed.set()
 
-    def _reports(self, conn: WorkerConn, events: Iterable[pb.TaskEvent]) -> list[Outgoing]:
+    def _reports(self, conn: WorkerConn, events: Iterable[pb.TaskEvent]) -> list[TaskReport]:
         now = _now()
-        tenant = conn.info.tenant
-        batch: list[Outgoing] = []
+        batch: list[TaskReport] = []
         for ev in events:
             report = to_report(conn.info.worker_id, ev, now)
             if report is None or report.kind in ("log", "stream"):
                 continue  # logs and stream chunks are not state: they take another path
-            batch.append(
-                Outgoing(
-                    subjects.task_report(tenant, report.kind),
-                    encode(report),
-                    f"task:{report.task_id}:{report.attempt}:{report.kind}"
-                    + (f":{report.refresh_ms}:{report.ts_ms}" if report.kind == "refresh" else ""),
-                )
-            )
+            batch.append(report)
         return batch
 
     async def _publish_loop(self) -> None:
         """Publish queued worker events in batches until the empty-batch sentinel arrives."""
         assert self._js is not None
         while True:
-            worker_id, batch = await self._events.get()
+            worker_id, tenant, first = await self._events.get()
             workers = {worker_id}
-            last = not batch
-            while not last and len(batch) < EVENT_PUBLISH_MAX and not self._events.empty():
-                worker_id, more = self._events.get_nowait()
+            last = not first
+            per_tenant: dict[str, list[TaskReport]] = {}
+            count = 0
+            if first:
+                per_tenant[tenant] = list(first)
+                count = len(first)
+            while not last and count < EVENT_PUBLISH_MAX and not self._events.empty():
+                worker_id, tenant, more = self._events.get_nowait()
                 workers.add(worker_id)
                 last = not more
-                batch.extend(more)
-            if batch and not await self._publish_reports(batch):
+                per_tenant.setdefault(tenant, []).extend(more)
+                count += len(more)
+            # One message per tenant (the subject carries it); the msg-id is fixed here, so
+            # every retry of this batch is deduplicated by the stream.
+            batch = [
+                Outgoing(subjects.task_report_batch(tenant), encode(ReportBatch(reports=chunk)),
+                         f"reports:{uuid.uuid4().hex}")
+                for tenant, reports in per_tenant.items()
+                for chunk in _chunks(reports)
+            ]
+            if batch and not await self._publish_reports(batch, count):
                 # The outcomes are gone: end those workers' streams so the scheduler declares
                 # them lost and requeues their tasks rather than waiting for a timeout.
                 for wid in workers:
@@ -250,14 +266,14 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             if last:
                 return
 
-    async def _publish_reports(self, batch: list[Outgoing]) -> bool:
+    async def _publish_reports(self, batch: list[Outgoing], count: int) -> bool:
         """Keep trying through a NATS restart (same msg-ids, so the stream drops duplicates)."""
         assert self._js is not None
         deadline = time.monotonic() + PUBLISH_RETRY_S
         while True:
             try:
                 await jetstream.publish_batch(self._js, batch)
-                metrics.DISPATCHER_EVENTS.inc(len(batch))
+                metrics.DISPATCHER_EVENTS.inc(count)
                 return True
             except Exception as exc:
                 if time.monotonic() > deadline:
@@ -354,3 +370,19 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
 
 def _now() -> int:
     return int(time.time() * 1000)
+
+
+def _chunks(reports: list[TaskReport]) -> Iterator[list[TaskReport]]:
+    """Split reports so each ReportBatch stays under REPORT_BATCH_BYTES (outputs can be big;
+    a single report larger than that goes alone, as it always did)."""
+    chunk: list[TaskReport] = []
+    size = 0
+    for r in reports:
+        cost = 128 + len(r.output) + (len(r.error.message) + len(r.error.traceback) if r.error else 0)
+        if chunk and size + cost > REPORT_BATCH_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(r)
+        size += cost
+    if chunk:
+        yield chunk

@@ -29,6 +29,7 @@ from libs.common import db, jetstream, metrics, subjects
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
 from libs.common.messages import (
     COMMAND_DECODER,
+    REPORT_BATCH_DECODER,
     REPORT_DECODER,
     WORKER_INFO_DECODER,
     CancelRun,
@@ -47,6 +48,7 @@ from services.scheduler.engine import TIMER_EXEC, Engine
 from services.scheduler.fairness_store import FairnessStore
 from services.scheduler.model import RUN_TERMINAL
 
+BATCH_SUFFIX = "." + subjects.REPORT_BATCH_KIND
 log = logging.getLogger(__name__)
 
 INBOX_MAX = 32
@@ -168,7 +170,20 @@ class SchedulerService(Service):
         return await self._submit("cmd", msgs, COMMAND_DECODER)
 
     async def _on_reports(self, msgs: list[Msg]) -> Rejected:
-        return await self._submit("report", msgs, REPORT_DECODER)
+        """Reports come one per message or, from dispatchers, as a ReportBatch per tenant."""
+        items: list[tuple[str, object]] = []
+        rejected: Rejected = []
+        for msg in msgs:
+            try:
+                tenant = subjects.tenant_of(msg.subject)
+                if msg.subject.endswith(BATCH_SUFFIX):
+                    items.extend((tenant, r) for r in REPORT_BATCH_DECODER.decode(msg.data).reports)
+                else:
+                    items.append((tenant, REPORT_DECODER.decode(msg.data)))
+            except (msgspec.DecodeError, IndexError) as exc:
+                rejected.append((msg, f"undecodable: {exc}"))
+        await self._hand_over("report", items)
+        return rejected
 
     async def _submit(self, kind: str, msgs: list[Msg], decoder: msgspec.msgpack.Decoder) -> Rejected:  # type: ignore[type-arg]
         items: list[tuple[str, object]] = []
@@ -178,11 +193,15 @@ class SchedulerService(Service):
                 items.append((subjects.tenant_of(msg.subject), decoder.decode(msg.data)))
             except (msgspec.DecodeError, IndexError) as exc:
                 rejected.append((msg, f"undecodable: {exc}"))
+        await self._hand_over(kind, items)
+        return rejected
+
+    async def _hand_over(self, kind: str, items: list[tuple[str, object]]) -> None:
+        """Give decoded messages to the core loop; return once their batch is committed."""
         if items:
             work = Work(kind, items)
             await self._inbox.put(work)
             await work.done
-        return rejected
 
     # core loop ----------------------------------------------------------------------
     async def _core_loop(self) -> None:
