@@ -92,30 +92,45 @@ def event_row(msg: Msg) -> Row | None:
     }
 
 
-def match_row(msg: Msg) -> Row | None:
-    """A match outcome (`task.<tenant>.match`): a msgpack map whose schema belongs to the
-    matcher. Known fields are lifted into columns, the whole map kept as JSON in `detail`;
-    anything that is not a map is not a match outcome and is skipped."""
+def match_rows(msg: Msg) -> list[Row]:
+    """Match outcomes (`task.<tenant>.match`): a msgpack map whose schema belongs to the
+    matcher — one event with its `outcomes` list (libs.common.match_messages.EventMatches).
+    Each outcome becomes a row (known fields lifted into columns, the outcome and the event's
+    key and scope kept as JSON in `detail`); a map without `outcomes` is one row, read the
+    same way. Anything that is not a map is not a match outcome and is skipped."""
     try:
         doc = _GENERIC.decode(msg.data)
     except msgspec.DecodeError:
-        return None
+        return []
     if not isinstance(doc, dict):
-        return None
+        return []
     # The subject, not the body, names the tenant: it is what stream permissions guard.
     tenant = msg.subject.split(".", 2)[1]
     ts_ms = _int(doc.get("ts_ms")) or _stream_ms(msg)
-    matched = doc.get("matched", doc.get("run_id") is not None)
-    return {
-        "tenant": tenant,
-        "msg_id": _fallback_id(msg),
-        "event_id": str(doc.get("event_id") or ""),
-        "workflow": str(doc.get("workflow") or ""),
-        "matched": 1 if matched else 0,
-        "run_id": str(doc.get("run_id") or ""),
-        "detail": _JSON.encode(_jsonable(doc)).decode()[:MAX_PAYLOAD_CHARS],
-        "ts": ch_time(ts_ms),
-    }
+    event_id = str(doc.get("event_id") or "")
+    outcomes = doc.get("outcomes")
+    if not isinstance(outcomes, list):
+        outcomes, shared = [doc], {}
+    else:
+        shared = {k: doc.get(k) for k in ("event_key", "scope")}
+    base_id = _fallback_id(msg)
+    out: list[Row] = []
+    for i, item in enumerate(outcomes):
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("outcome")
+        matched = kind == "matched" if kind is not None else item.get("run_id") is not None
+        out.append({
+            "tenant": tenant,
+            "msg_id": f"{base_id}:{i}" if len(outcomes) > 1 else base_id,
+            "event_id": event_id or str(item.get("event_id") or ""),
+            "workflow": str(item.get("workflow") or ""),
+            "matched": 1 if matched else 0,
+            "run_id": str(item.get("run_id") or ""),
+            "detail": _JSON.encode(_jsonable({**shared, **item})).decode()[:MAX_PAYLOAD_CHARS],
+            "ts": ch_time(ts_ms),
+        })
+    return out
 
 
 def _int(value: Any) -> int:

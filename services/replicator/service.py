@@ -178,19 +178,24 @@ class ReplicatorService(Service):
         return rejected
 
     async def _on_events(self, msgs: list[Msg]) -> None:
-        await self._write_lenient("replicator-evt", olap.EVENTS, msgs, rows.event_row)
+        await self._write_lenient("replicator-evt", olap.EVENTS, msgs, _one(rows.event_row))
 
     async def _on_matches(self, msgs: list[Msg]) -> None:
-        await self._write_lenient("replicator-match", olap.MATCHES, msgs, rows.match_row)
+        await self._write_lenient("replicator-match", olap.MATCHES, msgs, rows.match_rows)
 
     async def _write_lenient(
-        self, consumer: str, table: str, msgs: list[Msg], to_row: Callable[[Msg], Row | None]
+        self, consumer: str, table: str, msgs: list[Msg], to_rows: Callable[[Msg], list[Row]]
     ) -> None:
         # Other parties publish here (any NATS client for events, the matcher for outcomes):
         # what does not fit is skipped and acked, not dead-lettered.
-        out = [row for row in map(to_row, msgs) if row is not None]
-        if len(out) < len(msgs):
-            SKIPPED.labels(consumer).inc(len(msgs) - len(out))
+        out: list[Row] = []
+        skipped = 0
+        for msg in msgs:
+            found = to_rows(msg)
+            out.extend(found)
+            skipped += not found
+        if skipped:
+            SKIPPED.labels(consumer).inc(skipped)
         await self._write({table: out}, msgs)
 
     async def _write(self, tables: dict[str, list[Row]], msgs: list[Msg]) -> None:
@@ -236,3 +241,10 @@ class ReplicatorService(Service):
                 log.debug("lag probe failed: %r", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._lag_interval_s)
+
+
+def _one(to_row: Callable[[Msg], Row | None]) -> Callable[[Msg], list[Row]]:
+    def to_rows(msg: Msg) -> list[Row]:
+        row = to_row(msg)
+        return [] if row is None else [row]
+    return to_rows

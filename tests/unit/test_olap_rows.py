@@ -45,3 +45,28 @@ async def test_client_reports_an_unreachable_server_as_olap_error() -> None:
         await client.query("SELECT 1 FROM ratchet.runs WHERE tenant = {tenant:String}", {},
                            tenant="acme")
     await client.close()
+
+
+def test_match_rows_one_row_per_outcome() -> None:
+    from nats.aio.msg import Msg
+
+    from libs.common.match_messages import EventMatches, MatchOutcome
+    from libs.common.messages import encode
+
+    record = EventMatches(
+        tenant="t", event_id="e1", event_key="doc.uploaded", scope="team-a", ts_ms=5_000,
+        outcomes=[
+            MatchOutcome(workflow="wf", outcome="matched", filter_id="f1", run_id="r1"),
+            MatchOutcome(workflow="wf", outcome="no_match", filter_id="f2"),
+        ],
+    )
+    msg = Msg(None, subject="task.t.match", data=encode(record),  # type: ignore[arg-type]
+              headers={"Nats-Msg-Id": "match:e1"})
+    out = rows.match_rows(msg)
+    assert [(r["workflow"], r["matched"], r["run_id"], r["msg_id"]) for r in out] == [
+        ("wf", 1, "r1", "match:e1:0"), ("wf", 0, "", "match:e1:1"),
+    ]
+    assert all(r["tenant"] == "t" and r["event_id"] == "e1" and r["ts"] == "5.000" for r in out)
+    assert '"scope":"team-a"' in out[0]["detail"]
+    bad = Msg(None, subject="task.t.match", data=b"\xc1", headers={"Nats-Msg-Id": "x"})  # type: ignore[arg-type]
+    assert rows.match_rows(bad) == []
