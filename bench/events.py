@@ -43,7 +43,7 @@ from nats.js import api as jsapi
 
 from libs.common import db, jetstream, subjects, tenants
 from libs.common.jetstream import Outgoing
-from libs.common.match_messages import EVENT_MATCHES_DECODER
+from libs.common.match_messages import MATCH_BATCH_DECODER
 from libs.common.service import run_service
 from libs.common.settings import load_settings
 from libs.common.specs import TaskSpec, WorkflowSpec, content_hash
@@ -132,16 +132,16 @@ async def _run_workload(settings: Any, pool: Any, js: Any, publisher: AckedPubli
 
     async def on_record(msg: Any) -> None:
         nonlocal triggers, evaluations, last_record
-        record = EVENT_MATCHES_DECODER.decode(msg.data)
-        if record.event_id == "warm-up":
-            warmed.set()
-        elif record.event_id not in seen:
-            seen.add(record.event_id)
-            evaluations += sum(1 for o in record.outcomes if o.filter_id)
-            triggers += sum(1 for o in record.outcomes if o.outcome == "matched")
-            if len(seen) >= N_EVENTS:
-                last_record = time.perf_counter()
-                done.set()
+        for record in MATCH_BATCH_DECODER.decode(msg.data).records:
+            if record.event_id == "warm-up":
+                warmed.set()
+            elif record.event_id not in seen:
+                seen.add(record.event_id)
+                evaluations += sum(1 for o in record.outcomes if o.filter_id)
+                triggers += sum(1 for o in record.outcomes if o.outcome == "matched")
+                if len(seen) >= N_EVENTS:
+                    last_record = time.perf_counter()
+                    done.set()
 
     def headers_for(event_id: str, i: int) -> dict[str, str]:
         headers = {Header.EVENT_ID.value: event_id, Header.METADATA.value: '{"source": "web"}'}

@@ -1,8 +1,10 @@
 """Wire schema of event-match outcomes (msgpack), published by the matcher on TASK.
 
-One `EventMatches` message per event that reached at least one workflow, on
-`subjects.task_match(tenant)` (`task.<tenant>.match`), with msg-id `match:<tenant>:<event_id>` so a redelivered event
-records its outcomes once. The replicator projects them into ClickHouse.
+One `EventMatches` record per event that reached at least one workflow; the records of one
+matcher batch travel together as one `MatchBatch` per tenant on `subjects.task_match(tenant)`
+(`task.<tenant>.match`) — one message per event cost more than the trigger it recorded. A
+redelivered event can be recorded twice: readers key records by (tenant, event id), as the
+replicator's rows do. The replicator projects them into ClickHouse.
 """
 
 from __future__ import annotations
@@ -34,5 +36,10 @@ class EventMatches(msgspec.Struct, kw_only=True):
     outcomes: list[MatchOutcome] = []
 
 
+class MatchBatch(msgspec.Struct, kw_only=True):
+    records: list[EventMatches] = []
+
+
 EVENT_MATCHES_DECODER = msgspec.msgpack.Decoder(EventMatches)
+MATCH_BATCH_DECODER = msgspec.msgpack.Decoder(MatchBatch)
 

@@ -24,7 +24,7 @@ from prometheus_client import Counter, Histogram
 
 from libs.common import db, jetstream, subjects
 from libs.common.jetstream import Outgoing, Rejected
-from libs.common.match_messages import EventMatches, MatchOutcome
+from libs.common.match_messages import EventMatches, MatchBatch, MatchOutcome
 from libs.common.messages import TriggerRun, encode
 from libs.common.service import Service
 from libs.common.settings import Settings
@@ -36,6 +36,8 @@ from services.matcher.publish import AckedPublisher
 from services.matcher.rules import DEFAULT_TTL_S, RuleCache, TenantRules, WorkflowRule
 
 log = logging.getLogger(__name__)
+# Outcome records per MatchBatch message: a few hundred bytes each, well under 1 MiB.
+RECORDS_PER_MESSAGE = 500
 
 # Fixed namespace: run ids must come out the same in every process and after restarts.
 RUN_NAMESPACE = uuid.UUID("3b1f7c52-57a4-4a52-9a0e-8d1c2f6b9e01")
@@ -164,22 +166,39 @@ class MatcherService(Service):
         if parsed:
             rules = await self.rules.rules_for(e.tenant for e in parsed)
             outgoing: list[Outgoing] = []
+            records: dict[str, list[EventMatches]] = {}
             tally = Tally()
             for event in parsed:
-                outgoing.extend(match_event(event, rules.get(event.tenant), tally))
+                triggers, record = match_event(event, rules.get(event.tenant), tally)
+                outgoing.extend(triggers)
+                if record is not None:
+                    records.setdefault(event.tenant, []).append(record)
+            outgoing.extend(_record_messages(records))
             await self._publisher.publish_batch(outgoing)
             tally.flush()
             EVENTS.labels("matched").inc(len(parsed))
         return rejected
 
 
+def _record_messages(records: dict[str, list[EventMatches]]) -> list[Outgoing]:
+    """One MatchBatch per tenant (chunked); the msg-id names the events it records."""
+    out: list[Outgoing] = []
+    for tenant, recs in records.items():
+        for i in range(0, len(recs), RECORDS_PER_MESSAGE):
+            chunk = recs[i : i + RECORDS_PER_MESSAGE]
+            msg_id = f"matches:{tenant}:{chunk[0].event_id}:{chunk[-1].event_id}:{len(chunk)}"
+            out.append(Outgoing(subjects.task_match(tenant), encode(MatchBatch(records=chunk)),
+                                msg_id))
+    return out
+
+
 def match_event(
     event: events.Event, rules: TenantRules | None, tally: Tally | None = None
-) -> list[Outgoing]:
+) -> tuple[list[Outgoing], EventMatches | None]:
     """The run triggers and the outcome record one event produces (counted into `tally`)."""
     workflows = rules.by_key.get(event.key) if rules is not None else None
     if not workflows:
-        return []
+        return [], None
     out: list[Outgoing] = []
     outcomes: list[MatchOutcome] = []
     bindings: Bindings | None = None
@@ -228,12 +247,11 @@ def match_event(
             else:
                 tally.error += 1
         tally.triggers += len(out)
-    if outcomes:
-        record = EventMatches(tenant=event.tenant, event_id=event.event_id, event_key=event.key,
-                              scope=event.scope, ts_ms=int(time.time() * 1000), outcomes=outcomes)
-        out.append(Outgoing(subjects.task_match(event.tenant), encode(record),
-                            f"match:{event.tenant}:{event.event_id}"))
-    return out
+    if not outcomes:
+        return out, None
+    record = EventMatches(tenant=event.tenant, event_id=event.event_id, event_key=event.key,
+                          scope=event.scope, ts_ms=int(time.time() * 1000), outcomes=outcomes)
+    return out, record
 
 
 def _trigger(event: events.Event, rule: WorkflowRule, run_id: str,

@@ -94,16 +94,24 @@ def event_row(msg: Msg) -> Row | None:
 
 def match_rows(msg: Msg) -> list[Row]:
     """Match outcomes (`task.<tenant>.match`): a msgpack map whose schema belongs to the
-    matcher — one event with its `outcomes` list (libs.common.match_messages.EventMatches).
-    Each outcome becomes a row (known fields lifted into columns, the outcome and the event's
-    key and scope kept as JSON in `detail`); a map without `outcomes` is one row, read the
-    same way. Anything that is not a map is not a match outcome and is skipped."""
+    matcher — a MatchBatch of `records`, each one event with its `outcomes` list
+    (libs.common.match_messages). Each outcome becomes a row (known fields lifted into columns,
+    the outcome and the event's key and scope kept as JSON in `detail`), identified by
+    (event id, position) so a re-recorded event collapses. A lone record, or a map without
+    `outcomes`, is read the same way; anything that is not a map is skipped."""
     try:
         doc = _GENERIC.decode(msg.data)
     except msgspec.DecodeError:
         return []
     if not isinstance(doc, dict):
         return []
+    records = doc.get("records")
+    if not isinstance(records, list):
+        return _record_rows(msg, doc)
+    return [row for rec in records if isinstance(rec, dict) for row in _record_rows(msg, rec)]
+
+
+def _record_rows(msg: Msg, doc: dict[str, Any]) -> list[Row]:
     # The subject, not the body, names the tenant: it is what stream permissions guard.
     tenant = msg.subject.split(".", 2)[1]
     ts_ms = _int(doc.get("ts_ms")) or _stream_ms(msg)
@@ -113,7 +121,7 @@ def match_rows(msg: Msg) -> list[Row]:
         outcomes, shared = [doc], {}
     else:
         shared = {k: doc.get(k) for k in ("event_key", "scope")}
-    base_id = _fallback_id(msg)
+    base_id = f"match:{event_id}" if event_id else _fallback_id(msg)
     out: list[Row] = []
     for i, item in enumerate(outcomes):
         if not isinstance(item, dict):

@@ -15,7 +15,7 @@ from nats.js import api as jsapi
 from ratchet import ApiError, Context, Ratchet
 
 from libs.common import subjects
-from libs.common.match_messages import EVENT_MATCHES_DECODER, EventMatches
+from libs.common.match_messages import MATCH_BATCH_DECODER, EventMatches
 from libs.common.subjects import Header, Stream
 from services.matcher.service import MatcherService
 
@@ -55,8 +55,8 @@ class Recorder:
         )
 
     async def _on(self, msg: Any) -> None:
-        record = EVENT_MATCHES_DECODER.decode(msg.data)
-        self.records[record.event_id] = record
+        for record in MATCH_BATCH_DECODER.decode(msg.data).records:
+            self.records[record.event_id] = record
         await msg.ack()
 
     async def wait(self, event_id: str) -> EventMatches:

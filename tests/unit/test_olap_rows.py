@@ -50,7 +50,7 @@ async def test_client_reports_an_unreachable_server_as_olap_error() -> None:
 def test_match_rows_one_row_per_outcome() -> None:
     from nats.aio.msg import Msg
 
-    from libs.common.match_messages import EventMatches, MatchOutcome
+    from libs.common.match_messages import EventMatches, MatchBatch, MatchOutcome
     from libs.common.messages import encode
 
     record = EventMatches(
@@ -60,8 +60,8 @@ def test_match_rows_one_row_per_outcome() -> None:
             MatchOutcome(workflow="wf", outcome="no_match", filter_id="f2"),
         ],
     )
-    msg = Msg(None, subject="task.t.match", data=encode(record),  # type: ignore[arg-type]
-              headers={"Nats-Msg-Id": "match:e1"})
+    msg = Msg(None, subject="task.t.match", data=encode(MatchBatch(records=[record])),  # type: ignore[arg-type]
+              headers={"Nats-Msg-Id": "matches:t:e1:e1:1"})
     out = rows.match_rows(msg)
     assert [(r["workflow"], r["matched"], r["run_id"], r["msg_id"]) for r in out] == [
         ("wf", 1, "r1", "match:e1:0"), ("wf", 0, "", "match:e1:1"),
