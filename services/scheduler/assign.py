@@ -1,16 +1,16 @@
 """Ready queues and worker slots: which queued task goes to which free worker.
 
 A ready queue exists per (tenant, action, pinned worker) — the pin is set only for HARD
-sticky runs, whose tasks may go to one worker alone. Inside a queue, tasks are split by
-priority (3 first) and, within a priority, by fairness group (the task's round-robin
-concurrency keys). The groups of a priority form a ring: the group at the front gives its
-oldest task and moves to the back, so a group that floods thousands of tasks and a group
-that trickles a few take turns. Every choice is a heap pop plus a ring rotation —
-O(log n) in queued tasks, with no scan; `inspected` counts the entries looked at so tests
-can pin that down without timing anything.
+sticky runs, whose tasks may go to one worker alone. Each is a `FairQueue`: priority 3
+first, then the fairness groups of that priority (the task's round-robin concurrency keys)
+in turn, FIFO within a group, so a group that floods thousands of tasks and a group that
+trickles a few take turns. Every choice is O(1) in queued tasks (O(log m) in one group's
+late arrivals), with no scan; `inspected` counts the entries looked at so tests can pin
+that down without timing anything.
 
-Entries are removed lazily: an entry whose task is no longer waiting here (cancelled,
-timed out, requeued under a new sequence number) is dropped when it reaches the front.
+Entries hold the task itself and its sequence number, and are removed lazily: an entry
+whose task is no longer waiting here (cancelled, timed out, parked on a rate limit,
+requeued under a new sequence number) is dropped when it reaches the front.
 
 Assignment is task-driven: the best head over all queues some free worker serves is
 placed on the best eligible free worker (required labels must match; preferred labels add
@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from libs.common.messages import WorkerInfo
+from services.scheduler.fairqueue import FairQueue
 from services.scheduler.model import Task, TaskStatus
 
 QueueKey = tuple[str, str, str]  # (tenant, action, pinned worker id or "")
@@ -49,23 +49,9 @@ class Worker:
         return self.info.slots - len(self.inflight)
 
 
-@dataclass(slots=True, eq=False)
-class _Level:
-    """One priority of one ready queue: a ring of fairness groups, each a FIFO heap."""
-
-    groups: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
-    ring: deque[str] = field(default_factory=deque)
-
-
-@dataclass(slots=True, eq=False)
-class ReadyQueue:
-    levels: dict[int, _Level] = field(default_factory=dict)
-    size: int = 0  # entries, live or stale
-
-
 class Assigner:
     def __init__(self) -> None:
-        self._queues: dict[QueueKey, ReadyQueue] = {}
+        self._queues: dict[QueueKey, FairQueue[Task]] = {}
         self._seq = itertools.count(1)
         self.workers: dict[str, Worker] = {}
         # Inflight counts for workers we have not (yet) seen in the registry, e.g. right
@@ -79,62 +65,27 @@ class Assigner:
         """Make a QUEUED task assignable; `keep_seq` keeps its place in line (unparked)."""
         if not keep_seq or task.queue_seq == 0:
             task.queue_seq = next(self._seq)
-        queue = self._queues.setdefault((task.tenant, task.action, pinned), ReadyQueue())
-        level = queue.levels.get(task.priority)
-        if level is None:
-            level = queue.levels[task.priority] = _Level()
-        heap = level.groups.get(task.group)
-        if heap is None:
-            heap = level.groups[task.group] = []
-            level.ring.append(task.group)
-        heapq.heappush(heap, (task.queue_seq, task.id))
-        queue.size += 1
+        queue = self._queues.get((task.tenant, task.action, pinned))
+        if queue is None:
+            queue = self._queues[(task.tenant, task.action, pinned)] = FairQueue()
+        queue.push(task.priority, task.group, task.queue_seq, task)
 
     def queued_count(self) -> int:
-        return sum(q.size for q in self._queues.values())
+        return sum(len(q) for q in self._queues.values())
 
-    def _head(self, key: QueueKey, tasks: dict[str, Task]) -> Task | None:
+    def _head(self, key: QueueKey) -> Task | None:
+        """The task whose turn it is in queue `key`; stale entries met on the way go."""
         queue = self._queues.get(key)
         if queue is None:
             return None
-        for priority in (3, 2, 1):
-            level = queue.levels.get(priority)
-            if level is None:
-                continue
-            while level.ring:
-                group = level.ring[0]
-                heap = level.groups[group]
-                while heap:
-                    seq, task_id = heap[0]
-                    self.inspected += 1
-                    task = tasks.get(task_id)
-                    if (
-                        task is not None
-                        and task.status == TaskStatus.QUEUED
-                        and task.queue_seq == seq
-                        and task.stage == "ready"
-                    ):
-                        return task
-                    heapq.heappop(heap)
-                    queue.size -= 1
-                level.ring.popleft()
-                del level.groups[group]
-            del queue.levels[priority]
+        while (top := queue.peek()) is not None:
+            seq, task = top
+            self.inspected += 1
+            if task.queue_seq == seq and task.status == TaskStatus.QUEUED and task.stage == "ready":
+                return task
+            queue.drop()
         del self._queues[key]
         return None
-
-    def _pop_head(self, key: QueueKey, task: Task) -> None:
-        """Remove `task` (the current head of `key`) and rotate its group to the back."""
-        queue = self._queues[key]
-        level = queue.levels[task.priority]
-        group = level.ring.popleft()
-        heap = level.groups[group]
-        heapq.heappop(heap)
-        queue.size -= 1
-        if heap:
-            level.ring.append(group)
-        else:
-            del level.groups[group]
 
     # workers ------------------------------------------------------------------------
     def upsert_worker(self, info: WorkerInfo) -> None:
@@ -178,7 +129,6 @@ class Assigner:
     # assignment ---------------------------------------------------------------------
     def assign(
         self,
-        tasks: dict[str, Task],
         limit: int = 1000,
         score: Scorer | None = None,
         admit: Admitter | None = None,
@@ -197,13 +147,13 @@ class Assigner:
         heads: list[tuple[Order, QueueKey]] = []
         for (tenant, action), workers in serving.items():
             for key in [(tenant, action, "")] + [(tenant, action, w.info.worker_id) for w in workers]:
-                task = self._head(key, tasks) if key in self._queues else None
+                task = self._head(key) if key in self._queues else None
                 if task is not None:
                     heads.append(((-task.priority, task.queue_seq), key))
         heapq.heapify(heads)
         while heads and len(out) < limit:
             order, key = heapq.heappop(heads)
-            task = self._head(key, tasks)
+            task = self._head(key)
             if task is None:
                 continue
             if (-task.priority, task.queue_seq) != order:
@@ -212,12 +162,12 @@ class Assigner:
             chosen = self._pick(task, key, serving[(key[0], key[1])], score)
             if chosen is None:
                 continue  # nobody free may take this queue's head: it sits out the round
-            self._pop_head(key, task)
+            self._queues[key].pop()
             if admit is None or admit(task, chosen):
                 chosen.inflight.add((task.id, task.attempt))
                 out.append((task, chosen))
             # else the engine parked it (rate limit); the next head of this queue goes on
-            nxt = self._head(key, tasks)
+            nxt = self._head(key)
             if nxt is not None:
                 heapq.heappush(heads, ((-nxt.priority, nxt.queue_seq), key))
         return out

@@ -46,7 +46,7 @@ from services.scheduler.model import (
     build_run,
     descendants,
 )
-from services.scheduler.ratelimit import PER_MS, Admission, LimitDef, Need, RateLimiter
+from services.scheduler.ratelimit import PER_MS, Admission, LimitDef, Need, RateLimiter, Waiter
 
 log = logging.getLogger(__name__)
 
@@ -597,7 +597,7 @@ class Engine:
         )
 
     def _assign(self) -> None:
-        pairs = self.assigner.assign(self.tasks, score=self._score, admit=self._admit)
+        pairs = self.assigner.assign(score=self._score, admit=self._admit)
         if not pairs:
             return
         by_dispatcher: dict[str, list[Assignment]] = {}
@@ -920,26 +920,22 @@ class Engine:
         """Take the task's rate-limit units as it starts, or park it until they free up."""
         if not task.needs:
             return True
-        blocking, wake_ms = self.limits.try_take(
-            task.tenant, task.needs, self.now_ms, task.id, task.attempt
-        )
-        if blocking is None:
+        waiter = Waiter(task.id, task.attempt, task.priority, task.group, task.queue_seq)
+        if self.limits.take_or_park(task.tenant, task.needs, self.now_ms, waiter):
             return True
         task.stage = "rate"
-        self.limits.park(
-            task.tenant, blocking, (-task.priority, task.queue_seq, 0), task.id, task.attempt,
-            wake_ms,
-        )
         return False
 
+    def _rate_parked(self, task_id: str, attempt: int) -> bool:
+        task = self.tasks.get(task_id)
+        return (
+            task is not None and task.attempt == attempt
+            and task.status == TaskStatus.QUEUED and task.stage == "rate"
+        )
+
     def _unpark_rate_limited(self) -> None:
-        for task_id, attempt in self.limits.due(self.now_ms):
-            task = self.tasks.get(task_id)
-            if (
-                task is not None and task.attempt == attempt
-                and task.status == TaskStatus.QUEUED and task.stage == "rate"
-            ):
-                self._to_ready(task, keep_seq=True)
+        for task_id, _attempt in self.limits.due(self.now_ms, self._rate_parked):
+            self._to_ready(self.tasks[task_id], keep_seq=True)
 
     def _journal(self) -> None:
         """Move what the semaphores and limiters decided into this batch's effects."""
