@@ -85,6 +85,8 @@ class SchedulerService(Service):
         # The outbox of batch N is relayed while batch N+1 is applied; at most one relay is in
         # flight, which keeps publish order and bounds what waits in memory.
         self._relay_task: asyncio.Task[None] | None = None
+        # API triggers on their first delivery, whose run cannot exist yet (_on_commands)
+        self._fresh_runs: set[str] = set()
         self._watcher: KeyValue.KeyWatcher | None = None
         self._cron: CronTicker | None = None
 
@@ -167,7 +169,25 @@ class SchedulerService(Service):
 
     # consumers ----------------------------------------------------------------------
     async def _on_commands(self, msgs: list[Msg]) -> Rejected:
-        return await self._submit("cmd", msgs, COMMAND_DECODER)
+        items: list[tuple[str, object]] = []
+        rejected: Rejected = []
+        for msg in msgs:
+            try:
+                cmd = COMMAND_DECODER.decode(msg.data)
+                items.append((subjects.tenant_of(msg.subject), cmd))
+            except (msgspec.DecodeError, IndexError) as exc:
+                rejected.append((msg, f"undecodable: {exc}"))
+                continue
+            # An API trigger carries a fresh random run id and a re-sent publish keeps its
+            # msg-id (the stream drops it), so on its first delivery its run cannot exist yet:
+            # the existence check, a PostgreSQL round trip on the trigger's path, is skipped.
+            if (
+                isinstance(cmd, TriggerRun) and cmd.source == "api"
+                and msg.metadata.num_delivered == 1
+            ):
+                self._fresh_runs.add(cmd.run_id)
+        await self._hand_over("cmd", items)
+        return rejected
 
     async def _on_reports(self, msgs: list[Msg]) -> Rejected:
         """Reports come one per message or, from dispatchers, as a ReportBatch per tenant."""
@@ -183,17 +203,6 @@ class SchedulerService(Service):
             except (msgspec.DecodeError, IndexError) as exc:
                 rejected.append((msg, f"undecodable: {exc}"))
         await self._hand_over("report", items)
-        return rejected
-
-    async def _submit(self, kind: str, msgs: list[Msg], decoder: msgspec.msgpack.Decoder) -> Rejected:  # type: ignore[type-arg]
-        items: list[tuple[str, object]] = []
-        rejected: Rejected = []
-        for msg in msgs:
-            try:
-                items.append((subjects.tenant_of(msg.subject), decoder.decode(msg.data)))
-            except (msgspec.DecodeError, IndexError) as exc:
-                rejected.append((msg, f"undecodable: {exc}"))
-        await self._hand_over(kind, items)
         return rejected
 
     async def _hand_over(self, kind: str, items: list[tuple[str, object]]) -> None:
@@ -305,7 +314,9 @@ class SchedulerService(Service):
             for tenant, msg in work.items:
                 if isinstance(msg, TriggerRun):
                     version_ids.add(msg.version_id)
-                    if msg.run_id not in self.engine.runs:
+                    if msg.run_id in self._fresh_runs:
+                        self._fresh_runs.discard(msg.run_id)
+                    elif msg.run_id not in self.engine.runs:
                         keys.append((tenant, msg.run_id))
                 elif isinstance(msg, ReplayRun) and msg.run_id not in self.engine.runs:
                     replays.append((tenant, msg.run_id))
@@ -334,6 +345,7 @@ class SchedulerService(Service):
 
     async def _recover(self) -> None:
         await self._await_relay()
+        self._fresh_runs.clear()  # what is redelivered now is checked
         while not self._stopping.is_set():
             try:
                 await self._load()
