@@ -15,8 +15,10 @@ warm-up event before the clock starts. Two workloads:
 
 The rest of the stack keeps running and consumes what the matcher produces (the scheduler
 creates the triggered runs, the replicator projects events and outcomes), as it would in
-production. If the stack's own matcher is running it matches these events too and halves
-the CPU left for the one measured; the result says so (`stack_matcher_running`).
+production — except the stack's own matcher, which would match these events too and halve
+the CPU left for the one measured: it is stopped for the run (SIGTERM to the pid in
+`$RATCHET_RUN_DIR/pids/matcher.pid`) and started again afterwards with `scripts.stack up`.
+If a matcher still consumes EVT, the result says so (`stack_matcher_running`).
 
 CEL p50/p99 are per evaluation, timed over the 1,000 compiled filters on sample events,
 with the per-event bindings the matcher uses.
@@ -41,7 +43,7 @@ from typing import Any
 import msgspec
 from nats.js import api as jsapi
 
-from libs.common import db, jetstream, subjects, tenants
+from libs.common import db, jetstream, localstack, subjects, tenants
 from libs.common.jetstream import Outgoing
 from libs.common.match_messages import MATCH_BATCH_DECODER
 from libs.common.service import run_service
@@ -267,11 +269,27 @@ async def _stack_matcher_running(js: Any) -> bool:
     return bool(info.num_waiting or info.num_ack_pending)
 
 
+def _stop_stack_matcher() -> bool:
+    """Stop the local stack's matcher (orderly, SIGTERM); True when one was running."""
+    run_dir = Path(os.environ.get("RATCHET_RUN_DIR") or Path(__file__).parents[1] / ".run")
+    pid = localstack.read_pid_file(run_dir / "pids" / "matcher.pid")
+    if pid is None or not localstack.pid_alive(pid):
+        return False
+    localstack.terminate_pid(pid)
+    return True
+
+
 def run() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--serve-matcher":
         _serve_matcher(sys.argv[2], sys.argv[3])
         return
-    stats = asyncio.run(main())
+    stopped = _stop_stack_matcher()
+    try:
+        stats = asyncio.run(main())
+    finally:
+        if stopped:
+            subprocess.run([sys.executable, "-m", "scripts.stack", "up"], check=False,
+                           cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path("bench/results") / f"events-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
