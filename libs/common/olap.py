@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -195,6 +196,9 @@ def scope_to_tenant(sql: str, params: Params | None, tenant: str) -> dict[str, A
     return bound
 
 
+PURGE_INTERVAL_S = 1.0
+
+
 class ChdbBackend:
     """chDB in-process. Calls run in a worker thread: chDB releases the GIL while it works."""
 
@@ -205,6 +209,7 @@ class ChdbBackend:
         self._session: Any = session.Session(str(path))  # type: ignore[no-untyped-call]
         # One statement at a time keeps inserts from interleaving with DDL on the one engine.
         self._lock = threading.Lock()
+        self._purged_at = time.monotonic()
 
     def _run(self, sql: str, params: Params | None = None) -> Any:
         if self._session is None:
@@ -223,7 +228,16 @@ class ChdbBackend:
     async def insert(self, table: str, rows: Sequence[Row]) -> None:
         if rows:
             body = encode_rows(rows).decode()
-            await asyncio.to_thread(self._run, f"INSERT INTO {table} FORMAT JSONEachRow\n{body}")
+            await asyncio.to_thread(self._insert, f"INSERT INTO {table} FORMAT JSONEachRow\n{body}")
+
+    def _insert(self, sql: str) -> None:
+        self._run(sql)
+        # The engine's allocator keeps freed pages (insert buffers, merges) for reuse; in a
+        # process that also runs Python they only inflate RSS. Hand them back now and then.
+        now = time.monotonic()
+        if now - self._purged_at >= PURGE_INTERVAL_S:
+            self._purged_at = now
+            self._run("SYSTEM JEMALLOC PURGE")
 
     async def query(self, sql: str, params: Params | None = None) -> list[Row]:
         check_read(sql)

@@ -72,12 +72,12 @@ def test_report_with_one_system_is_valid_json() -> None:
 
 def test_soak_growth_uses_the_windows_after_warmup() -> None:
     samples = [
-        # warm-up: RSS climbs, which must not count as growth
+        # the warm-up tasks (the first 200): RSS climbs, which must not count as growth
         *(soak.Sample(t=i, completed=i * 10, rss_mb={"api": 50.0 + i}) for i in range(20)),
         *(soak.Sample(t=i, completed=i * 10, rss_mb={"api": 100.0}) for i in range(20, 90)),
         *(soak.Sample(t=i, completed=i * 10, rss_mb={"api": 104.0}) for i in range(90, 101)),
     ]
-    result = soak.growth(samples, total=1000, warmup=0.2)["api"]
+    result = soak.growth(samples, warmup=200, measured=800)["api"]
     assert result["baseline_mb"] == 100.0
     assert result["end_mb"] == 104.0
     assert result["growth_pct"] == 4.0
