@@ -21,6 +21,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: int = 0
     data_dir: str = ".run/data"
     clickhouse_url: str = ""
+    # The replicator's CPU niceness (0 = as urgent as the task path). OLAP rows may lag under
+    # load; tasks should not wait on analytics.
+    replicator_nice: int = 10
     s3_endpoint: str = ""
     s3_access_key: str = ""
     s3_secret_key: str = ""
