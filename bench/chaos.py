@@ -168,8 +168,9 @@ class Chaos:
                 " AND a.status = 'SUCCEEDED' GROUP BY a.task_id HAVING count(*) <> 1) x",
                 self.run_ids)
             double_complete = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT task_id FROM run_events WHERE run_id = ANY($1)"
-                " AND kind = 'task.succeeded' GROUP BY task_id HAVING count(*) > 1) x",
+                "SELECT count(*) FROM (SELECT e->>'task_id' FROM run_history h,"
+                " json_array_elements(h.events) e WHERE h.run_id = ANY($1)"
+                " AND e->>'kind' = 'task.succeeded' GROUP BY 1 HAVING count(*) > 1) x",
                 self.run_ids)
             missing_success = await conn.fetchval(
                 "SELECT count(*) FROM tasks t WHERE t.run_id = ANY($1) AND NOT EXISTS ("

@@ -19,7 +19,7 @@ from ratchet import Context, Ratchet
 
 N_TASKS = int(os.environ.get("BENCH_TASKS", "5000"))
 BATCH = int(os.environ.get("BENCH_BATCH", "500"))
-SLOTS = int(os.environ.get("BENCH_SLOTS", "200"))
+SLOTS = int(os.environ.get("BENCH_SLOTS", "1000"))
 
 
 def pct(values: list[float], p: float) -> float:

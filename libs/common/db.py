@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from typing import Any
 
 import asyncpg
+import msgspec
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +57,18 @@ async def migrate(dsn: str) -> list[str]:
         finally:
             await conn.close()
     return applied
+
+
+class HistoryEvent(msgspec.Struct, omit_defaults=True):
+    """One entry of a `run_history` row's `events` array: written by the scheduler (one row per
+    run per batch), listed by GET /runs/{id}/events. The scheduler passes `detail` as
+    msgspec.Raw (JSON it already encoded); readers get it decoded."""
+
+    kind: str
+    task_id: str | None = None
+    task_name: str | None = None
+    attempt: int | None = None
+    detail: Any = None
+
+
+HISTORY_DECODER = msgspec.json.Decoder(list[HistoryEvent])

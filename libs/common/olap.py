@@ -15,6 +15,7 @@ answers reads on `ratchet.olap.query`; `OlapClient` hides which of the two a rea
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import threading
 import time
@@ -151,6 +152,7 @@ class OlapBackend(Protocol):
     async def close(self) -> None: ...
 
 
+@functools.lru_cache(maxsize=4096)  # a scheduler batch stamps all its changes with one time
 def ch_time(ms: int) -> str:
     """Epoch milliseconds as a DateTime64(3) JSON input ("seconds.millis", UTC)."""
     return f"{ms // 1000}.{ms % 1000:03d}"

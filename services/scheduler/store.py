@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from libs.common.db import HistoryEvent
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TaskError
 from libs.common.specs import WorkflowSpec
@@ -18,6 +19,9 @@ from services.scheduler.model import Run, RunStatus, Task, TaskStatus, build_run
 _ADDITIONAL = msgspec.msgpack.Decoder(dict[str, bytes])
 _ENC = msgspec.msgpack.Encoder()
 _ERR = msgspec.json.Decoder(TaskError)
+
+
+_HISTORY = msgspec.json.Encoder()
 
 
 def ms(value: datetime | None) -> int | None:
@@ -103,35 +107,34 @@ attempt_rows AS (
         finished_at = EXCLUDED.finished_at
 ),
 history_rows AS (
-    INSERT INTO run_events (tenant_id, run_id, task_id, task_name, attempt, kind, detail, ts)
-    SELECT t, r, ti, tn, a, k, d::jsonb, {_MS.format("ts")}
-    FROM unnest($39::text::text[], $40::text::text[], $41::text::text[], $42::text::text[],
-                $43::text::int[], $44::text::text[], $45::text::text[], $46::text::int8[])
-         WITH ORDINALITY AS x(t, r, ti, tn, a, k, d, ts, n)
+    INSERT INTO run_history (tenant_id, run_id, ts, events)
+    SELECT t, r, {_MS.format("ts")}, ev::json
+    FROM unnest($39::text::text[], $40::text::text[], $41::text::int8[], $42::text::text[])
+         WITH ORDINALITY AS x(t, r, ts, ev, n)
     ORDER BY n
 ),
 timers_gone AS (
     DELETE FROM timers tm
-    USING unnest($47::text::text[], $48::text::text[], $49::text::text[]) AS x(a, b, c)
+    USING unnest($43::text::text[], $44::text::text[], $45::text::text[]) AS x(a, b, c)
     WHERE tm.tenant_id = x.a AND tm.task_id = x.b AND tm.kind = x.c
 ),
 timers_set AS (
     INSERT INTO timers (tenant_id, task_id, kind, attempt, due_at)
     SELECT t, i, k, a, {_MS.format("d")}
-    FROM unnest($50::text::text[], $51::text::text[], $52::text::text[], $53::text::int[],
-                $54::text::int8[]) AS x(t, i, k, a, d)
+    FROM unnest($46::text::text[], $47::text::text[], $48::text::text[], $49::text::int[],
+                $50::text::int8[]) AS x(t, i, k, a, d)
     ON CONFLICT (tenant_id, task_id, kind) DO UPDATE SET
         attempt = EXCLUDED.attempt, due_at = EXCLUDED.due_at
 ),
 outbox_rows AS (
     INSERT INTO outbox (msg_id, subject, payload)
-    SELECT m, s, p FROM unnest($55::text::text[], $56::text::text[], $57::bytea[])
+    SELECT m, s, p FROM unnest($51::text::text[], $52::text::text[], $53::bytea[])
          WITH ORDINALITY AS x(m, s, p, n)
     ORDER BY n
     ON CONFLICT (msg_id) DO NOTHING
 ),
 outbox_sent AS (
-    DELETE FROM outbox WHERE msg_id = ANY($58::text::text[])
+    DELETE FROM outbox WHERE msg_id = ANY($54::text::text[])
 )
 SELECT 1
 """
@@ -197,12 +200,20 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
         )
         for a in fx.attempts.values()
     ]
+    by_run: dict[tuple[str, str], list[HistoryEvent]] = {}
+    first_ts: dict[tuple[str, str], int] = {}
+    for h in fx.history:
+        key = (h.tenant, h.run_id)
+        if key not in by_run:
+            by_run[key] = []
+            first_ts[key] = h.ts_ms
+        by_run[key].append(HistoryEvent(
+            h.kind, h.task_id, h.task_name, h.attempt,
+            msgspec.Raw(h.detail) if h.detail else None,
+        ))
     history_rows = [
-        (
-            h.tenant, h.run_id, h.task_id, h.task_name, h.attempt, h.kind,
-            h.detail.decode() if h.detail else None, h.ts_ms,
-        )
-        for h in fx.history
+        (tenant, run_id, first_ts[(tenant, run_id)], _HISTORY.encode(events).decode())
+        for (tenant, run_id), events in by_run.items()
     ]
     gone = [(*k,) for k in fx.timers_del]
     due = [(*k, *v) for k, v in fx.timers_put.items()]
@@ -212,7 +223,7 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
         *_cols(run_rows, "tttttibtbtiiit"),
         *_cols(task_rows, "ttttttiitbiiiiii"),
         *_cols(attempt_rows, "ttitttii"),
-        *_cols(history_rows, "ttttitti"),
+        *_cols(history_rows, "ttit"),
         *_cols(gone, "ttt"),
         *_cols(due, "tttii"),
         *_cols(outbox, "ttb"),

@@ -127,3 +127,34 @@ async def test_bad_token_is_401(stack, client: Ratchet) -> None:
         await other.arequest("GET", "/workflows")
     assert info.value.status == 401
     await other.aclose()
+
+
+async def test_run_events_list_every_transition_in_order(client: Ratchet, start_worker) -> None:
+    wf = client.workflow("historic")
+
+    @wf.task()
+    async def first(input: dict, ctx: Context) -> dict:
+        return {"n": 1}
+
+    @wf.task(parents=[first], retries=1)
+    async def second(input: dict, ctx: Context) -> dict:
+        if ctx.attempt == 0:
+            raise RuntimeError("flaky once")
+        return {"n": 2}
+
+    await start_worker("w-historic", workflows=[wf], slots=2)
+    ref = await wf.aio_run_no_wait({})
+    await ref.aio_result(30)
+    events = await client.arequest("GET", f"/runs/{ref.run_id}/events")
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    kinds = [(e["kind"], e["task_name"], e["attempt"]) for e in events]
+    assert kinds[0] == ("run.created", None, None)
+    assert kinds[-1] == ("run.succeeded", None, None)
+    first_events = [k for k, name, _ in kinds if name == "first"]
+    assert first_events == ["task.queued", "task.assigned", "task.running", "task.succeeded"]
+    second_events = [(k, a) for k, name, a in kinds if name == "second"]
+    assert second_events[-1] == ("task.succeeded", 1)
+    retry = next(e for e in events if e["kind"] == "task.retrying")
+    assert retry["detail"]["message"] == "flaky once"
+    # The second task starts only after the first succeeded.
+    assert kinds.index(("task.succeeded", "first", 0)) < kinds.index(("task.queued", "second", 0))

@@ -14,6 +14,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from libs.common import jetstream, subjects
+from libs.common.db import HISTORY_DECODER
 from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, ReplayRun, encode
 from services.api.auth import Api, Tenant
@@ -179,18 +180,21 @@ class RunController(Controller):
         """Every transition of the run and its tasks, in order."""
         await _require_run(api, tenant, run_id)
         rows = await api.pool.fetch(
-            "SELECT seq, kind, task_name, attempt, detail::text AS detail, ts FROM run_events"
+            "SELECT ts, events::text AS events FROM run_history"
             " WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq",
             tenant, run_id,
         )
-        return [
-            RunEventView(
-                seq=r["seq"], kind=r["kind"], task_name=r["task_name"], attempt=r["attempt"],
-                detail=msgspec.json.decode(r["detail"]) if r["detail"] else None,
-                ts=r["ts"].isoformat(),
-            )
-            for r in rows
-        ]
+        # A row holds one scheduler batch's events of the run, oldest first; `seq` numbers the
+        # events of the run from 1.
+        out: list[RunEventView] = []
+        for row in rows:
+            ts = row["ts"].isoformat()
+            for event in HISTORY_DECODER.decode(row["events"]):
+                out.append(RunEventView(
+                    seq=len(out) + 1, kind=event.kind, task_name=event.task_name,
+                    attempt=event.attempt, detail=event.detail, ts=ts,
+                ))
+        return out
 
 
 async def _require_run(api: ApiState, tenant: str, run_id: str) -> str:
