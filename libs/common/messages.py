@@ -29,7 +29,15 @@ class ReplayRun(msgspec.Struct, tag="replay", kw_only=True):
     run_id: str
 
 
-Command = TriggerRun | CancelRun | ReplayRun
+class TriggerRuns(msgspec.Struct, tag="triggers", kw_only=True):
+    """Several triggers in one message: what one bulk request starts (chunked under
+    TRIGGER_BATCH_BYTES). One publish, delivery and ack instead of one per run."""
+
+    runs: list[TriggerRun]
+
+
+Command = TriggerRun | TriggerRuns | CancelRun | ReplayRun
+TRIGGER_BATCH_BYTES = 128 * 1024  # well under NATS max_payload; bounds a CMD fetch in memory
 
 
 class TaskError(msgspec.Struct, kw_only=True):

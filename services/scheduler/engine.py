@@ -67,6 +67,9 @@ class Engine:
         self.assigner = Assigner()
         self.fx = Effects()
         self._timers: list[tuple[int, str, str, str, int]] = []  # due, tenant, task, kind, att
+        # Timers that have a row in PostgreSQL (or one being written): only those are deleted,
+        # which spares the flush three index probes for every task that settles.
+        self._stored_timers: set[TimerKey] = set()
         self._compact_timers_at = TIMER_COMPACT_MIN
         self.now_ms = 0
         self._uses_cel: dict[str, bool] = {}  # version id -> does it evaluate CEL per run
@@ -164,6 +167,8 @@ class Engine:
             if task.status in IN_FLIGHT and task.worker_id is not None and self._controlled(run, task):
                 self.executing.setdefault((task.id, task.attempt), (task.tenant, run.id, task.worker_id))
                 self._exec_by_run.setdefault(run.id, set()).add((task.id, task.attempt))
+            if task.status == TaskStatus.QUEUED and task.queued_ms is not None:
+                self._queue_timers(task, adopted=True)
             if task.status == TaskStatus.QUEUED and task.not_before_ms is None and run.admitted:
                 tholder = _task_holder(task)
                 if not task.sem_refs or self.conc.holds(tholder):
@@ -215,6 +220,7 @@ class Engine:
 
     def adopt_timer(self, tenant: str, task_id: str, kind: str, attempt: int, due_ms: int) -> None:
         heapq.heappush(self._timers, (due_ms, tenant, task_id, kind, attempt))
+        self._stored_timers.add((tenant, task_id, kind))
 
     # commands -----------------------------------------------------------------------
     def trigger(self, tenant: str, cmd: TriggerRun, spec: WorkflowSpec) -> None:
@@ -400,7 +406,7 @@ class Engine:
         while self._timers and self._timers[0][0] <= self.now_ms and fired < limit:
             _due, tenant, task_id, kind, attempt = heapq.heappop(self._timers)
             fired += 1
-            self.fx.del_timer((tenant, task_id, kind))
+            self._drop_timer((tenant, task_id, kind))
             task = self.tasks.get(task_id)
             if task is None or task.attempt != attempt:
                 continue
@@ -505,13 +511,8 @@ class Engine:
         task.deadline_ms = None
         self.fx.touch_task(task)
         self._emit_state(task)
-        self._set_timer(
-            task, TIMER_SCHED, self.now_ms + int(task.spec.schedule_timeout_s * 1000)
-            + (not_before_ms - self.now_ms if not_before_ms else 0)
-        )
-        if not_before_ms is not None and not_before_ms > self.now_ms:
-            self._set_timer(task, TIMER_RETRY, not_before_ms)
-        else:
+        self._queue_timers(task)
+        if not_before_ms is None or not_before_ms <= self.now_ms:
             task.not_before_ms = None
             self._enqueue(task)
 
@@ -566,7 +567,7 @@ class Engine:
             task.last_error = err
         self.fx.touch_task(task)
         for kind in (TIMER_EXEC, TIMER_SCHED, TIMER_RETRY):
-            self.fx.del_timer((task.tenant, task.id, kind))
+            self._drop_timer((task.tenant, task.id, kind))
         self._attempt_row(task, err)
         self._emit_state(task)
 
@@ -616,7 +617,7 @@ class Engine:
                 self.fx.exec_put[(task.tenant, task.id, task.attempt)] = (run.id, task.worker_id)
             task.deadline_ms = self.now_ms + int(task.spec.execution_timeout_s * 1000)
             self.fx.touch_task(task)
-            self.fx.del_timer((task.tenant, task.id, TIMER_SCHED))
+            self._drop_timer((task.tenant, task.id, TIMER_SCHED))
             self._set_timer(task, TIMER_EXEC, task.deadline_ms)
             self._emit_state(task)
             by_dispatcher.setdefault(worker.info.dispatcher_id, []).append(
@@ -631,6 +632,11 @@ class Engine:
                     f"assign:{first.task_id}:{first.attempt}:{len(items)}",
                 )
             )
+
+    def _drop_timer(self, key: TimerKey) -> None:
+        if key in self._stored_timers:
+            self._stored_timers.discard(key)
+            self.fx.del_timer(key)
 
     def _assignment(self, run: Run, task: Task) -> Assignment:
         parents = {
@@ -663,9 +669,24 @@ class Engine:
             traceparent=run.traceparent,
         )
 
+    def _queue_timers(self, task: Task, *, adopted: bool = False) -> None:
+        """A queued task's schedule timeout and, after a failure, its retry time. Both follow
+        from the task row (queued_at, not_before) and its spec, so they live in memory only:
+        adopt() sets them again after a restart. One timer row fewer to write and delete."""
+        assert task.queued_ms is not None
+        not_before = task.not_before_ms
+        limit_ms = int(task.spec.schedule_timeout_s * 1000)
+        due = (not_before if not_before else task.queued_ms) + limit_ms
+        heapq.heappush(self._timers, (due, task.tenant, task.id, TIMER_SCHED, task.attempt))
+        # A queued task waiting for its retry time is enqueued when this fires (at once if due).
+        if not_before is not None and (adopted or not_before > self.now_ms):
+            heapq.heappush(self._timers, (not_before, task.tenant, task.id, TIMER_RETRY, task.attempt))
+
     def _set_timer(self, task: Task, kind: str, due_ms: int) -> None:
+        """A timer kept in PostgreSQL too (execution timeouts: the assignment time is not)."""
         key: TimerKey = (task.tenant, task.id, kind)
         self.fx.put_timer(key, task.attempt, due_ms)
+        self._stored_timers.add(key)
         heapq.heappush(self._timers, (due_ms, task.tenant, task.id, kind, task.attempt))
 
     def _attempt_row(self, task: Task, err: TaskError | None, status: str | None = None) -> None:

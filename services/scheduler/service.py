@@ -36,6 +36,7 @@ from libs.common.messages import (
     ReplayRun,
     TaskReport,
     TriggerRun,
+    TriggerRuns,
     WorkerInfo,
 )
 from libs.common.service import Service
@@ -174,18 +175,19 @@ class SchedulerService(Service):
         for msg in msgs:
             try:
                 cmd = COMMAND_DECODER.decode(msg.data)
-                items.append((subjects.tenant_of(msg.subject), cmd))
+                tenant = subjects.tenant_of(msg.subject)
             except (msgspec.DecodeError, IndexError) as exc:
                 rejected.append((msg, f"undecodable: {exc}"))
                 continue
+            cmds = cmd.runs if isinstance(cmd, TriggerRuns) else [cmd]
+            items.extend((tenant, c) for c in cmds)
             # An API trigger carries a fresh random run id and a re-sent publish keeps its
             # msg-id (the stream drops it), so on its first delivery its run cannot exist yet:
             # the existence check, a PostgreSQL round trip on the trigger's path, is skipped.
-            if (
-                isinstance(cmd, TriggerRun) and cmd.source == "api"
-                and msg.metadata.num_delivered == 1
-            ):
-                self._fresh_runs.add(cmd.run_id)
+            if msg.metadata.num_delivered == 1:
+                self._fresh_runs.update(
+                    c.run_id for c in cmds if isinstance(c, TriggerRun) and c.source == "api"
+                )
         await self._hand_over("cmd", items)
         return rejected
 

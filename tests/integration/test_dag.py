@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 import pytest
+from conftest import eventually
 from ratchet import ApiError, Context, Ratchet, RunFailed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -158,3 +159,33 @@ async def test_run_events_list_every_transition_in_order(client: Ratchet, start_
     assert retry["detail"]["message"] == "flaky once"
     # The second task starts only after the first succeeded.
     assert kinds.index(("task.succeeded", "first", 0)) < kinds.index(("task.queued", "second", 0))
+
+
+async def test_bulk_trigger_spans_several_messages(client: Ratchet, start_worker) -> None:
+    # ~2 KiB inputs: 300 runs need several TriggerRuns messages of at most 128 KiB.
+    @client.task(name="bulk-echo")
+    async def bulk_echo(input: dict, ctx: Context) -> dict:
+        return {"i": input["i"], "pad": len(input["pad"])}
+
+    await start_worker("w-bulk", workflows=[bulk_echo], slots=50)
+    await client._register_async(bulk_echo)
+    body = {"runs": [{"input": {"i": i, "pad": "x" * 2048}} for i in range(300)]}
+    out = await client.arequest("POST", "/workflows/bulk-echo/run/bulk", json=body)
+    assert len(set(out["run_ids"])) == 300
+    for i, run_id in enumerate(out["run_ids"]):
+        async def done(run_id: str = run_id) -> bool:
+            try:
+                run = await client.runs.aio_get(run_id)
+            except ApiError as exc:  # accepted, not yet written by the scheduler
+                if exc.status != 404:
+                    raise
+                return False
+            return run["status"] == "SUCCEEDED"
+
+        await eventually(done, timeout_s=60)
+        run = await client.runs.aio_get(run_id)
+        assert run["output"] == {"bulk-echo": {"i": i, "pad": 2048}}
+
+    with pytest.raises(ApiError) as info:
+        await client.arequest("POST", "/workflows/bulk-echo/run/bulk", json={"runs": []})
+    assert info.value.status == 400

@@ -129,3 +129,38 @@ async def test_assignment_lost_in_dispatcher_is_requeued_on_reregister(
     run = await client.runs.aio_get(ref.run_id)
     attempts = run["tasks"][0]["attempts"]
     assert [a["status"] for a in attempts] == ["LOST", "SUCCEEDED"]
+
+
+async def test_queued_task_timers_survive_a_scheduler_restart(
+    stack, client: Ratchet, start_worker
+) -> None:
+    """Schedule timeouts and retry times are kept in memory only and rebuilt from the task
+    rows on load: a restart must neither lose nor reset them."""
+    from ratchet import RunFailed
+
+    @client.task(name="never-served", schedule_timeout=timedelta(seconds=1.5))
+    async def never_served(input: dict, ctx: Context) -> dict:
+        return {}
+
+    @client.task(name="retried-late", retries=1, backoff_base=1.0, backoff_max=1.0)
+    async def retried_late(input: dict, ctx: Context) -> dict:
+        if ctx.attempt == 0:
+            raise RuntimeError("first attempt fails")
+        return {"attempt": ctx.attempt}
+
+    await start_worker("w-timers", workflows=[retried_late], slots=2)  # nobody serves the other
+    starving = await never_served.aio_run_no_wait({})
+    retried = await retried_late.aio_run_no_wait({})
+
+    async def waiting_for_retry() -> bool:
+        run = await client.runs.aio_get(retried.run_id, missing_ok=True)
+        return bool(run) and [a["status"] for a in run["tasks"][0]["attempts"]] == ["FAILED"]
+
+    await eventually(waiting_for_retry)
+    await stack.scheduler.stop()
+    stack.scheduler = SchedulerService(stack.settings)
+    await stack.scheduler.start()
+    assert await retried.aio_result(30) == {"retried-late": {"attempt": 1}}
+    with pytest.raises(RunFailed) as info:
+        await starving.aio_result(30)
+    assert info.value.errors["never-served"]["type"] == "ScheduleTimeout"

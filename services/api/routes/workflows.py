@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind
 
 from libs.common import jetstream, metrics, specs, subjects, telemetry
 from libs.common.jetstream import Outgoing
-from libs.common.messages import TriggerRun, encode
+from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, encode
 from libs.common.subjects import Header
 from services.api.auth import Api, Tenant
 from services.api.input_schema import check_input
@@ -117,7 +117,7 @@ class WorkflowController(Controller):
         version_id, spec = await _latest(api, tenant, name)
         trigs = [_trigger(name, version_id, spec, r) for r in data.runs]
         with _trigger_span(tenant, name, traceparent, trigs):
-            await jetstream.publish_batch(api.js, [_outgoing(tenant, t) for t in trigs])
+            await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, trigs))
         metrics.API_RUNS_TRIGGERED.inc(len(trigs))
         return BulkRunCreated(run_ids=[t.run_id for t in trigs])
 
@@ -176,6 +176,32 @@ def _trigger_span(
         for trig in trigs:
             trig.traceparent = tp
         yield
+
+
+def _bulk_outgoing(tenant: str, trigs: list[TriggerRun]) -> list[Outgoing]:
+    """The runs of one bulk request as TriggerRuns messages of at most TRIGGER_BATCH_BYTES.
+
+    Each message's msg-id names its first run and its size, so a retried request's publish is
+    dropped as a duplicate like a single trigger's. Runs of one request share one trace span.
+    """
+    chunks: list[list[TriggerRun]] = [[]]
+    size = 0
+    for trig in trigs:
+        weight = 256 + len(trig.input) + sum(len(v) for v in trig.additional.values())
+        if chunks[-1] and size + weight > TRIGGER_BATCH_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(trig)
+        size += weight
+    tp = trigs[0].traceparent if trigs else None
+    headers = {Header.TRACEPARENT.value: tp} if tp else {}
+    return [
+        Outgoing(
+            subjects.cmd(tenant, "run.trigger"), encode(TriggerRuns(runs=chunk)),
+            f"runs:{chunk[0].run_id}:{len(chunk)}", headers,
+        )
+        for chunk in chunks
+    ]
 
 
 def _outgoing(tenant: str, trig: TriggerRun) -> Outgoing:
