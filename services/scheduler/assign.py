@@ -43,9 +43,14 @@ class Worker:
     info: WorkerInfo
     # (task id, attempt) pairs assigned and not yet settled by the worker
     inflight: set[tuple[str, int]] = field(default_factory=set)
+    # Its dispatcher could not deliver to this registration (session, registered_ms): no
+    # assignments until the worker registers again, or is declared lost.
+    unreachable: tuple[str, int] | None = None
 
     @property
     def free(self) -> int:
+        if self.unreachable == (self.info.session, self.info.registered_ms):
+            return 0
         return self.info.slots - len(self.inflight)
 
 

@@ -329,6 +329,7 @@ class Engine:
                 self._after_success(task)
         elif kind == "failed" and rep.error is not None and rep.error.type == "WorkerLost":
             if task.status in IN_FLIGHT:
+                self._unreachable(task)
                 self._requeue_lost(task)  # never reached the worker: not the task's fault
         elif kind in ("failed", "cancelled"):
             if task.status in IN_FLIGHT:
@@ -385,6 +386,17 @@ class Engine:
                 self._requeue_lost(task)
         for task_id, attempt in sorted(held):
             self._attempt_stopped(task_id, attempt, worker_id)
+
+    def _unreachable(self, task: Task) -> None:
+        """The dispatcher could not deliver `task` to its worker (it is not connected there,
+        e.g. right after a dispatcher restart, before the worker reconnects). Assigning to it
+        again would bounce the same way every batch, so it gets nothing until it registers
+        anew. A report about an earlier registration says nothing about the current one."""
+        worker = self.assigner.workers.get(task.worker_id or "")
+        if worker is None or task.assigned_ms is None:
+            return
+        if worker.info.registered_ms <= task.assigned_ms:
+            worker.unreachable = (worker.info.session, worker.info.registered_ms)
 
     def _requeue_lost(self, task: Task) -> None:
         err = TaskError(type="WorkerLost", message=f"worker {task.worker_id} was lost")

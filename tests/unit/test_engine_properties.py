@@ -104,3 +104,59 @@ def _check(eng: Engine, tasks: dict, run) -> None:
         assert tasks["a"].status == TaskStatus.SUCCEEDED
     if run.status in RUN_TERMINAL:
         assert all(t.status in TERMINAL for t in run.main_tasks())
+
+
+def test_undeliverable_assignment_pauses_the_worker_until_it_registers_again() -> None:
+    """A dispatcher that cannot deliver (worker not connected there yet) reports WorkerLost.
+    The task is requeued, and the worker gets nothing more until a new registration: before,
+    the same task bounced between the two every batch until the worker reconnected."""
+    one = WorkflowSpec(name="wf", tasks=[TaskSpec(name="a")])
+    eng = Engine()
+    now = 1_000_000
+    eng.begin(now)
+    first = _worker("w1", now)
+    first.session, first.registered_ms = "s1", now - 10
+    eng.worker_seen(first)
+    eng.trigger("t", TriggerRun(run_id="r1", workflow="wf", version_id="v", input=b"{}"), one)
+    eng.finish()
+    task = next(iter(eng.runs["r1"].tasks.values()))
+    assert task.status == TaskStatus.ASSIGNED and task.attempt == 0
+
+    for step in range(3):  # undeliverable, then batches with the worker still registered
+        eng.begin(now + step + 1)
+        if step == 0:
+            eng.report("t", TaskReport(kind="failed", task_id=task.id, attempt=0, worker_id="w1",
+                                       ts_ms=now, error=TaskError(type="WorkerLost", message="x")))
+        eng.worker_seen(first)  # registry resync: same registration
+        eng.finish()
+        assert task.status == TaskStatus.QUEUED and task.attempt == 1
+
+    eng.begin(now + 10)
+    again = _worker("w1", now + 10)
+    again.session, again.registered_ms = "s2", now + 9
+    eng.worker_seen(again)
+    eng.finish()
+    assert task.status == TaskStatus.ASSIGNED and task.attempt == 1
+
+
+def test_undeliverable_report_about_an_earlier_registration_is_ignored() -> None:
+    one = WorkflowSpec(name="wf", tasks=[TaskSpec(name="a"), TaskSpec(name="b")])
+    eng = Engine()
+    now = 1_000_000
+    eng.begin(now)
+    info = _worker("w1", now)
+    info.slots, info.session, info.registered_ms = 2, "s1", now - 10
+    eng.worker_seen(info)
+    eng.trigger("t", TriggerRun(run_id="r1", workflow="wf", version_id="v", input=b"{}"), one)
+    eng.finish()
+    a, b = eng.runs["r1"].tasks["a"], eng.runs["r1"].tasks["b"]
+    eng.begin(now + 5)
+    newer = _worker("w1", now + 5)
+    newer.slots, newer.session, newer.registered_ms = 2, "s2", now + 5  # after the assignment
+    newer.holding = [(a.id, 0), (b.id, 0)]  # so the registration itself requeues nothing
+    eng.worker_seen(newer)
+    eng.report("t", TaskReport(kind="failed", task_id=a.id, attempt=0, worker_id="w1",
+                               ts_ms=now, error=TaskError(type="WorkerLost", message="x")))
+    eng.finish()
+    assert a.status == TaskStatus.ASSIGNED and a.attempt == 1  # requeued and sent again
+    assert b.status == TaskStatus.ASSIGNED and b.attempt == 0
