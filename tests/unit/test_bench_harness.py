@@ -118,3 +118,30 @@ def test_celery_side_runs_tasks_and_chains(celery_side: compare.CelerySide) -> N
     assert noop["start_p50_ms"] >= 0 and noop["result_p50_ms"] >= noop["start_p50_ms"]
     chains = celery_side.chains(5)  # raises unless each chain ran all three steps
     assert chains["tasks"] == 15
+
+
+def test_cpu_accounting_counts_a_process_tree(tmp_path) -> None:
+    """bench.cpu reads utime + stime from /proc: a busy child shows up in its parent's tree
+    (live, then reaped into cutime/cstime), and the pid files of a stack are read by name."""
+    import os
+    import subprocess
+    import sys
+
+    from bench import cpu
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    child.wait()
+    me = os.getpid()
+    assert cpu.cpu_s(me, tree=True) - cpu.cpu_s(me, tree=False) >= 0.25
+    assert cpu.cpu_s(2**22 + 12345, tree=True) == 0.0  # no such process
+
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "pids" / "scheduler.pid").write_text(f"{me}\n")
+    (tmp_path / "pids" / "broken.pid").write_text("not a pid\n")
+    old = cpu.RUN
+    cpu.RUN = tmp_path
+    try:
+        assert cpu.stack_pids() == {"scheduler": me}
+    finally:
+        cpu.RUN = old
