@@ -67,7 +67,9 @@ test: binaries
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo sdk/.importlinter
 
+# Writes libs/common/proto and its SDK mirror sdk/ratchet/_proto (`--check`: both fresh, equal).
 proto: $(STAMP)
 	$(PY) -m scripts.gen_proto
 

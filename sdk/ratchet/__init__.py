@@ -1,8 +1,9 @@
 """Ratchet: durable task queue and workflow engine for AI workloads."""
 
-from ratchet.client import Ratchet, RunRef
+from ratchet.client import Ratchet
 from ratchet.context import Context
 from ratchet.errors import ApiError, NonRetryable, RatchetError, RunFailed, WorkflowDefinitionError
+from ratchet.resources import RunRef
 from ratchet.types import Concurrency, DesiredLabel, RateLimit, Sticky, StickyStrategy, Strategy
 from ratchet.worker import Worker
 from ratchet.workflow import Task, Workflow

@@ -5,14 +5,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ratchet import _codec
 
-if TYPE_CHECKING:
-    from ratchet.workflow import Task
-
 EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class _Named(Protocol):
+    """Anything with a task name: a `Task` (defined later, on top of this module) fits."""
+
+    @property
+    def name(self) -> str: ...
 
 
 class Context:
@@ -42,7 +46,7 @@ class Context:
         self._sink = sink
         self._cancelled = threading.Event()
 
-    def parent_output(self, task: Task[Any] | str) -> Any:
+    def parent_output(self, task: _Named | str) -> Any:
         """The output of a parent task (pass the task object or its name)."""
         name = task if isinstance(task, str) else task.name
         if name not in self._parents:

@@ -1,20 +1,25 @@
-"""REST resources hanging off the client: runs, events, filters, crons, schedules, limits."""
+"""REST resources hanging off the client: runs, events, filters, crons, schedules, limits,
+workflow versions; and `RunRef`, the handle of a triggered run."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ratchet import _codec
-from ratchet.errors import ApiError
+from ratchet._transport import Transport
+from ratchet.errors import ApiError, RunFailed
 
-if TYPE_CHECKING:
-    from ratchet.client import Ratchet
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+# A long poll is cut into chunks so that no single HTTP request outlives the client timeout.
+WAIT_CHUNK_S = 30.0
 
 
 class _Resource:
-    def __init__(self, client: Ratchet) -> None:
-        self._c = client
+    def __init__(self, transport: Transport) -> None:
+        self._c = transport
 
 
 class Runs(_Resource):
@@ -165,3 +170,64 @@ def _limit(key: str, limit: int, per: str, burst: int | None) -> dict[str, Any]:
     if burst is not None:
         body["burst"] = burst
     return body
+
+
+class Workflows(_Resource):
+    """Registered workflows and their versions."""
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """Every registered version of `name`: dicts of id, hash, created_at and current."""
+        out: list[dict[str, Any]] = self._c.request("GET", f"/workflows/{name}/versions")
+        return out
+
+    async def aio_versions(self, name: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = await self._c.arequest("GET", f"/workflows/{name}/versions")
+        return out
+
+    def rollback(self, name: str, version_id: str) -> Any:
+        """Make `version_id` the version new runs of `name` use; runs in flight keep theirs."""
+        return self._c.request("POST", f"/workflows/{name}/rollback",
+                               json={"version_id": version_id})
+
+    async def aio_rollback(self, name: str, version_id: str) -> Any:
+        return await self._c.arequest("POST", f"/workflows/{name}/rollback",
+                                      json={"version_id": version_id})
+
+
+class RunRef:
+    """A triggered run: `result()` waits for it and returns `{task_name: output}`."""
+
+    def __init__(self, transport: Transport, run_id: str) -> None:
+        self._runs = Runs(transport)
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"RunRef({self.run_id!r})"
+
+    def result(self, timeout_s: float = 3600.0) -> dict[str, Any]:
+        """Wait for the run to end; its outputs, or `RunFailed` when it failed or was cancelled."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait = max(0.0, min(WAIT_CHUNK_S, deadline - time.monotonic()))
+            run = self._runs.get(self.run_id, wait_s=wait, missing_ok=True)
+            if run is not None and run["status"] in TERMINAL:
+                return _outcome(run)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"run {self.run_id} did not finish within {timeout_s}s")
+
+    async def aio_result(self, timeout_s: float = 3600.0) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            wait = max(0.0, min(WAIT_CHUNK_S, deadline - loop.time()))
+            run = await self._runs.aio_get(self.run_id, wait_s=wait, missing_ok=True)
+            if run is not None and run["status"] in TERMINAL:
+                return _outcome(run)
+            if loop.time() >= deadline:
+                raise TimeoutError(f"run {self.run_id} did not finish within {timeout_s}s")
+
+
+def _outcome(run: dict[str, Any]) -> dict[str, Any]:
+    if run["status"] == "SUCCEEDED":
+        return dict(run["output"])
+    raise RunFailed(run["id"], run["status"], dict(run.get("errors") or {}))

@@ -13,19 +13,17 @@ import traceback
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from ratchet import _codec, _tracing
 from ratchet._proto import worker_pb2 as pb
 from ratchet._proto import worker_pb2_grpc as pb_grpc
+from ratchet._transport import Transport
 from ratchet.context import Context
 from ratchet.errors import NonRetryable
 from ratchet.workflow import Task, Workflow
-
-if TYPE_CHECKING:
-    from ratchet.client import Ratchet
 
 log = logging.getLogger("ratchet.worker")
 
@@ -47,11 +45,14 @@ class _Running:
 
 
 class Worker:
-    """Runs the tasks of `workflows`. `start()` blocks; `await astart()` in async code."""
+    """Runs the tasks of `workflows`. `start()` blocks; `await astart()` in async code.
+
+    Create one with `Ratchet.worker(...)`.
+    """
 
     def __init__(
         self,
-        client: Ratchet,
+        transport: Transport,
         name: str,
         workflows: list[Workflow],
         *,
@@ -60,7 +61,7 @@ class Worker:
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be >= 1")
-        self.client = client
+        self._transport = transport
         self.name = name
         self.workflows = list(workflows)
         self.slots = slots
@@ -107,7 +108,7 @@ class Worker:
         _tracing.configure_from_env(f"ratchet-worker-{self.name}")
         _tracing.install_log_filter()
         for wf in self.workflows:
-            await self.client._register_async(wf)
+            await self._transport.aregister(wf.spec())
         backoff = 0.1
         try:
             while not self._stop.is_set():
@@ -169,14 +170,9 @@ class Worker:
 
     # the stream ---------------------------------------------------------------------
     async def _session(self) -> None:
-        metadata = (("authorization", f"Bearer {self.client.config.token}"),)
-        async with grpc.aio.insecure_channel(
-            self.client.config.grpc_addr,
-            options=[("grpc.max_receive_message_length", 32 * 1024 * 1024),
-                     ("grpc.max_send_message_length", 32 * 1024 * 1024)],
-        ) as channel:
+        async with self._transport.grpc_channel() as channel:
             stub = pb_grpc.DispatcherStub(channel)
-            call = stub.Connect(metadata=metadata)
+            call = stub.Connect(metadata=self._transport.grpc_metadata())
             await call.write(pb.WorkerMessage(register=pb.Register(
                 name=self.name, actions=sorted(self._by_action), slots=self.slots,
                 labels=self.labels, worker_id=self.worker_id, holding=self._holding(),

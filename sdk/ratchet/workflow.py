@@ -7,18 +7,18 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ratchet import _codec
+from ratchet._transport import Transport
 from ratchet.context import Context
-from ratchet.errors import WorkflowDefinitionError
+from ratchet.errors import RatchetError, WorkflowDefinitionError
+from ratchet.resources import RunRef, Scheduled
 from ratchet.types import Concurrency, DesiredLabel, RateLimit, StickyStrategy
-
-if TYPE_CHECKING:
-    from ratchet.client import Ratchet, RunRef
 
 R = TypeVar("R")
 TaskFn = Callable[[Any, Context], Any]
+BULK_CHUNK = 1000  # runs per bulk request
 
 
 def _seconds(value: timedelta | float | int | None, default: float) -> float:
@@ -133,20 +133,19 @@ def _rate_limit_spec(r: RateLimit) -> dict[str, Any]:
     return out
 
 
-@dataclass(slots=True)
-class _RegState:
-    registered_spec: dict[str, Any] | None = None
-    lock: asyncio.Lock | None = None
-
-
 class Workflow:
-    """A DAG of tasks. Create with `Ratchet.workflow(...)`, add tasks with `@wf.task()`."""
+    """A DAG of tasks. Create with `Ratchet.workflow(...)`, add tasks with `@wf.task()`.
+
+    A definition needs no server: a `Workflow` built without a transport can be given tasks,
+    mock-run and handed to a worker (which registers it). Only triggering runs from it needs
+    the transport that `Ratchet.workflow` binds.
+    """
 
     def __init__(
         self,
-        client: Ratchet,
         name: str,
         *,
+        transport: Transport | None = None,
         input: Any = None,
         description: str = "",
         on_events: list[str] | None = None,
@@ -159,7 +158,6 @@ class Workflow:
             raise WorkflowDefinitionError(f"invalid workflow name {name!r}")
         if default_priority not in (1, 2, 3):
             raise WorkflowDefinitionError("default_priority must be 1, 2 or 3")
-        self.client = client
         self.name = name
         self.input_type = input
         self.description = description
@@ -173,7 +171,9 @@ class Workflow:
         self.tasks: dict[str, Task[Any]] = {}
         self.on_failure: Task[Any] | None = None
         self.on_success: Task[Any] | None = None
-        self._reg = _RegState()
+        # Set by `Ratchet.task`: the one task of a standalone-task workflow.
+        self.standalone_task: Task[Any] | None = None
+        self._transport = transport
 
     # definition ---------------------------------------------------------------------
     def task(
@@ -304,32 +304,80 @@ class Workflow:
         }
 
     # running ------------------------------------------------------------------------
+    def _bound(self) -> Transport:
+        if self._transport is None:
+            raise RatchetError(
+                f"workflow {self.name!r} is not bound to a server; create it with "
+                "Ratchet(...).workflow() to trigger runs from it"
+            )
+        return self._transport
+
     def run(self, input: Any = None, *, priority: int | None = None,
-            metadata: dict[str, str] | None = None, timeout_s: float = 3600.0) -> dict[str, Any]:
+            metadata: dict[str, str] | None = None, version_id: str | None = None,
+            timeout_s: float = 3600.0) -> dict[str, Any]:
         """Trigger a run and wait for it: `{task_name: output}`; raises RunFailed."""
-        return self.run_no_wait(input, priority=priority, metadata=metadata).result(timeout_s)
+        ref = self.run_no_wait(input, priority=priority, metadata=metadata, version_id=version_id)
+        return ref.result(timeout_s)
 
     def run_no_wait(self, input: Any = None, *, priority: int | None = None,
-                    metadata: dict[str, str] | None = None) -> RunRef:
-        self.client._register_sync(self)
-        return self.client._trigger_sync(self.name, input, priority, metadata)
+                    metadata: dict[str, str] | None = None,
+                    version_id: str | None = None) -> RunRef:
+        """Trigger a run. `version_id` pins it to that registered version of the workflow
+        (see `r.workflows.versions`); without it the run uses the current version."""
+        transport = self._bound()
+        # A pinned run names a version the server already has; registering this definition
+        # first could make it current again and undo a rollback.
+        if version_id is None:
+            transport.register(self.spec())
+        out = transport.request("POST", f"/workflows/{self.name}/run",
+                                json=_run_body(input, priority, metadata, version_id))
+        return RunRef(transport, out["run_id"])
 
     async def aio_run(self, input: Any = None, *, priority: int | None = None,
-                      metadata: dict[str, str] | None = None, timeout_s: float = 3600.0) -> dict[str, Any]:
-        ref = await self.aio_run_no_wait(input, priority=priority, metadata=metadata)
+                      metadata: dict[str, str] | None = None, version_id: str | None = None,
+                      timeout_s: float = 3600.0) -> dict[str, Any]:
+        ref = await self.aio_run_no_wait(input, priority=priority, metadata=metadata,
+                                         version_id=version_id)
         return await ref.aio_result(timeout_s)
 
     async def aio_run_no_wait(self, input: Any = None, *, priority: int | None = None,
-                              metadata: dict[str, str] | None = None) -> RunRef:
-        await self.client._register_async(self)
-        return await self.client._trigger_async(self.name, input, priority, metadata)
+                              metadata: dict[str, str] | None = None,
+                              version_id: str | None = None) -> RunRef:
+        transport = self._bound()
+        if version_id is None:
+            await transport.aregister(self.spec())
+        out = await transport.arequest("POST", f"/workflows/{self.name}/run",
+                                       json=_run_body(input, priority, metadata, version_id))
+        return RunRef(transport, out["run_id"])
 
-    def run_many(self, inputs: list[Any], *, priority: int | None = None) -> list[RunRef]:
+    def run_many(self, inputs: list[Any], *, priority: int | None = None,
+                 version_id: str | None = None) -> list[RunRef]:
         """Trigger many runs in bulk requests of up to 1,000."""
-        self.client._register_sync(self)
-        return self.client._trigger_bulk_sync(self.name, inputs, priority)
+        transport = self._bound()
+        if version_id is None:
+            transport.register(self.spec())
+        refs: list[RunRef] = []
+        for i in range(0, len(inputs), BULK_CHUNK):
+            chunk = [_run_body(x, priority, None, version_id) for x in inputs[i : i + BULK_CHUNK]]
+            out = transport.request("POST", f"/workflows/{self.name}/run/bulk", json={"runs": chunk})
+            refs.extend(RunRef(transport, rid) for rid in out["run_ids"])
+        return refs
 
     def schedule(self, run_at: datetime, input: Any = None, **kw: Any) -> Any:
         """Run once at `run_at` (timezone-aware)."""
-        self.client._register_sync(self)
-        return self.client.scheduled.create(workflow=self.name, run_at=run_at, input=input, **kw)
+        transport = self._bound()
+        transport.register(self.spec())
+        return Scheduled(transport).create(workflow=self.name, run_at=run_at, input=input, **kw)
+
+
+def _run_body(input: Any, priority: int | None, metadata: dict[str, str] | None,
+              version_id: str | None) -> dict[str, Any]:
+    """The JSON body of one run trigger (single or bulk)."""
+    body: dict[str, Any] = {"input": _codec.to_builtins(input) if input is not None else {}}
+    if priority is not None:
+        body["priority"] = priority
+    if metadata:
+        body["metadata"] = metadata
+    if version_id is not None:
+        body["version_id"] = version_id
+    return body

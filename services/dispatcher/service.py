@@ -21,8 +21,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from ratchet._proto import worker_pb2 as pb
-from ratchet._proto import worker_pb2_grpc as pb_grpc
 
 from libs.common import db, jetstream, metrics, subjects, tenants
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
@@ -34,6 +32,8 @@ from libs.common.messages import (
     WorkerInfo,
     encode,
 )
+from libs.common.proto import worker_pb2 as pb
+from libs.common.proto import worker_pb2_grpc as pb_grpc
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Stream

@@ -6,10 +6,9 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
-from ratchet._proto import worker_pb2 as pb
-
 from libs.common import telemetry
 from libs.common.messages import Assignment, CancelTask, TaskError, TaskReport, WorkerInfo
+from libs.common.proto import worker_pb2 as pb
 
 EVENT_KINDS: dict[int, str] = {
     pb.STARTED: "started",

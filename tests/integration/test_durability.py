@@ -267,7 +267,7 @@ async def test_bad_input_errors(stack, client: Ratchet) -> None:
             "POST", "/workflows/strict-input/run", json={"input": {"doc_id": "x", "pages": "many"}}
         )
     assert info.value.status == 422 and "pages" in info.value.detail
-    headers = {"authorization": client._headers()["authorization"], "content-type": "application/json"}
+    headers = {"authorization": f"Bearer {client.config.token}", "content-type": "application/json"}
     async with httpx.AsyncClient(base_url=stack.api_url, headers=headers) as http:
         bad_json = await http.post("/workflows/strict-input/run", content=b"{not json")
         assert bad_json.status_code == 400

@@ -148,7 +148,7 @@ async def test_trigger_continues_the_callers_trace(
     await start_worker("w-continued", workflows=[continued], slots=1)
     caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     headers = {
-        "authorization": client._headers()["authorization"],
+        "authorization": f"Bearer {client.config.token}",
         "traceparent": f"00-{caller_trace}-{caller_span}-01",
     }
     async with httpx.AsyncClient(base_url=stack.api_url, headers=headers) as http:

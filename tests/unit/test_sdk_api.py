@@ -3,6 +3,7 @@
 import pytest
 import ratchet
 from ratchet import Context, Ratchet, WorkflowDefinitionError
+from ratchet.workflow import _run_body
 
 
 def test_public_names_are_pinned() -> None:
@@ -52,3 +53,24 @@ def test_mock_run_passes_parent_outputs() -> None:
 
     assert first.mock_run({}) == {"n": 1}
     assert second.mock_run({"add": 2}, parent_outputs={"first": {"n": 1}}) == {"n": 3}
+
+
+def test_a_definition_needs_no_client() -> None:
+    wf = ratchet.Workflow("offline")
+
+    @wf.task()
+    def only(input: dict, ctx: Context) -> dict:  # type: ignore[type-arg]
+        return {"echo": input["x"]}
+
+    assert wf.spec()["tasks"][0]["name"] == "only"
+    assert only.mock_run({"x": 1}) == {"echo": 1}
+    # Triggering needs a server; the error says how to get one.
+    with pytest.raises(ratchet.RatchetError, match="Ratchet"):
+        wf.run_no_wait({"x": 1})
+
+
+def test_run_body_carries_the_pinned_version() -> None:
+    assert _run_body({"a": 1}, None, None, None) == {"input": {"a": 1}}
+    assert _run_body(None, 2, {"k": "v"}, "ver-1") == {
+        "input": {}, "priority": 2, "metadata": {"k": "v"}, "version_id": "ver-1",
+    }

@@ -1,1 +1,1 @@
-"""Generated gRPC stubs for the worker protocol (`make proto`)."""
+"""Generated from proto/ by scripts/gen_proto.py (`make proto`); do not edit."""

@@ -1,0 +1,119 @@
+"""How the SDK reaches a Ratchet server: the REST API over HTTP and the dispatcher over gRPC.
+
+One `Transport` per tenant holds the token, both addresses, the pooled HTTP clients and the
+record of which workflow definitions it already registered. Workflows, workers and the REST
+resources all talk through it, so none of them needs the `Ratchet` client object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import grpc
+import httpx
+
+from ratchet.config import ClientConfig
+from ratchet.errors import ApiError
+
+# Assignments carry whole inputs and parent outputs; gRPC's 4 MiB default is too small.
+GRPC_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+class Transport:
+    """HTTP and gRPC plumbing for one tenant."""
+
+    def __init__(self, config: ClientConfig, *, timeout_s: float = 75.0) -> None:
+        self.config = config
+        self._timeout_s = timeout_s
+        self._sync: httpx.Client | None = None
+        self._async: dict[int, httpx.AsyncClient] = {}
+        self._lock = threading.Lock()
+        # Workflow name → the spec last registered through this transport: a definition is
+        # posted again only when it changed, not before every run.
+        self._registered: dict[str, dict[str, Any]] = {}
+
+    # HTTP ---------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.config.token}"}
+
+    def _client(self) -> httpx.Client:
+        with self._lock:
+            if self._sync is None:
+                self._sync = httpx.Client(
+                    base_url=self.config.api_url, headers=self._headers(), timeout=self._timeout_s
+                )
+            return self._sync
+
+    def _aclient(self) -> httpx.AsyncClient:
+        # One AsyncClient per event loop: connections cannot cross loops.
+        key = id(asyncio.get_running_loop())
+        client = self._async.get(key)
+        if client is None:
+            client = httpx.AsyncClient(
+                base_url=self.config.api_url, headers=self._headers(), timeout=self._timeout_s,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+            )
+            self._async[key] = client
+        return client
+
+    def request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
+        """Call the REST API; the decoded JSON body, or None for an empty one."""
+        resp = self._client().request(method, path, json=json, params=params)
+        return decode(resp)
+
+    async def arequest(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
+        resp = await self._aclient().request(method, path, json=json, params=params)
+        return decode(resp)
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        for client in list(self._async.values()):
+            await client.aclose()
+        self._async.clear()
+
+    # workflow registration ----------------------------------------------------------
+    def register(self, spec: dict[str, Any]) -> None:
+        """Register a workflow definition unless this exact one already was."""
+        if self._registered.get(spec["name"]) != spec:
+            self.request("POST", "/workflows", json=spec)
+            self._registered[spec["name"]] = spec
+
+    async def aregister(self, spec: dict[str, Any]) -> None:
+        if self._registered.get(spec["name"]) != spec:
+            await self.arequest("POST", "/workflows", json=spec)
+            self._registered[spec["name"]] = spec
+
+    # gRPC ---------------------------------------------------------------------------
+    def grpc_channel(self) -> grpc.aio.Channel:
+        """A new channel to the dispatcher (the caller closes it)."""
+        return grpc.aio.insecure_channel(
+            self.config.grpc_addr,
+            options=[("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES)],
+        )
+
+    def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.config.token}"),)
+
+
+def decode(resp: httpx.Response) -> Any:
+    """The JSON body of a successful response; an `ApiError` for a 4xx/5xx one."""
+    if resp.status_code >= 400:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            detail, extra = body.get("detail", resp.text), body.get("extra")
+        else:
+            detail, extra = resp.text, None
+        raise ApiError(resp.status_code, str(detail), extra)
+    if not resp.content:
+        return None
+    return resp.json()
