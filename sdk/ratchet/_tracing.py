@@ -6,9 +6,10 @@ them onto every log record emitted while it runs — the worker's own and the ta
 (sync functions too: they run in a copy of that context). Attributes a record already has
 (from `extra=`) are left alone.
 
-When an assignment carries a `traceparent` and OpenTelemetry is installed, the task runs inside
-a span that is a child of the dispatcher's; user spans inside the task nest under it. Without
-OpenTelemetry, or for untraced runs, nothing beyond the ids is done.
+When an assignment carries a `traceparent` and the OpenTelemetry API is installed (the
+`ratchet-sdk[otel]` extra), the task runs inside a span that is a child of the dispatcher's; user
+spans inside the task nest under it. Without it, or for untraced runs, nothing beyond the ids is
+done: OpenTelemetry is optional, and every use below checks for it.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def configure_from_env(service: str) -> None:
         return
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return
+    # Imported here, not at the top: the exporter is a separate, optional extra (`[otlp]`) and
+    # costly to import, and only workers that export spans need it.
     try:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource

@@ -1,5 +1,9 @@
 """The public SDK surface is pinned, and definitions fail at import time."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import ratchet
 from ratchet import Context, Ratchet, WorkflowDefinitionError
@@ -73,4 +77,39 @@ def test_run_body_carries_the_pinned_version() -> None:
     assert _run_body({"a": 1}, None, None, None) == {"input": {"a": 1}}
     assert _run_body(None, 2, {"k": "v"}, "ver-1") == {
         "input": {}, "priority": 2, "metadata": {"k": "v"}, "version_id": "ver-1",
+    }
+
+
+TRACING_WITHOUT_OTEL = """
+import asyncio, json, os, sys
+sys.modules["opentelemetry"] = None  # as if the optional extra were not installed
+from ratchet import _tracing
+from ratchet._proto import worker_pb2 as pb
+
+async def main() -> None:
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:4317"
+    _tracing.configure_from_env("w")
+    traced = pb.Assignment(run_id="r1", task_id="t1", task_name="n", workflow="wf", attempt=2,
+                           traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    seen = {}
+
+    async def attempt() -> None:
+        seen.update(_tracing.current_ids())
+        _tracing.task_failed(ValueError("boom"))
+
+    await _tracing.start_task(attempt(), traced, "ten")
+    print(json.dumps(seen))
+
+asyncio.run(main())
+"""
+
+
+def test_tracing_degrades_without_opentelemetry() -> None:
+    # A traced assignment still runs, with its ids, when OpenTelemetry is absent.
+    proc = subprocess.run([sys.executable, "-c", TRACING_WITHOUT_OTEL], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "tenant": "ten", "workflow": "wf", "run_id": "r1", "task_id": "t1", "task_name": "n",
+        "attempt": 2,
     }
