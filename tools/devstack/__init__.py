@@ -10,6 +10,16 @@ the JetStream readiness probe.
 Both servers can *adopt* an instance that is already running (e.g. from an earlier `make up`):
 `NatsServer` by its pid file (the process's command line must match), `PostgresCluster` by the
 `postmaster.pid` file in its data directory.
+
+Why no process runner (supervisor, circus, honcho): `make up` must leave a healthy stack behind
+and return, restart only what died, and keep ports and data across runs; `make down`, `clean`
+and `status` must work with a bare `python3`. honcho runs a Procfile in the foreground and stops
+everything when it exits, so it cannot return and restart one process. supervisord or circusd
+could keep the services up, but they are one more daemon to start, adopt and stop (the same
+pid-file logic, moved), their control clients live in the venv (breaking `down` without it),
+PostgreSQL is started through `pg_ctl`, and the parts that are Ratchet's own (JetStream and
+/healthz readiness gates, migrations, the tenant token, `.run/env`) would stay hand-written. What
+a runner would replace here is about 40 lines of Popen + pid file + liveness check.
 """
 
 from tools.devstack.binaries import ensure_binaries, find_binary
