@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import asyncpg
@@ -119,3 +120,17 @@ def test_nats_server_override_must_be_executable(
     monkeypatch.setenv("RATCHET_NATS_SERVER", str(tmp_path / "missing"))
     with pytest.raises(devstack.DevStackError, match="RATCHET_NATS_SERVER"):
         devstack.ensure_binaries(("nats-server",))
+
+
+def test_the_shipped_packages_neither_include_nor_import_the_dev_tools() -> None:
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    shipped = config["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    assert not any(p.split("/")[0] in ("tools", "bench") for p in shipped)
+    offenders = [
+        str(path.relative_to(root))
+        for package in shipped
+        for path in (root / package).rglob("*.py")
+        if re.search(r"^\s*(from|import) tools\b", path.read_text(), re.MULTILINE)
+    ]
+    assert offenders == []
