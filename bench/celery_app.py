@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 
-from libs.common import localstack
+from tools import devstack
 
 QUEUE = "bench"
 
@@ -76,9 +76,9 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> str:
-        binary = localstack.ensure_binaries(("redis-server",))["redis-server"]
+        binary = devstack.ensure_binaries(("redis-server",))["redis-server"]
         self._dir = tempfile.TemporaryDirectory(prefix="ratchet-bench-redis-")
-        self.port = localstack.free_port()
+        self.port = devstack.free_port()
         log = Path(self._dir.name) / "redis.log"
         cmd = [
             binary,
@@ -99,13 +99,13 @@ class PrivateRedis:
 
         def ready() -> bool:
             if proc.poll() is not None:
-                raise localstack.LocalStackError(
-                    f"redis-server exited with {proc.returncode}:\n{localstack.tail(log)}"
+                raise devstack.DevStackError(
+                    f"redis-server exited with {proc.returncode}:\n{devstack.tail(log)}"
                 )
             return self.ping()
 
         try:
-            localstack.wait_until(ready, timeout_s, f"redis-server on {self.url}")
+            devstack.wait_until(ready, timeout_s, f"redis-server on {self.url}")
         except BaseException:
             self.stop()
             raise
@@ -125,7 +125,7 @@ class PrivateRedis:
 
     def stop(self) -> None:
         if self._proc is not None:
-            localstack.terminate_pid(self._proc.pid, 10.0)
+            devstack.terminate_pid(self._proc.pid, 10.0)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=5)
             self._proc = None

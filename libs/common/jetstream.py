@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError, NotFoundError
 
-from libs.common import subjects
+from libs.common import retry, subjects
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Header, Stream
 
@@ -27,15 +27,25 @@ log = logging.getLogger(__name__)
 WORK_QUEUE_STREAMS = {Stream.CMD, Stream.DSP}
 
 
+CONNECT_RETRY_S = 30.0  # a service started just before NATS waits for it this long
+
+
 async def connect(settings: Settings, name: str) -> NATS:
-    """Connect with unlimited reconnects: a NATS restart must not kill a service."""
-    return await nats.connect(
-        settings.nats_url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.2,
-        allow_reconnect=True,
-    )
+    """Connect with unlimited reconnects: a NATS restart must not kill a service.
+
+    nats-py reconnects by itself once connected, but the first connect fails at once when the
+    server is not up yet: that one goes through the retry policy.
+    """
+    async for attempt in retry.policy(f"nats.connect.{name}", timeout_s=CONNECT_RETRY_S):
+        with attempt:
+            nc = await nats.connect(
+                settings.nats_url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.2,
+                allow_reconnect=True,
+            )
+    return nc
 
 
 async def provision(js: JetStreamContext, settings: Settings) -> None:
@@ -219,10 +229,14 @@ class BatchConsumer:
         request = json.dumps({"batch": self._batch_size, "expires": expires_ns}).encode()
         while not self._stopping.is_set():
             try:
-                await psub._nc.publish(psub._nms, request, reply=psub._deliver)
-            except Exception as exc:  # connection trouble: back off and retry
+                async for attempt in retry.policy(
+                    f"consumer.pull.{self._durable}", timeout_s=None, until=self._stopping,
+                    on=retry.any_error,
+                ):
+                    with attempt:
+                        await psub._nc.publish(psub._nms, request, reply=psub._deliver)
+            except Exception as exc:  # only while stopping: the policy retries until then
                 log.warning("pull request failed on %s: %r", self._durable, exc)
-                await asyncio.sleep(0.5)
                 continue
             open_until = time.monotonic() + self._fetch_timeout_s + 0.05
             remaining = self._batch_size

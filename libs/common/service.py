@@ -7,16 +7,23 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import uvicorn
+from prometheus_client import make_asgi_app
 
 from libs.common import logs, telemetry
 from libs.common.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+# ASGI callables, spelled out: prometheus_client and uvicorn type them loosely.
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Service(abc.ABC):
@@ -68,57 +75,92 @@ class Service(abc.ABC):
         await self.stop()
 
 
+_CLOSE = (b"connection", b"close")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its signal capture: `run_service`'s handler alone decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class HealthServer:
-    """Tiny HTTP endpoint: GET /healthz (200 when ready) and GET /metrics (Prometheus)."""
+    """GET /healthz (200 when ready, 503 before) and GET /metrics (Prometheus), on uvicorn.
+
+    /metrics is prometheus_client's own ASGI app, after the service refreshed its state gauges.
+    The socket is bound and listening when `start()` returns, so `port` is known at once.
+    """
 
     def __init__(self, service: Service, host: str, port: int) -> None:
         self._service = service
         self._host = host
         self._port = port
-        self._server: asyncio.Server | None = None
+        self._metrics = make_asgi_app()
+        self._socket: socket.socket | None = None
+        self._server: _Uvicorn | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
-        if self._server is None or not self._server.sockets:
+        if self._socket is None:
             return self._port
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._socket.getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        sock = socket.create_server((self._host, self._port))
+        sock.setblocking(False)
+        config = uvicorn.Config(
+            self._app, lifespan="off", access_log=False, log_config=None, log_level="warning",
+            loop="none", interface="asgi3", proxy_headers=False,
+        )
+        self._socket, self._server = sock, _Uvicorn(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="health-http")
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-            self._server = None
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except TimeoutError:
+                log.warning("health server did not stop in time")
+            except Exception as exc:  # it failed earlier; nothing left to stop
+                log.warning("health server failed: %r", exc)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._task = self._socket = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else "/"
-            if path.startswith("/metrics"):
-                try:
-                    await asyncio.wait_for(self._service.refresh_metrics(), 5)
-                except Exception as exc:  # stale gauges are better than a failed scrape
-                    log.warning("refreshing metrics failed: %r", exc)
-                body, ctype, status = generate_latest(), CONTENT_TYPE_LATEST, "200 OK"
-            elif path.startswith("/healthz"):
-                ok = self._service.ready
-                body = b"ok\n" if ok else b"starting\n"
-                ctype, status = "text/plain", "200 OK" if ok else "503 Service Unavailable"
-            else:
-                body, ctype, status = b"not found\n", "text/plain", "404 Not Found"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def _app(self, scope: Scope, receive: Receive, reply: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope.get("path", "")
+
+        async def send(message: dict[str, Any]) -> None:
+            # One request per connection: probes and scrapes are seconds apart, and a raw
+            # client reading to EOF (a shell probe, a test) gets its answer at once.
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+            await reply(message)
+
+        if path == "/metrics":
+            try:
+                await asyncio.wait_for(self._service.refresh_metrics(), 5)
+            except Exception as exc:  # stale gauges are better than a failed scrape
+                log.warning("refreshing metrics failed: %r", exc)
+            await self._metrics(scope, receive, send)
+            return
+        if path == "/healthz":
+            ok = self._service.ready
+            status, body = (200, b"ok\n") if ok else (503, b"starting\n")
+        else:
+            status, body = 404, b"not found\n"
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+        })
+        await send({"type": "http.response.body", "body": body})
 
 
 def run_service(factory: Callable[[Settings], Service]) -> None:

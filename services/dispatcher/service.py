@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from libs.common import db, jetstream, metrics, subjects, tenants
+from libs.common import db, jetstream, metrics, retry, subjects, tenants
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
 from libs.common.messages import (
     DISPATCH_DECODER,
@@ -269,19 +269,15 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
     async def _publish_reports(self, batch: list[Outgoing], count: int) -> bool:
         """Keep trying through a NATS restart (same msg-ids, so the stream drops duplicates)."""
         assert self._js is not None
-        deadline = time.monotonic() + PUBLISH_RETRY_S
-        while True:
-            try:
-                await jetstream.publish_batch(self._js, batch)
-                metrics.DISPATCHER_EVENTS.inc(count)
-                return True
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    log.error("dropped %d worker events after %.0f s of failed publishes",
-                              len(batch), PUBLISH_RETRY_S)
-                    return False
-                log.warning("publishing %d worker events failed (%r); retrying", len(batch), exc)
-                await asyncio.sleep(0.2)
+        try:
+            async for attempt in retry.policy("dispatcher.publish_reports", timeout_s=PUBLISH_RETRY_S):
+                with attempt:
+                    await jetstream.publish_batch(self._js, batch)
+        except Exception as exc:
+            log.error("dropped %d worker events after failed publishes (%r)", len(batch), exc)
+            return False
+        metrics.DISPATCHER_EVENTS.inc(count)
+        return True
 
     async def _drop(self, conn: WorkerConn) -> None:
         worker_id = conn.info.worker_id

@@ -26,7 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
-from libs.common import subjects
+from libs.common import retry, subjects
 from libs.common.jetstream import BatchHandler, PoisonMessage, Rejected
 from libs.common.subjects import Header, Stream
 
@@ -146,14 +146,20 @@ class EventIntake:
         assert self._sub is not None
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(self._batch_size, timeout=self._fetch_timeout_s)
+                # Connection trouble is retried with backoff; a fetch timeout only means "no
+                # messages yet" and goes straight to the next fetch.
+                async for attempt in retry.policy(
+                    f"matcher.fetch.{self._durable}", timeout_s=None, until=self._stopping,
+                    on=lambda exc: retry.any_error(exc) and not isinstance(exc, TimeoutError),
+                ):
+                    with attempt:
+                        msgs = await self._sub.fetch(self._batch_size, timeout=self._fetch_timeout_s)
             except TimeoutError:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # connection trouble: back off and retry
+            except Exception as exc:  # only while stopping: the policy retries until then
                 log.warning("fetch failed on %s: %r", self._durable, exc)
-                await asyncio.sleep(0.5)
                 continue
             await self._ready.put(msgs)
 

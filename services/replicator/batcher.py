@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
+from libs.common import retry
 from libs.common.olap import OlapBackend, OlapError, Row
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,14 @@ class Batcher:
     async def _insert(self, table: str, rows: list[Row]) -> Exception | None:
         # A partial failure (one table in, the next not) is safe: nothing is acked, the whole
         # batch is redelivered and the rows already in collapse on their dedupe keys.
-        for attempt in range(self._attempts):
-            try:
-                await self._backend.insert(table, rows)
-                return None
-            except OlapError as exc:
-                log.warning("insert of %d rows into %s failed (%r)", len(rows), table, exc)
-                if attempt + 1 == self._attempts:
-                    return exc
-                await asyncio.sleep(0.2 * 2**attempt)
+        try:
+            async for attempt in retry.policy(
+                f"replicator.insert.{table}", attempts=self._attempts, timeout_s=None,
+                on=lambda exc: isinstance(exc, OlapError),
+            ):
+                with attempt:
+                    await self._backend.insert(table, rows)
+        except OlapError as exc:
+            log.warning("insert of %d rows into %s failed (%r)", len(rows), table, exc)
+            return exc
         return None

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from libs.common import db, jetstream, metrics, subjects
+from libs.common import db, jetstream, metrics, retry, subjects
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
 from libs.common.messages import (
     COMMAND_DECODER,
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 INBOX_MAX = 32
 OUTBOX_RELAY_BATCH = 5000
+# How long one relay keeps retrying a chunk before the next step takes over (same msg-ids).
+OUTBOX_RELAY_RETRY_S = 2.0
 
 
 @dataclass(slots=True)
@@ -336,31 +338,35 @@ class SchedulerService(Service):
         try:
             for i in range(0, len(outgoing), OUTBOX_RELAY_BATCH):
                 chunk = outgoing[i : i + OUTBOX_RELAY_BATCH]
-                await jetstream.publish_batch(self._js, chunk)
+                async for attempt in retry.policy(
+                    "scheduler.outbox_relay", timeout_s=OUTBOX_RELAY_RETRY_S, until=self._stopping
+                ):
+                    with attempt:
+                        await jetstream.publish_batch(self._js, chunk)
                 self._published.extend(o.msg_id for o in chunk)
                 sent = i + len(chunk)
         except Exception as exc:
             # Republished next step with the same msg-ids: the stream drops any duplicates.
             self._unsent = outgoing[sent:]
             log.warning("outbox relay failed (%r); %d messages pending", exc, len(self._unsent))
-            await asyncio.sleep(0.2)
 
     async def _recover(self) -> None:
         await self._await_relay()
         self._fresh_runs.clear()  # what is redelivered now is checked
-        while not self._stopping.is_set():
-            try:
-                await self._load()
-                assert self._pool is not None
-                self._unsent = await store.pending_outbox(self._pool, OUTBOX_RELAY_BATCH * 20)
-                self._published = []
-                assert self._kv is not None
-                for info in await _current_workers(self._kv):
-                    self._worker_events.append(("put", info))
-                return
-            except Exception:
-                log.exception("recovery failed; retrying")
-                await asyncio.sleep(1.0)
+        if self._stopping.is_set():
+            return
+        with contextlib.suppress(Exception):  # raised only once stopping: nothing to recover
+            async for attempt in retry.policy(
+                "scheduler.recover", timeout_s=None, until=self._stopping, on=retry.any_error,
+            ):
+                with attempt:
+                    await self._load()
+                    assert self._pool is not None
+                    self._unsent = await store.pending_outbox(self._pool, OUTBOX_RELAY_BATCH * 20)
+                    self._published = []
+                    assert self._kv is not None
+                    for info in await _current_workers(self._kv):
+                        self._worker_events.append(("put", info))
 
     # worker registry ------------------------------------------------------------------
     async def _watch_workers(self) -> None:

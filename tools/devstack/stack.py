@@ -1,6 +1,6 @@
 """The local development stack behind `make up` / `make down`.
 
-    python -m scripts.stack up|down|clean|status|env
+    python -m tools.devstack up|down|clean|status|env
 
 `up` starts, in the background and idempotently: NATS JetStream (unless NATS_URL is set),
 a private PostgreSQL cluster (unless DATABASE_URL is set), runs migrations, ensures tenant `dev`
@@ -29,11 +29,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python scripts/stack.py ...` without -m
-    sys.path.insert(0, str(ROOT))
+from tools.devstack import procs
+from tools.devstack.natsserver import NatsServer
+from tools.devstack.postgres import PostgresCluster
 
-from libs.common import localstack  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 # RATCHET_RUN_DIR lets tests (the chaos suite) run a second, private stack.
 RUN = Path(os.environ.get("RATCHET_RUN_DIR") or ROOT / ".run").resolve()
@@ -110,10 +110,10 @@ def write_ports(ports: dict[str, int]) -> None:
 
 def service_pid(name: str) -> int | None:
     """Pid of the live `services.<name>` process recorded in its pid file."""
-    pid = localstack.read_pid_file(pid_file(name))
-    if pid is None or not localstack.pid_alive(pid):
+    pid = procs.read_pid_file(pid_file(name))
+    if pid is None or not procs.pid_alive(pid):
         return None
-    argv = localstack.pid_cmdline(pid)
+    argv = procs.pid_cmdline(pid)
     if argv is not None and f"services.{name}" not in argv:
         return None  # pid reused by an unrelated process
     return pid
@@ -122,10 +122,10 @@ def service_pid(name: str) -> int | None:
 def pick_port(ports: dict[str, int], key: str, running: bool) -> int:
     """The stable port for `key`; a new one when unset or (while ours is down) taken by others."""
     port = ports.get(key)
-    if port is None or (not running and not localstack.port_is_free(port)):
+    if port is None or (not running and not procs.port_is_free(port)):
         if port is not None:
             say(f"port {port} for {key} is taken by another process; choosing a new one")
-        port = localstack.free_port()
+        port = procs.free_port()
         ports[key] = port
     return port
 
@@ -134,19 +134,20 @@ def pick_port(ports: dict[str, int], key: str, running: bool) -> int:
 
 
 def start_nats(ports: dict[str, int]) -> str:
-    server = localstack.NatsServer(
+    server = NatsServer(
         RUN / "nats", pid_file=pid_file("nats"), log_file=log_file("nats")
     )
     running = server.is_running()
     server.port = pick_port(ports, "nats", running)
     url = server.start()
     ports["nats"] = server.port
-    say(f"nats {'already running' if server.adopted else 'started'} at {url} (pid {server.pid})")
+    origin = "already running" if server.adopted else f"started from {server.binary}"
+    say(f"nats {origin} at {url} (pid {server.pid})")
     return url
 
 
 def start_postgres(ports: dict[str, int]) -> str:
-    cluster = localstack.PostgresCluster(
+    cluster = PostgresCluster(
         RUN / "pg", pid_file=pid_file("postgres"), log_file=log_file("postgres")
     )
     running = cluster.is_running()
@@ -186,9 +187,9 @@ def healthy(port: int) -> bool:
 
 def fail_service(name: str, pid: int | None, why: str) -> None:
     sys.stderr.write(f"stack: {name} {why}; last lines of {log_file(name)}:\n")
-    sys.stderr.write(localstack.tail(log_file(name)) + "\n")
+    sys.stderr.write(procs.tail(log_file(name)) + "\n")
     if pid is not None:
-        localstack.terminate_pid(pid, 5.0, group=True)
+        procs.terminate_pid(pid, 5.0, group=True)
     pid_file(name).unlink(missing_ok=True)
     raise SystemExit(1)
 
@@ -208,7 +209,7 @@ def start_service(name: str, env: dict[str, str], metrics_port: int) -> None:
                 start_new_session=True,
             )
         pid = proc.pid
-        localstack.write_pid_file(pid_file(name), pid)
+        procs.write_pid_file(pid_file(name), pid)
         state = "started"
     else:
         proc = None
@@ -217,7 +218,7 @@ def start_service(name: str, env: dict[str, str], metrics_port: int) -> None:
     while not healthy(metrics_port):
         if proc is not None and proc.poll() is not None:
             fail_service(name, None, f"exited with code {proc.returncode} before it was healthy")
-        if proc is None and not localstack.pid_alive(pid):
+        if proc is None and not procs.pid_alive(pid):
             fail_service(name, None, "died before it was healthy")
         if time.monotonic() >= deadline:
             fail_service(name, pid, f"not healthy on :{metrics_port} after {HEALTH_TIMEOUT_S:.0f}s")
@@ -305,17 +306,17 @@ def cmd_down() -> int:
     for name in SERVICES_STOP:
         pid = service_pid(name)
         if pid is not None:
-            killed = localstack.terminate_pid(pid, STOP_TIMEOUT_S)
+            killed = procs.terminate_pid(pid, STOP_TIMEOUT_S)
             if killed:
-                localstack.terminate_pid(pid, 1.0, group=True)
+                procs.terminate_pid(pid, 1.0, group=True)
             say(f"{name} stopped (pid {pid}{', SIGKILLed' if killed else ''})")
         pid_file(name).unlink(missing_ok=True)
-    cluster = localstack.PostgresCluster(RUN / "pg", pid_file=pid_file("postgres"))
+    cluster = PostgresCluster(RUN / "pg", pid_file=pid_file("postgres"))
     if cluster.is_running():
         cluster.stop(STOP_TIMEOUT_S)
         say("postgres stopped")
     pid_file("postgres").unlink(missing_ok=True)
-    nats = localstack.NatsServer(RUN / "nats", pid_file=pid_file("nats"))
+    nats = NatsServer(RUN / "nats", pid_file=pid_file("nats"))
     if nats.is_running():
         nats.stop(STOP_TIMEOUT_S)
         say("nats stopped")
@@ -336,9 +337,9 @@ def cmd_status() -> int:
     ports = read_ports()
     for name in ALL:
         if name == "postgres":
-            pid = localstack.PostgresCluster(RUN / "pg").running_pid()
+            pid = PostgresCluster(RUN / "pg").running_pid()
         elif name == "nats":
-            pid = localstack.NatsServer(RUN / "nats", pid_file=pid_file("nats")).running_pid()
+            pid = NatsServer(RUN / "nats", pid_file=pid_file("nats")).running_pid()
         else:
             pid = service_pid(name)
         if pid is not None:
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve()
     ):
         # `up` needs nats-py for the JetStream probe: re-run under the project's venv.
-        os.execv(str(VENV_PY), [str(VENV_PY), "-m", "scripts.stack", *(argv or sys.argv[1:])])
+        os.execv(str(VENV_PY), [str(VENV_PY), "-m", "tools.devstack", *(argv or sys.argv[1:])])
     commands = {
         "up": cmd_up,
         "down": cmd_down,
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command]()
-    except localstack.LocalStackError as exc:
+    except procs.DevStackError as exc:
         print(f"stack: {exc}", file=sys.stderr)
         return 1
 

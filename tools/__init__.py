@@ -1,0 +1,1 @@
+"""Developer tooling (local stack); not part of the shipped packages."""
