@@ -68,7 +68,8 @@ def create_app(
         },
         exception_handlers={RepoError: _repo_error},
         openapi_config=OpenAPIConfig(
-            title="Ratchet API", version="0.1.0", path="/schema", description=API_DESCRIPTION
+            title="Ratchet API", version="0.1.0", path="/schema", description=API_DESCRIPTION,
+            use_handler_docstrings=True,
         ),
         request_max_body_size=api.settings.max_request_bytes,
     )
