@@ -273,3 +273,16 @@ async def test_tenants_cannot_see_or_roll_back_each_others_versions(
     # A's workflow is as A left it.
     assert [v["id"] for v in await _versions(client, name)] == [a2["id"], a1["id"]]
     assert await _current(client, name) == a2["id"]
+
+
+async def test_a_refused_registration_stores_nothing(client: Ratchet) -> None:
+    # The unknown rate-limit key is refused inside the registration's transaction: no version,
+    # workflow or cron is left behind.
+    name = f"vers-{uuid.uuid4().hex[:8]}"
+    spec = {"name": name, "on_crons": ["0 0 1 1 *"],
+            "tasks": [{"name": "t", "rate_limits": [{"key": f"missing-{name}"}]}]}
+    status, detail = await _status_of(client, _register(client, spec))
+    assert status == 400 and f"missing-{name}" in detail
+    status, _ = await _status_of(client, _versions(client, name))
+    assert status == 404
+    assert await _crons(client, name) == []

@@ -39,7 +39,7 @@ from services.api.state import ApiState
 _JSON = msgspec.json.Encoder()
 SCOPE = "ratchet.api"
 
-
+# Shown in the OpenAPI description (app.py); docs/versions.md says the same at more length.
 VERSIONS_DOC = """\
 ## Workflow versions
 
