@@ -91,7 +91,7 @@ async def _setup(pool: Any, tenant: str, scoped: bool) -> list[str]:
                 vid, tenant, spec.name, content_hash(spec), msgspec.json.encode(spec).decode(),
             )
             await conn.execute(
-                "INSERT INTO workflows (tenant_id, name, latest_version_id) VALUES ($1, $2, $3)",
+                "INSERT INTO workflows (tenant_id, name, current_version_id) VALUES ($1, $2, $3)",
                 tenant, spec.name, vid,
             )
             rows = []

@@ -11,7 +11,19 @@ class RegisterResponse(msgspec.Struct, kw_only=True):
     id: str
     name: str
     hash: str
-    created: bool
+    created: bool  # a definition never registered before
+    current: bool  # new runs start on this version (False: a known one, left as it was)
+
+
+class VersionView(msgspec.Struct, kw_only=True):
+    id: str
+    hash: str
+    created_at: str
+    current: bool
+
+
+class RollbackRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    version_id: str
 
 
 class WorkflowView(msgspec.Struct, kw_only=True):
@@ -25,6 +37,7 @@ class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input: Any = None
     metadata: dict[str, str] = {}
     priority: int | None = None
+    version_id: str | None = None  # pin this run to a version; default: the current one
 
 
 class BulkRunRequest(msgspec.Struct, kw_only=True):

@@ -38,9 +38,9 @@ class ApiService(Service):
         await db.migrate(s.database_url)
         pool = await db.create_pool(s.database_url, max_size=10)
         self.state = ApiState(
-            settings=s, pool=pool, nc=self._nc, js=js, tokens=tenants.TokenCache(pool)
+            settings=s, pool=pool, nc=self._nc, js=js, tokens=tenants.TokenCache(pool),
+            olap=OlapClient(s, self._nc),
         )
-        self.state.olap = OlapClient(s, self._nc)
         await self.state.start()
         app = create_app(self.state)
         config = uvicorn.Config(

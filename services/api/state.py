@@ -1,23 +1,28 @@
-"""What request handlers share: the pool, JetStream, token cache and run waiters."""
+"""What request handlers share: the pool, JetStream, token cache, repositories, run waiters."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs.common import subjects, tenants
 from libs.common.messages import STATE_CHANGES_DECODER
+from libs.common.olap import OlapClient
 from libs.common.settings import Settings
-from libs.common.specs import WorkflowSpec
+from services.api.input_schema import InputValidators
+from services.api.repos.analytics import AnalyticsRepo
+from services.api.repos.crons import CronRepo
+from services.api.repos.filters import FilterRepo
+from services.api.repos.rate_limits import RateLimitRepo
+from services.api.repos.runs import RunRepo
+from services.api.repos.scheduled import ScheduledRepo
+from services.api.repos.workflows import WorkflowRepo
 
 TERMINAL_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
@@ -29,19 +34,34 @@ class ApiState:
     nc: NATS
     js: JetStreamContext
     tokens: tenants.TokenCache
+    olap: OlapClient | None = None
     waiters: dict[str, set[asyncio.Future[str]]] = field(default_factory=dict)
-    _versions: dict[tuple[str, str], tuple[float, str, str]] = field(default_factory=dict)
-    _sub: object = None
-    _specs: dict[str, WorkflowSpec] = field(default_factory=dict)
-    olap: Any = None  # libs.common.olap.OlapClient, set by ApiService
+    inputs: InputValidators = field(default_factory=InputValidators)
+    _subs: list[object] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workflows = WorkflowRepo(self.pool)
+        self.runs = RunRepo(self.pool)
+        self.crons = CronRepo(self.pool)
+        self.scheduled = ScheduledRepo(self.pool)
+        self.filters = FilterRepo(self.pool)
+        self.rate_limits = RateLimitRepo(self.pool)
+        self.analytics = AnalyticsRepo(self.olap)
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(subjects.TASK_CHANGES_ALL, cb=self._on_changes)
+        self._subs.append(await self.nc.subscribe(subjects.TASK_CHANGES_ALL, cb=self._on_changes))
+        # Workflow changes are announced to the matchers; another API replica's rollback must
+        # reach this replica's cached current versions just as fast.
+        self._subs.append(await self.nc.subscribe(subjects.MATCHER_CHANGES, cb=self._on_workflows))
 
     async def stop(self) -> None:
-        if self._sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+        self._subs.clear()
+
+    async def _on_workflows(self, msg: Msg) -> None:
+        self.workflows.forget(msg.data.decode(errors="replace"))
 
     async def _on_changes(self, msg: Msg) -> None:
         if not self.waiters:
@@ -67,25 +87,3 @@ class ApiState:
             bucket.discard(fut)
             if not bucket:
                 del self.waiters[run_id]
-
-    # Latest version per workflow, cached briefly: runs are triggered far more than registered.
-    def cached_version(self, tenant: str, name: str) -> tuple[str, str] | None:
-        hit = self._versions.get((tenant, name))
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1], hit[2]
-
-    def cache_version(self, tenant: str, name: str, version_id: str, spec_json: str) -> None:
-        if len(self._versions) > 10_000:
-            self._versions.clear()
-        self._versions[(tenant, name)] = (time.monotonic() + 2.0, version_id, spec_json)
-
-    def spec_of(self, version_id: str, spec_json: str) -> WorkflowSpec:
-        """Versions are immutable: decode each spec once."""
-        spec = self._specs.get(version_id)
-        if spec is None:
-            if len(self._specs) > 10_000:
-                self._specs.clear()
-            spec = msgspec.json.decode(spec_json, type=WorkflowSpec)
-            self._specs[version_id] = spec
-        return spec

@@ -101,9 +101,9 @@ class RuleCache:
         generations = {t: self._generation.get(t, 0) for t in tenants}
         async with self._pool.acquire() as conn:
             workflows = await conn.fetch(
-                "SELECT w.tenant_id, w.name, w.latest_version_id,"
+                "SELECT w.tenant_id, w.name, w.current_version_id AS version_id,"
                 " COALESCE(v.spec->'on_events', '[]'::jsonb)::text AS on_events"
-                " FROM workflows w JOIN workflow_versions v ON v.id = w.latest_version_id"
+                " FROM workflows w JOIN workflow_versions v ON v.id = w.current_version_id"
                 " WHERE w.tenant_id = ANY($1::text[])"
                 " AND jsonb_array_length(COALESCE(v.spec->'on_events', '[]'::jsonb)) > 0",
                 tenants,
@@ -120,7 +120,7 @@ class RuleCache:
         }
         rules_by_wf: dict[tuple[str, str], WorkflowRule] = {}
         for row in workflows:
-            rule = WorkflowRule(workflow=row["name"], version_id=row["latest_version_id"])
+            rule = WorkflowRule(workflow=row["name"], version_id=row["version_id"])
             rules_by_wf[(row["tenant_id"], row["name"])] = rule
             for key in msgspec.json.decode(row["on_events"], type=list[str]):
                 built[row["tenant_id"]].by_key.setdefault(key, []).append(rule)

@@ -155,7 +155,7 @@ class CronTicker:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT c.tenant_id, c.id, c.workflow, c.expression, c.input::text AS input,"
-                " c.metadata::text AS metadata, c.next_due_at, w.latest_version_id AS version_id"
+                " c.metadata::text AS metadata, c.next_due_at, w.current_version_id AS version_id"
                 " FROM crons c LEFT JOIN workflows w"
                 " ON w.tenant_id = c.tenant_id AND w.name = c.workflow"
                 " WHERE c.next_due_at <= $1 ORDER BY c.next_due_at LIMIT $2"
@@ -205,7 +205,7 @@ class CronTicker:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT s.tenant_id, s.id, s.workflow, s.input::text AS input,"
-                " s.metadata::text AS metadata, s.run_id, w.latest_version_id AS version_id"
+                " s.metadata::text AS metadata, s.run_id, w.current_version_id AS version_id"
                 " FROM scheduled_runs s LEFT JOIN workflows w"
                 " ON w.tenant_id = s.tenant_id AND w.name = s.workflow"
                 " WHERE s.fired_at IS NULL AND s.run_at <= $1 ORDER BY s.run_at LIMIT $2"

@@ -13,7 +13,7 @@ import pytest
 from libs.common import olap
 from libs.common.messages import RunStateChanged, TaskError, TaskStateChanged
 from libs.common.olap import ChdbBackend, ClickHouseBackend, OlapBackend, OlapError
-from services.api.routes import analytics
+from services.api.repos import analytics
 from services.replicator import rows
 
 T0 = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC

@@ -1,7 +1,7 @@
 """Analytics over the OLAP projection: run counts, task latency percentiles, throughput.
 
-Every query filters on `{tenant:String}`, bound from the caller's token by OlapClient; the
-client can choose the time range, never the tenant.
+The queries live in `services.api.repos.analytics`; this module bounds the time range and
+shapes the answers.
 """
 
 from __future__ import annotations
@@ -11,66 +11,12 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, get
-from litestar.exceptions import ClientException, HTTPException
-from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
+from litestar.exceptions import ClientException
 
-from libs.common.olap import RUNS, TASK_EVENTS, TASK_STATS_1M, OlapError
 from services.api.auth import Api, Tenant
-from services.api.state import ApiState
 
 DEFAULT_RANGE = timedelta(hours=1)
 MAX_RANGE = timedelta(days=31)
-
-_RANGE = (
-    "ts >= fromUnixTimestamp64Milli({start_ms:Int64}, 'UTC')"
-    " AND ts < fromUnixTimestamp64Milli({end_ms:Int64}, 'UTC')"
-)
-
-RUN_COUNTS_SQL = f"""
-SELECT workflow, status, count() AS runs
-FROM {RUNS} FINAL
-WHERE tenant = {{tenant:String}}
-  AND created_at >= fromUnixTimestamp64Milli({{start_ms:Int64}}, 'UTC')
-  AND created_at < fromUnixTimestamp64Milli({{end_ms:Int64}}, 'UTC')
-GROUP BY workflow, status
-ORDER BY workflow, status
-"""
-
-# Exact percentiles from the deduplicated events: wait is measured when an attempt starts
-# (RUNNING), duration when it ends (terminal states).
-_LATENCY_COLUMNS = """
-    countIf(state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT')) AS finished,
-    countIf(state IN ('FAILED', 'TIMED_OUT')) AS failed,
-    quantilesIf(0.5, 0.95, 0.99)(duration_ms, duration_ms >= 0) AS duration_ms,
-    quantilesIf(0.5, 0.95, 0.99)(wait_ms, state = 'RUNNING' AND wait_ms >= 0) AS wait_ms
-"""
-TASK_LATENCY_SQL = f"""
-SELECT {_LATENCY_COLUMNS}
-FROM {TASK_EVENTS} FINAL
-WHERE tenant = {{tenant:String}} AND {_RANGE}
-"""
-TASK_LATENCY_BY_WORKFLOW_SQL = f"""
-SELECT workflow, {_LATENCY_COLUMNS}
-FROM {TASK_EVENTS} FINAL
-WHERE tenant = {{tenant:String}} AND {_RANGE}
-GROUP BY workflow
-ORDER BY workflow
-"""
-
-# From the per-minute materialized stats: counts are distinct attempts, so exact.
-THROUGHPUT_SQL = f"""
-SELECT toUnixTimestamp(minute) * 1000 AS minute_ms,
-    uniqExactMergeIf(attempts, state = 'SUCCEEDED') AS succeeded,
-    uniqExactMergeIf(attempts, state = 'FAILED') AS failed,
-    uniqExactMergeIf(attempts, state = 'TIMED_OUT') AS timed_out,
-    uniqExactMergeIf(attempts, state = 'CANCELLED') AS cancelled
-FROM {TASK_STATS_1M}
-WHERE tenant = {{tenant:String}}
-  AND minute >= toStartOfMinute(fromUnixTimestamp64Milli({{start_ms:Int64}}, 'UTC'))
-  AND minute < fromUnixTimestamp64Milli({{end_ms:Int64}}, 'UTC')
-GROUP BY minute
-ORDER BY minute
-"""
 
 
 class Percentiles(msgspec.Struct):
@@ -135,10 +81,6 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
-
-
 def _percentiles(values: Any) -> Percentiles:
     vals = [*(values or []), None, None, None]
     return Percentiles(p50=vals[0], p95=vals[1], p99=vals[2])
@@ -154,22 +96,6 @@ def _latency(row: dict[str, Any]) -> TaskLatency:
     )
 
 
-async def _query(
-    api: ApiState, tenant: str, sql: str, start: datetime, end: datetime
-) -> list[dict[str, Any]]:
-    if api.olap is None:
-        raise HTTPException("analytics store not configured", status_code=HTTP_503_SERVICE_UNAVAILABLE)
-    try:
-        rows: list[dict[str, Any]] = await api.olap.query(
-            sql, {"start_ms": _ms(start), "end_ms": _ms(end)}, tenant=tenant
-        )
-    except OlapError as exc:
-        raise HTTPException(
-            f"analytics store unavailable: {exc}", status_code=HTTP_503_SERVICE_UNAVAILABLE
-        ) from exc
-    return rows
-
-
 class AnalyticsController(Controller):
     """Query parameters `since` / `until` (ISO 8601) bound every endpoint; default: last hour."""
 
@@ -183,7 +109,7 @@ class AnalyticsController(Controller):
     ) -> RunCounts:
         """Runs created in the range, counted by workflow and current status."""
         start, end = time_range(since, until)
-        rows = await _query(api, tenant, RUN_COUNTS_SQL, start, end)
+        rows = await api.analytics.run_counts(tenant, start, end)
         counts = [RunCount(workflow=r["workflow"], status=r["status"], runs=int(r["runs"])) for r in rows]
         return RunCounts(since=start.isoformat(), until=end.isoformat(), counts=counts)
 
@@ -194,11 +120,10 @@ class AnalyticsController(Controller):
     ) -> TaskLatencyReport:
         """Task duration and queue-wait percentiles (p50/p95/p99, ms), overall and per workflow."""
         start, end = time_range(since, until)
-        overall = await _query(api, tenant, TASK_LATENCY_SQL, start, end)
-        per_workflow = await _query(api, tenant, TASK_LATENCY_BY_WORKFLOW_SQL, start, end)
+        overall, per_workflow = await api.analytics.task_latency(tenant, start, end)
         return TaskLatencyReport(
             since=start.isoformat(), until=end.isoformat(),
-            overall=_latency(overall[0] if overall else {}),
+            overall=_latency(overall),
             workflows=[_latency(r) for r in per_workflow],
         )
 
@@ -209,7 +134,7 @@ class AnalyticsController(Controller):
     ) -> Throughput:
         """Finished task attempts per minute, by outcome."""
         start, end = time_range(since, until)
-        rows = await _query(api, tenant, THROUGHPUT_SQL, start, end)
+        rows = await api.analytics.throughput(tenant, start, end)
         minutes = [
             MinuteThroughput(
                 minute=datetime.fromtimestamp(int(r["minute_ms"]) / 1000, UTC).isoformat(),

@@ -2,7 +2,8 @@
 
 Rows written here carry `next_due_at` / `run_at`; `services.scheduler.cron.CronTicker`
 claims them when due. Workflow `on_crons` become rows with origin 'workflow', kept in step
-with the latest version by `workflow_changed` (called after every registration).
+with the current version: `workflow_crons` builds them, and the workflow repository stores
+them in the transaction that moves the current-version pointer.
 """
 
 from __future__ import annotations
@@ -13,31 +14,21 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import msgspec
 from litestar import Controller, delete, get, post
-from litestar.exceptions import ClientException, HTTPException, NotFoundException
+from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import Parameter
-from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from libs.common.specs import WorkflowSpec
 from services.api.auth import Api, Tenant
-from services.api.input_schema import check_input
-from services.api.routes.filters import notify_matcher
+from services.api.repos.crons import WorkflowCron
 from services.api.state import ApiState
 from services.scheduler.cron import cron_problem, next_tick
 
 log = logging.getLogger(__name__)
 
 _JSON = msgspec.json.Encoder()
-_CRON_COLUMNS = (
-    "id, workflow, name, expression, input::text AS input, metadata::text AS metadata,"
-    " origin, next_due_at, last_tick, created_at"
-)
-_SCHEDULED_COLUMNS = (
-    "id, workflow, run_at, input::text AS input, metadata::text AS metadata, run_id,"
-    " fired_at, created_at"
-)
 
 
 class CronIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -102,19 +93,10 @@ def _scheduled_view(row: Any) -> ScheduledView:
 
 
 async def _checked_input(api: ApiState, tenant: str, workflow: str, value: Any) -> str:
-    """The run input as JSON, validated against the workflow's latest input schema."""
-    # Not workflows._latest: that module calls workflow_changed, so importing it is a cycle.
-    row = await api.pool.fetchrow(
-        "SELECT v.id, v.spec::text AS spec FROM workflows w"
-        " JOIN workflow_versions v ON v.id = w.latest_version_id"
-        " WHERE w.tenant_id = $1 AND w.name = $2",
-        tenant, workflow,
-    )
-    if row is None:
-        raise NotFoundException(f"workflow {workflow!r} not found")
-    spec = api.spec_of(row["id"], row["spec"])
+    """The run input as JSON, validated against the workflow's current input schema."""
+    version = await api.workflows.current(tenant, workflow)
     value = value if value is not None else {}
-    check_input(spec, value)
+    api.inputs.check(version.id, version.spec, value)
     return _JSON.encode(value).decode()
 
 
@@ -130,20 +112,10 @@ class CronController(Controller):
             raise ClientException(problem)
         input_json = await _checked_input(api, tenant, data.workflow, data.input)
         cron_id = "cron_" + uuid.uuid4().hex
-        try:
-            row = await api.pool.fetchrow(
-                "INSERT INTO crons (tenant_id, id, workflow, name, expression, input, metadata,"
-                " origin, next_due_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, 'api',"
-                f" $8) RETURNING {_CRON_COLUMNS}",
-                tenant, cron_id, data.workflow, data.name or cron_id, data.expression,
-                input_json, _JSON.encode(data.metadata).decode(),
-                next_tick(data.expression, datetime.now(UTC)),
-            )
-        except asyncpg.UniqueViolationError as exc:
-            raise HTTPException(
-                status_code=HTTP_409_CONFLICT,
-                detail=f"workflow {data.workflow!r} already has a cron named {data.name!r}",
-            ) from exc
+        row = await api.crons.create(
+            tenant, cron_id, data.workflow, data.name or cron_id, data.expression, input_json,
+            _JSON.encode(data.metadata).decode(), next_tick(data.expression, datetime.now(UTC)),
+        )
         return _cron_view(row)
 
     @get("/")
@@ -151,32 +123,23 @@ class CronController(Controller):
         self, tenant: Tenant, api: Api, workflow: str | None = None,
         limit: int = Parameter(default=1000, ge=1, le=10_000),
     ) -> list[CronView]:
-        rows = await api.pool.fetch(
-            f"SELECT {_CRON_COLUMNS} FROM crons WHERE tenant_id = $1"
-            " AND ($2::text IS NULL OR workflow = $2) ORDER BY created_at, id LIMIT $3",
-            tenant, workflow, limit,
-        )
-        return [_cron_view(r) for r in rows]
+        return [_cron_view(r) for r in await api.crons.list_crons(tenant, workflow, limit)]
 
     @get("/{cron_id:str}")
     async def get_cron(self, cron_id: str, tenant: Tenant, api: Api) -> CronView:
-        row = await api.pool.fetchrow(
-            f"SELECT {_CRON_COLUMNS} FROM crons WHERE tenant_id = $1 AND id = $2", tenant, cron_id
-        )
+        row = await api.crons.get(tenant, cron_id)
         if row is None:
             raise NotFoundException(f"cron {cron_id!r} not found")
         return _cron_view(row)
 
     @delete("/{cron_id:str}", status_code=HTTP_204_NO_CONTENT)
     async def delete_cron(self, cron_id: str, tenant: Tenant, api: Api) -> None:
-        origin = await api.pool.fetchval(
-            "SELECT origin FROM crons WHERE tenant_id = $1 AND id = $2", tenant, cron_id
-        )
-        if origin is None:
+        row = await api.crons.get(tenant, cron_id)
+        if row is None:
             raise NotFoundException(f"cron {cron_id!r} not found")
-        if origin == "workflow":
+        if row["origin"] == "workflow":
             raise ClientException("this cron comes from the workflow's on_crons; change the workflow")
-        await api.pool.execute("DELETE FROM crons WHERE tenant_id = $1 AND id = $2", tenant, cron_id)
+        await api.crons.delete(tenant, cron_id)
 
 
 class ScheduledController(Controller):
@@ -189,10 +152,7 @@ class ScheduledController(Controller):
         if data.run_at.tzinfo is None:
             raise ClientException("run_at must be timezone-aware (e.g. 2026-12-01T09:00:00Z)")
         input_json = await _checked_input(api, tenant, data.workflow, data.input)
-        row = await api.pool.fetchrow(
-            "INSERT INTO scheduled_runs (tenant_id, id, workflow, run_at, input, metadata,"
-            " run_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)"
-            f" RETURNING {_SCHEDULED_COLUMNS}",
+        row = await api.scheduled.create(
             tenant, "sch_" + uuid.uuid4().hex, data.workflow, data.run_at, input_json,
             _JSON.encode(data.metadata).decode(), uuid.uuid4().hex,
         )
@@ -203,19 +163,12 @@ class ScheduledController(Controller):
         self, tenant: Tenant, api: Api, workflow: str | None = None,
         limit: int = Parameter(default=1000, ge=1, le=10_000),
     ) -> list[ScheduledView]:
-        rows = await api.pool.fetch(
-            f"SELECT {_SCHEDULED_COLUMNS} FROM scheduled_runs WHERE tenant_id = $1"
-            " AND ($2::text IS NULL OR workflow = $2) ORDER BY run_at, id LIMIT $3",
-            tenant, workflow, limit,
-        )
+        rows = await api.scheduled.list_scheduled(tenant, workflow, limit)
         return [_scheduled_view(r) for r in rows]
 
     @get("/{scheduled_id:str}")
     async def get_scheduled(self, scheduled_id: str, tenant: Tenant, api: Api) -> ScheduledView:
-        row = await api.pool.fetchrow(
-            f"SELECT {_SCHEDULED_COLUMNS} FROM scheduled_runs WHERE tenant_id = $1 AND id = $2",
-            tenant, scheduled_id,
-        )
+        row = await api.scheduled.get(tenant, scheduled_id)
         if row is None:
             raise NotFoundException(f"scheduled run {scheduled_id!r} not found")
         return _scheduled_view(row)
@@ -223,11 +176,7 @@ class ScheduledController(Controller):
     @delete("/{scheduled_id:str}", status_code=HTTP_204_NO_CONTENT)
     async def delete_scheduled(self, scheduled_id: str, tenant: Tenant, api: Api) -> None:
         """Cancel a scheduled run that has not fired yet (a fired one is just forgotten)."""
-        deleted = await api.pool.fetchval(
-            "DELETE FROM scheduled_runs WHERE tenant_id = $1 AND id = $2 RETURNING true",
-            tenant, scheduled_id,
-        )
-        if not deleted:
+        if not await api.scheduled.delete(tenant, scheduled_id):
             raise NotFoundException(f"scheduled run {scheduled_id!r} not found")
 
 
@@ -235,36 +184,22 @@ def workflow_cron_id(tenant: str, workflow: str, expression: str) -> str:
     return "wc_" + hashlib.sha256(f"{tenant}/{workflow}/{expression}".encode()).hexdigest()[:24]
 
 
-async def workflow_changed(api: ApiState, tenant: str, spec: WorkflowSpec) -> None:
-    """After a registration: sync the workflow's on_crons rows, then tell the matchers.
+def workflow_crons(tenant: str, spec: WorkflowSpec) -> list[WorkflowCron]:
+    """The crons a workflow version declares in `on_crons`, each due at its next tick.
 
-    Idempotent, so re-registering an unchanged workflow repairs a sync that a crash cut
-    short. Invalid on_crons expressions are skipped (registration has already committed).
+    Registration rejects bad expressions; one that still fails here (stored before that check
+    existed) is skipped with a warning rather than failing a rollback.
     """
     now = datetime.now(UTC)
-    expressions = []
+    crons: list[WorkflowCron] = []
     for expression in dict.fromkeys(spec.on_crons):
         problem = cron_problem(expression)
         if problem:
             log.warning("workflow %s of %s: on_crons entry skipped: %s", spec.name, tenant, problem,
                         extra={"tenant": tenant, "workflow": spec.name})
-        else:
-            expressions.append(expression)
-    async with api.pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "DELETE FROM crons WHERE tenant_id = $1 AND workflow = $2 AND origin = 'workflow'"
-            " AND NOT (expression = ANY($3::text[]))",
-            tenant, spec.name, expressions,
-        )
-        if expressions:
-            await conn.executemany(
-                "INSERT INTO crons (tenant_id, id, workflow, name, expression, origin,"
-                " next_due_at) VALUES ($1, $2, $3, $4, $5, 'workflow', $6)"
-                " ON CONFLICT DO NOTHING",
-                [
-                    (tenant, workflow_cron_id(tenant, spec.name, e), spec.name,
-                     f"on_crons:{e}", e, next_tick(e, now))
-                    for e in expressions
-                ],
-            )
-    await notify_matcher(api, tenant)
+            continue
+        crons.append(WorkflowCron(
+            id=workflow_cron_id(tenant, spec.name, expression), name=f"on_crons:{expression}",
+            expression=expression, next_due_at=next_tick(expression, now),
+        ))
+    return crons

@@ -19,6 +19,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from libs.common import subjects
 from services.api.auth import Api, Tenant
+from services.api.repos.filters import FilterFields
 from services.api.state import ApiState
 from services.matcher import events as evt
 from services.matcher.cel import CelError, compile_filter
@@ -26,7 +27,6 @@ from services.matcher.cel import CelError, compile_filter
 log = logging.getLogger(__name__)
 
 _JSON = msgspec.json.Encoder()
-_COLUMNS = "id, workflow, scope, expression, payload::text AS payload, created_at, updated_at"
 
 
 class FilterIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -102,12 +102,8 @@ class FilterController(Controller):
     async def create(self, data: FilterIn, tenant: Tenant, api: Api) -> FilterView:
         """Create a filter. The expression sees `input`, `payload`, `metadata`, `event_key`."""
         _check(data.workflow, data.expression, data.scope)
-        row = await api.pool.fetchrow(
-            "INSERT INTO filters (tenant_id, id, workflow, scope, expression, payload)"
-            f" VALUES ($1, $2, $3, $4, $5, $6::jsonb) RETURNING {_COLUMNS}",
-            tenant, "flt_" + uuid.uuid4().hex, data.workflow, data.scope, data.expression,
-            _payload_json(data.payload),
-        )
+        fields = FilterFields(data.workflow, data.scope, data.expression, _payload_json(data.payload))
+        row = await api.filters.create(tenant, "flt_" + uuid.uuid4().hex, fields)
         await notify_matcher(api, tenant)
         return _view(row)
 
@@ -116,18 +112,11 @@ class FilterController(Controller):
         self, tenant: Tenant, api: Api, workflow: str | None = None,
         limit: int = Parameter(default=1000, ge=1, le=10_000),
     ) -> list[FilterView]:
-        rows = await api.pool.fetch(
-            f"SELECT {_COLUMNS} FROM filters WHERE tenant_id = $1"
-            " AND ($2::text IS NULL OR workflow = $2) ORDER BY created_at, id LIMIT $3",
-            tenant, workflow, limit,
-        )
-        return [_view(r) for r in rows]
+        return [_view(r) for r in await api.filters.list_filters(tenant, workflow, limit)]
 
     @get("/{filter_id:str}")
     async def get_filter(self, filter_id: str, tenant: Tenant, api: Api) -> FilterView:
-        row = await api.pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM filters WHERE tenant_id = $1 AND id = $2", tenant, filter_id
-        )
+        row = await api.filters.get(tenant, filter_id)
         if row is None:
             raise NotFoundException(f"filter {filter_id!r} not found")
         return _view(row)
@@ -137,13 +126,8 @@ class FilterController(Controller):
         self, filter_id: str, data: FilterPatch, tenant: Tenant, api: Api
     ) -> FilterView:
         """Change some fields of a filter; the new expression is compiled first."""
-        async with api.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM filters WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-                tenant, filter_id,
-            )
-            if row is None:
-                raise NotFoundException(f"filter {filter_id!r} not found")
+
+        def change(row: Any) -> FilterFields:
             current = _view(row)
             workflow = current.workflow if data.workflow is msgspec.UNSET else data.workflow
             expression = (
@@ -152,21 +136,16 @@ class FilterController(Controller):
             scope = current.scope if data.scope is msgspec.UNSET else data.scope
             payload = current.payload if data.payload is msgspec.UNSET else data.payload
             _check(workflow, expression, scope)
-            row = await conn.fetchrow(
-                "UPDATE filters SET workflow = $3, scope = $4, expression = $5,"
-                " payload = $6::jsonb, updated_at = now() WHERE tenant_id = $1 AND id = $2"
-                f" RETURNING {_COLUMNS}",
-                tenant, filter_id, workflow, scope, expression, _payload_json(payload),
-            )
+            return FilterFields(workflow, scope, expression, _payload_json(payload))
+
+        row = await api.filters.update(tenant, filter_id, change)
+        if row is None:
+            raise NotFoundException(f"filter {filter_id!r} not found")
         await notify_matcher(api, tenant)
         return _view(row)
 
     @delete("/{filter_id:str}", status_code=HTTP_204_NO_CONTENT)
     async def delete_filter(self, filter_id: str, tenant: Tenant, api: Api) -> None:
-        deleted = await api.pool.fetchval(
-            "DELETE FROM filters WHERE tenant_id = $1 AND id = $2 RETURNING true",
-            tenant, filter_id,
-        )
-        if not deleted:
+        if not await api.filters.delete(tenant, filter_id):
             raise NotFoundException(f"filter {filter_id!r} not found")
         await notify_matcher(api, tenant)

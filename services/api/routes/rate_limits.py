@@ -1,5 +1,6 @@
-"""Rate limits: static keys a tenant defines (`PUT /rate-limits/{key}`), and the checks a
-workflow's fairness options must pass before it is registered.
+"""Rate limits: static keys a tenant defines (`PUT /rate-limits/{key}`), and the CEL checks a
+workflow's fairness options must pass before it is registered (that its static keys exist is
+checked inside the registration's transaction, by the workflow repository).
 
 A definition takes effect in the scheduler within a fraction of a second (it polls the
 table for changes). `limit` units may start per `per` in ANY sliding window of that length;
@@ -53,31 +54,15 @@ class RateLimitController(Controller):
             raise ClientException("limit must be >= 1")
         if data.burst is not None and data.burst < 1:
             raise ClientException("burst must be >= 1")
-        row = await api.pool.fetchrow(
-            "INSERT INTO rate_limits (tenant_id, key, limit_units, per, burst) VALUES"
-            " ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO UPDATE SET"
-            " limit_units = EXCLUDED.limit_units, per = EXCLUDED.per, burst = EXCLUDED.burst,"
-            " updated_at = clock_timestamp() RETURNING key, limit_units, per, burst, updated_at",
-            tenant, key, data.limit, data.per, data.burst,
-        )
-        return _view(row)
+        return _view(await api.rate_limits.put(tenant, key, data.limit, data.per, data.burst))
 
     @get("/")
     async def list_limits(self, tenant: Tenant, api: Api) -> list[RateLimitView]:
-        rows = await api.pool.fetch(
-            "SELECT key, limit_units, per, burst, updated_at FROM rate_limits"
-            " WHERE tenant_id = $1 ORDER BY key",
-            tenant,
-        )
-        return [_view(r) for r in rows]
+        return [_view(r) for r in await api.rate_limits.list_limits(tenant)]
 
     @get("/{key:str}")
     async def get_limit(self, key: str, tenant: Tenant, api: Api) -> RateLimitView:
-        row = await api.pool.fetchrow(
-            "SELECT key, limit_units, per, burst, updated_at FROM rate_limits"
-            " WHERE tenant_id = $1 AND key = $2",
-            tenant, key,
-        )
+        row = await api.rate_limits.get(tenant, key)
         if row is None:
             raise NotFoundException(f"rate limit {key!r} not found")
         return _view(row)
@@ -90,21 +75,9 @@ def _view(row: asyncpg.Record) -> RateLimitView:
     )
 
 
-async def check_fairness(pool: asyncpg.Pool, tenant: str, spec: specs.WorkflowSpec) -> None:
-    """400 for a CEL key that does not compile (with its position) or an unknown static key."""
+def check_fairness(spec: specs.WorkflowSpec) -> None:
+    """400 for a CEL key or units expression that does not compile (with its position)."""
     for where, expression in specs.cel_expressions(spec):
         problem = check_expression(expression)
         if problem is not None:
             raise ClientException(f"{where}: {problem}")
-    wanted = specs.static_rate_limit_keys(spec)
-    if wanted:
-        rows = await pool.fetch(
-            "SELECT key FROM rate_limits WHERE tenant_id = $1 AND key = ANY($2)",
-            tenant, sorted(wanted),
-        )
-        missing = sorted(wanted - {r["key"] for r in rows})
-        if missing:
-            raise ClientException(
-                f"unknown rate limit key(s) {missing}: create them first with"
-                " r.rate_limits.put(key, limit=..., per=...) or PUT /rate-limits/{key}"
-            )

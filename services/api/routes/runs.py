@@ -36,26 +36,10 @@ def _json(raw: bytes | None) -> Any:
 
 
 async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
-    async with api.pool.acquire() as conn:
-        run = await conn.fetchrow(
-            "SELECT id, workflow, version_id, status, priority, input, metadata::text AS metadata,"
-            " created_at, finished_at FROM runs WHERE tenant_id = $1 AND id = $2",
-            tenant, run_id,
-        )
-        if run is None:
-            return None
-        tasks = await conn.fetch(
-            "SELECT id, name, status, attempt, output, worker_id, queued_at, started_at,"
-            " finished_at FROM tasks WHERE tenant_id = $1 AND run_id = $2 ORDER BY created_at, name",
-            tenant, run_id,
-        )
-        attempts = await conn.fetch(
-            "SELECT a.task_id, a.attempt, a.status, a.worker_id, a.error::text AS error,"
-            " a.started_at, a.finished_at FROM task_attempts a JOIN tasks t"
-            " ON t.tenant_id = a.tenant_id AND t.id = a.task_id"
-            " WHERE t.tenant_id = $1 AND t.run_id = $2 ORDER BY a.attempt",
-            tenant, run_id,
-        )
+    records = await api.runs.get(tenant, run_id)
+    if records is None:
+        return None
+    run, tasks, attempts = records
     by_task: dict[str, list[AttemptView]] = {}
     for a in attempts:
         by_task.setdefault(a["task_id"], []).append(
@@ -140,12 +124,7 @@ class RunController(Controller):
     ) -> list[RunSummary]:
         if status is not None and status not in RUN_STATUSES:
             raise ClientException(f"status must be one of {sorted(RUN_STATUSES)}")
-        rows = await api.pool.fetch(
-            "SELECT id, workflow, status, created_at, finished_at FROM runs WHERE tenant_id = $1"
-            " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR workflow = $3)"
-            " ORDER BY created_at DESC LIMIT $4",
-            tenant, status, workflow, limit,
-        )
+        rows = await api.runs.list_runs(tenant, status, workflow, limit)
         return [
             RunSummary(
                 id=r["id"], workflow=r["workflow"], status=r["status"],
@@ -179,11 +158,7 @@ class RunController(Controller):
     async def events(self, run_id: str, tenant: Tenant, api: Api) -> list[RunEventView]:
         """Every transition of the run and its tasks, in order."""
         await _require_run(api, tenant, run_id)
-        rows = await api.pool.fetch(
-            "SELECT ts, events::text AS events FROM run_history"
-            " WHERE tenant_id = $1 AND run_id = $2 ORDER BY seq",
-            tenant, run_id,
-        )
+        rows = await api.runs.history(tenant, run_id)
         # A row holds one scheduler batch's events of the run, oldest first; `seq` numbers the
         # events of the run from 1.
         out: list[RunEventView] = []
@@ -198,9 +173,7 @@ class RunController(Controller):
 
 
 async def _require_run(api: ApiState, tenant: str, run_id: str) -> str:
-    status = await api.pool.fetchval(
-        "SELECT status FROM runs WHERE tenant_id = $1 AND id = $2", tenant, run_id
-    )
+    status = await api.runs.status(tenant, run_id)
     if status is None:
         raise NotFoundException(f"run {run_id!r} not found")
-    return str(status)
+    return status

@@ -1,18 +1,17 @@
-"""Workflow registration and run triggers."""
+"""Workflow registration, versions (listing, rollback) and run triggers."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import HeaderParameter
-from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+from litestar.exceptions import ClientException
+from litestar.params import HeaderParameter, Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from opentelemetry.trace import SpanKind
 
 from libs.common import jetstream, metrics, specs, subjects, telemetry
@@ -20,21 +19,46 @@ from libs.common.jetstream import Outgoing
 from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, encode
 from libs.common.subjects import Header
 from services.api.auth import Api, Tenant
-from services.api.input_schema import check_input
-from services.api.routes.crons import workflow_changed
+from services.api.input_schema import schema_problem
+from services.api.repos.workflows import Version, VersionInfo
+from services.api.routes.crons import workflow_crons
+from services.api.routes.filters import notify_matcher
 from services.api.routes.rate_limits import check_fairness
 from services.api.schemas import (
     BulkRunCreated,
     BulkRunRequest,
     RegisterResponse,
+    RollbackRequest,
     RunCreated,
     RunRequest,
+    VersionView,
     WorkflowView,
 )
 from services.api.state import ApiState
 
 _JSON = msgspec.json.Encoder()
 SCOPE = "ratchet.api"
+
+# Shown in the OpenAPI description (app.py); docs/versions.md says the same at more length.
+VERSIONS_DOC = """\
+## Workflow versions
+
+Every distinct definition of a workflow is a version (content-hashed; `GET
+/workflows/{name}/versions`). A run is pinned to the version it started on and keeps it to the
+end, whatever happens to the workflow meanwhile. One version is **current**: new runs start on
+it, whether triggered through the API, by a matching event or by a cron or scheduled run.
+
+- Registering a definition never seen before makes it current (a deploy takes effect).
+- Registering a definition that already has a version does not move the pointer: a worker
+  restarting with older code, or an old replica during a rolling deploy, cannot undo a newer
+  deploy or a rollback. The response says whether the version is current.
+- `POST /workflows/{name}/rollback` with `{"version_id": ...}` makes any version of the
+  workflow current (older or newer), including its `on_crons`. It lasts until the next rollback
+  or the next registration of a definition never seen before. To go back to code that is
+  already registered (a revert), roll back to its version: deploying it again is not enough.
+- `POST /workflows/{name}/run` with `version_id` starts that one run on the given version.
+"""
+
 # W3C trace context of the caller: the run's trace continues the caller's.
 TraceParent = Annotated[str | None, HeaderParameter(name="traceparent", required=False)]
 
@@ -45,66 +69,66 @@ class WorkflowController(Controller):
 
     @post("/", status_code=HTTP_201_CREATED)
     async def register(self, data: specs.WorkflowSpec, tenant: Tenant, api: Api) -> RegisterResponse:
-        """Register a workflow version. Identical definitions are the same version (no-op)."""
+        """Register a workflow definition. A definition never seen before becomes a new, current
+        version; an identical one is the same version and leaves the current one alone."""
         try:
             specs.validate(data)
         except specs.SpecError as exc:
             raise ClientException(str(exc)) from exc
-        await check_fairness(api.pool, tenant, data)
-        digest = specs.content_hash(data)
-        version_id = "wv_" + hashlib.sha256(f"{tenant}/{digest}".encode()).hexdigest()[:24]
-        spec_json = _JSON.encode(data).decode()
-        async with api.pool.acquire() as conn, conn.transaction():
-            created = await conn.fetchval(
-                "INSERT INTO workflow_versions (id, tenant_id, name, hash, spec)"
-                " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING RETURNING true",
-                version_id, tenant, data.name, digest, spec_json,
-            )
-            await conn.execute(
-                "INSERT INTO workflows (tenant_id, name, latest_version_id) VALUES ($1, $2, $3)"
-                " ON CONFLICT (tenant_id, name) DO UPDATE SET latest_version_id ="
-                " EXCLUDED.latest_version_id, updated_at = now()"
-                " WHERE workflows.latest_version_id <> EXCLUDED.latest_version_id",
-                tenant, data.name, version_id,
-            )
-        api.cache_version(tenant, data.name, version_id, spec_json)
-        await workflow_changed(api, tenant, data)  # on_crons rows + matcher cache invalidation
-        return RegisterResponse(id=version_id, name=data.name, hash=digest, created=bool(created))
+        check_fairness(data)
+        problem = schema_problem(data.input_schema)
+        if problem is not None:
+            raise ClientException(problem)
+        reg = await api.workflows.register(
+            tenant, data, workflow_crons(tenant, data), specs.static_rate_limit_keys(data)
+        )
+        if reg.current:
+            await notify_matcher(api, tenant)
+        return RegisterResponse(
+            id=reg.version_id, name=data.name, hash=reg.hash, created=reg.created,
+            current=reg.current,
+        )
 
     @get("/")
     async def list_workflows(self, tenant: Tenant, api: Api) -> list[WorkflowView]:
-        rows = await api.pool.fetch(
-            "SELECT w.name, w.latest_version_id, v.spec::text AS spec, w.updated_at"
-            " FROM workflows w JOIN workflow_versions v ON v.id = w.latest_version_id"
-            " WHERE w.tenant_id = $1 ORDER BY w.name",
-            tenant,
-        )
-        return [_view(r) for r in rows]
+        return [_view(r) for r in await api.workflows.list_current(tenant)]
 
     @get("/{name:str}")
     async def get_workflow(self, name: str, tenant: Tenant, api: Api) -> WorkflowView:
-        row = await api.pool.fetchrow(
-            "SELECT w.name, w.latest_version_id, v.spec::text AS spec, w.updated_at"
-            " FROM workflows w JOIN workflow_versions v ON v.id = w.latest_version_id"
-            " WHERE w.tenant_id = $1 AND w.name = $2",
-            tenant, name,
+        return _view(await api.workflows.get_current(tenant, name))
+
+    @get("/{name:str}/versions")
+    async def versions(
+        self, name: str, tenant: Tenant, api: Api,
+        limit: int = Parameter(default=100, ge=1, le=1000),
+    ) -> list[VersionView]:
+        """The workflow's versions, newest first; `current` marks the one new runs use."""
+        return [_version_view(v) for v in await api.workflows.versions(tenant, name, limit)]
+
+    @post("/{name:str}/rollback", status_code=HTTP_200_OK)
+    async def rollback(
+        self, name: str, data: RollbackRequest, tenant: Tenant, api: Api
+    ) -> VersionView:
+        """Make a version of the workflow current: new runs (API, events, crons) start on it;
+        runs already started keep theirs. 404 when the version is not one of this workflow's."""
+        version = await api.workflows.make_current(
+            tenant, name, data.version_id, lambda spec: workflow_crons(tenant, spec)
         )
-        if row is None:
-            raise NotFoundException(f"workflow {name!r} not found")
-        return _view(row)
+        await notify_matcher(api, tenant)
+        return _version_view(version)
 
     @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED)
     async def trigger(
         self, name: str, data: RunRequest, tenant: Tenant, api: Api,
         traceparent: TraceParent = None,
     ) -> RunCreated:
-        """Start a run of the latest version of a workflow."""
-        version_id, spec = await _latest(api, tenant, name)
-        trig = _trigger(name, version_id, spec, data)
+        """Start a run on the current version of a workflow, or on `version_id` if given."""
+        version = await _version(api, tenant, name, data.version_id)
+        trig = _trigger(api, name, version, data)
         with _trigger_span(tenant, name, traceparent, [trig]):
             await jetstream.publish_one(api.js, _outgoing(tenant, trig))
         metrics.API_RUNS_TRIGGERED.inc()
-        return RunCreated(run_id=trig.run_id, workflow=name, version_id=version_id)
+        return RunCreated(run_id=trig.run_id, workflow=name, version_id=version.id)
 
     @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED)
     async def trigger_bulk(
@@ -114,8 +138,11 @@ class WorkflowController(Controller):
         """Start many runs in one request (up to 1,000), published pipelined."""
         if not 1 <= len(data.runs) <= 1000:
             raise ClientException("runs must hold 1 to 1000 items")
-        version_id, spec = await _latest(api, tenant, name)
-        trigs = [_trigger(name, version_id, spec, r) for r in data.runs]
+        versions: dict[str | None, Version] = {}
+        for req in data.runs:
+            if req.version_id not in versions:
+                versions[req.version_id] = await _version(api, tenant, name, req.version_id)
+        trigs = [_trigger(api, name, versions[r.version_id], r) for r in data.runs]
         with _trigger_span(tenant, name, traceparent, trigs):
             await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, trigs))
         metrics.API_RUNS_TRIGGERED.inc(len(trigs))
@@ -125,36 +152,33 @@ class WorkflowController(Controller):
 def _view(row: Any) -> WorkflowView:
     return WorkflowView(
         name=row["name"],
-        version_id=row["latest_version_id"],
+        version_id=row["version_id"],
         spec=msgspec.json.decode(row["spec"]),
         updated_at=row["updated_at"].isoformat(),
     )
 
 
-async def _latest(api: ApiState, tenant: str, name: str) -> tuple[str, specs.WorkflowSpec]:
-    cached = api.cached_version(tenant, name)
-    if cached is None:
-        row = await api.pool.fetchrow(
-            "SELECT w.latest_version_id, v.spec::text AS spec FROM workflows w"
-            " JOIN workflow_versions v ON v.id = w.latest_version_id"
-            " WHERE w.tenant_id = $1 AND w.name = $2",
-            tenant, name,
-        )
-        if row is None:
-            raise NotFoundException(f"workflow {name!r} not found")
-        cached = (row["latest_version_id"], row["spec"])
-        api.cache_version(tenant, name, cached[0], cached[1])
-    return cached[0], api.spec_of(cached[0], cached[1])
+def _version_view(version: VersionInfo) -> VersionView:
+    return VersionView(
+        id=version.id, hash=version.hash, created_at=version.created_at.isoformat(),
+        current=version.current,
+    )
 
 
-def _trigger(name: str, version_id: str, spec: specs.WorkflowSpec, req: RunRequest) -> TriggerRun:
+async def _version(api: ApiState, tenant: str, name: str, version_id: str | None) -> Version:
+    if version_id is None:
+        return await api.workflows.current(tenant, name)
+    return await api.workflows.version(tenant, name, version_id)
+
+
+def _trigger(api: ApiState, name: str, version: Version, req: RunRequest) -> TriggerRun:
     if req.priority is not None and not 1 <= req.priority <= 3:
         raise ClientException("priority must be 1, 2 or 3")
-    check_input(spec, req.input)
+    api.inputs.check(version.id, version.spec, req.input)
     return TriggerRun(
         run_id=uuid.uuid4().hex,
         workflow=name,
-        version_id=version_id,
+        version_id=version.id,
         input=_JSON.encode(req.input if req.input is not None else {}),
         metadata=req.metadata,
         priority=req.priority,

@@ -1,0 +1,27 @@
+"""Domain errors the repositories raise; app.py turns each into its HTTP status.
+
+Repositories know nothing of HTTP: a write that must abort inside its transaction (an unknown
+version, a name already taken) raises one of these and the transaction rolls back.
+"""
+
+from __future__ import annotations
+
+
+class RepoError(Exception):
+    """Base class; the message is shown to the caller as the response detail."""
+
+
+class NotFound(RepoError):
+    """The thing named does not exist for this tenant (404)."""
+
+
+class Conflict(RepoError):
+    """The write clashes with existing state (409)."""
+
+
+class Invalid(RepoError):
+    """The request refers to state that makes it unacceptable (400)."""
+
+
+class Unavailable(RepoError):
+    """A backing store cannot answer right now (503)."""
