@@ -12,7 +12,7 @@ from celpy.celparser import CELParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.matcher.cel import (
+from libs.common.cel import (
     MAX_EXPRESSION_CHARS,
     Bindings,
     CelError,

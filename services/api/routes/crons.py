@@ -20,12 +20,12 @@ from litestar.exceptions import ClientException, HTTPException, NotFoundExceptio
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
+from libs.common.cronexpr import cron_problem, next_tick
 from libs.common.specs import WorkflowSpec
 from services.api.auth import Api, Tenant
 from services.api.input_schema import check_input
 from services.api.routes.filters import notify_matcher
 from services.api.state import ApiState
-from services.scheduler.cron import cron_problem, next_tick
 
 log = logging.getLogger(__name__)
 
