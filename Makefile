@@ -64,9 +64,11 @@ demo: up
 test: binaries
 	$(PY) -m pytest -q
 
+# lint-imports checks the one-way dependency contracts in pyproject.toml [tool.importlinter].
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 proto: $(STAMP)
 	$(PY) -m scripts.gen_proto
