@@ -44,16 +44,17 @@ class Program:
         """The expression's CEL value for these variables (CEL values, see `to_cel`).
 
         Raises:
-            EvaluationError: the expression failed on this input; the message is celpy's.
+            EvaluationError: the expression failed on this input; the message says why, as
+                a filter's error does (e.g. "no such member in mapping: 'user'").
         """
         try:
             value = self.runner.evaluate(dict(variables))
         except CELEvalError as exc:
-            raise EvaluationError(exc.args[0] if exc.args else str(exc)) from exc
+            raise EvaluationError(compat.eval_reason(exc)) from exc
         except Exception as exc:
             raise EvaluationError(f"{type(exc).__name__}: {exc}") from exc
         if isinstance(value, CELEvalError):
-            raise EvaluationError(value.args[0] if value.args else str(value))
+            raise EvaluationError(compat.eval_reason(value))
         return value
 
     def _value(self, activation: Bindings | Mapping[str, Any]) -> Any:
