@@ -66,9 +66,11 @@ demo: up
 test: binaries
 	$(PY) -m pytest -q
 
+# lint-imports checks the one-way dependency contracts in pyproject.toml [tool.importlinter].
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/lint-imports --no-logo sdk/.importlinter
 
 # Writes libs/common/proto and its SDK mirror sdk/ratchet/_proto (`--check`: both fresh, equal).

@@ -1,7 +1,8 @@
-"""Which cron expressions Ratchet accepts: one rule for registration, the API and the ticker.
+"""Cron expressions: which ones Ratchet accepts, and when they tick.
 
-Parsing is croniter's (the scheduler's ticker uses it to compute ticks), so an expression
-accepted here is one the ticker can schedule. Crons are evaluated in UTC and have 5 fields,
+One rule for registration, the API and the scheduler's ticker, and one tick computation for
+the API (a new cron's first `next_due_at`) and the ticker. Parsing is croniter's, so an
+expression accepted here is one the ticker can schedule. Crons are evaluated in UTC and have 5 fields,
 6 with seconds first, or one of croniter's `@` aliases (`@hourly`, `@daily`, ...).
 """
 
@@ -13,6 +14,23 @@ from datetime import UTC, datetime
 from croniter import croniter
 
 MAX_CRON_CHARS = 255
+
+
+def _iter(expression: str, start: datetime) -> croniter:
+    return croniter(expression, start, second_at_beginning=len(expression.split()) == 6)
+
+
+def next_tick(expression: str, after: datetime) -> datetime:
+    """The first tick strictly after `after`."""
+    value: datetime = _iter(expression, after).get_next(datetime)
+    return value
+
+
+def latest_tick(expression: str, now: datetime) -> datetime:
+    """The last tick at or before `now`."""
+    prev: datetime = _iter(expression, now).get_prev(datetime)
+    following = next_tick(expression, prev)
+    return following if following <= now else prev
 
 
 def cron_problem(expression: str) -> str | None:

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError, NotFoundError
 
-from libs.common import retry, subjects
+from libs.common import nats_compat, retry, subjects
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Header, Stream
 
@@ -224,7 +224,7 @@ class BatchConsumer:
         """
         assert self._sub is not None
         psub = self._sub
-        inbox = psub._sub  # nats-py keeps the pull inbox subscription private
+        inbox = nats_compat.pull_inbox(psub)
         expires_ns = int(self._fetch_timeout_s * 1e9)
         request = json.dumps({"batch": self._batch_size, "expires": expires_ns}).encode()
         while not self._stopping.is_set():
@@ -234,7 +234,7 @@ class BatchConsumer:
                     on=retry.any_error,
                 ):
                     with attempt:
-                        await psub._nc.publish(psub._nms, request, reply=psub._deliver)
+                        await nats_compat.request_next(psub, request)
             except Exception as exc:  # only while stopping: the policy retries until then
                 log.warning("pull request failed on %s: %r", self._durable, exc)
                 continue
@@ -330,7 +330,6 @@ def _take_available(inbox: Subscription, first: Msg) -> tuple[list[Msg], bool]:
     (a 404/408/409 status: no messages, expired, or refused)."""
     msgs: list[Msg] = []
     finished = False
-    queue = inbox._pending_queue
     msg: Msg | None = first
     while msg is not None:
         status = JetStreamContext.is_status_msg(msg)
@@ -339,10 +338,7 @@ def _take_available(inbox: Subscription, first: Msg) -> tuple[list[Msg], bool]:
         elif status != "100":  # 100 = idle heartbeat; anything else ends the request
             finished = True
             break
-        if queue.empty():
-            break
-        msg = queue.get_nowait()
-        inbox._pending_size -= len(msg.data)
+        msg = nats_compat.take_buffered(inbox)
     return msgs, finished
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from services.matcher.cel import CelError, Program, compile_filter, to_cel
+from libs.common.cel import CelError, Program, compile_filter, to_cel
 
 log = logging.getLogger(__name__)
 

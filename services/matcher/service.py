@@ -22,15 +22,14 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Histogram
 
-from libs.common import db, jetstream, subjects
+from libs.common import db, events, jetstream, subjects
+from libs.common.cel import Bindings, to_cel
 from libs.common.jetstream import Outgoing, Rejected
 from libs.common.match_messages import EventMatches, MatchBatch, MatchOutcome
 from libs.common.messages import TriggerRun, encode
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Stream, valid_tenant
-from services.matcher import events
-from services.matcher.cel import Bindings, to_cel
 from services.matcher.intake import EventIntake
 from services.matcher.publish import AckedPublisher
 from services.matcher.rules import DEFAULT_TTL_S, RuleCache, TenantRules, WorkflowRule

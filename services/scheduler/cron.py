@@ -28,11 +28,10 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from croniter import croniter
 from nats.js import JetStreamContext
 
 from libs.common import jetstream, subjects
-from libs.common.cronexpr import cron_problem as cron_problem  # one rule, shared with the API
+from libs.common.cronexpr import latest_tick, next_tick
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TriggerRun, encode
 from libs.common.settings import Settings
@@ -48,23 +47,6 @@ BROKEN_RETRY = timedelta(hours=1)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _iter(expression: str, start: datetime) -> croniter:
-    return croniter(expression, start, second_at_beginning=len(expression.split()) == 6)
-
-
-def next_tick(expression: str, after: datetime) -> datetime:
-    """The first tick strictly after `after`."""
-    value: datetime = _iter(expression, after).get_next(datetime)
-    return value
-
-
-def latest_tick(expression: str, now: datetime) -> datetime:
-    """The last tick at or before `now`."""
-    prev: datetime = _iter(expression, now).get_prev(datetime)
-    following = next_tick(expression, prev)
-    return following if following <= now else prev
 
 
 def cron_run_id(tenant: str, cron_id: str, tick: datetime) -> str:

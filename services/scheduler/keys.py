@@ -1,21 +1,20 @@
 """CEL expressions that name a concurrency group or a rate-limit key, or count units.
 
-They reuse the matcher's sandboxed compiler (size, nesting, macro and regex limits). Each
-distinct expression compiles once per process; each task evaluates its expressions ONCE,
+They use the shared CEL sandbox (libs/common/cel: size, nesting, macro and regex limits),
+which also answers the API's "does this expression compile" check. Each distinct expression
+compiles once per process; each task evaluates its expressions ONCE,
 when it is queued (the workflow-level key when the run is triggered), never per scheduling
 decision. The activation holds `input` (the run input) and `metadata` (the run metadata).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import msgspec
 from celpy import celtypes
-from celpy.evaluation import CELEvalError
 
-from services.matcher.cel import CelError, Program, compile_filter, to_cel
+from libs.common.cel import EvaluationError, compile_expression, to_cel
 
 _JSON = msgspec.json.Encoder()
 MAX_KEY_CHARS = 256
@@ -23,21 +22,6 @@ MAX_KEY_CHARS = 256
 
 class KeyError_(ValueError):
     """An expression that did not produce a usable key or unit count for this input."""
-
-
-@lru_cache(maxsize=4096)
-def compile_expression(expression: str) -> Program:
-    """Compile (cached). Raises CelError naming line and column of a syntax problem."""
-    return compile_filter(expression)
-
-
-def check_expression(expression: str) -> str | None:
-    """None when the expression compiles, else a message with its position (for a 400)."""
-    try:
-        compile_expression(expression)
-    except CelError as exc:
-        return str(exc)
-    return None
 
 
 def activation(input_json: bytes, metadata: dict[str, str]) -> dict[str, Any]:
@@ -52,14 +36,9 @@ def activation(input_json: bytes, metadata: dict[str, str]) -> dict[str, Any]:
 def _evaluate(expression: str, act: dict[str, Any]) -> Any:
     program = compile_expression(expression)
     try:
-        value = program.runner.evaluate(act)
-    except CELEvalError as exc:
-        raise KeyError_(f"{expression!r}: {exc.args[0] if exc.args else exc}") from exc
-    except Exception as exc:
-        raise KeyError_(f"{expression!r}: {type(exc).__name__}: {exc}") from exc
-    if isinstance(value, CELEvalError):
-        raise KeyError_(f"{expression!r}: {value.args[0] if value.args else value}")
-    return value
+        return program.value(act)
+    except EvaluationError as exc:
+        raise KeyError_(f"{expression!r}: {exc}") from exc
 
 
 def eval_key(expression: str, act: dict[str, Any]) -> str:

@@ -14,7 +14,8 @@ from conftest import Stack, eventually
 from ratchet import ApiError, Context, Ratchet
 
 from libs.common import db
-from services.scheduler.cron import CronTicker, cron_run_id, latest_tick, next_tick
+from libs.common.cronexpr import latest_tick, next_tick
+from services.scheduler.cron import CronTicker, cron_run_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -12,10 +12,13 @@ from celpy.celparser import CELParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.matcher.cel import (
+from libs.common.cel import (
     MAX_EXPRESSION_CHARS,
     Bindings,
     CelError,
+    EvaluationError,
+    check_expression,
+    compile_expression,
     compile_filter,
     to_cel,
 )
@@ -205,3 +208,14 @@ def test_bindings_are_reused_across_filters() -> None:
 def test_macro_variables_may_not_shadow_activation_attributes() -> None:
     with pytest.raises(CelError, match="reserved"):
         compile_filter("input.l.exists(functions, functions == 1)")
+
+
+def test_key_expressions_give_values_or_say_why_not() -> None:
+    # Keys and unit counts (scheduler) and the API's check share one compiler and cache.
+    assert check_expression("input.user") is None
+    assert check_expression("input.user +") == "line 1, column 12: syntax error near '+'"
+    assert compile_expression("input.user") is compile_expression("input.user")
+    program = compile_expression("input.n * 2")
+    assert program.value({"input": to_cel({"n": 21})}) == 42
+    with pytest.raises(EvaluationError, match="no such member in mapping: 'n'"):
+        program.value({"input": to_cel({})})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libs.common.cronexpr import cron_problem, on_crons_problem
+from libs.common.cronexpr import cron_problem, latest_tick, next_tick, on_crons_problem
 from libs.common.specs import SpecError, TaskSpec, WorkflowSpec, validate
 
 
@@ -49,3 +51,24 @@ def test_workflow_validation_rejects_bad_on_crons() -> None:
 def test_any_input_gets_an_answer_not_an_exception(fields: list[str]) -> None:
     problem = cron_problem(" ".join(fields))
     assert problem is None or isinstance(problem, str)
+
+
+def test_ticks_of_a_five_field_and_a_six_field_cron() -> None:
+    at = datetime(2026, 3, 2, 9, 0, 30, tzinfo=UTC)  # a Monday
+    assert next_tick("0 9 * * 1", at) == datetime(2026, 3, 9, 9, 0, tzinfo=UTC)
+    assert latest_tick("0 9 * * 1", at) == datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    assert next_tick("*/15 * * * * *", at) == datetime(2026, 3, 2, 9, 0, 45, tzinfo=UTC)
+    # A tick exactly at `now` is the latest one; the next is strictly after it.
+    on_tick = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    assert latest_tick("0 9 * * 1", on_tick) == on_tick
+    assert next_tick("0 9 * * 1", on_tick) == on_tick + timedelta(days=7)
+
+
+@settings(max_examples=100, deadline=None)
+@given(expression=st.sampled_from(["*/5 * * * *", "0 9 * * 1", "@hourly", "0 30 9 * * 1-5"]),
+       seconds=st.integers(0, 10**8))
+def test_now_lies_between_the_latest_tick_and_the_next(expression: str, seconds: int) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+    latest = latest_tick(expression, now)
+    assert latest <= now < next_tick(expression, latest)
+    assert next_tick(expression, now) == next_tick(expression, latest)

@@ -20,11 +20,11 @@ from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from libs.common.cronexpr import cron_problem, next_tick
 from libs.common.specs import WorkflowSpec
 from services.api.auth import Api, Tenant
 from services.api.repos.crons import WorkflowCron
 from services.api.state import ApiState
-from services.scheduler.cron import cron_problem, next_tick
 
 log = logging.getLogger(__name__)
 

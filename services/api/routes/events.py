@@ -16,11 +16,11 @@ from litestar import Controller, post
 from litestar.exceptions import ClientException
 from litestar.status_codes import HTTP_202_ACCEPTED
 
+from libs.common import events as evt
 from libs.common import jetstream, subjects
 from libs.common.jetstream import Outgoing
 from libs.common.subjects import Header
 from services.api.auth import Api, Tenant
-from services.matcher import events as evt
 
 MAX_BULK = 1000
 _JSON = msgspec.json.Encoder()

@@ -17,12 +17,12 @@ from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from libs.common import events as evt
 from libs.common import subjects
+from libs.common.cel import CelError, compile_filter
 from services.api.auth import Api, Tenant
 from services.api.repos.filters import FilterFields
 from services.api.state import ApiState
-from services.matcher import events as evt
-from services.matcher.cel import CelError, compile_filter
 
 log = logging.getLogger(__name__)
 

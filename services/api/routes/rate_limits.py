@@ -17,8 +17,8 @@ from litestar import Controller, get, put
 from litestar.exceptions import ClientException, NotFoundException
 
 from libs.common import specs
+from libs.common.cel import check_expression
 from services.api.auth import Api, Tenant
-from services.scheduler.keys import check_expression
 
 Per = Literal["second", "minute", "hour"]
 MAX_KEY_CHARS = 256

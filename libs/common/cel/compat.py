@@ -1,8 +1,19 @@
-"""CEL event filters: compile once with sandbox limits, evaluate many times.
+"""Everything that depends on cel-python (`celpy`) below its documented API.
 
-Filters are compiled when they are created (the API rejects bad ones with a position) and
-again, once, when the matcher first loads them. Evaluation never raises: a runtime error
-(a missing field, a type mismatch on real data) is an outcome, counted as no match.
+Pinned to one minor (pyproject: `cel-python>=0.5,<0.6`). What is relied on here, and checked
+one assumption at a time by tests/unit/test_cel_compat.py so an upgrade fails loudly:
+
+- `CELParser.CEL_PARSER`: the one parser celpy keeps per process (a class attribute);
+- `CompiledRunner.tp.source_text` / `.executable_code`: the transpiled Python module;
+- the shape of that module: `name = lambda activation: ...` statements, then `CEL = <expr>`,
+  literals spelled `celpy.celtypes.IntType(3)`, has() spelled `not isinstance(...)`;
+- the helpers the transpiled code calls in `celpy.evaluation` (`bool_*`, `macro_exists`,
+  `macro_all`, `operator_in`, `boolean`, `result`) and `Activation`'s attributes;
+- the args of `CELEvalError` (message, exception type, exception args);
+- celtypes' scalar types taking their value from `__new__` (no `__init__` work), and MapType
+  not overriding `__setitem__`.
+
+Everything else in libs/common/cel uses celpy's public API only.
 """
 
 from __future__ import annotations
@@ -13,7 +24,6 @@ import logging
 import operator
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import celpy
@@ -29,23 +39,12 @@ from celpy.evaluation import Activation, CELEvalError
 # for us (recorded as a match error), so its own log line would only be noise.
 logging.getLogger("celpy").setLevel(logging.CRITICAL)
 
-MAX_EXPRESSION_CHARS = 2000
-MAX_NODES = 2000
-MAX_BRACKET_DEPTH = 32
-MAX_MACROS = 4
-MAX_REGEX_CHARS = 200
-
-VARIABLES = frozenset({"input", "payload", "metadata", "event_key"})
-MACROS = frozenset({"map", "filter", "all", "exists", "exists_one"})
-FUNCTIONS = frozenset(celpy.evaluation.base_functions) | {"has", "dyn"}
-# A quantified group that itself contains a quantifier, e.g. (a+)+ : catastrophic backtracking
-# in Python's re (CEL's RE2 would be linear, but we run on re).
-_NESTED_QUANTIFIER = re.compile(r"\([^)]*[+*}][^)]*\)\s*[+*{]")
+BASE_FUNCTIONS = frozenset(celpy.evaluation.base_functions)
 
 _HAS_LAMBDA = re.compile(r"^(ex_\d+) = lambda activation: (not isinstance\(.*\))$", re.M)
 
 
-class _Runner(celpy.CompiledRunner):
+class Runner(celpy.CompiledRunner):
     """celpy's transpiled runner, with `has()` returning a CEL bool.
 
     Upstream (0.5) transpiles has() to a Python bool, which `&&`, `!` and `?:` then reject
@@ -61,6 +60,12 @@ class _Runner(celpy.CompiledRunner):
             self.tp.source_text = source
             self.tp.executable_code = compile(source, "<cel>", "exec")
 
+    @property
+    def source_text(self) -> str:
+        """The transpiled Python module this runner executes."""
+        text: str = self.tp.source_text
+        return text
+
 
 def _private_environment() -> celpy.Environment:
     """An Environment whose parser builds the tree type the transpiler needs.
@@ -73,7 +78,7 @@ def _private_environment() -> celpy.Environment:
     saved = CELParser.CEL_PARSER
     CELParser.CEL_PARSER = None
     try:
-        env = celpy.Environment(runner_class=_Runner)
+        env = celpy.Environment(runner_class=Runner)
         private = CELParser.CEL_PARSER
     finally:
         CELParser.CEL_PARSER = saved
@@ -95,8 +100,8 @@ class _OwnParser(CELParser):
             raise CELParseError(str(ex.args[0]).splitlines()[0]) from ex
 
 
-_ENV = _private_environment()
-_TRUE, _FALSE = celtypes.BoolType(True), celtypes.BoolType(False)
+ENV = _private_environment()
+TRUE, FALSE = celtypes.BoolType(True), celtypes.BoolType(False)
 
 
 # ------------------------------------------------------------------ cheaper evaluation
@@ -132,9 +137,11 @@ class Bindings(Activation):
         self.__dict__.update(values)
 
     def bind(self, name: str, value: Any) -> None:
+        """Set (or replace) one variable."""
         self.__dict__[name] = value
 
     def variables(self) -> dict[str, Any]:
+        """The variables bound at this level (not a copy)."""
         return self.__dict__
 
     def _lookup(self, name: str) -> Any:
@@ -170,7 +177,7 @@ class Bindings(Activation):
 
 
 _BASE_ACTIVATION = Activation(
-    annotations=_ENV.annotations, package=_ENV.package, functions=None
+    annotations=ENV.annotations, package=ENV.package, functions=None
 )
 Bindings.functions = _BASE_ACTIVATION.functions  # type: ignore[assignment]
 Bindings.package = _BASE_ACTIVATION.package
@@ -212,11 +219,11 @@ def _operator_in(item: Any, container: Any) -> Any:
         return item
     if isinstance(container, CELEvalError):
         return container
-    outcome: Any = _FALSE
+    outcome: Any = FALSE
     for candidate in container:
         try:
             if candidate == item:
-                return _TRUE
+                return TRUE
         except TypeError as exc:
             outcome = CELEvalError("no such overload", exc.__class__, exc.args)
     return outcome
@@ -276,7 +283,7 @@ class _HoistConstants(ast.NodeTransformer):
         return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
 
 
-def _entry_point(source: str) -> Callable[[Activation], Any] | None:
+def entry_point(source: str) -> Callable[[Activation], Any] | None:
     """Run the transpiled statements once; return `activation -> value`, or None if the
     source is not the expected shape (lambda definitions, then `CEL = <expr>`)."""
     module = ast.parse(source)
@@ -301,78 +308,17 @@ def _entry_point(source: str) -> Callable[[Activation], Any] | None:
     return function
 
 
-class CelError(ValueError):
-    """An expression that cannot become a filter; the message names line and column."""
-
-    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
-        super().__init__(f"line {line}, column {column}: {message}")
-        self.line = line
-        self.column = column
-        self.reason = message
-
-
-@dataclass(frozen=True, slots=True)
-class Program:
-    """A compiled, sandbox-checked filter expression."""
-
-    expression: str
-    runner: celpy.Runner
-    entry: Callable[[Activation], Any] | None = None  # None: evaluate through the runner
-
-    def evaluate(self, activation: Bindings | Mapping[str, Any]) -> tuple[bool, str | None]:
-        """(matched, error). Errors (missing fields, wrong types, non-bool) never raise."""
-        try:
-            value = self._value(activation)
-        except CELEvalError as exc:
-            return False, _eval_reason(exc)
-        except Exception as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-        if isinstance(value, CELEvalError):
-            return False, _eval_reason(value)
-        if isinstance(value, celtypes.BoolType):
-            return bool(value), None
-        return False, f"expression returned {type(value).__name__}, not bool"
-
-    def _value(self, activation: Bindings | Mapping[str, Any]) -> Any:
-        if self.entry is None:
-            variables = activation.variables() if isinstance(activation, Bindings) else activation
-            return self.runner.evaluate(dict(variables))
-        bindings = activation if isinstance(activation, Bindings) else Bindings(activation)
-        # Error handling as in celpy's Transpiler.evaluate, so reasons read the same.
-        try:
-            value = self.entry(bindings)
-            if isinstance(value, CELEvalError):
-                raise value
-            return value
-        except Exception as exc:
-            raise CELEvalError("evaluation error", type(exc), exc.args) from exc
+def eval_reason(exc: CELEvalError) -> str:
+    """The human part of a CELEvalError: the inner exception's message when there is one."""
+    args = exc.args
+    if len(args) >= 3 and isinstance(args[2], tuple) and args[2]:
+        inner = args[2][0]
+        if isinstance(inner, str):
+            return inner
+    return str(args[0]) if args else "evaluation error"
 
 
-def compile_filter(expression: str) -> Program:
-    """Parse, sandbox-check and compile. Raises CelError naming the position of the problem."""
-    if not expression.strip():
-        raise CelError("expression is empty")
-    if len(expression) > MAX_EXPRESSION_CHARS:
-        raise CelError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
-    _check_bracket_depth(expression)
-    try:
-        ast = _ENV.compile(expression)
-    except CELParseError as exc:
-        line, column = exc.line or 1, exc.column or 1
-        raise CelError(f"syntax error {_near(expression, line, column)}", line, column) from exc
-    except RecursionError as exc:
-        raise CelError("expression nests too deeply") from exc
-    _check_tree(ast)
-    _check_constants(expression, ast)
-    try:
-        runner = _ENV.program(ast)
-    except Exception as exc:  # transpiler rejects something the grammar allowed
-        raise CelError(f"cannot compile: {exc}") from exc
-    assert isinstance(runner, _Runner)
-    return Program(expression, runner, _entry_point(runner.tp.source_text))
-
-
-_S, _B, _I, _D = celtypes.StringType, celtypes.BoolType, celtypes.IntType, celtypes.DoubleType
+_S, _I, _D = celtypes.StringType, celtypes.IntType, celtypes.DoubleType
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63
 _str_new, _int_new, _float_new = str.__new__, int.__new__, float.__new__
 _set = dict.__setitem__  # MapType does not override it
@@ -395,7 +341,7 @@ def to_cel(value: Any) -> Any:
     if t is int:
         return _int_new(_I, value) if _INT64_MIN <= value < _INT64_MAX else _I(value)
     if t is bool:
-        return _TRUE if value else _FALSE
+        return TRUE if value else FALSE
     if t is float:
         return _float_new(_D, value)
     if t is list:
@@ -403,154 +349,3 @@ def to_cel(value: Any) -> Any:
     if value is None:
         return None
     return json_to_cel(value)
-
-
-def _near(text: str, line: int, column: int) -> str:
-    lines = text.splitlines() or [""]
-    rest = lines[min(line, len(lines)) - 1][column - 1 :].strip()
-    return f"near {rest[:20]!r}" if rest else "at end of expression"
-
-
-def _eval_reason(exc: CELEvalError) -> str:
-    args = exc.args
-    if len(args) >= 3 and isinstance(args[2], tuple) and args[2]:
-        inner = args[2][0]
-        if isinstance(inner, str):
-            return inner
-    return str(args[0]) if args else "evaluation error"
-
-
-def _check_bracket_depth(text: str) -> None:
-    # The parser is recursive: refuse pathological nesting before it can exhaust the stack.
-    depth = 0
-    line, column = 1, 0
-    for ch in text:
-        column += 1
-        if ch == "\n":
-            line, column = line + 1, 0
-        elif ch in "([{":
-            depth += 1
-            if depth > MAX_BRACKET_DEPTH:
-                raise CelError(f"brackets nest deeper than {MAX_BRACKET_DEPTH}", line, column)
-        elif ch in ")]}":
-            depth -= 1
-
-
-def _pos(tree: lark.Tree[Any]) -> tuple[int, int]:
-    meta = tree.meta
-    return getattr(meta, "line", 1), getattr(meta, "column", 1)
-
-
-def _first_token(tree: lark.Tree[Any]) -> str:
-    for child in tree.children:
-        if isinstance(child, lark.Token):
-            return str(child)
-    return ""
-
-
-def _check_tree(ast: lark.Tree[Any]) -> None:
-    """Names, functions and cost: unknown variables/functions and unbounded shapes fail here."""
-    nodes = 0
-    macros: list[lark.Tree[Any]] = []
-    macro_vars: set[str] = set()
-    for node in ast.iter_subtrees_topdown():
-        nodes += 1
-        if nodes > MAX_NODES:
-            raise CelError(f"expression has more than {MAX_NODES} syntax nodes", *_pos(node))
-        if node.data == "member_dot_arg":
-            method = _first_token(node)
-            if method in MACROS:
-                macros.append(node)
-                var = _macro_var(node)
-                if var and (var in RESERVED_NAMES or var.startswith("_")):
-                    raise CelError(f"{var!r} is reserved; pick another variable name", *_pos(node))
-                if var:
-                    macro_vars.add(var)
-            elif method not in FUNCTIONS:
-                raise CelError(f"unknown function {method!r}", *_pos(node))
-            if method == "matches":
-                _check_regex(node)
-        elif node.data == "ident_arg":
-            name = _first_token(node)
-            if name not in FUNCTIONS:
-                raise CelError(f"unknown function {name!r}", *_pos(node))
-            if name == "matches":
-                _check_regex(node)
-    if len(macros) > MAX_MACROS:
-        raise CelError(f"more than {MAX_MACROS} comprehensions (map/filter/all/exists)",
-                       *_pos(macros[MAX_MACROS]))
-    for macro in macros:
-        for inner in macro.iter_subtrees():
-            if inner is not macro and inner in macros:
-                raise CelError("nested comprehensions are not allowed (cost)", *_pos(inner))
-    allowed = VARIABLES | macro_vars
-    for node in ast.iter_subtrees_topdown():
-        if node.data == "ident":
-            name = _first_token(node)
-            if name not in allowed:
-                raise CelError(
-                    f"unknown variable {name!r} (use input, payload, metadata, event_key)",
-                    *_pos(node),
-                )
-
-
-def _macro_var(node: lark.Tree[Any]) -> str | None:
-    for child in node.children:
-        if isinstance(child, lark.Tree) and child.data == "exprlist" and child.children:
-            first = child.children[0]
-            if isinstance(first, lark.Tree):
-                idents = [t for t in first.iter_subtrees() if t.data == "ident"]
-                if len(idents) == 1:
-                    return _first_token(idents[0])
-    return None
-
-
-def _check_regex(node: lark.Tree[Any]) -> None:
-    literals = [t for t in node.iter_subtrees() if t.data == "literal"]
-    patterns = [
-        _first_token(t) for t in literals
-        if any(isinstance(c, lark.Token) and c.type.endswith("STRING_LIT") for c in t.children)
-    ]
-    if not patterns:
-        raise CelError("matches() takes a literal pattern", *_pos(node))
-    for pattern in patterns:
-        if len(pattern) > MAX_REGEX_CHARS:
-            raise CelError(f"regex longer than {MAX_REGEX_CHARS} characters", *_pos(node))
-        if _NESTED_QUANTIFIER.search(pattern):
-            raise CelError("regex with nested quantifiers is not allowed (cost)", *_pos(node))
-
-
-_OPERATORS = frozenset({"conditionalor", "conditionaland", "relation", "addition",
-                        "multiplication", "unary"})
-
-
-def _check_constants(text: str, ast: lark.Tree[Any]) -> None:
-    """Type errors among constants (`1 + 'a'`), reported at the innermost failing operator.
-
-    Sub-expressions that read no variable are evaluated once here; anything touching the
-    event is only known at run time (and then counts as a no-match).
-    """
-    seen: set[tuple[int, int]] = set()
-    for node in ast.iter_subtrees():  # bottom-up: innermost first
-        if node.data not in _OPERATORS:
-            continue
-        meta = node.meta
-        start, end = getattr(meta, "start_pos", None), getattr(meta, "end_pos", None)
-        if start is None or end is None or (start, end) in seen:
-            continue
-        seen.add((start, end))
-        if any(t.data in ("ident", "ident_arg", "member_dot_arg") for t in node.iter_subtrees()):
-            continue
-        if not any(len(t.children) > 1 for t in node.iter_subtrees() if t.data in _OPERATORS):
-            continue  # a bare literal: nothing to type-check
-        try:
-            value = _ENV.program(_ENV.compile(text[start:end])).evaluate({})
-        except CELEvalError as exc:
-            reason = _eval_reason(exc)
-            if "overload" in reason or "TypeError" in str(exc.args[1:2]):
-                raise CelError(f"type error: {reason}", *_pos(node)) from exc
-            continue
-        except Exception:
-            continue
-        if isinstance(value, CELEvalError):
-            raise CelError(f"type error: {_eval_reason(value)}", *_pos(node))

@@ -1,7 +1,8 @@
 """Events as they arrive on `evt.<tenant>.<key>`: JSON body, optional Ratchet-* headers.
 
 The REST API is just one publisher of these messages; anything a NATS client can publish
-is read here the same way, so both paths share this one parser.
+is read here the same way, so both paths share this one parser. The API validates keys,
+ids and scopes with the same rules before it publishes; the matcher parses with `parse`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class BadEvent(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """One parsed event, as every consumer of EVT sees it."""
+
     tenant: str
     key: str
     event_id: str
@@ -59,6 +62,7 @@ def key_problem(key: str) -> str | None:
 
 
 def header_problem(kind: str, value: str, max_chars: int) -> str | None:
+    """Why `value` cannot travel in a header (empty, too long, a line break), or None."""
     if not value or len(value) > max_chars or not _HEADER_SAFE.fullmatch(value):
         return f"{kind} must be 1-{max_chars} characters without line breaks"
     return None
