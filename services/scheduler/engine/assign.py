@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from libs.common.messages import WorkerInfo
-from services.scheduler.fairqueue import FairQueue
+from services.scheduler.engine.fairqueue import FairQueue
 from services.scheduler.model import Task, TaskStatus
 
 QueueKey = tuple[str, str, str]  # (tenant, action, pinned worker id or "")
