@@ -18,8 +18,7 @@ from libs.common import subjects, tenants
 from libs.common.messages import STATE_CHANGES_DECODER
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
-
-TERMINAL_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+from libs.common.statuses import RUN_TERMINAL
 
 
 @dataclass(eq=False)
@@ -51,7 +50,7 @@ class ApiState:
         except Exception:
             return
         for change in changes.runs:
-            if change.status in TERMINAL_RUN:
+            if change.status in RUN_TERMINAL:
                 for fut in self.waiters.pop(change.run_id, ()):
                     if not fut.done():
                         fut.set_result(change.status)

@@ -33,7 +33,7 @@ from services.scheduler.engine._timers import (
     Timers,
 )
 from services.scheduler.engine.admission.gate import Gate
-from services.scheduler.engine.assign import Assigner, Worker
+from services.scheduler.engine.assign import Assigner, Worker, preference
 from services.scheduler.model import (
     FAILED_LIKE,
     IN_FLIGHT,
@@ -410,21 +410,7 @@ class StateMachine:
         _outbox.send_assignments(self.fx, by_dispatcher)
 
     def _score(self, task: Task, worker: Worker) -> int | None:
-        """None: this worker may not take the task; else its preference (higher first)."""
-        score = 0
-        have = worker.info.labels
-        for label, want in task.spec.desired_labels.items():
-            if have.get(label) == want.value:
-                score += want.weight
-            elif want.required:
-                return None
-        run = self.runs[task.run_id]
-        if run.spec.sticky and run.sticky_worker is not None:
-            if run.sticky_worker == worker.info.worker_id:
-                score += 1_000_000
-            elif run.spec.sticky == "HARD":
-                return None
-        return score
+        return preference(self.runs[task.run_id], task, worker)
 
     # records ------------------------------------------------------------------------
     def history(self, run: Run, task: Task | None, kind: str, detail: object) -> None:
