@@ -25,7 +25,7 @@ import time
 
 from libs.common.messages import WorkerInfo
 from libs.common.specs import TaskSpec
-from services.scheduler.assign import Assigner
+from services.scheduler.engine.assign import Assigner
 from services.scheduler.model import Task, TaskStatus
 
 KEYS = 1_000

@@ -28,6 +28,7 @@ from nats.aio.client import Client as NATS
 
 from libs.common import subjects
 from libs.common.settings import Settings
+from libs.common.statuses import RUN_TERMINAL, RunStatus
 
 DATABASE = "ratchet"
 TASK_EVENTS = f"{DATABASE}.task_events"
@@ -37,9 +38,10 @@ MATCHES = f"{DATABASE}.match_outcomes"
 TASK_STATS_1M = f"{DATABASE}.task_stats_1m"
 TABLES = (TASK_EVENTS, RUNS, EVENTS, MATCHES)
 
-TERMINAL_TASK_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 # Terminal run statuses outrank live ones in the runs version (see run_version).
-_RUN_RANK = {"PENDING": 0, "RUNNING": 1, "SUCCEEDED": 2, "FAILED": 2, "CANCELLED": 2}
+_RUN_RANK: dict[str, int] = {
+    RunStatus.PENDING: 0, RunStatus.RUNNING: 1, **{status: 2 for status in RUN_TERMINAL}
+}
 
 # Dedupe: every table is a ReplacingMergeTree whose sorting key is the identity of the fact
 # it records (the same identity the producer used for its Nats-Msg-Id), so a batch redelivered

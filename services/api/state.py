@@ -15,6 +15,7 @@ from libs.common import subjects, tenants
 from libs.common.messages import STATE_CHANGES_DECODER
 from libs.common.olap import OlapClient
 from libs.common.settings import Settings
+from libs.common.statuses import RUN_TERMINAL
 from services.api.input_schema import InputValidators
 from services.api.repos.analytics import AnalyticsRepo
 from services.api.repos.crons import CronRepo
@@ -23,8 +24,6 @@ from services.api.repos.rate_limits import RateLimitRepo
 from services.api.repos.runs import RunRepo
 from services.api.repos.scheduled import ScheduledRepo
 from services.api.repos.workflows import WorkflowRepo
-
-TERMINAL_RUN = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 
 @dataclass(eq=False)
@@ -71,7 +70,7 @@ class ApiState:
         except Exception:
             return
         for change in changes.runs:
-            if change.status in TERMINAL_RUN:
+            if change.status in RUN_TERMINAL:
                 for fut in self.waiters.pop(change.run_id, ()):
                     if not fut.done():
                         fut.set_result(change.status)

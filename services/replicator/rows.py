@@ -12,11 +12,10 @@ import msgspec
 from nats.aio.msg import Msg
 
 from libs.common.messages import RunStateChanged, TaskStateChanged
-from libs.common.olap import TERMINAL_TASK_STATES, Row, ch_time, run_version
+from libs.common.olap import Row, ch_time, run_version
+from libs.common.statuses import RUN_TERMINAL, TASK_TERMINAL
 from libs.common.subjects import Header
 
-_TERMINAL = frozenset(TERMINAL_TASK_STATES)
-_RUN_TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 MAX_PAYLOAD_CHARS = 64 * 1024  # evt payloads above this are truncated in the projection
 _GENERIC = msgspec.msgpack.Decoder()
 _JSON = msgspec.json.Encoder()
@@ -29,7 +28,7 @@ def task_event_row(change: TaskStateChanged) -> Row:
     if change.state == "RUNNING" and change.started_ms and change.queued_ms:
         wait_ms = max(0, change.started_ms - change.queued_ms)
     duration_ms = -1
-    if change.state in _TERMINAL and change.started_ms:
+    if change.state in TASK_TERMINAL and change.started_ms:
         duration_ms = max(0, change.ts_ms - change.started_ms)
     return {
         "tenant": change.tenant,
@@ -50,7 +49,7 @@ def task_event_row(change: TaskStateChanged) -> Row:
 
 def run_row(change: RunStateChanged) -> Row:
     created_ms = change.created_ms or change.ts_ms
-    terminal = change.status in _RUN_TERMINAL
+    terminal = change.status in RUN_TERMINAL
     return {
         "tenant": change.tenant,
         "run_id": change.run_id,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from libs.common import subjects
 from libs.common.jetstream import Outgoing
 from libs.common.messages import RunStateChanged, StateChanges, TaskStateChanged, encode
-from services.scheduler.concurrency import SemRef
 from services.scheduler.model import Run, Task
-from services.scheduler.ratelimit import Admission
+
+if TYPE_CHECKING:  # the engine package imports this module: annotations only
+    from services.scheduler.engine.admission.concurrency import HolderRow, SemRef
+    from services.scheduler.engine.admission.ratelimit import Admission
 
 TimerKey = tuple[str, str, str]  # (tenant, task_id, kind)
 # Transitions per StateChanges message: a few hundred bytes each, well under NATS's 1 MB.
@@ -51,8 +54,8 @@ class Effects:
     timers_del: set[TimerKey] = field(default_factory=set)
     finished_runs: list[Run] = field(default_factory=list)
     # fair scheduling: concurrency holders, attempts still executing, rate-limit starts
-    holders_put: dict[tuple[str, str, str], SemRef] = field(default_factory=dict)
-    holders_del: set[tuple[str, str, str]] = field(default_factory=set)  # tenant, key, holder
+    holders_put: dict[HolderRow, SemRef] = field(default_factory=dict)
+    holders_del: set[HolderRow] = field(default_factory=set)
     exec_put: dict[tuple[str, str, int], tuple[str, str]] = field(default_factory=dict)
     exec_del: set[tuple[str, str, int]] = field(default_factory=set)  # tenant, task, attempt
     admissions: list[Admission] = field(default_factory=list)

@@ -3,54 +3,41 @@
 The scheduler owns its tenants' runs: it keeps every non-terminal run in memory, applies
 messages to it, and writes what changed to PostgreSQL in one transaction per batch before
 acking. After a crash it rebuilds this model from PostgreSQL.
+
+Statuses are defined once in libs/common/statuses.py; the short names the scheduler has
+always used (TERMINAL, IN_FLIGHT, ...) are re-exported here.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from libs.common.messages import TaskError
 from libs.common.specs import TaskSpec, WorkflowSpec
-from services.scheduler.concurrency import SemRef
-from services.scheduler.ratelimit import Need
+from libs.common.statuses import RUN_TERMINAL, RunStatus, TaskStatus
+from libs.common.statuses import TASK_FAILED_LIKE as FAILED_LIKE
+from libs.common.statuses import TASK_IN_FLIGHT as IN_FLIGHT
+from libs.common.statuses import TASK_TERMINAL as TERMINAL
 
+if TYPE_CHECKING:  # the engine package imports this model: annotations only
+    from services.scheduler.engine.admission.concurrency import SemRef
+    from services.scheduler.engine.admission.ratelimit import Need
 
-class TaskStatus(StrEnum):
-    PENDING = "PENDING"  # waiting for parents
-    QUEUED = "QUEUED"
-    ASSIGNED = "ASSIGNED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
-    SKIPPED = "SKIPPED"  # on_failure/on_success task whose condition did not hold
-
-
-TERMINAL = frozenset(
-    {
-        TaskStatus.SUCCEEDED,
-        TaskStatus.FAILED,
-        TaskStatus.CANCELLED,
-        TaskStatus.TIMED_OUT,
-        TaskStatus.SKIPPED,
-    }
-)
-FAILED_LIKE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT})
-IN_FLIGHT = frozenset({TaskStatus.ASSIGNED, TaskStatus.RUNNING})
-
-
-class RunStatus(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-RUN_TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+__all__ = [
+    "FAILED_LIKE",
+    "IN_FLIGHT",
+    "RUN_TERMINAL",
+    "TERMINAL",
+    "Run",
+    "RunStatus",
+    "Task",
+    "TaskStatus",
+    "build_run",
+    "descendants",
+    "task_id_for",
+]
 
 _TASK_NS = uuid.UUID("6f0c1a52-3c1e-4f7e-9a55-2d0e2f1c7a10")
 

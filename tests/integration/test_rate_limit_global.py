@@ -12,8 +12,9 @@ import pytest
 
 from services.scheduler.effects import Effects
 from services.scheduler.engine import Engine
-from services.scheduler.fairness_store import FairnessStore, RateLimitConflict
-from services.scheduler.ratelimit import Admission
+from services.scheduler.engine.admission.rate_limit_recheck import RateLimitConflict
+from services.scheduler.engine.admission.ratelimit import Admission
+from services.scheduler.fairness_store import FairnessStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

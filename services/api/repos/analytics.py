@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from libs.common.olap import RUNS, TASK_EVENTS, TASK_STATS_1M, OlapClient, OlapError
+from libs.common.statuses import TASK_TERMINAL
 from services.api.repos.errors import Unavailable
 
 _RANGE = (
@@ -29,8 +30,9 @@ ORDER BY workflow, status
 
 # Exact percentiles from the deduplicated events: wait is measured when an attempt starts
 # (RUNNING), duration when it ends (terminal states).
-_LATENCY_COLUMNS = """
-    countIf(state IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT')) AS finished,
+_TERMINAL_SQL = ", ".join(f"'{status}'" for status in sorted(TASK_TERMINAL))
+_LATENCY_COLUMNS = f"""
+    countIf(state IN ({_TERMINAL_SQL})) AS finished,
     countIf(state IN ('FAILED', 'TIMED_OUT')) AS failed,
     quantilesIf(0.5, 0.95, 0.99)(duration_ms, duration_ms >= 0) AS duration_ms,
     quantilesIf(0.5, 0.95, 0.99)(wait_ms, state = 'RUNNING' AND wait_ms >= 0) AS wait_ms

@@ -17,12 +17,13 @@ from libs.common import jetstream, subjects
 from libs.common.db import HISTORY_DECODER
 from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, ReplayRun, encode
+from libs.common.statuses import RUN_TERMINAL, RunStatus
 from services.api.auth import Api, Tenant
 from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
-from services.api.state import TERMINAL_RUN, ApiState
+from services.api.state import ApiState
 
 MAX_WAIT_S = 60.0
-RUN_STATUSES = frozenset({"PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"})
+RUN_STATUSES = frozenset(s.value for s in RunStatus)
 
 
 def _iso(value: Any) -> str | None:
@@ -97,7 +98,7 @@ class RunController(Controller):
             while True:
                 view = await load_run(api, tenant, run_id)
                 remaining = deadline - loop.time()
-                if (view is not None and view.status in TERMINAL_RUN) or fut is None or remaining <= 0:
+                if (view is not None and view.status in RUN_TERMINAL) or fut is None or remaining <= 0:
                     break
                 # Not there yet (or not finished): wait for the scheduler's announcement, and
                 # re-read now and then in case the announcement came before we subscribed.
@@ -145,7 +146,7 @@ class RunController(Controller):
     @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED)
     async def replay(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
         status = await _require_run(api, tenant, run_id)
-        if status not in TERMINAL_RUN:
+        if status not in RUN_TERMINAL:
             raise ClientException(f"run {run_id!r} is {status}; only finished runs replay")
         msg = ReplayRun(run_id=run_id)
         await jetstream.publish_one(

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from libs.common.messages import WorkerInfo
-from services.scheduler.fairqueue import FairQueue
-from services.scheduler.model import Task, TaskStatus
+from services.scheduler.engine.fairqueue import FairQueue
+from services.scheduler.model import Run, Task, TaskStatus
 
 QueueKey = tuple[str, str, str]  # (tenant, action, pinned worker id or "")
 Order = tuple[int, int]  # (-priority, queue sequence)
@@ -191,3 +191,24 @@ class Assigner:
             if best_rank is None or rank > best_rank:
                 best, best_rank = worker, rank
         return best
+
+
+def preference(run: Run, task: Task, worker: Worker) -> int | None:
+    """None: this worker may not take the task; else how much it suits it (higher first).
+
+    Required labels must match; preferred ones add their weight; a sticky run's own worker
+    comes first (SOFT) or is the only one allowed (HARD).
+    """
+    score = 0
+    have = worker.info.labels
+    for label, want in task.spec.desired_labels.items():
+        if have.get(label) == want.value:
+            score += want.weight
+        elif want.required:
+            return None
+    if run.spec.sticky and run.sticky_worker is not None:
+        if run.sticky_worker == worker.info.worker_id:
+            score += 1_000_000
+        elif run.spec.sticky == "HARD":
+            return None
+    return score

@@ -1,8 +1,10 @@
 """Concurrency semaphores: at most `max_runs` holders per (tenant, group key).
 
-A holder is a run (workflow-level keys: "r:<run>:<generation>") or one attempt of a task
-(task-level keys: "t:<task>:<attempt>"). A holder may need several keys; it is admitted only
-when every one of them has room, and it then holds all of them until `release`.
+A holder (`Holder`) is a whole run, for workflow-level keys — one holder per run, kept
+across its replays — or one attempt of a task, for task-level keys. A holder may need
+several keys; it is admitted only when every one of them has room, and it then holds all of
+them until `release`. PostgreSQL stores a holder as text ("r:<run id>:-" or
+"t:<task id>:<attempt>"); `Holder.parse` and `Holder.format` are the only conversions.
 
 Waiting holders sit in ONE key's wait heap at a time — the first key found full — ordered by
 priority then arrival, so a key serves its waiters FIFO within a priority. When a key frees
@@ -28,12 +30,61 @@ import heapq
 from dataclasses import dataclass, field
 from enum import Enum
 
+import msgspec
+
 GRR = "GROUP_ROUND_ROBIN"
 CANCEL_IN_PROGRESS = "CANCEL_IN_PROGRESS"
 CANCEL_NEWEST = "CANCEL_NEWEST"
 
 Order = tuple[int, int, int]  # (-priority, arrival ms, tie-break counter)
 SemId = tuple[str, str]  # (tenant, key)
+
+_RUN_MARK = "r"
+_TASK_MARK = "t"
+_NO_ATTEMPT = "-"
+
+
+class Holder(msgspec.Struct, frozen=True):
+    """Who holds (or waits for) concurrency slots: a run, or one attempt of a task.
+
+    A msgspec Struct: hashed and compared in C, which matters because holders key the
+    semaphores' dicts and are looked up several times per task.
+    """
+
+    run_id: str | None = None  # set for a run's workflow-level holder
+    task_id: str | None = None  # set, with `attempt`, for a task attempt's holder
+    attempt: int = 0
+
+    @classmethod
+    def of_run(cls, run_id: str) -> Holder:
+        return cls(run_id=run_id)
+
+    @classmethod
+    def of_task(cls, task_id: str, attempt: int) -> Holder:
+        return cls(task_id=task_id, attempt=attempt)
+
+    def format(self) -> str:
+        """The text stored in PostgreSQL (concurrency_holders.holder)."""
+        if self.run_id is not None:
+            return f"{_RUN_MARK}:{self.run_id}:{_NO_ATTEMPT}"
+        return f"{_TASK_MARK}:{self.task_id}:{self.attempt}"
+
+    @classmethod
+    def parse(cls, text: str) -> Holder:
+        """Read back what `format` wrote; anything else is a ValueError."""
+        mark, sep, rest = text.partition(":")
+        ident, sep2, attempt = rest.rpartition(":")
+        if sep and sep2 and ident:
+            if mark == _RUN_MARK and attempt == _NO_ATTEMPT:
+                return cls.of_run(ident)
+            if mark == _TASK_MARK and attempt.isdigit():
+                return cls.of_task(ident, int(attempt))
+        raise ValueError(
+            f"not a concurrency holder: {text!r} (expected 'r:<run id>:-' or 't:<task id>:<attempt>')"
+        )
+
+
+HolderRow = tuple[str, str, Holder]  # (tenant, key, holder): one concurrency_holders row
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +107,15 @@ class Semaphore:
     key: str
     max_runs: int
     strategy: str
-    holders: dict[str, None] = field(default_factory=dict)  # insertion order = oldest first
-    waiting: list[tuple[Order, str]] = field(default_factory=list)
-    evicting: set[str] = field(default_factory=set)
+    holders: dict[Holder, None] = field(default_factory=dict)  # insertion order = oldest first
+    waiting: list[tuple[Order, Holder]] = field(default_factory=list)
+    evicting: set[Holder] = field(default_factory=set)
     n_waiting: int = 0  # live entries in `waiting` (stale ones are skipped lazily)
 
 
 @dataclass(slots=True, eq=False)
 class Entity:
-    holder: str
+    holder: Holder
     refs: tuple[SemRef, ...]
     order: Order
     held: bool = False
@@ -80,18 +131,19 @@ class Arrival(Enum):
 class Concurrency:
     def __init__(self) -> None:
         self.sems: dict[SemId, Semaphore] = {}
-        self.entities: dict[str, Entity] = {}
+        self.entities: dict[Holder, Entity] = {}
         # Holder rows to write / delete in this batch: (tenant, key, holder) -> ref
-        self.journal_put: dict[tuple[str, str, str], SemRef] = {}
-        self.journal_del: set[tuple[str, str, str]] = set()
+        self.journal_put: dict[HolderRow, SemRef] = {}
+        self.journal_del: set[HolderRow] = set()
         self.heap_ops = 0  # pushes + pops, for the algorithmic-cost tests
 
     # queries ------------------------------------------------------------------------
-    def holds(self, holder: str) -> bool:
-        entity = self.entities.get(holder)
+    def holds(self, holder: Holder | str) -> bool:
+        """Whether `holder` has its slots; also takes the stored text form (`Holder.format`)."""
+        entity = self.entities.get(Holder.parse(holder) if isinstance(holder, str) else holder)
         return entity is not None and entity.held
 
-    def known(self, holder: str) -> bool:
+    def known(self, holder: Holder) -> bool:
         return holder in self.entities
 
     def running(self, tenant: str, key: str) -> int:
@@ -100,13 +152,13 @@ class Concurrency:
 
     # transitions --------------------------------------------------------------------
     def arrive(
-        self, holder: str, refs: list[SemRef], order: Order, *, apply_strategy: bool = True
-    ) -> tuple[Arrival, list[str]]:
+        self, holder: Holder, refs: list[SemRef], order: Order, *, apply_strategy: bool = True
+    ) -> tuple[Arrival, list[Holder]]:
         """A new holder wants its keys. Returns the outcome and holders to cancel."""
         if holder in self.entities:
             return (Arrival.ADMITTED if self.entities[holder].held else Arrival.WAITING), []
         sems = [self._sem(ref) for ref in refs]
-        evict: list[str] = []
+        evict: list[Holder] = []
         if apply_strategy:
             for sem in sems:
                 if sem.strategy == CANCEL_NEWEST and self._occupancy(sem) >= sem.max_runs:
@@ -119,7 +171,7 @@ class Concurrency:
         admitted = self._gate(entity, fifo=True)
         return (Arrival.ADMITTED if admitted else Arrival.WAITING), evict
 
-    def release(self, holder: str) -> list[str]:
+    def release(self, holder: Holder) -> list[Holder]:
         """Drop a holder (held or waiting). Returns the holders admitted as a result."""
         entity = self.entities.pop(holder, None)
         if entity is None:
@@ -139,12 +191,12 @@ class Concurrency:
                 self.journal_put.pop((ref.tenant, ref.key, holder), None)
                 self.journal_del.add((ref.tenant, ref.key, holder))
                 freed.append(sem)
-        admitted: list[str] = []
+        admitted: list[Holder] = []
         for sem in freed:
             self._pump(sem, admitted)
         return admitted
 
-    def restore(self, holder: str, refs: list[SemRef], order: Order) -> None:
+    def restore(self, holder: Holder, refs: list[SemRef], order: Order) -> None:
         """A holder read back from PostgreSQL after a restart: it holds, whatever the count."""
         entity = self.entities.get(holder)
         if entity is None:
@@ -183,11 +235,11 @@ class Concurrency:
     def _occupancy(self, sem: Semaphore) -> int:
         return len(sem.holders) + sem.n_waiting
 
-    def _evictions(self, sem: Semaphore) -> list[str]:
+    def _evictions(self, sem: Semaphore) -> list[Holder]:
         """Oldest live members (holders first, then waiters) to cancel so a newcomer fits."""
         live = [h for h in sem.holders if h not in sem.evicting]
         excess = len(live) + sem.n_waiting + 1 - sem.max_runs
-        out: list[str] = []
+        out: list[Holder] = []
         for holder in live[: max(0, excess)]:
             sem.evicting.add(holder)
             out.append(holder)
@@ -226,7 +278,7 @@ class Concurrency:
             self.journal_put[(ref.tenant, ref.key, entity.holder)] = ref
         return True
 
-    def _pump(self, sem: Semaphore, admitted: list[str]) -> None:
+    def _pump(self, sem: Semaphore, admitted: list[Holder]) -> None:
         while len(sem.holders) < sem.max_runs:
             head = self._head(sem)
             if head is None:

@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.scheduler.fairqueue import FairQueue
+from services.scheduler.engine.fairqueue import FairQueue
 
 PER_MS = {"second": 1_000, "minute": 60_000, "hour": 3_600_000}
 UNKNOWN_RECHECK_MS = 500

@@ -1,0 +1,147 @@
+"""The scheduler's engine: applies commands, reports, timers and worker changes to the
+in-memory runs and tasks, and says what to write and send for each batch.
+
+`Engine` is the one entry point (the service, the tests and the benches use nothing else
+of the engine's internals); behind it, one module per job:
+
+- `_machine.py`      the task / run state machine: every transition, fenced by state and
+                     attempt, and the assignment of admitted tasks to free worker slots;
+- `admission/`       what a run or task must pass before it starts: concurrency keys
+                     (`concurrency.py`), rate limits (`ratelimit.py`), the engine-side
+                     gate over both (`gate.py`), and the PostgreSQL re-check of rate-limit
+                     starts across schedulers (`rate_limit_recheck.py`);
+- `assign.py`        ready queues and worker slots (`fairqueue.py`: their turn-taking);
+- `_timers.py`       timeouts and retry times (a heap in memory, some rows in PostgreSQL);
+- `_recovery.py`     reloading after a restart, reconciling with (re)registered and lost
+                     workers;
+- `_outbox.py`       assignments, cancellations and state transitions to publish;
+- `_history.py`      run history and attempt rows.
+
+A batch: `begin(now_ms)`, then any of the handlers, `fire_timers()`, and `finish()`, which
+returns the batch's Effects for the service to write in one transaction.
+"""
+
+from __future__ import annotations
+
+from libs.common.messages import CancelRun, ReplayRun, TaskReport, TriggerRun, WorkerInfo
+from libs.common.specs import WorkflowSpec
+from services.scheduler.effects import Effects
+from services.scheduler.engine._machine import StateMachine
+from services.scheduler.engine._recovery import Recovery
+from services.scheduler.engine._timers import TIMER_EXEC, TIMER_RETRY, TIMER_SCHED
+from services.scheduler.engine.admission.concurrency import Concurrency, Holder, SemRef
+from services.scheduler.engine.admission.ratelimit import PER_MS, Admission, LimitDef, RateLimiter
+from services.scheduler.engine.assign import Assigner
+from services.scheduler.model import Run, Task
+
+__all__ = ["TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "Engine"]
+
+
+class Engine:
+    """The scheduler's decisions for the runs it owns, one batch at a time."""
+
+    def __init__(self) -> None:
+        self._m = StateMachine()
+        self._recovery = Recovery(self._m)
+
+    # state, read by the service, metrics and tests -----------------------------------
+    @property
+    def runs(self) -> dict[str, Run]:
+        return self._m.runs
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return self._m.tasks
+
+    @property
+    def assigner(self) -> Assigner:
+        return self._m.assigner
+
+    @property
+    def conc(self) -> Concurrency:
+        return self._m.gate.conc
+
+    @property
+    def limits(self) -> RateLimiter:
+        return self._m.gate.limits
+
+    @property
+    def executing(self) -> dict[tuple[str, int], tuple[str, str, str]]:
+        """(task id, attempt) -> (tenant, run id, worker id) of attempts holding slots."""
+        return self._m.gate.executing
+
+    @property
+    def now_ms(self) -> int:
+        return self._m.now_ms
+
+    @now_ms.setter
+    def now_ms(self, value: int) -> None:
+        self._m.now_ms = value
+
+    # batch lifecycle ----------------------------------------------------------------
+    def begin(self, now_ms: int) -> None:
+        self._m.begin(now_ms)
+
+    def finish(self) -> Effects:
+        """Assign free slots, then hand over the batch's effects."""
+        return self._m.finish()
+
+    # loading after a restart (see _recovery.py for the order) -------------------------
+    def adopt(self, run: Run) -> None:
+        self._recovery.adopt(run)
+
+    def restore_holder(self, holder: Holder, refs: list[SemRef]) -> None:
+        self._recovery.restore_holder(holder, refs)
+
+    def restore_executing(
+        self, tenant: str, task_id: str, attempt: int, run_id: str, worker_id: str
+    ) -> None:
+        self._recovery.restore_executing(tenant, task_id, attempt, run_id, worker_id)
+
+    def restore_admission(self, adm: Admission) -> None:
+        self._recovery.restore_admission(adm)
+
+    def release_stale_holders(self) -> None:
+        self._recovery.release_stale_holders()
+
+    def adopt_timer(self, tenant: str, task_id: str, kind: str, attempt: int, due_ms: int) -> None:
+        self._recovery.adopt_timer(tenant, task_id, kind, attempt, due_ms)
+
+    def define_limit(self, tenant: str, key: str, limit: int, per: str, burst: int | None) -> None:
+        """A rate limit defined (or changed) through the API."""
+        self._m.gate.limits.define(tenant, key, LimitDef(limit, PER_MS[per], burst))
+
+    # commands -----------------------------------------------------------------------
+    def trigger(self, tenant: str, cmd: TriggerRun, spec: WorkflowSpec) -> None:
+        self._m.trigger(tenant, cmd, spec)
+
+    def cancel(self, tenant: str, cmd: CancelRun) -> None:
+        self._m.cancel(tenant, cmd)
+
+    def replay(self, tenant: str, cmd: ReplayRun) -> None:
+        self._m.replay(tenant, cmd)
+
+    # workers ------------------------------------------------------------------------
+    def report(self, tenant: str, rep: TaskReport) -> None:
+        self._m.report(tenant, rep)
+
+    def worker_seen(self, info: WorkerInfo) -> None:
+        self._recovery.worker_seen(info)
+
+    def worker_lost(self, worker_id: str) -> None:
+        self._recovery.worker_lost(worker_id)
+
+    # timers -------------------------------------------------------------------------
+    def next_timer_ms(self) -> int | None:
+        """When the engine next needs to run with no message: a timer or a rate-limit wake."""
+        due = [d for d in (self._m.timers.next_due_ms(), self._m.gate.limits.next_wake_ms())
+               if d is not None]
+        return min(due) if due else None
+
+    def fire_timers(self, limit: int = 1000) -> int:
+        return self._m.fire_timers(limit)
+
+    # checks -------------------------------------------------------------------------
+    def max_running(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(tenant, key) -> (holders, max_runs), for invariant checks and tests."""
+        return {sid: (len(s.holders), s.max_runs) for sid, s in self._m.gate.conc.sems.items()}
