@@ -18,6 +18,7 @@ from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
 from services.api.routes.workflows import WorkflowController
 from services.api.state import ApiState
+from services.api.ui import ui_router
 
 
 @get("/healthz", include_in_schema=False)
@@ -36,6 +37,7 @@ def create_app(
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController,
+            ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],
         dependencies={

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs.common import subjects, tenants
-from libs.common.messages import STATE_CHANGES_DECODER
+from libs.common.messages import STATE_CHANGES_DECODER, StateChanges
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 
@@ -34,6 +35,11 @@ class ApiState:
     _sub: object = None
     _specs: dict[str, WorkflowSpec] = field(default_factory=dict)
     olap: Any = None  # libs.common.olap.OlapClient, set by ApiService
+    # Other consumers of every state-change batch (the dashboard's live pages). Called on the
+    # NATS callback, so each must only hand the batch on, never block.
+    change_listeners: list[Callable[[StateChanges], None]] = field(default_factory=list)
+    # Set when the service begins to stop, so long-lived responses (SSE) end and let it.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.TASK_CHANGES_ALL, cb=self._on_changes)
@@ -44,12 +50,14 @@ class ApiState:
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
 
     async def _on_changes(self, msg: Msg) -> None:
-        if not self.waiters:
+        if not self.waiters and not self.change_listeners:
             return
         try:
             changes = STATE_CHANGES_DECODER.decode(msg.data)
         except Exception:
             return
+        for listener in self.change_listeners:
+            listener(changes)
         for change in changes.runs:
             if change.status in TERMINAL_RUN:
                 for fut in self.waiters.pop(change.run_id, ()):

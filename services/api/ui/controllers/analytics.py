@@ -1,0 +1,62 @@
+"""Analytics charts: throughput, failure rate and latency per workflow, from the OLAP store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from litestar import Controller, Response, get
+from litestar.exceptions import HTTPException
+
+from services.api.auth import Api
+from services.api.ui import commands
+from services.api.ui.render import page
+from services.api.ui.session import UiSession
+from services.api.ui.svg import hbars, stacked_bars
+
+RANGES = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "6h": timedelta(hours=6),
+          "24h": timedelta(days=1), "7d": timedelta(days=7)}
+OUTCOME_CSS = {"succeeded": "s-ok", "failed": "s-failed", "timed out": "s-timeout",
+               "cancelled": "s-cancelled"}
+
+
+class AnalyticsPages(Controller):
+    path = "/ui/analytics"
+
+    @get("/")
+    async def analytics(self, session: UiSession, api: Api, range: str = "1h") -> Response[str]:
+        span = RANGES.get(range, RANGES["1h"])
+        until = datetime.now(UTC)
+        try:
+            counts, latency, through = await commands.analytics(
+                api, session.tenant, until - span, until
+            )
+        except HTTPException as exc:
+            return page("analytics.html", session=session, nav="analytics", error=exc.detail,
+                        ranges=list(RANGES), range=range, charts=[], table=[])
+        minutes = through.minutes
+        labels = [m.minute[11:16] for m in minutes]
+        charts = [stacked_bars(labels, {
+            "succeeded": [m.succeeded for m in minutes],
+            "failed": [m.failed for m in minutes],
+            "timed out": [m.timed_out for m in minutes],
+            "cancelled": [m.cancelled for m in minutes],
+        }, "Finished task attempts per minute", OUTCOME_CSS)] if minutes else []
+        per_wf = latency.workflows
+        if per_wf:
+            charts.append(hbars([(w.workflow or "?", w.duration_ms.p95 or 0) for w in per_wf],
+                                "p95 task duration per workflow", "ms", "s-running"))
+            charts.append(hbars([(w.workflow or "?", w.wait_ms.p95 or 0) for w in per_wf],
+                                "p95 queue wait per workflow", "ms", "s-queued"))
+        runs: dict[str, dict[str, int]] = {}
+        for c in counts.counts:
+            runs.setdefault(c.workflow, {})[c.status] = c.runs
+        table = []
+        for w in per_wf:
+            rate = w.failed / w.finished * 100 if w.finished else 0.0
+            table.append({"workflow": w.workflow, "finished": w.finished, "failed": w.failed,
+                          "failure_rate": rate, "p50": w.duration_ms.p50, "p95": w.duration_ms.p95,
+                          "wait50": w.wait_ms.p50, "wait95": w.wait_ms.p95,
+                          "runs": runs.get(w.workflow or "", {})})
+        return page("analytics.html", session=session, nav="analytics", error=None,
+                    ranges=list(RANGES), range=range, charts=charts, table=table,
+                    overall=latency.overall)
