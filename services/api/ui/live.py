@@ -11,6 +11,8 @@ slow or stalled browser costs a bounded amount of memory and never slows the fee
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from libs.common.messages import StateChanges
@@ -95,3 +97,25 @@ class Broadcaster:
             for sub in self._by_tenant.get(task.tenant, ()):
                 if sub.run_id == task.run_id:
                     sub._offer(sub.tasks, task.task_id, task.state)
+
+
+async def wait_for_run(
+    api: ApiState, tenant: str, run_id: str, exists: Callable[[], Awaitable[bool]],
+    timeout_s: float,
+) -> bool:
+    """Wait until a just-triggered run is stored (True), or `timeout_s` passes (False).
+
+    Triggers are asynchronous: a page opened right after one may beat the scheduler. The
+    subscription is taken before `exists` is checked, so the run's first state change (which
+    the scheduler publishes after storing it) cannot slip between the two.
+    """
+    hub = Broadcaster.of(api)
+    sub = hub.subscribe(tenant, run_id)
+    try:
+        if await exists():
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sub.wake.wait(), timeout_s)
+        return await exists()
+    finally:
+        hub.unsubscribe(sub)

@@ -201,7 +201,7 @@ LIMIT {{limit:UInt32}}
 EVENT_MATCHES_SQL = f"""
 SELECT event_id, workflow, matched, run_id, detail
 FROM {MATCHES} FINAL
-WHERE tenant = {{tenant:String}} AND event_id IN {{ids:Array(String)}}
+WHERE tenant = {{tenant:String}} AND has(splitByChar(',', {{ids:String}}), event_id)
 ORDER BY workflow
 """
 
@@ -234,7 +234,7 @@ async def recent_events(api: ApiState, tenant: str, limit: int = 50) -> list[Eve
     ]
     if events:
         by_id = {e.event_id: e for e in events}
-        for m in await api.olap.query(EVENT_MATCHES_SQL, {"ids": list(by_id)}, tenant=tenant):
+        for m in await api.olap.query(EVENT_MATCHES_SQL, {"ids": ",".join(by_id)}, tenant=tenant):
             event = by_id.get(m["event_id"])
             if event is not None:
                 detail = _loads(m.get("detail"))

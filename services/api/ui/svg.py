@@ -100,7 +100,7 @@ def dag_svg(nodes: Sequence[DagNode]) -> str:
     return "".join(parts)
 
 
-CHART_W, CHART_H, AXIS_L, AXIS_B = 640, 200, 44, 22
+CHART_W, CHART_H, AXIS_L, AXIS_B = 960, 220, 44, 22
 
 
 def _nice_max(value: float) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import msgspec
 from litestar.exceptions import NotFoundException
 
 from libs.common.specs import WorkflowSpec
@@ -17,6 +18,7 @@ from services.api.routes.runs import RunController, load_run
 from services.api.schemas import RunEventView, RunView, TaskView
 from services.api.state import TERMINAL_RUN, ApiState
 from services.api.ui import queries
+from services.api.ui.live import wait_for_run
 from services.api.ui.svg import STATUS_CLASS, DagNode, dag_svg
 
 TERMINAL_TASK = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "SKIPPED"})
@@ -107,11 +109,28 @@ def _bar_title(t: TaskView) -> str:
             f" finished {t.finished_at or '—'}")
 
 
-async def run_page(api: ApiState, tenant: str, run_id: str) -> RunPage:
+async def run_page(
+    api: ApiState, tenant: str, run_id: str, wait_s: float = 0.0
+) -> RunPage:
+    """The run's page; with `wait_s`, a run triggered a moment ago gets that long to appear."""
     run = await load_run(api, tenant, run_id)
+    if run is None and wait_s > 0:
+
+        async def exists() -> bool:
+            return await queries.run_statuses(api.pool, tenant, [run_id]) != {}
+
+        if await wait_for_run(api, tenant, run_id, exists, wait_s):
+            run = await load_run(api, tenant, run_id)
     if run is None:
         raise NotFoundException(f"run {run_id!r} not found")
     spec = await queries.version_spec(api, tenant, run.version_id)
+    if spec is not None:  # tasks in definition order (parents first), hooks last
+        order = {t.name: i for i, t in enumerate(
+            [*spec.tasks, *(h for h in (spec.on_failure, spec.on_success) if h is not None)]
+        )}
+        run = msgspec.structs.replace(
+            run, tasks=sorted(run.tasks, key=lambda t: order.get(t.name, len(order)))
+        )
     history: list[RunEventView] = await RunController.events.fn(
         None, run_id=run_id, tenant=tenant, api=api
     )

@@ -20,6 +20,8 @@ from services.api.ui.session import UiSession, check_csrf
 from services.api.ui.views import run_page, status_class
 
 SOURCES = ("api", "event", "cron", "schedule")
+# How long a run page waits for a run that was triggered a moment ago to be stored.
+NEW_RUN_WAIT_S = 5.0
 FILTER_FIELDS = ("status", "workflow", "since", "until", "meta", "source", "event")
 
 
@@ -148,7 +150,7 @@ class RunPages(Controller):
     @get("/{run_id:str}")
     async def detail(self, run_id: str, session: UiSession, api: Api,
                      notice: str | None = None) -> Response[str]:
-        view = await run_page(api, session.tenant, run_id)
+        view = await run_page(api, session.tenant, run_id, wait_s=NEW_RUN_WAIT_S)
         return page("run.html", session=session, nav="runs", p=view, notice=notice,
                     status_class=status_class)
 
