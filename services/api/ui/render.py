@@ -33,6 +33,13 @@ def short_time(value: str | datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def precise_time(value: str | None) -> str:
+    """An ISO timestamp as 'HH:MM:SS.mmm' UTC (within one run the date adds nothing)."""
+    if value is None:
+        return "—"
+    return datetime.fromisoformat(value).astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
 def ms_time(value: int) -> str:
     return short_time(datetime.fromtimestamp(value / 1000, UTC))
 
@@ -58,6 +65,7 @@ _env = Environment(
 _env.filters["pretty_json"] = pretty_json
 _env.filters["short_time"] = short_time
 _env.filters["ms_time"] = ms_time
+_env.filters["precise_time"] = precise_time
 _env.globals["duration"] = duration
 _env.globals["htmx_js"] = HTMX_JS
 # What base.html reads on every page; a page passes its own values to override them.
