@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -92,7 +93,17 @@ async def _seed(r: Ratchet, wfs: dict[str, Workflow]) -> dict[str, str]:
     return {"ok": runs[0], "failed": failed.run_id, "held": held.run_id}
 
 
-async def main(out: Path, base: Path) -> None:
+@dataclass
+class PrivateStack:
+    api_url: str
+    grpc_addr: str
+    token: str  # of tenant "demo"
+    database_url: str
+
+
+@contextlib.asynccontextmanager
+async def private_stack(base: Path) -> AsyncIterator[PrivateStack]:
+    """NATS, PostgreSQL and every service, in this process, with state under `base`."""
     nats = localstack.NatsServer(base / "nats", log_file=base / "nats.log")
     pg = localstack.PostgresCluster(base / "pg", log_file=base / "pg.log")
     services: list[Service] = []
@@ -102,24 +113,29 @@ async def main(out: Path, base: Path) -> None:
         await db.migrate(dsn)
         settings = load_settings(
             nats_url=nats_url, database_url=dsn, api_port=0, grpc_port=0,
-            data_dir=str(base / "data"), dispatcher_id=f"shots-{uuid.uuid4().hex[:6]}",
+            data_dir=str(base / "data"), dispatcher_id=f"ui-{uuid.uuid4().hex[:6]}",
         )
-        api = ApiService(settings)
+        api, dispatcher = ApiService(settings), DispatcherService(settings)
         services = [ReplicatorService(settings), MatcherService(settings),
-                    SchedulerService(settings), DispatcherService(settings), api]
+                    SchedulerService(settings), dispatcher, api]
         for svc in services:
             await svc.start()
         pool = await db.create_pool(dsn, max_size=1)
         token = await tenants.ensure_tenant(pool, "demo")
         await pool.close()
-        await shoot(out, f"http://127.0.0.1:{api.port}", token,
-                    f"127.0.0.1:{services[3].port}")  # type: ignore[attr-defined]
+        yield PrivateStack(f"http://127.0.0.1:{api.port}", f"127.0.0.1:{dispatcher.port}",
+                           token, dsn)
     finally:
         for svc in reversed(services):
             with contextlib.suppress(Exception):
                 await svc.stop()
-        pg.stop()
-        nats.stop()
+        await asyncio.to_thread(pg.stop)
+        await asyncio.to_thread(nats.stop)
+
+
+async def main(out: Path, base: Path) -> None:
+    async with private_stack(base) as st:
+        await shoot(out, st.api_url, st.token, st.grpc_addr)
 
 
 async def shoot(out: Path, url: str, token: str, grpc_addr: str) -> None:
@@ -170,11 +186,16 @@ async def shoot(out: Path, url: str, token: str, grpc_addr: str) -> None:
     print(f"wrote {len(views) + 1} screenshots to {out}")
 
 
+def scratch_dir() -> Path:
+    # Not a 0700 temporary directory: as root, PostgreSQL runs as `postgres` and must enter it.
+    base = Path(tempfile.mkdtemp(prefix="ratchet-ui-"))
+    base.chmod(0o755)
+    return base
+
+
 def run(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    # Not a 0700 temporary directory: as root, PostgreSQL runs as `postgres` and must enter it.
-    base = Path(tempfile.mkdtemp(prefix="ratchet-ui-shots-"))
-    base.chmod(0o755)
+    base = scratch_dir()
     try:
         asyncio.run(main(out, base))
     finally:

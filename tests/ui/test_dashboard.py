@@ -155,6 +155,9 @@ async def test_runs_list_filters_and_updates_live(
     await expect(cell).to_have_text("RUNNING")
     await client.arequest("POST", f"/runs/{held.run_id}/cancel")
     await expect(cell).to_have_text("CANCELLED")
+    # A run started after the page loaded is announced, not inserted (rows never jump).
+    await wfs[seed.FLAKY].aio_run_no_wait({"fail": False})
+    await expect(page.locator(".new-runs")).to_contain_text("1 new run since this page loaded")
     assert await page.evaluate("window.__sameDocument === true")
 
 

@@ -100,7 +100,7 @@ async def test_a_slow_page_holds_a_bounded_backlog_and_sees_only_its_tenant() ->
     assert overflowed and len(runs) <= MAX_PENDING
     assert theirs.take() == ({}, {}, False)
     runs, _, overflowed = one_run.take()
-    assert runs == {"r1": "SUCCEEDED"} and not overflowed
+    assert runs == {"r1": ("SUCCEEDED", 0)} and not overflowed
     hub.unsubscribe(mine)
     hub.unsubscribe(theirs)
     hub.unsubscribe(one_run)

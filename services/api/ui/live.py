@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from libs.common.messages import StateChanges
 from services.api.state import ApiState
@@ -28,19 +29,19 @@ class Subscription:
 
     tenant: str
     run_id: str | None = None  # only this run (a run-detail page); None: every run of the tenant
-    runs: dict[str, str] = field(default_factory=dict)  # run id -> latest status
+    runs: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (status, created ms)
     tasks: dict[str, str] = field(default_factory=dict)  # task id -> latest state
     overflowed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def take(self) -> tuple[dict[str, str], dict[str, str], bool]:
+    def take(self) -> tuple[dict[str, tuple[str, int]], dict[str, str], bool]:
         """The pending changes (runs, tasks, overflowed), leaving the subscription empty."""
         runs, tasks, overflowed = self.runs, self.tasks, self.overflowed
         self.runs, self.tasks, self.overflowed = {}, {}, False
         self.wake.clear()
         return runs, tasks, overflowed
 
-    def _offer(self, bucket: dict[str, str], key: str, value: str) -> None:
+    def _offer(self, bucket: dict[str, Any], key: str, value: Any) -> None:
         if key not in bucket and len(self.runs) + len(self.tasks) >= MAX_PENDING:
             # Too far behind to be worth catching up item by item: the page reloads instead.
             self.runs.clear()
@@ -92,7 +93,7 @@ class Broadcaster:
         for run in changes.runs:
             for sub in self._by_tenant.get(run.tenant, ()):
                 if sub.run_id is None or sub.run_id == run.run_id:
-                    sub._offer(sub.runs, run.run_id, run.status)
+                    sub._offer(sub.runs, run.run_id, (run.status, run.created_ms))
         for task in changes.tasks:
             for sub in self._by_tenant.get(task.tenant, ()):
                 if sub.run_id == task.run_id:

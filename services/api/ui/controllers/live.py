@@ -27,6 +27,7 @@ KEEPALIVE_S = 15.0
 # After sending, gather what arrives next for this long: a burst becomes one message.
 COALESCE_S = 0.1
 MAX_IDS = 200
+MAX_NEW_COUNTED = 10_000  # "10000 new runs" says enough; the set stays bounded
 PARTS = "run_parts.html"
 
 
@@ -47,13 +48,15 @@ class LiveStreams(Controller):
     path = "/ui/live"
 
     @get("/runs")
-    async def runs(self, session: UiSession, api: Api, ids: str = "") -> ServerSentEvent:
-        """Status changes of the listed runs, and a count of runs started since."""
+    async def runs(
+        self, session: UiSession, api: Api, ids: str = "", since_ms: int = 0
+    ) -> ServerSentEvent:
+        """Status changes of the listed runs, and a count of runs created after `since_ms`."""
         watched = set(filter(None, ids.split(",")[:MAX_IDS]))
         sub = _subscribe(api, session.tenant, None)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
-            new_runs = 0
+            new_ids: set[str] = set()
             try:
                 current = await queries.run_statuses(api.pool, session.tenant, sorted(watched))
                 for run_id, status in current.items():
@@ -66,15 +69,16 @@ class LiveStreams(Controller):
                     except StopAsyncIteration:
                         return
                     runs, _, overflowed = sub.take()
-                    for run_id, status in runs.items():
+                    count = len(new_ids)
+                    for run_id, (status, created_ms) in runs.items():
                         if run_id in watched:
                             yield _badge(run_id, status)
-                        elif status == "PENDING":
-                            new_runs += 1
-                    if overflowed or new_runs:
-                        yield ServerSentEventMessage(
-                            event="new-runs", data=macro(PARTS, "new_runs", new_runs, overflowed)
-                        )
+                        elif created_ms > since_ms and len(new_ids) < MAX_NEW_COUNTED:
+                            new_ids.add(run_id)
+                    if overflowed or len(new_ids) != count:
+                        yield ServerSentEventMessage(event="new-runs", data=macro(
+                            PARTS, "new_runs", len(new_ids), overflowed
+                        ))
                     await asyncio.sleep(COALESCE_S)
             finally:
                 Broadcaster.of(api).unsubscribe(sub)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -13,7 +14,6 @@ from litestar.response import Redirect
 from libs.common.olap import OlapError
 from services.api.auth import Api
 from services.api.routes.runs import RUN_STATUSES
-from services.api.state import TERMINAL_RUN
 from services.api.ui import commands, queries
 from services.api.ui.render import page
 from services.api.ui.session import UiSession, check_csrf
@@ -114,7 +114,8 @@ class RunPages(Controller):
             workflows=await queries.workflow_names(api.pool, session.tenant),
             statuses=sorted(RUN_STATUSES), sources=SOURCES, next_qs=next_qs,
             first_qs=parsed.qs() if after else None, notice=notice, status_class=status_class,
-            live_ids=",".join(r.id for r in rows if r.status not in TERMINAL_RUN),
+            # Every row is watched: a finished run changes again when it is replayed.
+            live_ids=",".join(r.id for r in rows), loaded_ms=int(time.time() * 1000),
         )
 
     @post("/bulk")
