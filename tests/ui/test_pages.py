@@ -82,27 +82,30 @@ async def test_pages_without_a_session_redirect_to_login(stack: Stack) -> None:
         assert (await http.get("/")).headers["location"] == "/ui"
 
 
-def _change(tenant: str, run_id: str, status: str) -> StateChanges:
+def _change(tenant: str, run_id: str, status: str, created_ms: int = 0) -> StateChanges:
     return StateChanges(runs=[RunStateChanged(tenant=tenant, run_id=run_id, workflow="w",
-                                              status=status, ts_ms=0)])
+                                              status=status, ts_ms=1, created_ms=created_ms)])
 
 
-async def test_a_slow_page_holds_a_bounded_backlog_and_sees_only_its_tenant() -> None:
+async def test_pages_see_only_their_runs_of_their_tenant_with_a_bounded_backlog() -> None:
     hub = Broadcaster()
-    mine = hub.subscribe("ta")
-    theirs = hub.subscribe("tb")
-    one_run = hub.subscribe("ta", run_id="r1")
-    for i in range(MAX_PENDING * 3):
+    many = frozenset(f"r{i}" for i in range(MAX_PENDING * 2))
+    busy = hub.subscribe("ta", many, counts_created=True)
+    theirs = hub.subscribe("tb", many, counts_created=True)
+    one_run = hub.subscribe("ta", tasks_of="r1")
+    for i in range(MAX_PENDING * 2):
         hub.publish(_change("ta", f"r{i}", "RUNNING"))
     hub.publish(_change("ta", "r1", "SUCCEEDED"))  # coalesced: the latest status wins
+    hub.publish(_change("ta", "new1", "PENDING", created_ms=1))  # created in this batch
+    hub.publish(_change("ta", "r5", "PENDING", created_ms=0))  # a replay: not new
 
-    runs, _, overflowed = mine.take()
+    runs, _, overflowed = busy.take()
     assert overflowed and len(runs) <= MAX_PENDING
-    assert theirs.take() == ({}, {}, False)
+    assert busy.created == 1
+    assert theirs.take() == ({}, {}, False) and theirs.created == 0
     runs, _, overflowed = one_run.take()
-    assert runs == {"r1": ("SUCCEEDED", 0)} and not overflowed
-    hub.unsubscribe(mine)
-    hub.unsubscribe(theirs)
-    hub.unsubscribe(one_run)
+    assert runs == {"r1": "SUCCEEDED"} and not overflowed
+    for sub in (busy, theirs, one_run):
+        hub.unsubscribe(sub)
     hub.publish(_change("ta", "r2", "RUNNING"))
-    assert mine.take() == ({}, {}, False)
+    assert busy.take() == ({}, {}, False)

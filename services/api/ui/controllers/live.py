@@ -25,9 +25,8 @@ from services.api.ui.views import RunPage, run_page, status_class
 
 KEEPALIVE_S = 15.0
 # After sending, gather what arrives next for this long: a burst becomes one message.
-COALESCE_S = 0.1
+COALESCE_S = 0.2
 MAX_IDS = 200
-MAX_NEW_COUNTED = 10_000  # "10000 new runs" says enough; the set stays bounded
 PARTS = "run_parts.html"
 
 
@@ -48,15 +47,16 @@ class LiveStreams(Controller):
     path = "/ui/live"
 
     @get("/runs")
-    async def runs(
-        self, session: UiSession, api: Api, ids: str = "", since_ms: int = 0
-    ) -> ServerSentEvent:
-        """Status changes of the listed runs, and a count of runs created after `since_ms`."""
-        watched = set(filter(None, ids.split(",")[:MAX_IDS]))
-        sub = _subscribe(api, session.tenant, None)
+    async def runs(self, session: UiSession, api: Api, ids: str = "") -> ServerSentEvent:
+        """Status changes of the listed runs, and a count of runs created since."""
+        watched = frozenset(filter(None, ids.split(",")[:MAX_IDS]))
+        try:
+            sub = Broadcaster.of(api).subscribe(session.tenant, watched, counts_created=True)
+        except OverflowError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
-            new_ids: set[str] = set()
+            announced = 0
             try:
                 current = await queries.run_statuses(api.pool, session.tenant, sorted(watched))
                 for run_id, status in current.items():
@@ -69,15 +69,12 @@ class LiveStreams(Controller):
                     except StopAsyncIteration:
                         return
                     runs, _, overflowed = sub.take()
-                    count = len(new_ids)
-                    for run_id, (status, created_ms) in runs.items():
-                        if run_id in watched:
-                            yield _badge(run_id, status)
-                        elif created_ms > since_ms and len(new_ids) < MAX_NEW_COUNTED:
-                            new_ids.add(run_id)
-                    if overflowed or len(new_ids) != count:
+                    for run_id, status in runs.items():
+                        yield _badge(run_id, status)
+                    if overflowed or sub.created != announced:
+                        announced = sub.created
                         yield ServerSentEventMessage(event="new-runs", data=macro(
-                            PARTS, "new_runs", len(new_ids), overflowed
+                            PARTS, "new_runs", announced, overflowed
                         ))
                     await asyncio.sleep(COALESCE_S)
             finally:
@@ -88,7 +85,10 @@ class LiveStreams(Controller):
     @get("/runs/{run_id:str}")
     async def run(self, run_id: str, session: UiSession, api: Api) -> ServerSentEvent:
         """Everything on a run's page that changes: status, DAG, tasks, timeline, history."""
-        sub = _subscribe(api, session.tenant, run_id)
+        try:
+            sub = Broadcaster.of(api).subscribe(session.tenant, tasks_of=run_id)
+        except OverflowError as exc:
+            raise HTTPException(status_code=503, detail=str(exc)) from exc
         tenant = session.tenant
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
@@ -120,13 +120,6 @@ class LiveStreams(Controller):
                 Broadcaster.of(api).unsubscribe(sub)
 
         return ServerSentEvent(events())
-
-
-def _subscribe(api: ApiState, tenant: str, run_id: str | None) -> Subscription:
-    try:
-        return Broadcaster.of(api).subscribe(tenant, run_id)
-    except OverflowError as exc:
-        raise HTTPException(status_code=503, detail=str(exc)) from exc
 
 
 def _badge(run_id: str, status: str) -> ServerSentEventMessage:
