@@ -80,6 +80,8 @@ async def test_pages_without_a_session_redirect_to_login(stack: Stack) -> None:
         fragment = await http.get("/ui/runs", headers={"HX-Request": "true"})
         assert fragment.headers.get("HX-Redirect") == "/ui/login"
         assert (await http.get("/")).headers["location"] == "/ui"
+        schema = (await http.get("/schema/openapi.json")).json()
+        assert schema["paths"] and not [p for p in schema["paths"] if p.startswith("/ui")]
 
 
 def _change(tenant: str, run_id: str, status: str, created_ms: int = 0) -> StateChanges:
