@@ -188,7 +188,22 @@ async def test_bulk_cancel_of_a_selection(
 
     await eventually(two_cancelled)
     assert await _status(client, refs[2].run_id) != "CANCELLED"
-    await client.arequest("POST", f"/runs/{refs[2].run_id}/cancel")
+
+    # Then every run the filter matches: the one still running.
+    async def third_running() -> bool:
+        return await _status(client, refs[2].run_id) == "RUNNING"
+
+    await eventually(third_running)
+    await page.goto(f"{stack.api_url}/ui/runs?status=RUNNING")
+    await expect(page.locator("tbody tr")).to_have_count(1)
+    await page.get_by_label("every run matching the filter").check()
+    await page.get_by_role("button", name="Cancel", exact=True).click()
+    await expect(page.get_by_role("status")).to_contain_text("cancel 1 run(s)")
+
+    async def third_cancelled() -> bool:
+        return await _status(client, refs[2].run_id) == "CANCELLED"
+
+    await eventually(third_cancelled)
 
 
 async def test_another_tenant_sees_none_of_these_runs(

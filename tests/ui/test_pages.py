@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import httpx
 import pytest
+from ratchet import Ratchet
 
 from libs.common.messages import RunStateChanged, StateChanges
 from services.api.ui.live import MAX_PENDING, Broadcaster
@@ -111,3 +112,51 @@ async def test_pages_see_only_their_runs_of_their_tenant_with_a_bounded_backlog(
         hub.unsubscribe(sub)
     hub.publish(_change("ta", "r2", "RUNNING"))
     assert busy.take() == ({}, {}, False)
+
+
+def _csrf(html: str) -> str:
+    return html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+def _spec(name: str, tasks: list[str]) -> dict[str, object]:
+    return {"name": name, "tasks": [{"name": t} for t in tasks]}
+
+
+async def test_versions_diff_crons_and_filters_through_the_rest_handlers(
+    stack: Stack, token: str, client: Ratchet
+) -> None:
+    first = await client.arequest("POST", "/workflows", json=_spec("wf-v", ["a"]))
+    second = await client.arequest("POST", "/workflows", json=_spec("wf-v", ["a", "b"]))
+    async with httpx.AsyncClient(base_url=stack.api_url,
+                                 cookies={"ratchet_session": token}) as http:
+        page = await http.get("/ui/workflows/wf-v",
+                              params={"a": first["id"], "b": second["id"]})
+        assert page.status_code == 200
+        assert first["id"] in page.text and second["id"] in page.text
+        assert '<span class="add">+' in page.text  # task b appears in the diff
+        csrf = _csrf(page.text)
+
+        made = await http.post("/ui/crons", data={
+            "csrf": csrf, "workflow": "wf-v", "expression": "0 9 * * 1", "name": "weekly",
+        })
+        assert made.status_code == 303
+        crons = await client.arequest("GET", "/crons")
+        assert [c["name"] for c in crons] == ["weekly"]
+        bad = await http.post("/ui/crons", data={
+            "csrf": csrf, "workflow": "wf-v", "expression": "not a cron",
+        }, follow_redirects=True)
+        assert "Not created" in bad.text
+        deleted = await http.post(f"/ui/crons/{crons[0]['id']}/delete", data={"csrf": csrf})
+        assert deleted.status_code == 303 and await client.arequest("GET", "/crons") == []
+
+        refused = await http.post("/ui/filters", data={
+            "csrf": csrf, "workflow": "wf-v", "expression": "input.user ==",
+        }, follow_redirects=True)
+        assert "invalid expression" in refused.text
+        assert await client.arequest("GET", "/filters") == []
+        await http.post("/ui/filters", data={
+            "csrf": csrf, "workflow": "wf-v", "expression": "input.user != 'bot'",
+        })
+        assert [f["expression"] for f in await client.arequest("GET", "/filters")] == [
+            "input.user != 'bot'"
+        ]
