@@ -15,11 +15,12 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test lint proto \
-	bench chaos bench-fairness bench-events bench-compare soak
+	bench chaos bench-fairness bench-events bench-compare soak chromium ui-screenshots
 
 help:
 	@echo "targets: venv up down clean status env demo test lint proto"
 	@echo "         bench chaos bench-fairness bench-events bench-compare soak"
+	@echo "         chromium ui-screenshots"
 
 venv: $(STAMP)
 
@@ -63,10 +64,21 @@ env:
 demo: up
 	$(WITH_ENV) $(PY) -m examples.demo
 
-test: binaries
+test: binaries chromium
 	$(PY) -m pytest -q
 
 # lint-imports checks the one-way dependency contracts in pyproject.toml [tool.importlinter].
+# Debian's chromium for the dashboard's browser tests (tests/ui); Playwright never downloads one.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
+# A PNG of every main dashboard view in bench/results/ui/ (against a private in-process stack).
+ui-screenshots: binaries chromium
+	$(PY) -m tests.ui.screenshots bench/results/ui
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
