@@ -15,11 +15,11 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from libs.common import localstack
 from tests.conftest import database_url  # noqa: F401  (a fresh database for this stack)
 from tests.integration import conftest as integration
 from tests.integration.conftest import Stack
 from tests.ui.screenshots import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
+from tools import devstack
 
 stack = integration.stack
 tenant = integration.tenant
@@ -33,7 +33,7 @@ if not os.path.exists(CHROMIUM):
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("nats-ui")
-    server = localstack.NatsServer(base / "store", log_file=base / "nats-server.log")
+    server = devstack.NatsServer(base / "store", log_file=base / "nats-server.log")
     try:
         yield server.start()
     finally:

@@ -25,7 +25,7 @@ from pathlib import Path
 from playwright.async_api import Browser, async_playwright
 from ratchet import Ratchet, Workflow
 
-from libs.common import db, localstack, tenants
+from libs.common import db, tenants
 from libs.common.service import Service
 from libs.common.settings import load_settings
 from services.api.service import ApiService
@@ -34,6 +34,7 @@ from services.matcher.service import MatcherService
 from services.replicator.service import ReplicatorService
 from services.scheduler.service import SchedulerService
 from tests.ui import seed
+from tools import devstack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -104,8 +105,8 @@ class PrivateStack:
 @contextlib.asynccontextmanager
 async def private_stack(base: Path) -> AsyncIterator[PrivateStack]:
     """NATS, PostgreSQL and every service, in this process, with state under `base`."""
-    nats = localstack.NatsServer(base / "nats", log_file=base / "nats.log")
-    pg = localstack.PostgresCluster(base / "pg", log_file=base / "pg.log")
+    nats = devstack.NatsServer(base / "nats", log_file=base / "nats.log")
+    pg = devstack.PostgresCluster(base / "pg", log_file=base / "pg.log")
     services: list[Service] = []
     try:
         nats_url = await asyncio.to_thread(nats.start)

@@ -8,6 +8,7 @@ from litestar import Controller, Response, get
 from litestar.exceptions import HTTPException
 
 from services.api.auth import Api
+from services.api.repos import RepoError
 from services.api.routes.analytics import MinuteThroughput
 from services.api.ui import commands
 from services.api.ui.render import page
@@ -57,8 +58,9 @@ class AnalyticsPages(Controller):
             counts, latency, through = await commands.analytics(
                 api, session.tenant, until - span, until
             )
-        except HTTPException as exc:
-            return page("analytics.html", session=session, nav="analytics", error=exc.detail,
+        except (HTTPException, RepoError) as exc:
+            detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
+            return page("analytics.html", session=session, nav="analytics", error=detail,
                         ranges=list(RANGES), range=range, charts=[], table=[])
         labels, series, per = _buckets(through.minutes, until - span, span)
         charts = [stacked_bars(labels, series, f"Finished task attempts per {per}",
