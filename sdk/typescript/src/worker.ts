@@ -144,6 +144,8 @@ export class Worker {
   /** Resolve once registered with a dispatcher; reject if the worker fails first or time runs out. */
   async waitConnected(timeoutMs = 30_000): Promise<void> {
     if (this.#session?.registered) return;
+    const loop = this.#loop;
+    if (loop === undefined) throw new Error(`worker ${this.name} is not started: call start() first`);
     let timer: NodeJS.Timeout | undefined;
     let wake: (() => void) | undefined;
     try {
@@ -155,7 +157,7 @@ export class Worker {
         new Promise<void>((_, reject) => {
           timer = setTimeout(() => reject(new Error(`worker ${this.name} not connected after ${timeoutMs} ms`)), timeoutMs);
         }),
-        this.start().then(() => {
+        loop.then(() => {
           throw new Error(`worker ${this.name} stopped before it connected`);
         }),
       ]);

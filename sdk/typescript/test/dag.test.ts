@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
+import { ApiError, Ratchet } from "../src/index.js";
 import { client, startWorker, unique } from "./helpers.js";
 
 test("a single task returns its output", async (t) => {
@@ -53,4 +54,13 @@ test("runMany triggers in bulk and every run finishes", async (t) => {
   const refs = await square.runMany([1, 2, 3, 4, 5].map((i) => ({ i })));
   const outs = await Promise.all(refs.map((ref) => ref.result({ timeoutMs: 30_000 })));
   assert.deepEqual(outs.map((o) => o[square.name]), [1, 4, 9, 16, 25].map((sq) => ({ sq })));
+});
+
+test("API errors carry the status and the server's detail", async () => {
+  const missing = await client.runs.get("no-such-run").then(() => undefined, (e: unknown) => e);
+  assert.ok(missing instanceof ApiError && missing.status === 404, String(missing));
+  assert.match(missing.detail, /no-such-run/);
+  const stranger = new Ratchet({ token: "rt_not-a-token" });
+  const denied = await stranger.runs.list().then(() => undefined, (e: unknown) => e);
+  assert.ok(denied instanceof ApiError && denied.status === 401, String(denied));
 });
