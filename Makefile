@@ -90,10 +90,9 @@ node:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; \
 	fi
 
-sdk-ts-deps: node
-	@$(MAKE) --no-print-directory $(TS_DEPS_STAMP)
+sdk-ts-deps: $(TS_DEPS_STAMP)
 
-$(TS_DEPS_STAMP): $(TS_DIR)/package-lock.json $(TS_DIR)/package.json
+$(TS_DEPS_STAMP): $(TS_DIR)/package-lock.json $(TS_DIR)/package.json | node
 	cd $(TS_DIR) && npm ci --no-audit --no-fund
 	@touch $@
 

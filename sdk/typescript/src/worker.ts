@@ -104,6 +104,7 @@ export class Worker {
   #draining = false;
   #stopping = false;
   #loop: Promise<void> | undefined;
+  #outage = false; // a drop was reported and no session registered since
   // Callbacks woken by state changes: registration, stop requests, running set emptied.
   #onConnected = new Set<() => void>();
   #onStop = new Set<() => void>();
@@ -188,7 +189,12 @@ export class Worker {
 
   async #run(): Promise<void> {
     await this.#host.register(...this.#workflows);
-    const onSignal = (): void => void this.stop();
+    let signalled = false;
+    const onSignal = (sig: NodeJS.Signals): void => {
+      if (signalled) process.exit(sig === "SIGINT" ? 130 : 143); // a second signal: stop waiting
+      signalled = true;
+      void this.stop();
+    };
     if (this.#handleSignals) {
       process.on("SIGINT", onSignal);
       process.on("SIGTERM", onSignal);
@@ -202,7 +208,11 @@ export class Worker {
         } catch (err) {
           const code = (err as { code?: unknown }).code;
           if (typeof code === "number" && FATAL.has(code)) throw err;
-          if (!this.#stopping) this.#logger.warn(`ratchet worker ${this.name}: stream dropped (${String(err)}); reconnecting`);
+          // Say it once per outage, not once per attempt while the dispatcher is away.
+          if (!this.#stopping && !this.#outage) {
+            this.#outage = true;
+            this.#logger.warn(`ratchet worker ${this.name}: stream dropped (${String(err)}); reconnecting`);
+          }
         }
         if (!this.#stopping) {
           await this.#sleepUnlessStopped(backoff);
@@ -280,6 +290,7 @@ export class Worker {
         this.workerId = msg.registered.workerId;
         this.tenant = msg.registered.tenant;
         session.registered = true;
+        this.#outage = false;
         this.#session = session;
         const intervalMs = Math.max(200, msg.registered.heartbeatIntervalMs);
         heartbeat = setInterval(() => call.write({ heartbeat: { tsMs: Date.now() } }), intervalMs);
