@@ -49,10 +49,11 @@ export class Ratchet implements WorkflowHost {
     fn: TaskFn<I, O>,
   ): Workflow<I> {
     const { onEvents, onCrons, concurrency, description, defaultPriority, sticky, ...taskOptions } = options;
+    // As in the Python SDK, `concurrency` here limits runs of the one-task workflow.
     const wf = this.workflow<I>({
-      name: options.name, onEvents, onCrons, description, defaultPriority, sticky,
+      name: options.name, onEvents, onCrons, concurrency, description, defaultPriority, sticky,
     });
-    wf.task({ ...taskOptions, concurrency }, fn);
+    wf.task(taskOptions, fn);
     return wf;
   }
 

@@ -41,3 +41,12 @@ test("mockRun calls the function with parent outputs", async () => {
   }));
   assert.deepEqual(await count.mockRun({}, { parentOutputs: { fetch: { text: "one two" } } }), { words: 2 });
 });
+
+test("a standalone task is a one-task workflow with workflow-level concurrency", () => {
+  const wf = r.task({ name: "embed", retries: 2, concurrency: { key: "input.user" } }, () => ({}));
+  const spec = wf.spec();
+  assert.equal(spec.name, "embed");
+  assert.deepEqual(spec.tasks.map((t) => [t.name, t.retries]), [["embed", 2]]);
+  assert.deepEqual(spec.concurrency, [{ key: "input.user", max_runs: 1, strategy: "GROUP_ROUND_ROBIN" }]);
+  assert.deepEqual(spec.tasks[0]?.concurrency, []);
+});

@@ -96,3 +96,20 @@ test("refreshTimeout extends the deadline; log and stream events are accepted", 
   await startWorker(t, "w-refresh", { workflows: [refresher], slots: 1 });
   assert.deepEqual(await refresher.run({}, { timeoutMs: 30_000 }), { [refresher.name]: { done: true } });
 });
+
+test("on-failure and on-success tasks run after the DAG", async (t) => {
+  const wf = client.workflow<{ fail: boolean }>({ name: unique("hooked") });
+  wf.task({ name: "work" }, (input) => {
+    if (input.fail) throw new NonRetryable("nope");
+    return { ok: true };
+  });
+  wf.onFailureTask({ name: "cleanup" }, (_input, ctx) => ({ failed: Object.keys(ctx.taskErrors()).sort() }));
+  wf.onSuccessTask({ name: "celebrate" }, () => ({ yay: true }));
+  await startWorker(t, "w-hooks", { workflows: [wf], slots: 2 });
+  assert.deepEqual(await wf.run({ fail: false }, { timeoutMs: 30_000 }), { work: { ok: true }, celebrate: { yay: true } });
+  const ref = await wf.runNoWait({ fail: true });
+  await assert.rejects(ref.result({ timeoutMs: 30_000 }), RunFailed);
+  const run = await client.runs.get(ref.runId);
+  assert.deepEqual(run.output.cleanup, { failed: ["work"] });
+  assert.equal(run.tasks.find((task) => task.name === "celebrate")?.status, "SKIPPED");
+});
