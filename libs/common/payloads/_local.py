@@ -121,7 +121,7 @@ class LocalPayloadStore(StoreBase):
         return await self._run(_remove_older, self.root / _INCOMING, older_than.timestamp())
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
 
 
 def _hash_and_write(digest: Digest, out: BinaryIO, chunk: bytes) -> None:

@@ -8,13 +8,15 @@ Uploads stream. Up to one part (`part_size`) is buffered on the event loop; a pa
 within it is written with one PUT straight to its final key (the key is its digest, known only
 once the last byte is seen). A longer one goes to `.incoming/<uuid>` through minio's multipart
 `put_object(length=-1)` — its thread pulls chunks from the async iterator as it fills each part
-— and is then copied server-side to its key. Memory stays near one part per upload: minio's
+— and is then copied server-side to its key. Memory stays at a few parts per upload (about
+20 MiB for 64 MiB with 5 MiB parts, measured in the contract suite): minio's
 parallel part uploads are off because their task queue is unbounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -49,7 +51,7 @@ class S3PayloadStore(StoreBase):
         client: Minio,
         bucket: str,
         *,
-        part_size: int = 8 * 1024 * 1024,
+        part_size: int = 5 * 1024 * 1024,
         io_threads: int = 4,
         max_uploads: int = 4,
     ) -> None:
@@ -233,8 +235,9 @@ class S3PayloadStore(StoreBase):
         return len(stale)
 
     async def close(self) -> None:
-        self._uploads.shutdown(wait=True)
-        self._io.shutdown(wait=True)
+        # Waited for off the loop: a thread still running may need the loop to finish.
+        for pool in (self._uploads, self._io):
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
 
 def _take(listing: Iterator[Object], n: int) -> list[Object]:
@@ -265,32 +268,43 @@ class _Reader:
         digest: Digest,
     ) -> None:
         self._loop = loop
-        self._pending = bytearray(b"".join(head))  # already counted by the caller
+        # Chunks already counted by the caller, then those fetched here; joined once per read.
+        self._pending = list(head)
+        self._pending_bytes = sum(len(c) for c in head)
         head.clear()
         self._rest = rest
         self._digest = digest
         self._eof = False
         self._aborted = False
+        self._waiting: concurrent.futures.Future[bytes | None] | None = None
 
     def abort(self) -> None:
+        """Make the upload thread stop, even while it waits for a chunk that may never come."""
         self._aborted = True
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n < 0 or len(self._pending) < n):
-            if self._aborted:
-                raise _UploadAborted("the upload was cancelled")
-            future = asyncio.run_coroutine_threadsafe(_next_chunk(self._rest), self._loop)
-            chunk = future.result()
+        while not self._eof and (n < 0 or self._pending_bytes < n):
+            self._waiting = asyncio.run_coroutine_threadsafe(_next_chunk(self._rest), self._loop)
+            if self._aborted:  # abort() may have run just before _waiting was set
+                self._waiting.cancel()
+            try:
+                chunk = self._waiting.result()
+            except concurrent.futures.CancelledError:
+                raise _UploadAborted("the upload was cancelled") from None
             if chunk is None:
                 self._eof = True
                 break
             self._digest.update(chunk)
-            self._pending += chunk
-        if n < 0 or n >= len(self._pending):
-            out, self._pending = bytes(self._pending), bytearray()
-        else:
-            out = bytes(self._pending[:n])
-            del self._pending[:n]
+            self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
+        out = b"".join(self._pending)
+        self._pending.clear()
+        if 0 <= n < len(out):
+            self._pending.append(out[n:])
+            out = out[:n]
+        self._pending_bytes = sum(len(c) for c in self._pending)
         return out
 
 
