@@ -307,25 +307,27 @@ async def test_gc_deletes_blobs_of_gone_runs_and_expired_events(
         kept = await store.put_bytes(tenant, live, b'{"live": true}')
         orphan = await store.put_bytes(tenant, gone, b'{"gone": true}')
         event = await store.put_bytes(tenant, event_scope("e1"), b'{"event": 1}')
+        # Another tenant's run with the same id as the live one: a run exists per tenant.
+        foreign = await store.put_bytes(tenant + "-b", live, b'{"other": true}')
         grace, retention = 600.0, 3600.0
 
         async def gc(after_s: float) -> tuple[int, int, int]:
             report = await collect_garbage(
-                store, pool, older_than_s=grace, event_retention_s=retention, tenant=tenant,
+                store, pool, older_than_s=grace, event_retention_s=retention,
                 now=datetime.now(UTC) + timedelta(seconds=after_s),
             )
             return report.scanned_blobs, report.deleted_run_blobs, report.deleted_event_blobs
 
         # Fresh blobs are within the grace period: the orphan's run may be about to exist.
-        assert await gc(0) == (3, 0, 0)
+        assert await gc(0) == (4, 0, 0)
         # Past the grace period the orphan goes; the event is not yet past its retention.
-        assert await gc(grace + 60) == (3, 1, 0)
+        assert await gc(grace + 60) == (4, 2, 0)
         assert await gc(retention + 60) == (2, 0, 1)
         assert backend.leftovers() == [kept.key]
         assert await store.get_bytes(tenant, kept) == b'{"live": true}'
-        for ref in (orphan, event):
+        for ref in (orphan, event, foreign):
             with pytest.raises(PayloadNotFound):
-                await store.get_bytes(tenant, ref)
+                await store.get_bytes(ref.tenant, ref)
     finally:
         await pool.close()
 

@@ -68,8 +68,8 @@ async def collect_garbage(
     async for scope in store.list_scopes(tenant):
         report.scanned_blobs += len(scope.blobs)
         if scope.scope_id.startswith(EVENT_SCOPE_PREFIX):
-            expired = _keys_before(scope, event_cutoff)
-            report.deleted_event_blobs += await store.delete_many(scope.tenant, expired)
+            if expired := _keys_before(scope, event_cutoff):
+                report.deleted_event_blobs += await store.delete_many(scope.tenant, expired)
             continue
         if not _keys_before(scope, grace_cutoff):
             continue
