@@ -58,15 +58,18 @@ def requires(*scopes: Scope) -> Guard:
     """A guard admitting tokens holding any of `scopes` (admin ⊃ write ⊃ read)."""
     if not scopes:
         raise ValueError("requires() needs at least one scope")
-    needed = " or ".join(f"'{s.value}'" for s in scopes)
 
     async def guard(
-        connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+        connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
     ) -> None:
         principal = await authenticate(connection)
         if not any(principal.allows(s) for s in scopes):
+            # Name what the route itself asks for (its handler's guard comes last), not the
+            # controller's broader default: "lacks 'write'" is what the caller must fix.
+            wanted = _route_scopes(handler) or scopes
+            needed = " or ".join(f"'{s.value}'" for s in wanted)
             raise PermissionDeniedException(
-                f"this token lacks the {needed} scope", extra={"required_scope": scopes[0].value}
+                f"this token lacks the {needed} scope", extra={"required_scope": wanted[0].value}
             )
         await _check_body_size(connection, principal)
 
@@ -80,6 +83,14 @@ def declared_scopes(handler: BaseRouteHandler) -> tuple[Scope, ...]:
     for guard in handler.resolve_guards():
         found.extend(getattr(guard, "ratchet_scopes", ()))
     return tuple(found)
+
+
+def _route_scopes(handler: BaseRouteHandler) -> tuple[Scope, ...]:
+    for guard in reversed(handler.resolve_guards()):
+        scopes: tuple[Scope, ...] = getattr(guard, "ratchet_scopes", ())
+        if scopes:
+            return scopes
+    return ()
 
 
 async def _check_body_size(
