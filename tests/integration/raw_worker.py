@@ -20,10 +20,14 @@ class RawWorker:
         self._outbox.put_nowait(pb.WorkerMessage(register=pb.Register(
             name="raw", actions=actions, slots=slots,
         )))
-        self.call = pb_grpc.DispatcherStub(self._channel).Connect(
-            self._requests(), metadata=[("authorization", f"Bearer {token}")]
-        )
+        self._token = token
+        self._call: grpc.aio.StreamStreamCall | None = None
         self.registered: pb.Registered | None = None
+
+    @property
+    def call(self) -> grpc.aio.StreamStreamCall:
+        assert self._call is not None, "connect() first"
+        return self._call
 
     async def _requests(self) -> AsyncIterator[pb.WorkerMessage]:
         while (msg := await self._outbox.get()) is not None:
@@ -31,6 +35,9 @@ class RawWorker:
 
     async def connect(self) -> pb.Registered:
         """The dispatcher's Registered answer; raises AioRpcError when it refuses."""
+        self._call = pb_grpc.DispatcherStub(self._channel).Connect(
+            self._requests(), metadata=[("authorization", f"Bearer {self._token}")]
+        )
         first = await self.call.read()
         assert first is not grpc.aio.EOF and first.WhichOneof("msg") == "registered", first
         self.registered = first.registered
@@ -58,5 +65,6 @@ class RawWorker:
     async def close(self) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             self._outbox.put_nowait(None)
-        self.call.cancel()
+        if self._call is not None:
+            self._call.cancel()
         await self._channel.close()
