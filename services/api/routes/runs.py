@@ -18,7 +18,9 @@ from libs.common.db import HISTORY_DECODER
 from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, ReplayRun, encode
 from libs.common.statuses import RUN_TERMINAL, RunStatus
-from services.api.auth import Api, Tenant
+from libs.common.tenants import Scope
+from services.api.auth import Api, Caller, Tenant, requires
+from services.api.routes.tokens import audit_entry
 from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
 from services.api.state import ApiState
 
@@ -81,6 +83,7 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
 class RunController(Controller):
     path = "/runs"
     tags = ["runs"]
+    guards = [requires(Scope.READ)]
 
     @get("/{run_id:str}")
     async def get_run(
@@ -134,20 +137,22 @@ class RunController(Controller):
             for r in rows
         ]
 
-    @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED)
-    async def cancel(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
+    @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    async def cancel(self, run_id: str, tenant: Tenant, api: Api, caller: Caller) -> Accepted:
         await _require_run(api, tenant, run_id)
+        await api.audit.record(audit_entry(caller, "run.cancel", run_id))
         msg = CancelRun(run_id=run_id)
         await jetstream.publish_one(
             api.js, Outgoing(subjects.cmd(tenant, "run.cancel"), encode(msg), f"cancel:{run_id}")
         )
         return Accepted(run_id=run_id)
 
-    @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED)
-    async def replay(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
+    @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    async def replay(self, run_id: str, tenant: Tenant, api: Api, caller: Caller) -> Accepted:
         status = await _require_run(api, tenant, run_id)
         if status not in RUN_TERMINAL:
             raise ClientException(f"run {run_id!r} is {status}; only finished runs replay")
+        await api.audit.record(audit_entry(caller, "run.replay", run_id))
         msg = ReplayRun(run_id=run_id)
         await jetstream.publish_one(
             api.js,

@@ -61,6 +61,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * ListAudit
+         * @description Entries at or after `since` (ISO 8601), optionally of one `action` (e.g.
+         *     run.trigger, run.cancel, run.replay, run.trigger_bulk, token.create, token.revoke,
+         *     limits.set, filter.create, filter.update, filter.delete, cron.create, cron.delete,
+         *     workflow.rollback).
+         */
+        get: operations["AuditListAudit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/crons": {
         parameters: {
             query?: never;
@@ -181,6 +204,26 @@ export interface paths {
          * @description Change some fields of a filter; the new expression is compiled first.
          */
         patch: operations["FiltersFilterIdUpdate"];
+        trace?: never;
+    };
+    "/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * GetLimits
+         * @description Every limit of the tenant (null = unlimited) with its current usage.
+         */
+        get: operations["LimitsGetLimits"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/rate-limits": {
@@ -354,6 +397,52 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * ListTokens
+         * @description The tenant's tokens (never their secrets).
+         */
+        get: operations["TokensListTokens"];
+        put?: never;
+        /**
+         * Create
+         * @description Create a token with `scopes` (admin, write, read, worker). The secret is returned
+         *     in this response only.
+         */
+        post: operations["TokensCreate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tokens/{token_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** GetToken */
+        get: operations["TokensTokenIdGetToken"];
+        put?: never;
+        post?: never;
+        /**
+         * Revoke
+         * @description Revoke a token: within 2 s no API or dispatcher process accepts it.
+         */
+        delete: operations["TokensTokenIdRevoke"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/workflows": {
         parameters: {
             query?: never;
@@ -495,6 +584,16 @@ export interface components {
             status: string;
             worker_id: string | null;
         };
+        /** AuditView */
+        AuditView: {
+            action: string;
+            detail: unknown;
+            id: number;
+            target: string | null;
+            token_id: string | null;
+            token_name: string | null;
+            ts: string;
+        };
         /** BulkEventsAccepted */
         BulkEventsAccepted: {
             event_ids: string[];
@@ -593,6 +692,16 @@ export interface components {
             value: string;
             /** @default 1 */
             weight: number;
+        };
+        /** LimitsView */
+        LimitsView: {
+            limits: components["schemas"]["LimitUsage"][];
+        };
+        /** LimitUsage */
+        LimitUsage: {
+            limit: number | null;
+            name: string;
+            usage: number | null;
         };
         /** MinuteThroughput */
         MinuteThroughput: {
@@ -795,6 +904,29 @@ export interface components {
             since: string;
             until: string;
         };
+        /** TokenCreated */
+        TokenCreated: {
+            expires_at: string | null;
+            id: string;
+            name: string;
+            scopes: string[];
+            token: string;
+        };
+        /** TokenIn */
+        TokenIn: {
+            expires_in_s?: number | null;
+            name: string;
+            scopes: string[];
+        };
+        /** TokenView */
+        TokenView: {
+            created_at: string;
+            expires_at: string | null;
+            id: string;
+            name: string;
+            revoked_at: string | null;
+            scopes: string[];
+        };
         /** VersionView */
         VersionView: {
             created_at: string;
@@ -934,6 +1066,45 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Throughput"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    AuditListAudit: {
+        parameters: {
+            query?: {
+                action?: string | null;
+                limit?: number;
+                since?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditView"][];
                 };
             };
             /** @description Bad request syntax or unsupported method */
@@ -1370,6 +1541,26 @@ export interface operations {
             };
         };
     };
+    LimitsGetLimits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LimitsView"];
+                };
+            };
+        };
+    };
     RateLimitsListLimits: {
         parameters: {
             query?: never;
@@ -1778,6 +1969,154 @@ export interface operations {
             header?: never;
             path: {
                 scheduled_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, nothing follows */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    TokensListTokens: {
+        parameters: {
+            query?: {
+                include_revoked?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenView"][];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    TokensCreate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TokenIn"];
+            };
+        };
+        responses: {
+            /** @description Document created, URL follows */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenCreated"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    TokensTokenIdGetToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenView"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    TokensTokenIdRevoke: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token_id: string;
             };
             cookie?: never;
         };
