@@ -40,22 +40,41 @@ class Runs(_Resource):
                 return None
             raise
 
-    def list(self, *, status: str | None = None, workflow: str | None = None, limit: int = 50) -> Any:
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
-        if workflow:
-            params["workflow"] = workflow
-        return self._c.request("GET", "/runs", params=params)
+    def list(self, *, status: str | None = None, workflow: str | None = None, limit: int = 50,
+             parent_run_id: str | None = None) -> Any:
+        """Runs, newest first; `parent_run_id` lists that run's child runs."""
+        return self._c.request("GET", "/runs", params=_list_params(status, workflow, limit,
+                                                                  parent_run_id))
+
+    async def aio_list(self, *, status: str | None = None, workflow: str | None = None,
+                       limit: int = 50, parent_run_id: str | None = None) -> Any:
+        return await self._c.arequest("GET", "/runs", params=_list_params(status, workflow, limit,
+                                                                         parent_run_id))
 
     def cancel(self, run_id: str) -> Any:
+        """Cancel the run; its unfinished child runs are cancelled with it, recursively."""
         return self._c.request("POST", f"/runs/{run_id}/cancel")
+
+    async def aio_cancel(self, run_id: str) -> Any:
+        return await self._c.arequest("POST", f"/runs/{run_id}/cancel")
 
     def replay(self, run_id: str) -> Any:
         return self._c.request("POST", f"/runs/{run_id}/replay")
 
     def events(self, run_id: str) -> Any:
         return self._c.request("GET", f"/runs/{run_id}/events")
+
+
+def _list_params(status: str | None, workflow: str | None, limit: int,
+                 parent_run_id: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if workflow:
+        params["workflow"] = workflow
+    if parent_run_id:
+        params["parent_run_id"] = parent_run_id
+    return params
 
 
 class Events(_Resource):

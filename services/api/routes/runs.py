@@ -19,10 +19,19 @@ from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, ReplayRun, encode
 from libs.common.statuses import RUN_TERMINAL, RunStatus
 from services.api.auth import Api, Tenant
-from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
+from services.api.schemas import (
+    Accepted,
+    AttemptView,
+    ChildView,
+    RunEventView,
+    RunSummary,
+    RunView,
+    TaskView,
+)
 from services.api.state import ApiState
 
 MAX_WAIT_S = 60.0
+CHILDREN_SHOWN = 100  # children listed in a run view; GET /runs?parent_run_id= has the rest
 RUN_STATUSES = frozenset(s.value for s in RunStatus)
 
 
@@ -70,11 +79,19 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
                 attempts=history,
             )
         )
+    kids, kids_count = await api.runs.children(tenant, run_id, CHILDREN_SHOWN)
     return RunView(
         id=run["id"], workflow=run["workflow"], version_id=run["version_id"],
         status=run["status"], priority=run["priority"], input=_json(bytes(run["input"])),
         metadata=msgspec.json.decode(run["metadata"]), created_at=run["created_at"].isoformat(),
         finished_at=_iso(run["finished_at"]), output=output, tasks=views, errors=errors,
+        parent_run_id=run["parent_run_id"], parent_task=run["parent_task"], depth=run["depth"],
+        children=[
+            ChildView(id=k["id"], workflow=k["workflow"], status=k["status"],
+                      parent_task=k["parent_task"], created_at=k["created_at"].isoformat())
+            for k in kids
+        ],
+        children_count=kids_count,
     )
 
 
@@ -122,14 +139,18 @@ class RunController(Controller):
         status: str | None = None,
         workflow: str | None = None,
         limit: int = Parameter(default=50, ge=1, le=1000),
+        parent_run_id: str | None = Parameter(
+            default=None, description="only the child runs of this run"
+        ),
     ) -> list[RunSummary]:
         if status is not None and status not in RUN_STATUSES:
             raise ClientException(f"status must be one of {sorted(RUN_STATUSES)}")
-        rows = await api.runs.list_runs(tenant, status, workflow, limit)
+        rows = await api.runs.list_runs(tenant, status, workflow, limit, parent_run_id)
         return [
             RunSummary(
                 id=r["id"], workflow=r["workflow"], status=r["status"],
                 created_at=r["created_at"].isoformat(), finished_at=_iso(r["finished_at"]),
+                parent_run_id=r["parent_run_id"],
             )
             for r in rows
         ]

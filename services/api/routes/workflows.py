@@ -18,6 +18,7 @@ from libs.common import jetstream, metrics, specs, subjects, telemetry
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, encode
 from libs.common.subjects import Header
+from services.api import children
 from services.api.auth import Api, Tenant
 from services.api.input_schema import schema_problem
 from services.api.repos.workflows import Version, VersionInfo
@@ -125,9 +126,12 @@ class WorkflowController(Controller):
         """Start a run on the current version of a workflow, or on `version_id` if given."""
         version = await _version(api, tenant, name, data.version_id)
         trig = _trigger(api, name, version, data)
-        with _trigger_span(tenant, name, traceparent, [trig]):
-            await jetstream.publish_one(api.js, _outgoing(tenant, trig))
-        metrics.API_RUNS_TRIGGERED.inc()
+        if data.parent is not None:  # a child run: it may exist already (a retried parent)
+            await children.adopt_parents(api.runs, api.settings, tenant, [(trig, data.parent)])
+        if await children.not_started(api.runs, tenant, [trig]):
+            with _trigger_span(tenant, name, traceparent, [trig]):
+                await jetstream.publish_one(api.js, _outgoing(tenant, trig))
+            metrics.API_RUNS_TRIGGERED.inc()
         return RunCreated(run_id=trig.run_id, workflow=name, version_id=version.id)
 
     @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED)
@@ -143,9 +147,14 @@ class WorkflowController(Controller):
             if req.version_id not in versions:
                 versions[req.version_id] = await _version(api, tenant, name, req.version_id)
         trigs = [_trigger(api, name, versions[r.version_id], r) for r in data.runs]
-        with _trigger_span(tenant, name, traceparent, trigs):
-            await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, trigs))
-        metrics.API_RUNS_TRIGGERED.inc(len(trigs))
+        spawned = [(t, r.parent) for t, r in zip(trigs, data.runs, strict=True) if r.parent]
+        if spawned:
+            await children.adopt_parents(api.runs, api.settings, tenant, spawned)
+        fresh = await children.not_started(api.runs, tenant, trigs)
+        if fresh:
+            with _trigger_span(tenant, name, traceparent, fresh):
+                await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, fresh))
+            metrics.API_RUNS_TRIGGERED.inc(len(fresh))
         return BulkRunCreated(run_ids=[t.run_id for t in trigs])
 
 
