@@ -15,11 +15,11 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test lint proto \
-	bench chaos bench-fairness bench-events bench-compare soak
+	bench chaos bench-fairness bench-events bench-compare bench-children soak
 
 help:
 	@echo "targets: venv up down clean status env demo test lint proto"
-	@echo "         bench chaos bench-fairness bench-events bench-compare soak"
+	@echo "         bench chaos bench-fairness bench-events bench-compare bench-children soak"
 
 venv: $(STAMP)
 
@@ -91,6 +91,10 @@ bench-events: up
 
 bench-compare: up
 	$(WITH_ENV) $(PY) -m bench.compare
+
+# Child runs: one task fans out 10,000 children (BENCH_CHILDREN) and gathers them.
+bench-children: up
+	$(WITH_ENV) $(PY) -m bench.children
 
 soak: up
 	$(WITH_ENV) $(PY) -m bench.soak

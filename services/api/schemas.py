@@ -121,6 +121,22 @@ class RunView(msgspec.Struct, kw_only=True):
     children_count: int = 0
 
 
+class ResultsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    run_ids: list[str]
+    wait_s: float = 0.0  # long-poll: until at least one of the runs has ended
+
+
+class RunResult(msgspec.Struct, kw_only=True):
+    id: str
+    status: str
+    output: dict[str, Any]
+    errors: dict[str, dict[str, Any]] = {}
+
+
+class ResultsView(msgspec.Struct, kw_only=True):
+    runs: list[RunResult]  # the runs that have ended; the others are still going (or unknown)
+
+
 class RunSummary(msgspec.Struct, kw_only=True):
     id: str
     workflow: str

@@ -90,6 +90,29 @@ class RunRepo:
         )
         return None if row is None else (int(row["depth"]), str(row["name"]), str(row["status"]))
 
+    async def results(
+        self, tenant: str, run_ids: list[str], terminal: list[str]
+    ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """Of these runs, those whose status is in `terminal`, and their tasks with the
+        output and, for a task that did not succeed, the last error of its attempts."""
+        async with self._pool.acquire() as conn:
+            runs: list[asyncpg.Record] = await conn.fetch(
+                "SELECT id, status FROM runs"
+                " WHERE tenant_id = $1 AND id = ANY($2::text[]) AND status = ANY($3::text[])",
+                tenant, run_ids, terminal,
+            )
+            if not runs:
+                return runs, []
+            tasks: list[asyncpg.Record] = await conn.fetch(
+                "SELECT t.run_id, t.name, t.status, t.output, e.error FROM tasks t"
+                " LEFT JOIN LATERAL (SELECT a.error::text AS error FROM task_attempts a"
+                "  WHERE a.tenant_id = t.tenant_id AND a.task_id = t.id AND a.error IS NOT NULL"
+                "  AND t.status <> 'SUCCEEDED' ORDER BY a.attempt DESC LIMIT 1) e ON true"
+                " WHERE t.tenant_id = $1 AND t.run_id = ANY($2::text[])",
+                tenant, [r["id"] for r in runs],
+            )
+        return runs, tasks
+
     async def existing(self, tenant: str, run_ids: list[str]) -> set[str]:
         """Which of these run ids the tenant already has."""
         rows = await self._pool.fetch(

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import Parameter
-from litestar.status_codes import HTTP_202_ACCEPTED
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from libs.common import jetstream, subjects
 from libs.common.db import HISTORY_DECODER
@@ -23,7 +23,10 @@ from services.api.schemas import (
     Accepted,
     AttemptView,
     ChildView,
+    ResultsRequest,
+    ResultsView,
     RunEventView,
+    RunResult,
     RunSummary,
     RunView,
     TaskView,
@@ -31,6 +34,7 @@ from services.api.schemas import (
 from services.api.state import ApiState
 
 MAX_WAIT_S = 60.0
+MAX_RESULTS = 1000
 CHILDREN_SHOWN = 100  # children listed in a run view; GET /runs?parent_run_id= has the rest
 RUN_STATUSES = frozenset(s.value for s in RunStatus)
 
@@ -155,6 +159,35 @@ class RunController(Controller):
             for r in rows
         ]
 
+    @post("/results", status_code=HTTP_200_OK)
+    async def results(self, data: ResultsRequest, tenant: Tenant, api: Api) -> ResultsView:
+        """The outcome of those of up to 1,000 runs that have ended. With `wait_s`, waits until
+        at least one has. What an SDK gathering many child runs' results polls, instead of one
+        long-poll per run."""
+        if not 1 <= len(data.run_ids) <= MAX_RESULTS:
+            raise ClientException(f"run_ids must hold 1 to {MAX_RESULTS} ids")
+        wait_s = min(max(data.wait_s, 0.0), MAX_WAIT_S)
+        ids = list(dict.fromkeys(data.run_ids))
+        futs = {rid: api.waiter(rid) for rid in ids} if wait_s > 0 else {}
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            while True:
+                found = await _results(api, tenant, ids)
+                remaining = deadline - loop.time()
+                if found or not futs or remaining <= 0:
+                    return ResultsView(runs=found)
+                # As get_run: wait for an announcement, re-reading now and then.
+                await asyncio.wait(futs.values(), timeout=min(remaining, 1.0),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for rid, fut in list(futs.items()):
+                    if fut.done():
+                        api.forget(rid, fut)
+                        futs[rid] = api.waiter(rid)
+        finally:
+            for rid, fut in futs.items():
+                api.forget(rid, fut)
+
     @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED)
     async def cancel(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
         await _require_run(api, tenant, run_id)
@@ -192,6 +225,18 @@ class RunController(Controller):
                     attempt=event.attempt, detail=event.detail, ts=ts,
                 ))
         return out
+
+
+async def _results(api: ApiState, tenant: str, run_ids: list[str]) -> list[RunResult]:
+    runs, tasks = await api.runs.results(tenant, run_ids, sorted(RUN_TERMINAL))
+    out = {r["id"]: RunResult(id=r["id"], status=r["status"], output={}) for r in runs}
+    for t in tasks:
+        res = out[t["run_id"]]
+        if t["status"] == "SUCCEEDED":
+            res.output[t["name"]] = _json(bytes(t["output"])) if t["output"] is not None else None
+        elif t["status"] in ("FAILED", "TIMED_OUT", "CANCELLED") and t["error"]:
+            res.errors[t["name"]] = msgspec.json.decode(t["error"])
+    return list(out.values())
 
 
 async def _require_run(api: ApiState, tenant: str, run_id: str) -> str:
