@@ -81,6 +81,7 @@ def test_a_parent_that_succeeds_leaves_its_children_running() -> None:
     assert _cascades(eng) == []
     assert "p" not in eng.runs
     assert eng.runs["c"].status not in RUN_TERMINAL
+    assert eng.children_of("p") == {"c"}  # until the child ends: a replayed parent finds it
 
 
 def test_a_child_triggered_after_its_parent_was_cancelled_is_cancelled_at_once() -> None:

@@ -89,9 +89,12 @@ class Children:
                     siblings.discard(run.id)
                     if not siblings:
                         del self._kids[run.parent_run_id]
-            kids = self._kids.pop(run.id, None)
-            if kids and run.status == RunStatus.CANCELLED:
-                self._cascade(fx, run, sorted(k for k in kids if k in self._m.runs))
+            # A parent that ended otherwise keeps its entry while its children run: a replay
+            # may bring it back, and cancelling it then must still reach them.
+            if run.status == RunStatus.CANCELLED:
+                kids = self._kids.pop(run.id, None)
+                if kids:
+                    self._cascade(fx, run, sorted(k for k in kids if k in self._m.runs))
         self._gone_parents = {}
 
     def _cascade(self, fx: Effects, run: Run, kids: list[str]) -> None:
