@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from conftest import Stack, eventually
-from ratchet import ApiError, Context, Ratchet, RunFailed
+from ratchet import ApiError, Context, NonRetryable, Ratchet, RunFailed
+
+from services.scheduler.service import SchedulerService
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -253,3 +255,69 @@ async def test_parent_filter_and_parent_links_stay_within_the_tenant(
         assert err.value.status == 404
     finally:
         await other.aclose()
+
+
+async def test_links_and_the_cascade_survive_a_scheduler_restart(
+    client: Ratchet, stack: Stack, start_worker: Any
+) -> None:
+    started: dict[str, str] = {}
+
+    @client.task(name="sleeper")
+    async def sleeper(input: dict, ctx: Context) -> dict:
+        started["child"] = ctx.run_id
+        await asyncio.sleep(120)  # until cancelled
+        return {}
+
+    parent = client.workflow("restarted-parent")
+
+    @parent.task()
+    async def wait_child(input: dict, ctx: Context) -> dict:
+        return await sleeper.aio_run({})
+
+    await start_worker("w-restart", workflows=[parent, sleeper], slots=4)
+    ref = await parent.aio_run_no_wait({})
+
+    async def child_running() -> bool:
+        run_id = started.get("child")
+        return run_id is not None and await _status(client, run_id) == "RUNNING"
+
+    await eventually(child_running, timeout_s=30)
+    await stack.scheduler.stop()
+    stack.scheduler = SchedulerService(stack.settings)
+    await stack.scheduler.start()
+    assert stack.scheduler.engine.children_of(ref.run_id) == {started["child"]}
+
+    await client.runs.aio_cancel(ref.run_id)
+
+    async def both_cancelled() -> bool:
+        return [await _status(client, i) for i in (ref.run_id, started["child"])] == [
+            "CANCELLED", "CANCELLED"
+        ]
+
+    await eventually(both_cancelled, timeout_s=30)
+
+
+async def test_a_failed_child_raises_run_failed_in_its_parent(
+    client: Ratchet, start_worker: Any
+) -> None:
+    @client.task(name="flaky")
+    async def flaky(input: dict, ctx: Context) -> dict:
+        if input["i"] == 1:
+            raise NonRetryable("child 1 cannot")
+        return {"i": input["i"]}
+
+    parent = client.workflow("careful-parent")
+
+    @parent.task()
+    async def careful(input: dict, ctx: Context) -> dict:
+        refs = await flaky.aio_run_many([{"i": i} for i in range(3)])
+        outs = await asyncio.gather(*(ref.aio_result(30) for ref in refs), return_exceptions=True)
+        return {
+            "ok": [o["flaky"]["i"] for o in outs if isinstance(o, dict)],
+            "failed": [str(o) for o in outs if isinstance(o, RunFailed)],
+        }
+
+    await start_worker("w-careful", workflows=[parent, flaky], slots=4)
+    out = (await parent.aio_run({}, timeout_s=60))["careful"]
+    assert out["ok"] == [0, 2]
+    assert len(out["failed"]) == 1 and "child 1 cannot" in out["failed"][0]
