@@ -321,3 +321,23 @@ async def test_a_failed_child_raises_run_failed_in_its_parent(
     out = (await parent.aio_run({}, timeout_s=60))["careful"]
     assert out["ok"] == [0, 2]
     assert len(out["failed"]) == 1 and "child 1 cannot" in out["failed"][0]
+
+
+async def test_a_sync_task_starts_children_too(client: Ratchet, start_worker: Any) -> None:
+    @client.task(name="double")
+    async def double(input: dict, ctx: Context) -> dict:
+        return {"v": 2 * input["v"]}
+
+    parent = client.workflow("sync-parent")
+
+    @parent.task()
+    def sync_parent(input: dict, ctx: Context) -> dict:  # runs in a worker thread
+        refs = double.run_many([{"v": 1}, {"v": 2}])
+        one = double.run({"v": 10})
+        return {"vs": [r.result(30)["double"]["v"] for r in refs] + [one["double"]["v"]]}
+
+    await start_worker("w-sync", workflows=[parent, double], slots=4)
+    ref = await parent.aio_run_no_wait({})
+    out = await ref.aio_result(60)
+    assert out["sync_parent"]["vs"] == [2, 4, 20]
+    assert len(await client.runs.aio_list(parent_run_id=ref.run_id)) == 3
