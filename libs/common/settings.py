@@ -41,6 +41,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_max_age_s: float = 7 * 24 * 3600.0
     dedupe_window_s: float = 600.0
     max_deliver: int = 8
+    # Child runs (docs/children.md): how deep a tree of runs may grow (a top-level run is at
+    # depth 0) and how many children one task may start, over all its attempts.
+    max_child_depth: int = 10
+    max_children_per_task: int = 100_000
     log_level: str = "INFO"
     otlp_endpoint: str = ""
     service_name: str = "ratchet"

@@ -355,6 +355,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/runs/results": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Results
+         * @description The outcome of those of up to 1,000 runs that have ended. With `wait_s`, waits until
+         *     at least one has. What an SDK gathering many child runs' results polls, instead of one
+         *     long-poll per run.
+         */
+        post: operations["RunsResultsResults"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/scheduled": {
         parameters: {
             query?: never;
@@ -610,6 +632,14 @@ export interface components {
         BulkRunRequest: {
             runs: components["schemas"]["RunRequest"][];
         };
+        /** ChildView */
+        ChildView: {
+            created_at: string;
+            id: string;
+            parent_task: string | null;
+            status: string;
+            workflow: string;
+        };
         /** ConcurrencySpec */
         ConcurrencySpec: {
             key: string;
@@ -711,6 +741,14 @@ export interface components {
             succeeded: number;
             timed_out: number;
         };
+        /** ParentRef */
+        ParentRef: {
+            /** @default 0 */
+            index: number;
+            key?: string | null;
+            run_id: string;
+            task_id: string;
+        };
         /** Percentiles */
         Percentiles: {
             p50: number | null;
@@ -754,6 +792,16 @@ export interface components {
             id: string;
             name: string;
         };
+        /** ResultsRequest */
+        ResultsRequest: {
+            run_ids: string[];
+            /** @default 0 */
+            wait_s: number;
+        };
+        /** ResultsView */
+        ResultsView: {
+            runs: components["schemas"]["RunResult"][];
+        };
         /** RollbackRequest */
         RollbackRequest: {
             version_id: string;
@@ -791,20 +839,40 @@ export interface components {
             metadata?: {
                 [key: string]: string;
             };
+            parent?: components["schemas"]["ParentRef"] | null;
             priority?: number | null;
             version_id?: string | null;
+        };
+        /** RunResult */
+        RunResult: {
+            errors?: {
+                [key: string]: {
+                    [key: string]: unknown;
+                };
+            };
+            id: string;
+            output: {
+                [key: string]: unknown;
+            };
+            status: string;
         };
         /** RunSummary */
         RunSummary: {
             created_at: string;
             finished_at: string | null;
             id: string;
+            parent_run_id?: string | null;
             status: string;
             workflow: string;
         };
         /** RunView */
         RunView: {
+            children?: components["schemas"]["ChildView"][];
+            /** @default 0 */
+            children_count: number;
             created_at: string;
+            /** @default 0 */
+            depth: number;
             errors?: {
                 [key: string]: {
                     [key: string]: unknown;
@@ -819,6 +887,8 @@ export interface components {
             output: {
                 [key: string]: unknown;
             };
+            parent_run_id?: string | null;
+            parent_task?: string | null;
             priority: number;
             status: string;
             tasks: components["schemas"]["TaskView"][];
@@ -1663,6 +1733,8 @@ export interface operations {
         parameters: {
             query?: {
                 limit?: number;
+                /** @description only the child runs of this run */
+                parent_run_id?: string | null;
                 status?: string | null;
                 workflow?: string | null;
             };
@@ -1830,6 +1902,45 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Accepted"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    RunsResultsResults: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResultsRequest"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ResultsView"];
                 };
             };
             /** @description Bad request syntax or unsupported method */
