@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nkeys  # type: ignore[import-untyped]
+import nkeys
 
 from libs.common import subjects
 

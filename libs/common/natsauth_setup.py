@@ -7,6 +7,8 @@ The directory then holds:
     auth.conf           operator JWT, system account, memory resolver with both account JWTs:
                         `include` it from the nats-server config (or pass it with -c)
     <role>.creds        one per service (api, matcher, scheduler, dispatcher, replicator)
+    tools.creds         everything allowed: for operators' tools (bench, debugging) on a dev
+                        stack. Never hand it to a service or a tenant.
     signing.nk          the application account's signing key seed: the API signs tenant
                         credentials with it. Secret.
     account.pub         the application account's public key
@@ -23,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import nkeys  # type: ignore[import-untyped]
+import nkeys
 
 from libs.common import natsauth
 
@@ -48,6 +50,10 @@ class AuthLayout:
 
     def creds(self, role: str) -> Path:
         return self.root / f"{role}.creds"
+
+    @property
+    def tools_creds(self) -> Path:
+        return self.root / "tools.creds"
 
     @property
     def account(self) -> str:
@@ -78,7 +84,7 @@ def ensure_layout(root: str | os.PathLike[str]) -> AuthLayout:
     layout = AuthLayout(Path(root).absolute())
     roles = list(natsauth.SERVICE_ROLES)
     needed = [layout.server_conf, layout.signing_seed_file, layout.account_file,
-              *(layout.creds(r) for r in roles)]
+              layout.tools_creds, *(layout.creds(r) for r in roles)]
     if all(p.exists() for p in needed):
         return layout
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -109,6 +115,8 @@ def ensure_layout(root: str | os.PathLike[str]) -> AuthLayout:
     issuer = layout.issuer()
     for role in roles:
         _write_secret(layout.creds(role), issuer.service(role).creds)
+    everything = natsauth.Permissions(publish=(">",), subscribe=(">",), respond=True)
+    _write_secret(layout.tools_creds, issuer.issue("tools", everything).creds)
     # Last: its presence marks the layout complete (see the check above).
     layout.server_conf.write_text(conf)
     return layout

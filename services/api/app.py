@@ -21,6 +21,7 @@ from services.api.routes.analytics import AnalyticsController
 from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
 from services.api.routes.filters import FilterController
+from services.api.routes.nats_credentials import NatsCredentialsController
 from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
 from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
@@ -59,7 +60,7 @@ def create_app(
         route_handlers=[
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
-            RateLimitController,
+            RateLimitController, NatsCredentialsController,
             *extra_routes,
         ],
         dependencies={
