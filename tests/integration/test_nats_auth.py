@@ -119,7 +119,7 @@ async def test_credentials_response_allows_only_own_events(
 
 
 async def test_no_credentials_no_connection(nats_auth: Any) -> None:
-    with pytest.raises(Exception, match="(?i)authorization"):
+    with pytest.raises(Exception, match=r"(?i)authorization"):
         await nats.connect(nats_auth.url, allow_reconnect=False, max_reconnect_attempts=0,
                            connect_timeout=2)
 
