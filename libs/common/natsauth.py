@@ -145,6 +145,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _b64_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 _HEADER = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
 
 
@@ -173,8 +177,7 @@ def encode_jwt(
 def decode_claims(jwt: str) -> dict[str, Any]:
     """The claims of a JWT, unverified (for display and tests; the server verifies)."""
     try:
-        body = jwt.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        claims = json.loads(_b64_decode(jwt.split(".")[1]))
     except (IndexError, ValueError) as exc:
         raise ValueError(f"not a JWT: {exc!s}") from None
     if not isinstance(claims, dict):
