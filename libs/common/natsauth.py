@@ -38,6 +38,8 @@ _JS_API = "$JS.API.>"
 _JS_ACK = "$JS.ACK.>"
 _JS_FC = "$JS.FC.>"
 _INBOX = "_INBOX.>"
+# The matcher (events) and the scheduler (crons) start runs; cancel and replay are the API's.
+_RUN_TRIGGERS = subjects.cmd("*", "run.trigger")
 
 
 def _kv(bucket: subjects.Bucket) -> str:
@@ -71,13 +73,15 @@ SERVICE_ROLES: Mapping[str, Permissions] = {
     ),
     # Consumes EVT, triggers runs, records match outcomes.
     "matcher": Permissions(
-        publish=(*_SERVICE_COMMON_PUB, subjects.CMD_ALL, subjects.TASK_MATCH_ALL),
+        publish=(*_SERVICE_COMMON_PUB, _RUN_TRIGGERS, subjects.TASK_MATCH_ALL),
         subscribe=(*_SERVICE_COMMON_SUB, subjects.MATCHER_CHANGES),
     ),
-    # Consumes CMD and task reports, publishes state changes and assignments, cron triggers.
+    # Consumes CMD and task reports, publishes state changes and assignments, cron triggers;
+    # reads the worker registry.
     "scheduler": Permissions(
         publish=(
-            *_SERVICE_COMMON_PUB, subjects.TASK_CHANGES_ALL, subjects.dsp(">"), subjects.CMD_ALL,
+            *_SERVICE_COMMON_PUB, subjects.TASK_CHANGES_ALL, subjects.dsp(">"), _RUN_TRIGGERS,
+            _kv(subjects.Bucket.WORKERS),  # deletes the entries of workers it declared lost
         ),
         subscribe=_SERVICE_COMMON_SUB,
     ),
@@ -85,7 +89,6 @@ SERVICE_ROLES: Mapping[str, Permissions] = {
     "dispatcher": Permissions(
         publish=(
             *_SERVICE_COMMON_PUB, subjects.TASK_REPORTS_ALL, _kv(subjects.Bucket.WORKERS),
-            _kv(subjects.Bucket.DISPATCHERS),
         ),
         subscribe=_SERVICE_COMMON_SUB,
     ),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -80,3 +81,12 @@ async def secure_stack(
     finally:
         for svc in reversed(started):
             await svc.stop()
+
+
+def permission_violations(records: list[logging.LogRecord]) -> list[str]:
+    """What the services' NATS clients reported as refused (nats-py logs async server errors):
+    a role missing a subject its service uses shows up here, not as a failed call."""
+    return [
+        str(r.exc_info[1]) for r in records
+        if r.exc_info and "permissions violation" in str(r.exc_info[1]).lower()
+    ]

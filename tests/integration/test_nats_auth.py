@@ -22,7 +22,7 @@ import pytest
 from nats.aio.client import RawCredentials
 from nats.js.errors import NotFoundError
 from ratchet import ApiError, Context, Ratchet
-from securestack import SecureStack, secure_stack
+from securestack import SecureStack, permission_violations, secure_stack
 
 from libs.common import natsauth, subjects
 from libs.common.subjects import Stream
@@ -125,7 +125,7 @@ async def test_no_credentials_no_connection(nats_auth: Any) -> None:
 
 
 async def test_tenant_publish_triggers_run_end_to_end(
-    tenant_client: tuple[str, Ratchet], nats_auth: Any
+    tenant_client: tuple[str, Ratchet], nats_auth: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     tenant, client = tenant_client
     wf = client.workflow("on-nats-auth", on_events=["order.paid"])
@@ -153,6 +153,7 @@ async def test_tenant_publish_triggers_run_end_to_end(
         await until(succeeded, timeout_s=30)
         [run] = await client.arequest("GET", "/runs", params={"workflow": "on-nats-auth"})
         assert (await client.runs.aio_get(run["id"]))["output"]["echo"] == {"got": {"amount": 7}}
+        assert permission_violations(caplog.records) == []
     finally:
         await worker.astop(drain_timeout_s=5)
         with contextlib.suppress(Exception):

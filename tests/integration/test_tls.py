@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ratchet import Context, Ratchet
-from securestack import SecureStack, secure_stack
+from securestack import SecureStack, permission_violations, secure_stack
 
 from tools import devstack
 
@@ -138,7 +138,9 @@ def tls_env(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> Pki:
     return pki
 
 
-async def test_workflow_runs_over_tls_everywhere(tls_stack: SecureStack, tls_env: Pki) -> None:
+async def test_workflow_runs_over_tls_everywhere(
+    tls_stack: SecureStack, tls_env: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
     assert tls_stack.api_url.startswith("https://")
     _, token = await tls_stack.new_tenant()
     client = Ratchet(token=token, api_url=tls_stack.api_url, grpc_addr=tls_stack.grpc_addr)
@@ -158,6 +160,7 @@ async def test_workflow_runs_over_tls_everywhere(tls_stack: SecureStack, tls_env
         await worker.wait_connected(30)
         out = await asyncio.wait_for(wf.aio_run({"n": 1}), 60)
         assert out == {"first": {"n": 2}, "second": {"n": 20}}
+        assert permission_violations(caplog.records) == []
     finally:
         await worker.astop(drain_timeout_s=5)
         with contextlib.suppress(Exception):

@@ -156,6 +156,9 @@ def start_nats(ports: dict[str, int], auth: AuthLayout) -> str:
     ports["nats"] = server.port
     origin = "already running" if server.adopted else f"started from {server.binary}"
     say(f"nats {origin} at {url} (pid {server.pid})")
+    if server.adopted and "-c" not in (procs.pid_cmdline(server.pid or 0) or ["-c"]):
+        say("WARNING: this nats-server was started without auth (by an older `make up`); "
+            "`make down && make up` turns auth on")
     return url
 
 
