@@ -26,6 +26,7 @@ from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
 from services.api.routes.filters import FilterController
 from services.api.routes.limits import LimitController
+from services.api.routes.nats_credentials import NatsCredentialsController
 from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
 from services.api.routes.tokens import TokenController
@@ -78,6 +79,7 @@ def create_app(
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController, TokenController, LimitController, AuditController,
+            NatsCredentialsController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],

@@ -226,6 +226,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/nats-credentials": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Issue
+         * @description Issue NATS credentials that may publish only `evt.<tenant>.>` (returned once).
+         */
+        post: operations["NatsCredentialsIssue"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/rate-limits": {
         parameters: {
             query?: never;
@@ -740,6 +760,22 @@ export interface components {
             minute: string;
             succeeded: number;
             timed_out: number;
+        };
+        /** NatsCredentials */
+        NatsCredentials: {
+            account: string;
+            creds: string;
+            expires_at: string;
+            inbox_prefix: string;
+            jwt: string;
+            publish: string[];
+            seed: string;
+            subscribe: string[];
+            url: string;
+        };
+        /** NatsCredentialsIn */
+        NatsCredentialsIn: {
+            ttl_s?: number | null;
         };
         /** ParentRef */
         ParentRef: {
@@ -1627,6 +1663,45 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["LimitsView"];
+                };
+            };
+        };
+    };
+    NatsCredentialsIssue: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NatsCredentialsIn"] | null;
+            };
+        };
+        responses: {
+            /** @description Document created, URL follows */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NatsCredentials"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
                 };
             };
         };
