@@ -17,6 +17,7 @@ from litestar.types import ControllerRouterHandler
 
 from services.api.auth import provide_tenant
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
+from services.api.routes.admin import AdminController
 from services.api.routes.analytics import AnalyticsController
 from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
@@ -60,7 +61,7 @@ def create_app(
         route_handlers=[
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
-            RateLimitController,
+            RateLimitController, AdminController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],
