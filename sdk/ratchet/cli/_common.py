@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ratchet.client import Ratchet
@@ -102,7 +103,8 @@ def print_json(value: Any) -> None:
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
     t = Table(*columns, title=title, show_lines=False, header_style="bold")
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        # Cells hold user data (names, messages): shown as written, never read as markup.
+        t.add_row(*("" if v is None else escape(str(v)) for v in row))
     out.print(t)
 
 

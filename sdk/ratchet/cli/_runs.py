@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ratchet._admin_resources import WorkflowCatalog
@@ -66,7 +67,7 @@ def wait_for(client: Ratchet, run_id: str, timeout_s: float) -> dict[str, Any]:
 
 
 def _show_run(run: dict[str, Any]) -> None:
-    out.print(f"[bold]{run['id']}[/]  {run['workflow']}  [bold]{run['status']}[/]")
+    out.print(f"[bold]{run['id']}[/]  {escape(run['workflow'])}  [bold]{run['status']}[/]")
     out.print(f"created {short_time(run.get('created_at'))}"
               + (f"  finished {short_time(run['finished_at'])}" if run.get("finished_at") else ""))
     table(
@@ -76,7 +77,9 @@ def _show_run(run: dict[str, Any]) -> None:
          for t in run.get("tasks", [])),
     )
     for name, error in (run.get("errors") or {}).items():
-        err.print(f"[red]{name}[/]: {error.get('type')}: {error.get('message')}")
+        # Error text is the task's own: never let it be read as rich markup.
+        err.print(f"[red]{escape(name)}[/]: {escape(str(error.get('type')))}: "
+                  f"{escape(str(error.get('message')))}")
     if run["status"] == "SUCCEEDED" and run.get("output"):
         out.print_json(json.dumps(run["output"], default=str))
 
@@ -192,7 +195,7 @@ def _bulk(ctx: typer.Context, verb: str, ids: list[str] | None, status: str | No
     else:
         for r in results:
             if not r["ok"]:
-                err.print(f"[red]{r['run_id']}[/]: {r['error']}")
+                err.print(f"[red]{escape(r['run_id'])}[/]: {escape(r['error'])}")
         out.print(f"{verb}: {done} of {len(results)} runs")
     if codes:
         # One id that does not exist is "not found"; any other refusal wins over it.

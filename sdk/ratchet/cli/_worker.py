@@ -58,11 +58,11 @@ async def _serve(worker: Worker) -> None:
     if connected.done() and not connected.cancelled() and connected.exception() is None:
         actions = sum(len(wf.all_tasks()) for wf in worker.workflows)
         err.print(f"worker {worker.name} connected: {len(worker.workflows)} workflows, "
-                  f"{actions} tasks, {worker.slots} slots (Ctrl-C drains and stops)")
+                  f"{actions} tasks, {worker.slots} slots (Ctrl-C drains and stops)", markup=False)
     else:
         connected.cancel()
     await task
-    err.print(f"worker {worker.name} stopped")
+    err.print(f"worker {worker.name} stopped", markup=False)
 
 
 def worker(

@@ -55,7 +55,7 @@ def rollback(ctx: typer.Context, name: str, version_id: str, json_: JsonOpt = Fa
     if wants_json(ctx, json_):
         print_json(version)
     else:
-        out.print(f"{name}: version {version['id']} is current")
+        out.print(f"{name}: version {version['id']} is current", markup=False)
 
 
 @events.command("push")
