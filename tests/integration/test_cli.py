@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from ratchet import Context, NonRetryable, Ratchet
@@ -316,6 +317,22 @@ async def test_admin_tenant_create_list_migrate(operator_api: ApiService) -> Non
     invalid = await run_cli("admin", "tenant", "create", "Not Valid!", env=op_env)
     assert_one_line_error(invalid, Exit.USAGE)
 
+    # Limits are the operator's: set through the operator endpoint where the API has one.
+    schema = await _schema(url)
+    set_limits = await run_cli("limits", "set", tenant_id, "unfinished-runs=5", "workers=none",
+                               "--json", env=op_env)
+    if "/admin/tenants/{tenant_id}/limits" in schema["paths"]:
+        assert set_limits.code == Exit.OK, set_limits
+        assert set_limits.json()["unfinished_runs"] == 5
+        shown = await run_cli("limits", "get", "--json", env=cli_env(url, token))
+        assert {x["name"]: x["limit"] for x in shown.json()["limits"]}["unfinished_runs"] == 5
+        nobody = await run_cli("limits", "set", "no-such-tenant", "workers=1", env=op_env)
+        assert_one_line_error(nobody, Exit.NOT_FOUND)
+    else:
+        assert_one_line_error(set_limits, Exit.NOT_FOUND)
+    bad_limit = await run_cli("limits", "set", tenant_id, "bogus=1", env=op_env)
+    assert_one_line_error(bad_limit, Exit.USAGE)
+
     migrated = await run_cli("admin", "migrate", "--json", env=op_env)
     assert migrated.code == Exit.OK and migrated.json() == {"applied": []}
 
@@ -324,6 +341,11 @@ async def test_admin_tenant_create_list_migrate(operator_api: ApiService) -> Non
     assert_one_line_error(as_tenant, Exit.AUTH)
     none = await run_cli("admin", "migrate", env=cli_env(url, token))
     assert_one_line_error(none, Exit.AUTH)
+
+
+async def _schema(api_url: str) -> Any:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"{api_url}/schema/openapi.json")).json()
 
 
 WORKER_MODULE = """
@@ -402,7 +424,7 @@ async def test_logs_and_tokens_where_the_api_has_them(
     else:
         assert_one_line_error(logs, Exit.FAILED)
         assert "runs.logs()" in logs.err
-    schema = await client.arequest("GET", "/schema/openapi.json")
+    schema = await _schema(stack.api_url)
     if "/tokens" not in schema["paths"]:
         listed = await run_cli("tokens", "list", env=env)
         assert_one_line_error(listed, Exit.NOT_FOUND)
