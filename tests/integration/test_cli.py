@@ -27,10 +27,12 @@ import pytest
 from ratchet import Context, NonRetryable, Ratchet
 from ratchet.cli._common import CliError, Exit
 from ratchet.cli._tokens import parse_duration_s, parse_limit
+from ratchet.resources import Runs
 
 from libs.common import db, tenants
 from services.api.service import ApiService
 from services.matcher.service import MatcherService
+from services.replicator.service import ReplicatorService
 from tests.integration.conftest import Stack, WorkerFactory, eventually
 
 RATCHET = Path(sys.executable).with_name("ratchet")
@@ -412,18 +414,74 @@ async def test_worker_command_serves_a_module_and_drains_on_sigint(
             await proc.wait()
 
 
-async def test_logs_and_tokens_where_the_api_has_them(
+@pytest.fixture(scope="module")
+async def log_store(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ReplicatorService | None]:
+    """The replicator that holds task logs, started only when this SDK can read them."""
+    if not hasattr(Runs, "logs"):
+        yield None
+        return
+    settings = msgspec.structs.replace(
+        stack.settings, data_dir=str(tmp_path_factory.mktemp("cli-olap")), clickhouse_url=""
+    )
+    service = ReplicatorService(settings, linger_s=0.05, lag_interval_s=0.2)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def test_logs_and_stream_of_a_run(
+    client: Ratchet, start_worker: WorkerFactory, env: dict[str, str],
+    log_store: ReplicatorService | None,
+) -> None:
+    if log_store is None or not hasattr(client.runs, "stream"):
+        # Until the SDK has runs.logs()/runs.stream() the commands say so in one line.
+        for command in ("logs", "stream"):
+            result = await run_cli("runs", command, "any-run", env=env)
+            assert_one_line_error(result, Exit.FAILED)
+            assert f"runs.{command}()" in result.err
+        return
+    name = f"cli-out-{uuid.uuid4().hex[:8]}"
+    wf = client.workflow(name)
+
+    @wf.task()
+    async def talk(input: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        ctx.log("hello from the cli test")
+        for chunk in ("tok ", "en"):
+            await ctx.aio_put_stream(chunk)
+        await ctx.aio_put_stream({"n": 1})
+        return {}
+
+    await start_worker(f"{name}-w", workflows=[wf])
+    done = await run_cli("runs", "trigger", name, "--wait", "--json", env=env)
+    assert done.code == Exit.OK, done
+    run_id = done.json()["id"]
+
+    streamed = await run_cli("runs", "stream", run_id, env=env)
+    assert streamed.code == Exit.OK and streamed.out == 'tok en{"n": 1}\n', streamed
+    as_json = await run_cli("runs", "stream", run_id, "--json", env=env)
+    assert [json.loads(line) for line in as_json.out.splitlines()] == ["tok ", "en", {"n": 1}]
+
+    async def logged() -> bool:
+        return len(await client.runs.aio_logs(run_id)) >= 1  # type: ignore[attr-defined]
+
+    await eventually(logged, timeout_s=30)
+    logs = await run_cli("runs", "logs", run_id, "--json", env=env)
+    assert logs.code == Exit.OK, logs
+    assert [(x["task"], x["message"]) for x in logs.json()] == [("talk", "hello from the cli test")]
+    shown = await run_cli("runs", "logs", run_id, env=env)
+    assert "hello from the cli test" in shown.out
+    missing = await run_cli("runs", "logs", "no-such-run", env=env)
+    assert_one_line_error(missing, Exit.NOT_FOUND)
+
+
+async def test_tokens_where_the_api_has_them(
     stack: Stack, client: Ratchet, env: dict[str, str]
 ) -> None:
-    """`runs logs` and `tokens` need the SDK method / API route of other work; until both
-    exist the commands say so in one line instead of failing obscurely."""
-    run_id = "no-such-run"
-    logs = await run_cli("runs", "logs", run_id, env=env)
-    if hasattr(client.runs, "logs"):
-        assert_one_line_error(logs, Exit.NOT_FOUND)
-    else:
-        assert_one_line_error(logs, Exit.FAILED)
-        assert "runs.logs()" in logs.err
+    """`tokens` needs the API's /tokens routes (other work); until then a one-line 404."""
     schema = await _schema(stack.api_url)
     if "/tokens" not in schema["paths"]:
         listed = await run_cli("tokens", "list", env=env)
