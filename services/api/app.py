@@ -21,8 +21,10 @@ from services.api.routes.analytics import AnalyticsController
 from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
 from services.api.routes.filters import FilterController
+from services.api.routes.logs import LogController
 from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
+from services.api.routes.streams import StreamController
 from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
 from services.api.state import ApiState
 
@@ -59,7 +61,7 @@ def create_app(
         route_handlers=[
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
-            RateLimitController,
+            RateLimitController, LogController, StreamController,
             *extra_routes,
         ],
         dependencies={
