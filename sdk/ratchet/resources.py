@@ -18,6 +18,7 @@ LogLines = list[dict[str, Any]]  # an alias: inside `Runs`, `list` names its met
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 # A long poll is cut into chunks so that no single HTTP request outlives the client timeout.
 WAIT_CHUNK_S = 30.0
+STREAM_APPEAR_WAIT_S = 10.0
 
 
 class _Resource:
@@ -72,18 +73,28 @@ class Runs(_Resource):
         out: LogLines = await self._c.arequest("GET", f"/runs/{run_id}/logs")
         return out
 
-    def stream(self, run_id: str) -> Iterator[Any]:
+    def stream(self, run_id: str, *, appear_wait_s: float = STREAM_APPEAR_WAIT_S) -> Iterator[Any]:
         """Every chunk the run's tasks put on their stream, from the first, in order, with
-        the type they were put with (str, bytes or a JSON value); ends when the run ends."""
-        with self._c._client().stream("GET", f"/runs/{run_id}/stream") as resp:
+        the type they were put with (str, bytes or a JSON value); ends when the run ends.
+
+        A run triggered a moment ago may not be stored yet: the server waits up to
+        `appear_wait_s` for it before answering 404.
+        """
+        params = {"wait_s": appear_wait_s}
+        with self._c._client().stream("GET", f"/runs/{run_id}/stream", params=params) as resp:
             if resp.status_code >= 400:
                 resp.read()
                 _transport_decode(resp)
             yield from _sse.iterate(resp.iter_lines())
 
-    async def aio_stream(self, run_id: str) -> AsyncIterator[Any]:
+    async def aio_stream(
+        self, run_id: str, *, appear_wait_s: float = STREAM_APPEAR_WAIT_S
+    ) -> AsyncIterator[Any]:
         """`stream` for async code: `async for chunk in r.runs.aio_stream(run_id)`."""
-        async with self._c._aclient().stream("GET", f"/runs/{run_id}/stream") as resp:
+        params = {"wait_s": appear_wait_s}
+        async with self._c._aclient().stream(
+            "GET", f"/runs/{run_id}/stream", params=params
+        ) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
                 _transport_decode(resp)

@@ -39,8 +39,11 @@ async def test_chunk_types_round_trip_for_a_subscriber_after_the_run(
 
     await start_worker("w-stream-types", workflows=[wf], slots=2)
     ref = await wf.aio_run_no_wait({})
+    # Subscribed right after the trigger, before the scheduler even stored the run.
+    early = asyncio.create_task(_collect(client, ref.run_id))
     assert await ref.aio_result(30) == {"speak": {"n": len(TYPED)}}
-    # The run is over before anyone subscribed: every chunk is still there, typed, in order.
+    assert await early == TYPED
+    # The run is over before this one subscribed: every chunk is still there, typed, in order.
     chunks = await _collect(client, ref.run_id)
     assert chunks == TYPED
     assert [type(c) for c in chunks] == [type(c) for c in TYPED]
@@ -130,7 +133,8 @@ async def test_stream_is_tenant_scoped(
     other = Ratchet(token=other_token, api_url=stack.api_url, grpc_addr=stack.grpc_addr)
     try:
         with pytest.raises(ApiError) as err:
-            await _collect(other, ref.run_id)
+            async for _ in other.runs.aio_stream(ref.run_id, appear_wait_s=0):
+                pass
         assert err.value.status == 404
     finally:
         await other.aclose()

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, get
 from litestar.exceptions import NotFoundException, ServiceUnavailableException
+from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -41,9 +42,13 @@ from services.api.state import TERMINAL_RUN, ApiState
 log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 15.0
-QUEUE_MAX = 256  # chunks fetched and not yet written to this response
-PENDING_MSGS = 1024  # the subscription's own buffer; flow control holds the server back
+# The subscription's buffer, the one per-request queue. The ordered consumer's flow control
+# holds the server back while it is full; past it nats-py drops and the consumer resumes from
+# the last sequence delivered, so a slow client costs memory up to here and no chunk.
+PENDING_MSGS = 65_536
+PENDING_BYTES = 16 * 1024 * 1024
 MAX_OPEN_STREAMS = 1000  # per API process
+MAX_APPEAR_WAIT_S = 30.0
 _SUBJECT_UNSAFE = frozenset(".*> \t\r\n")
 _JSON = msgspec.json.Encoder()
 
@@ -78,16 +83,12 @@ async def _last_seq(js: JetStreamContext, subject: str) -> int:
 async def run_events(api: ApiState, tenant: str, run_id: str) -> AsyncIterator[ServerSentEventMessage]:
     """The SSE events of one run's stream; cleans its consumer up however it ends."""
     subject = subjects.run_chunks(tenant, run_id)
-    queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=QUEUE_MAX)
-
-    async def on_msg(msg: Msg) -> None:
-        await queue.put(msg)  # a full queue holds the subscription back (bounded)
-
     # Subscribe to run changes before reading the status, so the end cannot slip between.
     ended = api.waiter(run_id)
     sub = await api.js.subscribe(
-        subject, stream=Stream.CHUNK.value, cb=on_msg, ordered_consumer=True,
+        subject, stream=Stream.CHUNK.value, ordered_consumer=True,
         deliver_policy=jsapi.DeliverPolicy.ALL, pending_msgs_limit=PENDING_MSGS,
+        pending_bytes_limit=PENDING_BYTES,
     )
     _Gate.open += 1
     getter: asyncio.Task[Msg] | None = None
@@ -102,7 +103,7 @@ async def run_events(api: ApiState, tenant: str, run_id: str) -> AsyncIterator[S
                 yield ServerSentEventMessage(event="end", data=_JSON.encode({"status": status}).decode())
                 return
             if getter is None:
-                getter = asyncio.create_task(queue.get())
+                getter = asyncio.create_task(sub.next_msg(timeout=None))
             waits: set[asyncio.Future[Any]] = {getter}
             if end_seq is None:
                 waits.add(ended)
@@ -130,6 +131,21 @@ async def run_events(api: ApiState, tenant: str, run_id: str) -> AsyncIterator[S
             await sub.unsubscribe()  # an ordered consumer is ephemeral: the server drops it
 
 
+async def _run_exists(api: ApiState, tenant: str, run_id: str, wait_s: float) -> bool:
+    """A trigger is accepted before the scheduler stores the run: a client streaming right
+    after triggering asks to wait for it (bounded, backing off)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay = 0.02
+    while await api.runs.status(tenant, run_id) is None:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.5)
+    return True
+
+
 def _chunk_event(msg: Msg) -> ServerSentEventMessage:
     seq = msg.metadata.sequence.stream
     try:
@@ -145,10 +161,16 @@ class StreamController(Controller):
     tags = ["streams"]
 
     @get("/runs/{run_id:str}/stream")
-    async def stream(self, run_id: str, tenant: Tenant, api: Api) -> ServerSentEvent:
+    async def stream(
+        self, run_id: str, tenant: Tenant, api: Api,
+        wait_s: float = Parameter(
+            default=0.0, ge=0.0, le=MAX_APPEAR_WAIT_S,
+            description="wait this long for a just-triggered run to exist before a 404",
+        ),
+    ) -> ServerSentEvent:
         """Every chunk the run's tasks put (`ctx.put_stream`), from the first and in order,
         then an `end` event once the run ended. See the module docs for the event format."""
-        if _SUBJECT_UNSAFE & set(run_id) or await api.runs.status(tenant, run_id) is None:
+        if _SUBJECT_UNSAFE & set(run_id) or not await _run_exists(api, tenant, run_id, wait_s):
             raise NotFoundException(f"run {run_id!r} not found")
         if _Gate.open >= MAX_OPEN_STREAMS:
             raise ServiceUnavailableException("too many open streams on this API replica")
