@@ -20,6 +20,7 @@ from libs.common.messages import CancelRun, ReplayRun, encode
 from libs.common.statuses import RUN_TERMINAL, RunStatus
 from libs.common.tenants import Scope
 from services.api.auth import Api, Caller, Tenant, requires
+from services.api.routes.payloads import resolve
 from services.api.routes.tokens import audit_entry
 from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
 from services.api.state import ApiState
@@ -30,12 +31,6 @@ RUN_STATUSES = frozenset(s.value for s in RunStatus)
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def _json(raw: bytes | None) -> Any:
-    if raw is None:
-        return None
-    return msgspec.json.decode(raw)
 
 
 async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
@@ -56,7 +51,9 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
     output: dict[str, Any] = {}
     errors: dict[str, dict[str, Any]] = {}
     for t in tasks:
-        out = _json(bytes(t["output"])) if t["output"] is not None else None
+        # Outputs above the inline limit are references: read back from the store here, so
+        # the API and the dashboard show the value either way.
+        out = await resolve(api, tenant, bytes(t["output"]) if t["output"] is not None else None)
         if t["status"] == "SUCCEEDED":
             output[t["name"]] = out
         history = by_task.get(t["id"], [])
@@ -74,7 +71,7 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
         )
     return RunView(
         id=run["id"], workflow=run["workflow"], version_id=run["version_id"],
-        status=run["status"], priority=run["priority"], input=_json(bytes(run["input"])),
+        status=run["status"], priority=run["priority"], input=await resolve(api, tenant, bytes(run["input"])),
         metadata=msgspec.json.decode(run["metadata"]), created_at=run["created_at"].isoformat(),
         finished_at=_iso(run["finished_at"]), output=output, tasks=views, errors=errors,
     )

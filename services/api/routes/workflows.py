@@ -25,6 +25,7 @@ from services.api.repos.workflows import Version, VersionInfo
 from services.api.routes.crons import workflow_crons
 from services.api.routes.filters import notify_matcher
 from services.api.routes.limits import admit_triggers
+from services.api.routes.payloads import offload
 from services.api.routes.rate_limits import check_fairness
 from services.api.routes.tokens import audit_entry
 from services.api.schemas import (
@@ -132,6 +133,7 @@ class WorkflowController(Controller):
         version = await _version(api, tenant, name, data.version_id)
         trig = _trigger(api, name, version, data)
         await admit_triggers(api, tenant, 1)
+        await _offload_input(api, tenant, trig)
         await api.audit.record(audit_entry(caller, "run.trigger", trig.run_id, {"workflow": name}))
         with _trigger_span(tenant, name, traceparent, [trig]):
             await jetstream.publish_one(api.js, _outgoing(tenant, trig))
@@ -152,6 +154,8 @@ class WorkflowController(Controller):
                 versions[req.version_id] = await _version(api, tenant, name, req.version_id)
         trigs = [_trigger(api, name, versions[r.version_id], r) for r in data.runs]
         await admit_triggers(api, tenant, len(trigs))
+        for trig in trigs:
+            await _offload_input(api, tenant, trig)
         await api.audit.record(audit_entry(
             caller, "run.trigger_bulk", name,
             {"workflow": name, "runs": len(trigs), "run_ids": [t.run_id for t in trigs]},
@@ -196,6 +200,15 @@ def _trigger(api: ApiState, name: str, version: Version, req: RunRequest) -> Tri
         metadata=req.metadata,
         priority=req.priority,
     )
+
+
+async def _offload_input(api: ApiState, tenant: str, trig: TriggerRun) -> None:
+    """A large input goes to the payload store under the run's id (so the payloads GC frees
+    it with the run) and travels as a reference: 413 past RATCHET_MAX_PAYLOAD_BYTES.
+
+    The API offloads rather than the SDK uploading first: it has parsed and schema-checked the
+    input anyway, and every client (curl, the TypeScript SDK, old SDKs) gets the same path."""
+    trig.input = await offload(api, tenant, trig.run_id, trig.input)
 
 
 @contextlib.contextmanager
