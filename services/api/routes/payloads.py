@@ -1,6 +1,6 @@
 """The short-lived transfer path for large payloads, and the API's own offloading.
 
-`PUT /payloads/{scope}` streams a request body into the payload store under the caller's
+`PUT /payloads/{scope_id}` streams a request body into the payload store under the caller's
 tenant (the token says which, so a key is always tenant-prefixed) and answers the reference;
 `GET /payloads/{blob_key}?size=` streams a blob back, only to the tenant that owns it. Workers
 use both for outputs and inputs above `RATCHET_PAYLOAD_INLINE_BYTES`; neither route ever holds
@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, put
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_201_CREATED, HTTP_413_REQUEST_ENTITY_TOO_LARGE
@@ -113,22 +113,24 @@ class PayloadController(Controller):
     guards = [requires(Scope.WRITE, Scope.WORKER)]
 
     @put(
-        "/{scope:str}", status_code=HTTP_201_CREATED,
+        "/{scope_id:str}", status_code=HTTP_201_CREATED,
         # The store enforces RATCHET_MAX_PAYLOAD_BYTES while streaming (a clear 413).
         request_max_body_size=None,
     )
-    async def upload(self, scope: str, request: Request[Any, Any, Any], tenant: Tenant, api: Api
+    async def upload(self, scope_id: str, request: Request[Any, Any, Any], tenant: Tenant, api: Api
                      ) -> PayloadRefView:
-        """Store the request body as a payload of `scope` (a run id); answers its reference.
+        """Store the request body as a payload of `scope_id` (a run id); answers its reference.
         413 past RATCHET_MAX_PAYLOAD_BYTES, naming the size and the limit."""
+        # (Litestar hands a `str` parameter that shares its position with the `path` one of
+        # GET a leading slash.)
         limit = api.settings.max_payload_bytes
         announced = request.headers.get("content-length", "")
         if announced.isdigit() and int(announced) > limit:
             raise PayloadTooLarge(int(announced), limit)
         try:
-            ref = await store_of(api).put_stream(tenant, scope, _body(request), limit)
+            ref = await store_of(api).put_stream(tenant, scope_id.lstrip("/"), _body(request), limit)
         except InvalidPayloadKey as exc:
-            raise NotFoundException(str(exc)) from None
+            raise ClientException(str(exc)) from None
         return PayloadRefView(key=ref.key, sha256=ref.sha256, size=ref.size)
 
     @get("/{blob_key:path}", guards=[requires(Scope.READ, Scope.WORKER)])
