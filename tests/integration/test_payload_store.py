@@ -21,7 +21,6 @@ import asyncpg
 import boto3
 import pytest
 
-from libs.common import localstack
 from libs.common.payloads import (
     CHUNK_BYTES,
     InvalidPayloadKey,
@@ -39,6 +38,7 @@ from libs.common.payloads import (
     open_store,
 )
 from libs.common.settings import load_settings
+from tools.devstack import procs as localstack
 
 MiB = 1024 * 1024
 S3_KEY = "testing"
