@@ -278,3 +278,37 @@ async def test_payloads_are_tenant_prefixed_and_private(
     missing = await http.get(f"/payloads/{tenant}/run1/{'0' * 64}", params={"size": 1},
                              headers=_auth(stack, tenant))
     assert missing.status_code == 404
+
+
+async def test_gc_removes_the_blobs_of_a_deleted_run_only(
+    client: Ratchet, start_worker: WorkerFactory, stack: Stack, tenant: str
+) -> None:
+    from services.api.payload_gc import PayloadCollector
+
+    wf = client.workflow("gc-" + uuid.uuid4().hex[:6])
+
+    @wf.task()
+    async def echo(input: dict, ctx: Context) -> dict:
+        return {"text": input["text"].upper()}
+
+    await start_worker("w-gc", workflows=[wf], slots=2)
+    doomed = await wf.aio_run_no_wait({"text": _blob(MiB, tenant + "1")})
+    kept = await wf.aio_run_no_wait({"text": _blob(MiB, tenant + "2")})
+    await doomed.aio_result(60)
+    await kept.aio_result(60)
+    state = stack.api.state
+    assert state is not None and state.payloads is not None
+
+    async def scopes() -> dict[str, int]:
+        return {s.scope_id: len(s.blobs) async for s in state.payloads.list_scopes(tenant)}
+
+    assert await scopes() == {doomed.run_id: 2, kept.run_id: 2}  # input and output each
+    async with state.pool.acquire() as conn:
+        await conn.execute("DELETE FROM runs WHERE tenant_id = $1 AND id = $2",
+                           tenant, doomed.run_id)
+    now = msgspec.structs.replace(stack.settings, payload_gc_grace_s=0.0)
+    report = await PayloadCollector(now, state.pool, state.payloads).sweep(tenant)
+    assert report.deleted_run_blobs == 2
+    assert await scopes() == {kept.run_id: 2}
+    assert (await client.runs.aio_get(kept.run_id))["output"]["echo"]["text"][:4] == _blob(
+        MiB, tenant + "2")[:4].upper()
