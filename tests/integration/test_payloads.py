@@ -312,3 +312,45 @@ async def test_gc_removes_the_blobs_of_a_deleted_run_only(
     assert await scopes() == {kept.run_id: 2}
     assert (await client.runs.aio_get(kept.run_id))["output"]["echo"]["text"][:4] == _blob(
         MiB, tenant + "2")[:4].upper()
+
+
+@pytest.fixture(scope="module")
+async def matcher(stack: Stack) -> AsyncIterator[Any]:
+    from services.matcher.service import MatcherService
+
+    svc = MatcherService(stack.settings, durable=f"matcher-pl-{uuid.uuid4().hex[:6]}")
+    await svc.start()
+    yield svc
+    await svc.stop()
+
+
+async def test_large_event_is_matched_and_its_run_gets_the_payload(
+    client: Ratchet, start_worker: WorkerFactory, matcher: Any
+) -> None:
+    key = "doc.big" + uuid.uuid4().hex[:6]
+    name = "onbig-" + uuid.uuid4().hex[:6]
+    wf = client.workflow(name, on_events=[key])
+
+    @wf.task()
+    async def measure(input: dict, ctx: Context) -> dict:
+        return {"len": len(input["text"]), "kind": input["kind"]}
+
+    await start_worker("w-evt-big", workflows=[wf], slots=2)
+    await client.arequest("POST", "/filters", json={
+        "workflow": name, "scope": "s", "expression": "input.kind == 'keep'"})
+    text = _blob(2 * MiB, key)
+    await client.events.aio_push(key, {"text": text, "kind": "drop"}, scope="s")
+    await client.events.aio_push(key, {"text": text, "kind": "keep"}, scope="s")
+
+    async def finished() -> list[Any]:
+        runs = await client.arequest("GET", "/runs", params={"workflow": name})
+        return [r for r in runs if r["status"] == "SUCCEEDED"]
+
+    async def one() -> bool:
+        return len(await finished()) == 1
+
+    await eventually(one, 30)
+    [summary] = await finished()
+    run = await client.runs.aio_get(summary["id"])
+    assert run["output"]["measure"] == {"len": 2 * MiB, "kind": "keep"}
+    assert run["input"]["text"] == text
