@@ -22,7 +22,7 @@ from ratchet import ApiError, Context, NonRetryable, Ratchet, RunFailed
 from raw_worker import RawWorker
 
 from libs.common.messages import TaskReport
-from libs.common.payloads import PayloadRef, maybe_ref
+from libs.common.payloads import PayloadRef, collect_garbage, maybe_ref
 from libs.common.proto import worker_pb2 as pb
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -325,7 +325,7 @@ async def matcher(stack: Stack) -> AsyncIterator[Any]:
 
 
 async def test_large_event_is_matched_and_its_run_gets_the_payload(
-    client: Ratchet, start_worker: WorkerFactory, matcher: Any
+    client: Ratchet, start_worker: WorkerFactory, matcher: Any, stack: Stack, tenant: str
 ) -> None:
     key = "doc.big" + uuid.uuid4().hex[:6]
     name = "onbig-" + uuid.uuid4().hex[:6]
@@ -354,3 +354,11 @@ async def test_large_event_is_matched_and_its_run_gets_the_payload(
     run = await client.runs.aio_get(summary["id"])
     assert run["output"]["measure"] == {"len": 2 * MiB, "kind": "keep"}
     assert run["input"]["text"] == text
+    # Past the event retention, the dropped event's blob goes; the one a run took as its
+    # input stays as long as the run.
+    state = stack.api.state
+    assert state is not None and state.payloads is not None
+    report = await collect_garbage(state.payloads, state.pool, older_than_s=0,
+                                   event_retention_s=0, tenant=tenant)
+    assert report.deleted_event_blobs == 1
+    assert (await client.runs.aio_get(summary["id"]))["input"]["text"] == text
