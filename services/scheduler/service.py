@@ -43,7 +43,7 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
-from services.scheduler import observe, store
+from services.scheduler import observe, relay_isolation, store
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_EXEC, Engine
 from services.scheduler.fairness_store import FairnessStore
@@ -338,17 +338,38 @@ class SchedulerService(Service):
         try:
             for i in range(0, len(outgoing), OUTBOX_RELAY_BATCH):
                 chunk = outgoing[i : i + OUTBOX_RELAY_BATCH]
-                async for attempt in retry.policy(
-                    "scheduler.outbox_relay", timeout_s=OUTBOX_RELAY_RETRY_S, until=self._stopping
-                ):
-                    with attempt:
-                        await jetstream.publish_batch(self._js, chunk)
+                try:
+                    await self._publish_chunk(chunk)
+                except Exception as exc:
+                    if retry.transient(exc):
+                        raise
+                    # One message NATS refuses must not hold back the rest (issue 11).
+                    for item in chunk:
+                        await self._publish_isolating(item)
                 self._published.extend(o.msg_id for o in chunk)
                 sent = i + len(chunk)
         except Exception as exc:
             # Republished next step with the same msg-ids: the stream drops any duplicates.
             self._unsent = outgoing[sent:]
             log.warning("outbox relay failed (%r); %d messages pending", exc, len(self._unsent))
+
+    async def _publish_chunk(self, chunk: list[Outgoing]) -> None:
+        assert self._js is not None
+        async for attempt in retry.policy(
+            "scheduler.outbox_relay", timeout_s=OUTBOX_RELAY_RETRY_S, until=self._stopping
+        ):
+            with attempt:
+                await jetstream.publish_batch(self._js, chunk)
+
+    async def _publish_isolating(self, item: Outgoing) -> None:
+        try:
+            await self._publish_chunk([item])
+        except Exception as exc:
+            if retry.transient(exc):
+                raise
+            instead = relay_isolation.replacements(item, exc, int(time.time() * 1000))
+            if instead:
+                await self._publish_chunk(instead)
 
     async def _recover(self) -> None:
         await self._await_relay()

@@ -362,3 +362,37 @@ async def test_large_event_is_matched_and_its_run_gets_the_payload(
                                    event_retention_s=0, tenant=tenant)
     assert report.deleted_event_blobs == 1
     assert (await client.runs.aio_get(summary["id"]))["input"]["text"] == text
+
+
+async def test_an_assignment_nats_refuses_fails_its_attempt_and_others_flow(
+    client: Ratchet, start_worker: WorkerFactory
+) -> None:
+    """Twelve parents with inline outputs just under the inline limit make an assignment larger
+    than NATS's max payload: the scheduler's relay fails that attempt instead of retrying it
+    forever, and the next run goes through."""
+    wf = client.workflow("wide-" + uuid.uuid4().hex[:6])
+    parents = []
+    for i in range(12):
+        @wf.task(name=f"p{i}")
+        async def part(input: dict, ctx: Context) -> str:
+            return _blob(100 * 1024, ctx.task_name)
+
+        parents.append(part)
+
+    @wf.task(parents=parents, retries=2)
+    async def join(input: dict, ctx: Context) -> dict:
+        return {"n": len(parents)}
+
+    await start_worker("w-wide", workflows=[wf], slots=4)
+    ref = await wf.aio_run_no_wait({"wide": True})
+    with pytest.raises(RunFailed) as failed:
+        await ref.aio_result(60)
+    assert failed.value.errors["join"]["type"] == "PayloadTooLarge"
+    small = client.workflow("after-wide-" + uuid.uuid4().hex[:6])
+
+    @small.task()
+    async def ok(input: dict, ctx: Context) -> dict:
+        return {"ok": True}
+
+    await start_worker("w-after-wide", workflows=[small], slots=1)
+    assert await small.aio_run({}, timeout_s=30) == {"ok": {"ok": True}}
