@@ -396,3 +396,24 @@ async def test_an_assignment_nats_refuses_fails_its_attempt_and_others_flow(
 
     await start_worker("w-after-wide", workflows=[small], slots=1)
     assert await small.aio_run({}, timeout_s=30) == {"ok": {"ok": True}}
+
+
+async def test_concurrency_key_reads_an_offloaded_input(
+    client: Ratchet, start_worker: WorkerFactory
+) -> None:
+    """`input.user` on a run whose input is a reference: the scheduler fetches the input (with
+    only the reference, the key would not evaluate and the run would fail)."""
+    from ratchet import Concurrency
+
+    wf = client.workflow("keyed-" + uuid.uuid4().hex[:6],
+                         concurrency=Concurrency(key="input.user", max_runs=1))
+
+    @wf.task()
+    async def work(input: dict, ctx: Context) -> dict:
+        return {"user": input["user"]}
+
+    await start_worker("w-keyed", workflows=[wf], slots=2)
+    text = _blob(512 * 1024, uuid.uuid4().hex)
+    refs = [await wf.aio_run_no_wait({"user": u, "text": text}) for u in ("ann", "bob")]
+    assert [await r.aio_result(60) for r in refs] == [
+        {"work": {"user": "ann"}}, {"work": {"user": "bob"}}]
