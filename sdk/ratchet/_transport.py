@@ -86,9 +86,12 @@ class Transport:
         body = decode(resp)
         return _payloads.Ref(body["key"], body["sha256"], int(body["size"]))
 
-    async def adownload(self, ref: _payloads.Ref) -> bytes:
+    async def adownload(self, ref: _payloads.Ref) -> bytearray:
         """The payload `ref` names, streamed from the API (which checks its sha256)."""
-        parts: list[bytes] = []
+        # Written into one buffer of the announced size: no list of chunks joined at the end
+        # (which would hold the payload twice).
+        buf = bytearray(ref.size)
+        got = 0
         async with self._aclient().stream(
             "GET", f"/payloads/{ref.key}", params={"size": ref.size}
         ) as resp:
@@ -96,11 +99,14 @@ class Transport:
                 await resp.aread()
                 decode(resp)
             async for chunk in resp.aiter_bytes():
-                parts.append(chunk)
-        data = b"".join(parts)
-        if len(data) != ref.size:
-            raise ApiError(502, f"payload {ref.key}: got {len(data)} bytes of {ref.size}", None)
-        return data
+                end = got + len(chunk)
+                if end > ref.size:
+                    raise ApiError(502, f"payload {ref.key}: more than {ref.size} bytes", None)
+                buf[got:end] = chunk
+                got = end
+        if got != ref.size:
+            raise ApiError(502, f"payload {ref.key}: got {got} bytes of {ref.size}", None)
+        return buf
 
     def close(self) -> None:
         if self._sync is not None:

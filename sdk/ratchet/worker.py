@@ -313,9 +313,9 @@ class Worker:
     async def _load(self, raw: bytes) -> Any:
         """A payload as JSON data: fetched from the store first when it is a reference."""
         ref = _payloads.decode(raw)
-        if ref is not None:
-            raw = await self._transport.adownload(ref)
-        return _codec.loads(raw)
+        if ref is None:
+            return _codec.loads(raw)
+        return _codec.loads(await self._transport.adownload(ref))
 
     async def _store_output(self, run_id: str, output: bytes) -> bytes:
         """The output as it travels: inline when small, else uploaded and sent as a reference.
