@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind
 from libs.common import jetstream, metrics, specs, subjects, telemetry
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, encode
+from libs.common.payloads import PayloadTooLarge
 from libs.common.subjects import Header
 from libs.common.tenants import Scope
 from services.api.auth import Api, Caller, Tenant, requires
@@ -191,12 +192,15 @@ async def _version(api: ApiState, tenant: str, name: str, version_id: str | None
 def _trigger(api: ApiState, name: str, version: Version, req: RunRequest) -> TriggerRun:
     if req.priority is not None and not 1 <= req.priority <= 3:
         raise ClientException("priority must be 1, 2 or 3")
+    raw = _JSON.encode(req.input if req.input is not None else {})
+    if len(raw) > api.settings.max_payload_bytes:  # the size first: a clearer answer than 422
+        raise PayloadTooLarge(len(raw), api.settings.max_payload_bytes)
     api.inputs.check(version.id, version.spec, req.input)
     return TriggerRun(
         run_id=uuid.uuid4().hex,
         workflow=name,
         version_id=version.id,
-        input=_JSON.encode(req.input if req.input is not None else {}),
+        input=raw,
         metadata=req.metadata,
         priority=req.priority,
     )
