@@ -22,12 +22,15 @@ from libs.common.limits import LimitExceeded
 from libs.common.payloads import PayloadTooLarge
 from services.api.auth import provide_principal, provide_tenant
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
+from services.api.routes.admin import AdminController
 from services.api.routes.analytics import AnalyticsController
 from services.api.routes.audit import AuditController
 from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
 from services.api.routes.filters import FilterController
 from services.api.routes.limits import LimitController
+from services.api.routes.logs import LogController
+from services.api.routes.nats_credentials import NatsCredentialsController
 from services.api.routes.payloads import (
     ENVELOPE_BYTES,
     PayloadController,
@@ -36,6 +39,7 @@ from services.api.routes.payloads import (
 )
 from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
+from services.api.routes.streams import StreamController
 from services.api.routes.tokens import TokenController
 from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
 from services.api.state import ApiState
@@ -86,6 +90,7 @@ def create_app(
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController, TokenController, LimitController, AuditController,
+            NatsCredentialsController, AdminController, LogController, StreamController,
             PayloadController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,

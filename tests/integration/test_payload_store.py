@@ -38,7 +38,7 @@ from libs.common.payloads import (
     open_store,
 )
 from libs.common.settings import load_settings
-from tools.devstack import procs as localstack
+from tools import devstack
 
 MiB = 1024 * 1024
 S3_KEY = "testing"
@@ -47,15 +47,15 @@ S3_KEY = "testing"
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto S3 server in its own process, so its memory never counts as ours."""
-    port = localstack.free_port()
+    port = devstack.free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        localstack.wait_until(
-            lambda: proc.poll() is not None or localstack.port_open(port), 60, "moto server"
+        devstack.wait_until(
+            lambda: proc.poll() is not None or devstack.port_open(port), 60, "moto server"
         )
         assert proc.poll() is None, "moto server exited at start"
         yield f"127.0.0.1:{port}"

@@ -20,6 +20,7 @@ from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, e
 from libs.common.payloads import PayloadTooLarge
 from libs.common.subjects import Header
 from libs.common.tenants import Scope
+from services.api import children
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.input_schema import schema_problem
 from services.api.repos.workflows import Version, VersionInfo
@@ -133,12 +134,16 @@ class WorkflowController(Controller):
         """Start a run on the current version of a workflow, or on `version_id` if given."""
         version = await _version(api, tenant, name, data.version_id)
         trig = _trigger(api, name, version, data)
-        await admit_triggers(api, tenant, 1)
-        await _offload_input(api, tenant, trig)
-        await api.audit.record(audit_entry(caller, "run.trigger", trig.run_id, {"workflow": name}))
-        with _trigger_span(tenant, name, traceparent, [trig]):
-            await jetstream.publish_one(api.js, _outgoing(tenant, trig))
-        metrics.API_RUNS_TRIGGERED.inc()
+        if data.parent is not None:  # a child run: it may exist already (a retried parent)
+            await children.adopt_parents(api.runs, api.settings, tenant, [(trig, data.parent)])
+        if await children.not_started(api.runs, tenant, [trig]):
+            await admit_triggers(api, tenant, 1)
+            await _offload_input(api, tenant, trig)
+            await api.audit.record(
+                audit_entry(caller, "run.trigger", trig.run_id, {"workflow": name}))
+            with _trigger_span(tenant, name, traceparent, [trig]):
+                await jetstream.publish_one(api.js, _outgoing(tenant, trig))
+            metrics.API_RUNS_TRIGGERED.inc()
         return RunCreated(run_id=trig.run_id, workflow=name, version_id=version.id)
 
     @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
@@ -154,16 +159,21 @@ class WorkflowController(Controller):
             if req.version_id not in versions:
                 versions[req.version_id] = await _version(api, tenant, name, req.version_id)
         trigs = [_trigger(api, name, versions[r.version_id], r) for r in data.runs]
-        await admit_triggers(api, tenant, len(trigs))
-        for trig in trigs:
-            await _offload_input(api, tenant, trig)
-        await api.audit.record(audit_entry(
-            caller, "run.trigger_bulk", name,
-            {"workflow": name, "runs": len(trigs), "run_ids": [t.run_id for t in trigs]},
-        ))
-        with _trigger_span(tenant, name, traceparent, trigs):
-            await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, trigs))
-        metrics.API_RUNS_TRIGGERED.inc(len(trigs))
+        spawned = [(t, r.parent) for t, r in zip(trigs, data.runs, strict=True) if r.parent]
+        if spawned:
+            await children.adopt_parents(api.runs, api.settings, tenant, spawned)
+        fresh = await children.not_started(api.runs, tenant, trigs)
+        if fresh:
+            await admit_triggers(api, tenant, len(fresh))
+            for trig in fresh:
+                await _offload_input(api, tenant, trig)
+            await api.audit.record(audit_entry(
+                caller, "run.trigger_bulk", name,
+                {"workflow": name, "runs": len(fresh), "run_ids": [t.run_id for t in fresh]},
+            ))
+            with _trigger_span(tenant, name, traceparent, fresh):
+                await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, fresh))
+            metrics.API_RUNS_TRIGGERED.inc(len(fresh))
         return BulkRunCreated(run_ids=[t.run_id for t in trigs])
 
 
