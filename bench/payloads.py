@@ -8,8 +8,7 @@
 - One ~63 MiB round trip (the largest JSON under the 64 MiB limit): peak RSS of the stack's
   dispatcher (from `$RATCHET_RUN_DIR/pids/dispatcher.pid`) and of the worker, which runs in a
   child process of its own so its memory is not ours; both sampled every 10 ms from /proc.
-- Streams: measured by `bench/streams.py` when it exists (the task-streams work); without it
-  the stream fields are null and `streams_note` says why.
+- Streams: `bench.streams.measure` (put→subscriber p50/p99 and chunks/s of one run).
 
 The worker is `python -m bench.payloads worker <workflow> <slots>` (same definition).
 """
@@ -17,7 +16,6 @@ The worker is `python -m bench.payloads worker <workflow> <slots>` (same definit
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import sys
@@ -30,6 +28,7 @@ from typing import Any
 import asyncpg
 from ratchet import Context, Ratchet, Workflow
 
+from bench import streams
 from bench.run import pct
 
 MiB = 1024 * 1024
@@ -139,16 +138,6 @@ async def _big_round_trip(r: Ratchet, wf: Workflow, worker_pid: int) -> dict[str
     }
 
 
-def _streams() -> dict[str, Any]:
-    if importlib.util.find_spec("bench.streams") is None:
-        return {"stream_p50_ms": None, "stream_p99_ms": None, "stream_chunks_per_s": None,
-                "streams_note": "bench/streams.py is not on this branch (task streams are "
-                                "another engineer's work); nothing to measure"}
-    module = importlib.import_module("bench.streams")
-    measured: dict[str, Any] = asyncio.run(module.measure())
-    return measured
-
-
 async def main() -> dict[str, Any]:
     r = Ratchet()
     name = f"bench-payloads-{int(time.time())}"
@@ -161,6 +150,7 @@ async def main() -> dict[str, Any]:
         mib = await _batch(r, pool, name, MiB, N_RUNS)
         inline = await _batch(r, pool, name, 16 * 1024, N_RUNS)
         big = await _big_round_trip(r, wf, worker.pid)
+        streamed = await streams.measure(r)
     finally:
         worker.terminate()
         await asyncio.wait_for(worker.wait(), 30)
@@ -174,12 +164,12 @@ async def main() -> dict[str, Any]:
         "inline_result_p50_ms": inline["result_p50_ms"],
         "inline_result_p99_ms": inline["result_p99_ms"], "inline_runs": inline["runs"],
         **big, "peak_rss_mb": peak, "big_payload_bytes": BIG_BYTES,
+        **{k: v for k, v in streamed.items() if k.startswith("stream")},
     }
 
 
 def run() -> None:
     stats: dict[str, Any] = asyncio.run(main())
-    stats.update(_streams())
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path("bench/results") / f"payloads-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
