@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
@@ -18,6 +19,7 @@ from litestar.status_codes import (
 from litestar.types import ControllerRouterHandler
 
 from libs.common.limits import LimitExceeded
+from libs.common.payloads import PayloadTooLarge
 from services.api.auth import provide_principal, provide_tenant
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
 from services.api.routes.admin import AdminController
@@ -29,6 +31,12 @@ from services.api.routes.filters import FilterController
 from services.api.routes.limits import LimitController
 from services.api.routes.logs import LogController
 from services.api.routes.nats_credentials import NatsCredentialsController
+from services.api.routes.payloads import (
+    ENVELOPE_BYTES,
+    PayloadController,
+    on_body_too_large,
+    on_payload_too_large,
+)
 from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
 from services.api.routes.streams import StreamController
@@ -83,6 +91,7 @@ def create_app(
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController, TokenController, LimitController, AuditController,
             NatsCredentialsController, AdminController, LogController, StreamController,
+            PayloadController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],
@@ -93,10 +102,17 @@ def create_app(
         },
         # Scope guards (services/api/auth.py) find the ApiState here.
         state=State({"api": api}),
-        exception_handlers={RepoError: _repo_error, LimitExceeded: _limit_exceeded},
+        exception_handlers={
+            RepoError: _repo_error, LimitExceeded: _limit_exceeded,
+            PayloadTooLarge: on_payload_too_large, RequestEntityTooLarge: on_body_too_large,
+        },
         openapi_config=OpenAPIConfig(
             title="Ratchet API", version="0.1.0", path="/schema", description=API_DESCRIPTION,
             use_handler_docstrings=True,
         ),
-        request_max_body_size=api.settings.max_request_bytes,
+        # A run input or event payload may be up to RATCHET_MAX_PAYLOAD_BYTES; the routes
+        # measure the payload itself and answer a 413 naming both numbers.
+        request_max_body_size=max(
+            api.settings.max_request_bytes, api.settings.max_payload_bytes + ENVELOPE_BYTES
+        ),
     )

@@ -19,10 +19,13 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from libs.common import events as evt
 from libs.common import jetstream, subjects
 from libs.common.jetstream import Outgoing
+from libs.common.payloads import event_scope
 from libs.common.subjects import Header
 from libs.common.tenants import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.routes.limits import admit_events
+from services.api.routes.payloads import offload
+from services.api.state import ApiState
 
 MAX_BULK = 1000
 _JSON = msgspec.json.Encoder()
@@ -68,6 +71,15 @@ def event_message(tenant: str, event: EventIn) -> Outgoing:
     return Outgoing(subjects.evt(tenant, event.key), payload, f"evt:{tenant}:{event_id}", headers)
 
 
+async def offload_payload(api: ApiState, tenant: str, out: Outgoing) -> Outgoing:
+    """An event payload above the inline limit is stored (scope `evt-<event id>`) and the EVT
+    message carries its reference; the matcher reads it back before evaluating filters.
+    413 past RATCHET_MAX_PAYLOAD_BYTES."""
+    event_id = out.headers[Header.EVENT_ID.value]
+    out.payload = await offload(api, tenant, event_scope(event_id), out.payload)
+    return out
+
+
 class EventController(Controller):
     path = "/events"
     tags = ["events"]
@@ -78,6 +90,7 @@ class EventController(Controller):
         """Publish one event. Runs start asynchronously for workflows listening to its key."""
         out = event_message(tenant, data)
         await admit_events(api, tenant, 1)
+        out = await offload_payload(api, tenant, out)
         await jetstream.publish_one(api.js, out)
         return EventAccepted(event_id=out.headers[Header.EVENT_ID.value], key=data.key)
 
@@ -88,5 +101,6 @@ class EventController(Controller):
             raise ClientException(f"events must hold 1 to {MAX_BULK} items")
         outs = [event_message(tenant, e) for e in data.events]
         await admit_events(api, tenant, len(outs))
+        outs = [await offload_payload(api, tenant, o) for o in outs]
         await jetstream.publish_batch(api.js, outs)
         return BulkEventsAccepted(event_ids=[o.headers[Header.EVENT_ID.value] for o in outs])

@@ -20,6 +20,7 @@ from libs.common.messages import CancelRun, ReplayRun, encode
 from libs.common.statuses import RUN_TERMINAL, RunStatus
 from libs.common.tenants import Scope
 from services.api.auth import Api, Caller, Tenant, requires
+from services.api.routes.payloads import resolve
 from services.api.routes.tokens import audit_entry
 from services.api.schemas import (
     Accepted,
@@ -45,12 +46,6 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _json(raw: bytes | None) -> Any:
-    if raw is None:
-        return None
-    return msgspec.json.decode(raw)
-
-
 async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
     records = await api.runs.get(tenant, run_id)
     if records is None:
@@ -69,7 +64,9 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
     output: dict[str, Any] = {}
     errors: dict[str, dict[str, Any]] = {}
     for t in tasks:
-        out = _json(bytes(t["output"])) if t["output"] is not None else None
+        # Outputs above the inline limit are references: read back from the store here, so
+        # the API and the dashboard show the value either way.
+        out = await resolve(api, tenant, bytes(t["output"]) if t["output"] is not None else None)
         if t["status"] == "SUCCEEDED":
             output[t["name"]] = out
         history = by_task.get(t["id"], [])
@@ -88,7 +85,7 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
     kids, kids_count = await api.runs.children(tenant, run_id, CHILDREN_SHOWN)
     return RunView(
         id=run["id"], workflow=run["workflow"], version_id=run["version_id"],
-        status=run["status"], priority=run["priority"], input=_json(bytes(run["input"])),
+        status=run["status"], priority=run["priority"], input=await resolve(api, tenant, bytes(run["input"])),
         metadata=msgspec.json.decode(run["metadata"]), created_at=run["created_at"].isoformat(),
         finished_at=_iso(run["finished_at"]), output=output, tasks=views, errors=errors,
         parent_run_id=run["parent_run_id"], parent_task=run["parent_task"], depth=run["depth"],
@@ -238,7 +235,9 @@ async def _results(api: ApiState, tenant: str, run_ids: list[str]) -> list[RunRe
     for t in tasks:
         res = out[t["run_id"]]
         if t["status"] == "SUCCEEDED":
-            res.output[t["name"]] = _json(bytes(t["output"])) if t["output"] is not None else None
+            # Children's results, as their parents read them: references resolved here too.
+            res.output[t["name"]] = await resolve(
+                api, tenant, bytes(t["output"]) if t["output"] is not None else None)
         elif t["status"] in ("FAILED", "TIMED_OUT", "CANCELLED") and t["error"]:
             res.errors[t["name"]] = msgspec.json.decode(t["error"])
     return list(out.values())

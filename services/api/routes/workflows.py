@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind
 from libs.common import jetstream, metrics, specs, subjects, telemetry
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, encode
+from libs.common.payloads import PayloadTooLarge
 from libs.common.subjects import Header
 from libs.common.tenants import Scope
 from services.api import children
@@ -26,6 +27,7 @@ from services.api.repos.workflows import Version, VersionInfo
 from services.api.routes.crons import workflow_crons
 from services.api.routes.filters import notify_matcher
 from services.api.routes.limits import admit_triggers
+from services.api.routes.payloads import offload
 from services.api.routes.rate_limits import check_fairness
 from services.api.routes.tokens import audit_entry
 from services.api.schemas import (
@@ -136,6 +138,7 @@ class WorkflowController(Controller):
             await children.adopt_parents(api.runs, api.settings, tenant, [(trig, data.parent)])
         if await children.not_started(api.runs, tenant, [trig]):
             await admit_triggers(api, tenant, 1)
+            await _offload_input(api, tenant, trig)
             await api.audit.record(
                 audit_entry(caller, "run.trigger", trig.run_id, {"workflow": name}))
             with _trigger_span(tenant, name, traceparent, [trig]):
@@ -162,6 +165,8 @@ class WorkflowController(Controller):
         fresh = await children.not_started(api.runs, tenant, trigs)
         if fresh:
             await admit_triggers(api, tenant, len(fresh))
+            for trig in fresh:
+                await _offload_input(api, tenant, trig)
             await api.audit.record(audit_entry(
                 caller, "run.trigger_bulk", name,
                 {"workflow": name, "runs": len(fresh), "run_ids": [t.run_id for t in fresh]},
@@ -197,15 +202,27 @@ async def _version(api: ApiState, tenant: str, name: str, version_id: str | None
 def _trigger(api: ApiState, name: str, version: Version, req: RunRequest) -> TriggerRun:
     if req.priority is not None and not 1 <= req.priority <= 3:
         raise ClientException("priority must be 1, 2 or 3")
+    raw = _JSON.encode(req.input if req.input is not None else {})
+    if len(raw) > api.settings.max_payload_bytes:  # the size first: a clearer answer than 422
+        raise PayloadTooLarge(len(raw), api.settings.max_payload_bytes)
     api.inputs.check(version.id, version.spec, req.input)
     return TriggerRun(
         run_id=uuid.uuid4().hex,
         workflow=name,
         version_id=version.id,
-        input=_JSON.encode(req.input if req.input is not None else {}),
+        input=raw,
         metadata=req.metadata,
         priority=req.priority,
     )
+
+
+async def _offload_input(api: ApiState, tenant: str, trig: TriggerRun) -> None:
+    """A large input goes to the payload store under the run's id (so the payloads GC frees
+    it with the run) and travels as a reference: 413 past RATCHET_MAX_PAYLOAD_BYTES.
+
+    The API offloads rather than the SDK uploading first: it has parsed and schema-checked the
+    input anyway, and every client (curl, the TypeScript SDK, old SDKs) gets the same path."""
+    trig.input = await offload(api, tenant, trig.run_id, trig.input)
 
 
 @contextlib.contextmanager

@@ -330,6 +330,47 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/payloads/{blob_key}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download
+         * @description Stream a payload back. 404 for an unknown key or another tenant's.
+         */
+        get: operations["PayloadsBlobKeyDownload"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/payloads/{scope_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Upload
+         * @description Store the request body as a payload of `scope_id` (a run id); answers its reference.
+         *     413 past RATCHET_MAX_PAYLOAD_BYTES, naming the size and the limit.
+         */
+        put: operations["PayloadsScopeIdUpload"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/rate-limits": {
         parameters: {
             query?: never;
@@ -923,6 +964,12 @@ export interface components {
             key?: string | null;
             run_id: string;
             task_id: string;
+        };
+        /** PayloadRefView */
+        PayloadRefView: {
+            key: string;
+            sha256: string;
+            size: number;
         };
         /** Percentiles */
         Percentiles: {
@@ -2007,6 +2054,83 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["NatsCredentials"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    PayloadsBlobKeyDownload: {
+        parameters: {
+            query: {
+                /** @description the payload's size, from its reference */
+                size: number;
+            };
+            header?: never;
+            path: {
+                blob_key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Stream Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    PayloadsScopeIdUpload: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                scope_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Document created, URL follows */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PayloadRefView"];
                 };
             };
             /** @description Bad request syntax or unsupported method */
