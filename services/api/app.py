@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
@@ -16,6 +15,12 @@ from litestar.status_codes import (
 from litestar.types import ControllerRouterHandler
 
 from services.api.auth import provide_tenant
+from services.api.contract import (
+    ClosedStructSchemaPlugin,
+    check_json_body,
+    describe_common_errors,
+    openapi_config,
+)
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
 from services.api.routes.analytics import AnalyticsController
 from services.api.routes.crons import CronController, ScheduledController
@@ -27,7 +32,17 @@ from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
 from services.api.state import ApiState
 from services.api.ui import ui_router
 
-API_DESCRIPTION = "Ratchet: durable tasks and DAG workflows.\n\n" + VERSIONS_DOC
+ERRORS_DOC = """\
+## Errors
+
+Every error is a JSON `ErrorBody`: `status_code`, a `detail` for people and, for some, an
+`extra` for programs (the invalid fields of a 400, the `field` of a 422). Authenticate with
+`Authorization: Bearer <token>`: without a known token every operation answers 401. Request
+bodies are read with JSON's types as the schema gives them (`"5"` is not an integer). Text
+anywhere in a request cannot contain the NUL character (U+0000): it is a 400.
+"""
+
+API_DESCRIPTION = "Ratchet: durable tasks and DAG workflows.\n\n" + VERSIONS_DOC + "\n" + ERRORS_DOC
 
 _REPO_STATUS: dict[type[RepoError], int] = {
     NotFound: HTTP_404_NOT_FOUND,
@@ -56,7 +71,7 @@ def create_app(
     def provide_api() -> ApiState:
         return api
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
@@ -69,9 +84,10 @@ def create_app(
             "tenant": Provide(provide_tenant),
         },
         exception_handlers={RepoError: _repo_error},
-        openapi_config=OpenAPIConfig(
-            title="Ratchet API", version="0.1.0", path="/schema", description=API_DESCRIPTION,
-            use_handler_docstrings=True,
-        ),
+        before_request=check_json_body,
+        openapi_config=openapi_config(API_DESCRIPTION),
+        plugins=[ClosedStructSchemaPlugin()],
         request_max_body_size=api.settings.max_request_bytes,
     )
+    describe_common_errors(app)
+    return app

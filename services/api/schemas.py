@@ -1,10 +1,75 @@
-"""Request and response bodies of the REST API (msgspec Structs → OpenAPI at /schema)."""
+"""Request and response bodies of the REST API (msgspec Structs → OpenAPI at /schema).
+
+Constraints a field can state on its own are msgspec `Meta` annotations: the decoder enforces
+them (a 400 naming the field) and the OpenAPI schema shows them, so the two cannot drift.
+Rules across fields stay in the handlers and are described in the docstrings.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from msgspec import Meta
+
+from libs.common import events as evt
+from libs.common import specs
+from libs.common.statuses import RunStatus, TaskStatus
+
+WorkflowName = specs.Name
+WorkflowNameParam = Annotated[str, Parameter(
+    min_length=1, max_length=128, pattern=specs.NAME_PATTERN, description="a workflow's name",
+)]
+Priority = Annotated[int, Meta(ge=1, le=3, description="1 (lowest) to 3")]
+EventKey = Annotated[str, Meta(
+    min_length=1, max_length=evt.MAX_KEY_CHARS, pattern=f"^{evt.KEY_PATTERN}$",
+    description="dot-separated tokens of letters, digits, '_', '-', ':'",
+)]
+
+
+def header_text(max_chars: int) -> Any:
+    """A string that travels in a NATS header: no line breaks, at most `max_chars`."""
+    return Annotated[str, Meta(
+        min_length=1, max_length=max_chars, pattern=f"^{evt.HEADER_SAFE_PATTERN}$"
+    )]
+
+
+Scope = header_text(evt.MAX_SCOPE_CHARS)
+EventId = header_text(evt.MAX_EVENT_ID_CHARS)
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error response: the status again, a message for people and, for some errors,
+    details for programs (the invalid fields of a 400, the `field` of a 422, the position of
+    a CEL error)."""
+
+    status_code: int
+    detail: str
+    extra: dict[str, Any] | list[Any] | None = None
+
+
+_ERRORS = {
+    400: "The request does not fit the schema, or breaks a rule the message names",
+    401: "Missing or unknown bearer token",
+    403: "The token may not do this",
+    404: "Not found (for this tenant)",
+    409: "Conflicts with the current state",
+    413: "The request body is too large",
+    422: "The run input does not fit the workflow's input_schema",
+    429: "Too many requests",
+    503: "A backing store is unavailable; retry later",
+}
+
+
+def errors(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI error responses for `codes`, all with the ErrorBody schema."""
+    return {
+        code: ResponseSpec(data_container=ErrorBody, description=_ERRORS[code],
+                           generate_examples=False)
+        for code in codes
+    }
 
 
 class RegisterResponse(msgspec.Struct, kw_only=True):
@@ -23,11 +88,11 @@ class VersionView(msgspec.Struct, kw_only=True):
 
 
 class RollbackRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    version_id: str
+    version_id: Annotated[str, Meta(min_length=1)]
 
 
 class WorkflowView(msgspec.Struct, kw_only=True):
-    name: str
+    name: WorkflowName
     version_id: str
     spec: dict[str, Any]
     updated_at: str
@@ -36,12 +101,12 @@ class WorkflowView(msgspec.Struct, kw_only=True):
 class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input: Any = None
     metadata: dict[str, str] = {}
-    priority: int | None = None
+    priority: Priority | None = None  # default: the workflow's default_priority
     version_id: str | None = None  # pin this run to a version; default: the current one
 
 
 class BulkRunRequest(msgspec.Struct, kw_only=True):
-    runs: list[RunRequest]
+    runs: Annotated[list[RunRequest], Meta(min_length=1, max_length=1000)]
 
 
 class RunCreated(msgspec.Struct, kw_only=True):
@@ -56,7 +121,7 @@ class BulkRunCreated(msgspec.Struct, kw_only=True):
 
 class AttemptView(msgspec.Struct, kw_only=True):
     attempt: int
-    status: str
+    status: Annotated[str, Meta(description="a task status, or LOST (its worker went away)")]
     worker_id: str | None
     error: dict[str, Any] | None
     started_at: str | None
@@ -66,7 +131,7 @@ class AttemptView(msgspec.Struct, kw_only=True):
 class TaskView(msgspec.Struct, kw_only=True):
     id: str
     name: str
-    status: str
+    status: TaskStatus
     attempt: int
     output: Any = None
     worker_id: str | None = None
@@ -80,7 +145,7 @@ class RunView(msgspec.Struct, kw_only=True):
     id: str
     workflow: str
     version_id: str
-    status: str
+    status: RunStatus
     priority: int
     input: Any
     metadata: dict[str, str]
@@ -94,7 +159,7 @@ class RunView(msgspec.Struct, kw_only=True):
 class RunSummary(msgspec.Struct, kw_only=True):
     id: str
     workflow: str
-    status: str
+    status: RunStatus
     created_at: str
     finished_at: str | None
 

@@ -19,7 +19,15 @@ from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, ReplayRun, encode
 from libs.common.statuses import RUN_TERMINAL, RunStatus
 from services.api.auth import Api, Tenant
-from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
+from services.api.schemas import (
+    Accepted,
+    AttemptView,
+    RunEventView,
+    RunSummary,
+    RunView,
+    TaskView,
+    errors,
+)
 from services.api.state import ApiState
 
 MAX_WAIT_S = 60.0
@@ -82,13 +90,16 @@ class RunController(Controller):
     path = "/runs"
     tags = ["runs"]
 
-    @get("/{run_id:str}")
+    @get("/{run_id:str}", operation_id="getRun", responses=errors(404))
     async def get_run(
         self,
         run_id: str,
         tenant: Tenant,
         api: Api,
-        wait_s: float = Parameter(default=0.0, ge=0.0, le=MAX_WAIT_S, description="long-poll"),
+        wait_s: float = Parameter(
+            default=0.0, ge=0.0, le=MAX_WAIT_S,
+            description="long-poll: wait up to this long for the run to exist and finish",
+        ),
     ) -> RunView:
         """A run with its tasks, outputs and every attempt's error. `wait_s` waits for the end."""
         fut = api.waiter(run_id) if wait_s > 0 else None
@@ -114,17 +125,16 @@ class RunController(Controller):
             raise NotFoundException(f"run {run_id!r} not found")
         return view
 
-    @get("/")
+    @get("/", operation_id="listRuns")
     async def list_runs(
         self,
         tenant: Tenant,
         api: Api,
-        status: str | None = None,
+        status: RunStatus | None = None,
         workflow: str | None = None,
         limit: int = Parameter(default=50, ge=1, le=1000),
     ) -> list[RunSummary]:
-        if status is not None and status not in RUN_STATUSES:
-            raise ClientException(f"status must be one of {sorted(RUN_STATUSES)}")
+        """Runs, newest first, optionally of one status and one workflow."""
         rows = await api.runs.list_runs(tenant, status, workflow, limit)
         return [
             RunSummary(
@@ -134,8 +144,10 @@ class RunController(Controller):
             for r in rows
         ]
 
-    @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED)
+    @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED, operation_id="cancelRun",
+          responses=errors(404))
     async def cancel(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
+        """Cancel the run's unfinished tasks (asynchronously; a finished run stays as it is)."""
         await _require_run(api, tenant, run_id)
         msg = CancelRun(run_id=run_id)
         await jetstream.publish_one(
@@ -143,8 +155,10 @@ class RunController(Controller):
         )
         return Accepted(run_id=run_id)
 
-    @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED)
+    @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED, operation_id="replayRun",
+          responses=errors(400, 404))
     async def replay(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
+        """Run a finished run's failed and cancelled tasks again (400 while it is unfinished)."""
         status = await _require_run(api, tenant, run_id)
         if status not in RUN_TERMINAL:
             raise ClientException(f"run {run_id!r} is {status}; only finished runs replay")
@@ -155,7 +169,7 @@ class RunController(Controller):
         )
         return Accepted(run_id=run_id)
 
-    @get("/{run_id:str}/events")
+    @get("/{run_id:str}/events", operation_id="listRunEvents", responses=errors(404))
     async def events(self, run_id: str, tenant: Tenant, api: Api) -> list[RunEventView]:
         """Every transition of the run and its tasks, in order."""
         await _require_run(api, tenant, run_id)
