@@ -12,7 +12,7 @@ export interface paths {
          * RunCounts
          * @description Runs created in the range, counted by workflow and current status.
          */
-        get: operations["AnalyticsRunsRunCounts"];
+        get: operations["getRunCounts"];
         put?: never;
         post?: never;
         delete?: never;
@@ -32,7 +32,7 @@ export interface paths {
          * TaskLatency
          * @description Task duration and queue-wait percentiles (p50/p95/p99, ms), overall and per workflow.
          */
-        get: operations["AnalyticsTasksTaskLatency"];
+        get: operations["getTaskLatency"];
         put?: never;
         post?: never;
         delete?: never;
@@ -52,7 +52,7 @@ export interface paths {
          * Throughput
          * @description Finished task attempts per minute, by outcome.
          */
-        get: operations["AnalyticsThroughputThroughput"];
+        get: operations["getThroughput"];
         put?: never;
         post?: never;
         delete?: never;
@@ -69,13 +69,13 @@ export interface paths {
             cookie?: never;
         };
         /** ListCrons */
-        get: operations["CronsListCrons"];
+        get: operations["listCrons"];
         put?: never;
         /**
          * Create
          * @description Run a workflow on a cron schedule (UTC; 5 fields, or 6 with seconds first).
          */
-        post: operations["CronsCreate"];
+        post: operations["createCron"];
         delete?: never;
         options?: never;
         head?: never;
@@ -90,11 +90,14 @@ export interface paths {
             cookie?: never;
         };
         /** GetCron */
-        get: operations["CronsCronIdGetCron"];
+        get: operations["getCron"];
         put?: never;
         post?: never;
-        /** DeleteCron */
-        delete: operations["CronsCronIdDeleteCron"];
+        /**
+         * DeleteCron
+         * @description Delete a cron made through the API (400 for one from a workflow's on_crons).
+         */
+        delete: operations["deleteCron"];
         options?: never;
         head?: never;
         patch?: never;
@@ -113,7 +116,7 @@ export interface paths {
          * Push
          * @description Publish one event. Runs start asynchronously for workflows listening to its key.
          */
-        post: operations["EventsPush"];
+        post: operations["pushEvent"];
         delete?: never;
         options?: never;
         head?: never;
@@ -133,7 +136,7 @@ export interface paths {
          * PushMany
          * @description Publish up to 1,000 events in one request (pipelined). All or none are validated.
          */
-        post: operations["EventsBulkPushMany"];
+        post: operations["pushEvents"];
         delete?: never;
         options?: never;
         head?: never;
@@ -148,13 +151,13 @@ export interface paths {
             cookie?: never;
         };
         /** ListFilters */
-        get: operations["FiltersListFilters"];
+        get: operations["listFilters"];
         put?: never;
         /**
          * Create
          * @description Create a filter. The expression sees `input`, `payload`, `metadata`, `event_key`.
          */
-        post: operations["FiltersCreate"];
+        post: operations["createFilter"];
         delete?: never;
         options?: never;
         head?: never;
@@ -169,18 +172,18 @@ export interface paths {
             cookie?: never;
         };
         /** GetFilter */
-        get: operations["FiltersFilterIdGetFilter"];
+        get: operations["getFilter"];
         put?: never;
         post?: never;
         /** DeleteFilter */
-        delete: operations["FiltersFilterIdDeleteFilter"];
+        delete: operations["deleteFilter"];
         options?: never;
         head?: never;
         /**
          * Update
          * @description Change some fields of a filter; the new expression is compiled first.
          */
-        patch: operations["FiltersFilterIdUpdate"];
+        patch: operations["updateFilter"];
         trace?: never;
     };
     "/rate-limits": {
@@ -191,7 +194,7 @@ export interface paths {
             cookie?: never;
         };
         /** ListLimits */
-        get: operations["RateLimitsListLimits"];
+        get: operations["listRateLimits"];
         put?: never;
         post?: never;
         delete?: never;
@@ -208,12 +211,12 @@ export interface paths {
             cookie?: never;
         };
         /** GetLimit */
-        get: operations["RateLimitsKeyGetLimit"];
+        get: operations["getRateLimit"];
         /**
          * PutLimit
          * @description Create or change a static rate-limit key.
          */
-        put: operations["RateLimitsKeyPutLimit"];
+        put: operations["putRateLimit"];
         post?: never;
         delete?: never;
         options?: never;
@@ -228,8 +231,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** ListRuns */
-        get: operations["RunsListRuns"];
+        /**
+         * ListRuns
+         * @description Runs, newest first, optionally of one status and one workflow.
+         */
+        get: operations["listRuns"];
         put?: never;
         post?: never;
         delete?: never;
@@ -249,7 +255,7 @@ export interface paths {
          * GetRun
          * @description A run with its tasks, outputs and every attempt's error. `wait_s` waits for the end.
          */
-        get: operations["RunsRunIdGetRun"];
+        get: operations["getRun"];
         put?: never;
         post?: never;
         delete?: never;
@@ -267,8 +273,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Cancel */
-        post: operations["RunsRunIdCancelCancel"];
+        /**
+         * Cancel
+         * @description Cancel the run's unfinished tasks (asynchronously; a finished run stays as it is).
+         */
+        post: operations["cancelRun"];
         delete?: never;
         options?: never;
         head?: never;
@@ -286,7 +295,7 @@ export interface paths {
          * Events
          * @description Every transition of the run and its tasks, in order.
          */
-        get: operations["RunsRunIdEventsEvents"];
+        get: operations["listRunEvents"];
         put?: never;
         post?: never;
         delete?: never;
@@ -304,8 +313,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Replay */
-        post: operations["RunsRunIdReplayReplay"];
+        /**
+         * Replay
+         * @description Run a finished run's failed and cancelled tasks again (400 while it is unfinished).
+         */
+        post: operations["replayRun"];
         delete?: never;
         options?: never;
         head?: never;
@@ -320,13 +332,13 @@ export interface paths {
             cookie?: never;
         };
         /** ListScheduled */
-        get: operations["ScheduledListScheduled"];
+        get: operations["listScheduledRuns"];
         put?: never;
         /**
          * Create
          * @description Run a workflow once at `run_at` (timezone-aware ISO-8601; a past time runs now).
          */
-        post: operations["ScheduledCreate"];
+        post: operations["createScheduledRun"];
         delete?: never;
         options?: never;
         head?: never;
@@ -341,14 +353,14 @@ export interface paths {
             cookie?: never;
         };
         /** GetScheduled */
-        get: operations["ScheduledScheduledIdGetScheduled"];
+        get: operations["getScheduledRun"];
         put?: never;
         post?: never;
         /**
          * DeleteScheduled
          * @description Cancel a scheduled run that has not fired yet (a fired one is just forgotten).
          */
-        delete: operations["ScheduledScheduledIdDeleteScheduled"];
+        delete: operations["deleteScheduledRun"];
         options?: never;
         head?: never;
         patch?: never;
@@ -362,14 +374,14 @@ export interface paths {
             cookie?: never;
         };
         /** ListWorkflows */
-        get: operations["WorkflowsListWorkflows"];
+        get: operations["listWorkflows"];
         put?: never;
         /**
          * Register
          * @description Register a workflow definition. A definition never seen before becomes a new, current
          *     version; an identical one is the same version and leaves the current one alone.
          */
-        post: operations["WorkflowsRegister"];
+        post: operations["registerWorkflow"];
         delete?: never;
         options?: never;
         head?: never;
@@ -383,8 +395,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** GetWorkflow */
-        get: operations["WorkflowsNameGetWorkflow"];
+        /**
+         * GetWorkflow
+         * @description The workflow's current version.
+         */
+        get: operations["getWorkflow"];
         put?: never;
         post?: never;
         delete?: never;
@@ -407,7 +422,7 @@ export interface paths {
          * @description Make a version of the workflow current: new runs (API, events, crons) start on it;
          *     runs already started keep theirs. 404 when the version is not one of this workflow's.
          */
-        post: operations["WorkflowsNameRollbackRollback"];
+        post: operations["rollbackWorkflow"];
         delete?: never;
         options?: never;
         head?: never;
@@ -427,7 +442,7 @@ export interface paths {
          * Trigger
          * @description Start a run on the current version of a workflow, or on `version_id` if given.
          */
-        post: operations["WorkflowsNameRunTrigger"];
+        post: operations["triggerWorkflow"];
         delete?: never;
         options?: never;
         head?: never;
@@ -447,7 +462,7 @@ export interface paths {
          * TriggerBulk
          * @description Start many runs in one request (up to 1,000), published pipelined.
          */
-        post: operations["WorkflowsNameRunBulkTriggerBulk"];
+        post: operations["triggerWorkflowBulk"];
         delete?: never;
         options?: never;
         head?: never;
@@ -465,7 +480,7 @@ export interface paths {
          * Versions
          * @description The workflow's versions, newest first; `current` marks the one new runs use.
          */
-        get: operations["WorkflowsNameVersionsVersions"];
+        get: operations["listWorkflowVersions"];
         put?: never;
         post?: never;
         delete?: never;
@@ -492,6 +507,7 @@ export interface components {
             } | null;
             finished_at: string | null;
             started_at: string | null;
+            /** @description a task status, or LOST (its worker went away) */
             status: string;
             worker_id: string | null;
         };
@@ -513,6 +529,7 @@ export interface components {
         };
         /** ConcurrencySpec */
         ConcurrencySpec: {
+            /** Format: cel */
             key: string;
             /** @default 1 */
             max_runs: number;
@@ -524,12 +541,17 @@ export interface components {
         };
         /** CronIn */
         CronIn: {
+            /**
+             * Format: cron
+             * @description 5 fields, or 6 with seconds first (UTC)
+             */
             expression: string;
             input?: unknown;
             metadata?: {
                 [key: string]: string;
             };
             name?: string | null;
+            /** @description letters, digits, '_', '-', '.', ':' */
             workflow: string;
         };
         /** CronView */
@@ -547,6 +569,14 @@ export interface components {
             origin: string;
             workflow: string;
         };
+        /** ErrorBody */
+        ErrorBody: {
+            detail: string;
+            extra?: {
+                [key: string]: unknown;
+            } | unknown[] | null;
+            status_code: number;
+        };
         /** EventAccepted */
         EventAccepted: {
             event_id: string;
@@ -555,6 +585,7 @@ export interface components {
         /** EventIn */
         EventIn: {
             event_id?: string | null;
+            /** @description dot-separated tokens of letters, digits, '_', '-', ':' */
             key: string;
             metadata?: {
                 [key: string]: unknown;
@@ -564,16 +595,20 @@ export interface components {
         };
         /** FilterIn */
         FilterIn: {
+            /** Format: cel */
             expression: string;
             payload?: unknown;
             scope?: string | null;
+            /** @description letters, digits, '_', '-', '.', ':' */
             workflow: string;
         };
         /** FilterPatch */
         FilterPatch: {
+            /** Format: cel */
             expression?: string;
             payload?: unknown;
             scope?: string | null;
+            /** @description letters, digits, '_', '-', '.', ':' */
             workflow?: string;
         };
         /** FilterView */
@@ -621,12 +656,16 @@ export interface components {
         };
         /** RateLimitSpec */
         RateLimitSpec: {
+            /** Format: cel */
             dynamic_key?: string | null;
             key?: string | null;
             limit?: number | null;
             /** @enum {null|string} */
             per?: "second" | "minute" | "hour" | null;
-            /** @default 1 */
+            /**
+             * @description units taken per start: an int, or CEL over the input giving one
+             * @default 1
+             */
             units: number | string;
         };
         /** RateLimitView */
@@ -682,15 +721,22 @@ export interface components {
             metadata?: {
                 [key: string]: string;
             };
+            /** @description 1 (lowest) to 3 */
             priority?: number | null;
             version_id?: string | null;
         };
+        /**
+         * RunStatus
+         * @description Where a run stands as a whole.
+         * @enum {string}
+         */
+        RunStatus: "PENDING" | "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED";
         /** RunSummary */
         RunSummary: {
             created_at: string;
             finished_at: string | null;
             id: string;
-            status: string;
+            status: components["schemas"]["RunStatus"];
             workflow: string;
         };
         /** RunView */
@@ -711,7 +757,7 @@ export interface components {
                 [key: string]: unknown;
             };
             priority: number;
-            status: string;
+            status: components["schemas"]["RunStatus"];
             tasks: components["schemas"]["TaskView"][];
             version_id: string;
             workflow: string;
@@ -724,6 +770,7 @@ export interface components {
             };
             /** Format: date-time */
             run_at: string;
+            /** @description letters, digits, '_', '-', '.', ':' */
             workflow: string;
         };
         /** ScheduledView */
@@ -768,6 +815,7 @@ export interface components {
             };
             /** @default 300 */
             execution_timeout_s: number;
+            /** @description letters, digits, '_', '-', '.', ':' */
             name: string;
             parents?: string[];
             rate_limits?: components["schemas"]["RateLimitSpec"][];
@@ -776,6 +824,12 @@ export interface components {
             /** @default 300 */
             schedule_timeout_s: number;
         };
+        /**
+         * TaskStatus
+         * @description Where one task of a run stands.
+         * @enum {string}
+         */
+        TaskStatus: "PENDING" | "QUEUED" | "ASSIGNED" | "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED" | "TIMED_OUT" | "SKIPPED";
         /** TaskView */
         TaskView: {
             attempt: number;
@@ -786,7 +840,7 @@ export interface components {
             output?: unknown;
             queued_at?: string | null;
             started_at?: string | null;
-            status: string;
+            status: components["schemas"]["TaskStatus"];
             worker_id?: string | null;
         };
         /** Throughput */
@@ -812,6 +866,7 @@ export interface components {
             input_schema?: {
                 [key: string]: unknown;
             } | null;
+            /** @description letters, digits, '_', '-', '.', ':' */
             name: string;
             on_crons?: string[];
             on_events?: string[];
@@ -823,6 +878,7 @@ export interface components {
         };
         /** WorkflowView */
         WorkflowView: {
+            /** @description letters, digits, '_', '-', '.', ':' */
             name: string;
             spec: {
                 [key: string]: unknown;
@@ -839,10 +895,12 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    AnalyticsRunsRunCounts: {
+    getRunCounts: {
         parameters: {
             query?: {
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 since?: string | null;
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 until?: string | null;
             };
             header?: never;
@@ -860,27 +918,41 @@ export interface operations {
                     "application/json": components["schemas"]["RunCounts"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    AnalyticsTasksTaskLatency: {
+    getTaskLatency: {
         parameters: {
             query?: {
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 since?: string | null;
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 until?: string | null;
             };
             header?: never;
@@ -898,27 +970,41 @@ export interface operations {
                     "application/json": components["schemas"]["TaskLatencyReport"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    AnalyticsThroughputThroughput: {
+    getThroughput: {
         parameters: {
             query?: {
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 since?: string | null;
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 until?: string | null;
             };
             header?: never;
@@ -936,24 +1022,36 @@ export interface operations {
                     "application/json": components["schemas"]["Throughput"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    CronsListCrons: {
+    listCrons: {
         parameters: {
             query?: {
                 limit?: number;
@@ -974,24 +1072,27 @@ export interface operations {
                     "application/json": components["schemas"]["CronView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    CronsCreate: {
+    createCron: {
         parameters: {
             query?: never;
             header?: never;
@@ -1013,24 +1114,63 @@ export interface operations {
                     "application/json": components["schemas"]["CronView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run input does not fit the workflow's input_schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    CronsCronIdGetCron: {
+    getCron: {
         parameters: {
             query?: never;
             header?: never;
@@ -1050,24 +1190,36 @@ export interface operations {
                     "application/json": components["schemas"]["CronView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    CronsCronIdDeleteCron: {
+    deleteCron: {
         parameters: {
             query?: never;
             header?: never;
@@ -1085,24 +1237,36 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    EventsPush: {
+    pushEvent: {
         parameters: {
             query?: never;
             header?: never;
@@ -1124,24 +1288,36 @@ export interface operations {
                     "application/json": components["schemas"]["EventAccepted"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    EventsBulkPushMany: {
+    pushEvents: {
         parameters: {
             query?: never;
             header?: never;
@@ -1163,24 +1339,36 @@ export interface operations {
                     "application/json": components["schemas"]["BulkEventsAccepted"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersListFilters: {
+    listFilters: {
         parameters: {
             query?: {
                 limit?: number;
@@ -1201,24 +1389,27 @@ export interface operations {
                     "application/json": components["schemas"]["FilterView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersCreate: {
+    createFilter: {
         parameters: {
             query?: never;
             header?: never;
@@ -1240,24 +1431,36 @@ export interface operations {
                     "application/json": components["schemas"]["FilterView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersFilterIdGetFilter: {
+    getFilter: {
         parameters: {
             query?: never;
             header?: never;
@@ -1277,24 +1480,36 @@ export interface operations {
                     "application/json": components["schemas"]["FilterView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersFilterIdDeleteFilter: {
+    deleteFilter: {
         parameters: {
             query?: never;
             header?: never;
@@ -1312,24 +1527,36 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersFilterIdUpdate: {
+    updateFilter: {
         parameters: {
             query?: never;
             header?: never;
@@ -1353,24 +1580,45 @@ export interface operations {
                     "application/json": components["schemas"]["FilterView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RateLimitsListLimits: {
+    listRateLimits: {
         parameters: {
             query?: never;
             header?: never;
@@ -1388,9 +1636,18 @@ export interface operations {
                     "application/json": components["schemas"]["RateLimitView"][];
                 };
             };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
-    RateLimitsKeyGetLimit: {
+    getRateLimit: {
         parameters: {
             query?: never;
             header?: never;
@@ -1410,24 +1667,36 @@ export interface operations {
                     "application/json": components["schemas"]["RateLimitView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RateLimitsKeyPutLimit: {
+    putRateLimit: {
         parameters: {
             query?: never;
             header?: never;
@@ -1451,28 +1720,40 @@ export interface operations {
                     "application/json": components["schemas"]["RateLimitView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsListRuns: {
+    listRuns: {
         parameters: {
             query?: {
                 limit?: number;
-                status?: string | null;
+                status?: components["schemas"]["RunStatus"] | null;
                 workflow?: string | null;
             };
             header?: never;
@@ -1490,27 +1771,30 @@ export interface operations {
                     "application/json": components["schemas"]["RunSummary"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdGetRun: {
+    getRun: {
         parameters: {
             query?: {
-                /** @description long-poll */
+                /** @description long-poll: wait up to this long for the run to exist and finish */
                 wait_s?: number;
             };
             header?: never;
@@ -1530,24 +1814,36 @@ export interface operations {
                     "application/json": components["schemas"]["RunView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdCancelCancel: {
+    cancelRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -1567,24 +1863,36 @@ export interface operations {
                     "application/json": components["schemas"]["Accepted"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdEventsEvents: {
+    listRunEvents: {
         parameters: {
             query?: never;
             header?: never;
@@ -1604,24 +1912,36 @@ export interface operations {
                     "application/json": components["schemas"]["RunEventView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdReplayReplay: {
+    replayRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -1641,24 +1961,36 @@ export interface operations {
                     "application/json": components["schemas"]["Accepted"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    ScheduledListScheduled: {
+    listScheduledRuns: {
         parameters: {
             query?: {
                 limit?: number;
@@ -1679,24 +2011,27 @@ export interface operations {
                     "application/json": components["schemas"]["ScheduledView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    ScheduledCreate: {
+    createScheduledRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -1718,24 +2053,54 @@ export interface operations {
                     "application/json": components["schemas"]["ScheduledView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run input does not fit the workflow's input_schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    ScheduledScheduledIdGetScheduled: {
+    getScheduledRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -1755,24 +2120,36 @@ export interface operations {
                     "application/json": components["schemas"]["ScheduledView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    ScheduledScheduledIdDeleteScheduled: {
+    deleteScheduledRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -1790,24 +2167,36 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsListWorkflows: {
+    listWorkflows: {
         parameters: {
             query?: never;
             header?: never;
@@ -1825,9 +2214,18 @@ export interface operations {
                     "application/json": components["schemas"]["WorkflowView"][];
                 };
             };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
-    WorkflowsRegister: {
+    registerWorkflow: {
         parameters: {
             query?: never;
             header?: never;
@@ -1849,28 +2247,41 @@ export interface operations {
                     "application/json": components["schemas"]["RegisterResponse"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameGetWorkflow: {
+    getWorkflow: {
         parameters: {
             query?: never;
             header?: never;
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -1886,28 +2297,41 @@ export interface operations {
                     "application/json": components["schemas"]["WorkflowView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameRollbackRollback: {
+    rollbackWorkflow: {
         parameters: {
             query?: never;
             header?: never;
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -1927,30 +2351,52 @@ export interface operations {
                     "application/json": components["schemas"]["VersionView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameRunTrigger: {
+    triggerWorkflow: {
         parameters: {
             query?: never;
             header?: {
                 traceparent?: string | null;
             };
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -1970,30 +2416,61 @@ export interface operations {
                     "application/json": components["schemas"]["RunCreated"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run input does not fit the workflow's input_schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameRunBulkTriggerBulk: {
+    triggerWorkflowBulk: {
         parameters: {
             query?: never;
             header?: {
                 traceparent?: string | null;
             };
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -2013,30 +2490,61 @@ export interface operations {
                     "application/json": components["schemas"]["BulkRunCreated"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run input does not fit the workflow's input_schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameVersionsVersions: {
+    listWorkflowVersions: {
         parameters: {
             query?: {
                 limit?: number;
             };
             header?: never;
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -2052,19 +2560,31 @@ export interface operations {
                     "application/json": components["schemas"]["VersionView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
