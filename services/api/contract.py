@@ -65,8 +65,9 @@ def describe_common_errors(app: Litestar) -> None:
     """Add the errors any API operation can give to each one's documented responses.
 
     Done over the built app rather than per decorator so a route added later is covered:
-    401 where the tenant's token is read, 400 where a parameter or body is decoded, 413
-    where a body is read. A handler's own `responses` (404, 409, 422, ...) are kept.
+    401 where the tenant's token is read, 403 where a guard may refuse, 400 where a
+    parameter or body is decoded, 413 where a body is read. A handler's own `responses`
+    (404, 409, 422, 429, ...) are kept.
     """
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
@@ -78,6 +79,8 @@ def describe_common_errors(app: Litestar) -> None:
             codes: list[int] = []
             if "tenant" in params:
                 codes.append(401)
+            if handler.resolve_guards():
+                codes.append(403)  # a guard refuses (e.g. a token without the scope)
             if params - _INJECTED:
                 codes.append(400)
             if "data" in params:
