@@ -22,7 +22,7 @@ from libs.common import jetstream, subjects
 from libs.common.jetstream import Outgoing
 from libs.common.subjects import Header
 from services.api.auth import Api, Tenant
-from services.api.schemas import EventId, EventKey, Scope
+from services.api.schemas import EventId, EventKey, EventScope
 
 MAX_BULK = 1000
 _JSON = msgspec.json.Encoder()
@@ -31,7 +31,7 @@ _JSON = msgspec.json.Encoder()
 class EventIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     key: EventKey
     payload: Any = None
-    scope: Scope | None = None
+    scope: EventScope | None = None
     metadata: dict[str, Any] = {}
     event_id: EventId | None = None  # default: a new one; a retried push with the same id is one event
 

@@ -23,7 +23,7 @@ from libs.common.cel import CelError, compile_filter
 from libs.common.specs import Cel
 from services.api.auth import Api, Tenant
 from services.api.repos.filters import FilterFields
-from services.api.schemas import Scope, WorkflowName, errors
+from services.api.schemas import EventScope, WorkflowName, errors
 from services.api.state import ApiState
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ _JSON = msgspec.json.Encoder()
 class FilterIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     workflow: WorkflowName
     expression: Cel
-    scope: Scope | None = None
+    scope: EventScope | None = None
     payload: Any = None
 
 
@@ -43,7 +43,7 @@ class FilterPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     workflow: WorkflowName | msgspec.UnsetType = msgspec.UNSET
     expression: Cel | msgspec.UnsetType = msgspec.UNSET
-    scope: Scope | msgspec.UnsetType | None = msgspec.UNSET
+    scope: EventScope | msgspec.UnsetType | None = msgspec.UNSET
     payload: Any = msgspec.UNSET
 
 
