@@ -20,17 +20,26 @@ from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugi
 from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIHeader,
+    OpenAPIType,
+    Reference,
+    Schema,
+    SecurityScheme,
+)
 from litestar.routes import HTTPRoute
 from litestar.typing import FieldDefinition
 
 from services.api.schemas import errors
 
 BEARER = "bearerAuth"
+# The operator endpoints (/admin) take the operator token instead of a tenant's.
+OPERATOR_AUTH = "operatorAuth"
 # PostgreSQL cannot store U+0000 in text or jsonb, where request bodies end up.
 NUL_MESSAGE = "text in a request cannot contain the NUL character (\\u0000)"
 # Parameters that are dependencies, not part of the request.
-_INJECTED = frozenset({"api", "tenant", "request", "self"})
+_INJECTED = frozenset({"api", "tenant", "caller", "request", "self"})
 
 
 class ClosedStructSchemaPlugin(StructSchemaPlugin):
@@ -56,6 +65,8 @@ def openapi_config(description: str) -> OpenAPIConfig:
         components=Components(security_schemes={
             BEARER: SecurityScheme(type="http", scheme="bearer",
                                    description="A tenant's API token"),
+            OPERATOR_AUTH: SecurityScheme(type="http", scheme="bearer",
+                                          description="RATCHET_OPERATOR_TOKEN"),
         }),
         security=[{BEARER: []}],
     )
@@ -77,7 +88,7 @@ def describe_common_errors(app: Litestar) -> None:
                 continue
             params = set(handler.parsed_fn_signature.parameters)
             codes: list[int] = []
-            if "tenant" in params:
+            if params & {"tenant", "caller"}:
                 codes.append(401)
             if handler.resolve_guards():
                 codes.append(403)  # a guard refuses (e.g. a token without the scope)
@@ -86,6 +97,31 @@ def describe_common_errors(app: Litestar) -> None:
             if "data" in params:
                 codes.append(413)
             handler.responses = {**errors(*codes), **(handler.responses or {})}
+
+
+def finish_document(app: Litestar) -> None:
+    """What Litestar's builder cannot say, written into the built document: every 429 carries
+    `Retry-After` (whole seconds, as app.py sends it; `ResponseSpec` has no headers), and an
+    event stream's body is text (the operation's description gives its events).
+
+    The document is built once per app; /schema and `make openapi` both read that object.
+    """
+    retry_after = OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.INTEGER, minimum=1), required=True,
+        description="Seconds to wait before trying again",
+    )
+    for path_item in (app.openapi_schema.paths or {}).values():
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation = getattr(path_item, method, None)
+            for code, response in ((operation.responses or {}) if operation else {}).items():
+                if isinstance(response, Reference):
+                    continue
+                if code == "429":
+                    response.headers = {**(response.headers or {}), "Retry-After": retry_after}
+                sse = (response.content or {}).get("text/event-stream")
+                if sse is not None:
+                    sse.schema = Schema(type=OpenAPIType.STRING,
+                                        description="Server-Sent Events (text/event-stream)")
 
 
 @cache

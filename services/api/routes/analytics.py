@@ -14,7 +14,8 @@ from litestar import Controller, get
 from litestar.exceptions import ClientException
 from litestar.params import Parameter
 
-from services.api.auth import Api, Tenant
+from libs.common.tenants import Scope
+from services.api.auth import Api, Tenant, requires
 from services.api.schemas import errors
 
 DEFAULT_RANGE = timedelta(hours=1)
@@ -127,6 +128,7 @@ class AnalyticsController(Controller):
 
     path = "/analytics"
     tags = ["analytics"]
+    guards = [requires(Scope.READ)]
 
     @get("/runs", operation_id="getRunCounts", responses=errors(503))
     async def run_counts(
