@@ -8,14 +8,16 @@ objects for the request bodies that refuse unknown fields.
 
 from __future__ import annotations
 
+import typing
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request
 
-# Litestar's own schema builder for msgspec Structs; only this module reaches into it, and
-# tests/integration/test_schema.py fails if an upgrade changes what it produces.
+# Litestar's own schema builder for msgspec Structs (and how it reads a field's Meta); only
+# this module reaches into them, and tests/integration/test_schema.py fails if an upgrade
+# changes what they produce.
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
@@ -23,11 +25,14 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
     Components,
     OpenAPIHeader,
+    OpenAPIMediaType,
     OpenAPIType,
     Reference,
     Schema,
     SecurityScheme,
 )
+from litestar.plugins.core._msgspec import kwarg_definition_from_field
+from litestar.response import ServerSentEvent
 from litestar.routes import HTTPRoute
 from litestar.typing import FieldDefinition
 
@@ -44,7 +49,12 @@ _INJECTED = frozenset({"api", "tenant", "caller", "request", "self"})
 
 class ClosedStructSchemaPlugin(StructSchemaPlugin):
     """Structs with `forbid_unknown_fields` as objects with `additionalProperties: false`:
-    the server answers 400 to an unknown field, so the schema must not allow one."""
+    the server answers 400 to an unknown field, so the schema must not allow one.
+
+    Also states the `Meta` constraints of an optional field (`X | None`, `X | UnsetType` where
+    absent and null differ) on X itself: Litestar's builder drops them with an UnsetType, and
+    inside a union drops any whose value is 0 (`gt=0`).
+    """
 
     def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
         if not super().is_plugin_supported_field(field_definition):
@@ -55,7 +65,33 @@ class ClosedStructSchemaPlugin(StructSchemaPlugin):
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Any:
         schema = super().to_openapi_schema(field_definition, schema_creator)
         schema.additional_properties = False
+        hints = typing.get_type_hints(field_definition.type_, include_extras=True)
+        for field in msgspec.structs.fields(field_definition.type_):
+            args = typing.get_args(hints[field.name])
+            constrained = any(typing.get_origin(a) is Annotated for a in args)
+            if (msgspec.UnsetType in args or constrained) and schema.properties is not None:
+                schema.properties[field.encode_name] = _optional_schema(
+                    [a for a in args if a not in (msgspec.UnsetType, type(None))],
+                    nullable=type(None) in args, schema_creator=schema_creator,
+                )
         return schema
+
+
+def _optional_schema(types: list[Any], nullable: bool, schema_creator: Any) -> Schema:
+    """Each of `types` with its constraints, or null. Built one type at a time: inside a
+    union Litestar drops a constraint whose value is 0 (e.g. `gt=0`)."""
+    schemas: list[Schema | Reference] = []
+    for annotation in types:
+        probe: Any = msgspec.inspect.type_info(msgspec.defstruct("Probe", [("value", annotation)]))
+        kwarg, _ = kwarg_definition_from_field(probe.fields[0])
+        base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated \
+            else annotation
+        schemas.append(schema_creator.for_field_definition(
+            FieldDefinition.from_annotation(base, kwarg_definition=kwarg)))
+    if nullable:
+        schemas.append(Schema(type=OpenAPIType.NULL))
+    return schemas[0] if len(schemas) == 1 and isinstance(schemas[0], Schema) \
+        else Schema(one_of=schemas)
 
 
 def openapi_config(description: str) -> OpenAPIConfig:
@@ -102,7 +138,8 @@ def describe_common_errors(app: Litestar) -> None:
 def finish_document(app: Litestar) -> None:
     """What Litestar's builder cannot say, written into the built document: every 429 carries
     `Retry-After` (whole seconds, as app.py sends it; `ResponseSpec` has no headers), and an
-    event stream's body is text (the operation's description gives its events).
+    event stream's body is text/event-stream (the operation's description gives its events).
+    The handler keeps its default media type, which its JSON error bodies are sent with.
 
     The document is built once per app; /schema and `make openapi` both read that object.
     """
@@ -110,7 +147,14 @@ def finish_document(app: Litestar) -> None:
         schema=Schema(type=OpenAPIType.INTEGER, minimum=1), required=True,
         description="Seconds to wait before trying again",
     )
-    for path_item in (app.openapi_schema.paths or {}).values():
+    event_streams = {
+        (route.path_format, method.lower())
+        for route in app.routes if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        if handler.parsed_fn_signature.return_type.is_subclass_of(ServerSentEvent)
+        for method in handler.http_methods
+    }
+    for path, path_item in (app.openapi_schema.paths or {}).items():
         for method in ("get", "put", "post", "delete", "patch"):
             operation = getattr(path_item, method, None)
             for code, response in ((operation.responses or {}) if operation else {}).items():
@@ -118,10 +162,9 @@ def finish_document(app: Litestar) -> None:
                     continue
                 if code == "429":
                     response.headers = {**(response.headers or {}), "Retry-After": retry_after}
-                sse = (response.content or {}).get("text/event-stream")
-                if sse is not None:
-                    sse.schema = Schema(type=OpenAPIType.STRING,
-                                        description="Server-Sent Events (text/event-stream)")
+                if code == "200" and (path, method) in event_streams:
+                    response.content = {"text/event-stream": OpenAPIMediaType(schema=Schema(
+                        type=OpenAPIType.STRING, description="Server-Sent Events"))}
 
 
 @cache

@@ -102,10 +102,10 @@ class ParentRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     every attempt) or, when given, `key`: a retried task that spawns again gets the same run.
     """
 
-    run_id: str
-    task_id: str
-    index: int = 0
-    key: str | None = None
+    run_id: Annotated[str, Meta(min_length=1)]
+    task_id: Annotated[str, Meta(min_length=1)]
+    index: specs.NonNegative = 0
+    key: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
 
 
 class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -183,9 +183,14 @@ class RunView(msgspec.Struct, kw_only=True):
     children_count: int = 0
 
 
+MAX_RESULTS = 1000
+MAX_WAIT_S = 60.0  # any long-poll (GET /runs/{id}, POST /runs/results)
+
+
 class ResultsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    run_ids: list[str]
-    wait_s: float = 0.0  # long-poll: until at least one of the runs has ended
+    run_ids: Annotated[list[str], Meta(min_length=1, max_length=MAX_RESULTS)]
+    # Long-poll: wait up to this long until at least one of the runs has ended.
+    wait_s: Annotated[float, Meta(ge=0, le=MAX_WAIT_S)] = 0.0
 
 
 class RunResult(msgspec.Struct, kw_only=True):

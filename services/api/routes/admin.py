@@ -1,8 +1,8 @@
 """Operator endpoints: create and list tenants, apply migrations.
 
 They answer only to the operator token (`RATCHET_OPERATOR_TOKEN` in the API's environment),
-never to a tenant's: with no operator token configured every route here is a 404, and a
-request without the right bearer token is a 403. The `ratchet admin` commands call them, so an
+never to a tenant's: a request without a bearer token is a 401; with no operator token
+configured every route here is a 404, and any other token than the operator's is a 403. The `ratchet admin` commands call them, so an
 operator needs no database credentials on their own machine.
 """
 
@@ -13,7 +13,12 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, get, post, put
-from litestar.exceptions import ClientException, NotFoundException, PermissionDeniedException
+from litestar.exceptions import (
+    ClientException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+)
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from msgspec import UNSET, Meta, UnsetType
@@ -67,18 +72,20 @@ class Migrated(msgspec.Struct, kw_only=True):
 
 
 def require_operator(request: Request, api: ApiState) -> None:  # type: ignore[type-arg]
+    header = request.headers.get("authorization", "")
+    given = header[7:].strip() if header.startswith("Bearer ") else ""
+    if not given:
+        raise NotAuthorizedException("the operator token is required (Authorization: Bearer)")
     expected = api.settings.ratchet_operator_token
     if not expected:
         raise NotFoundException("operator endpoints are disabled (RATCHET_OPERATOR_TOKEN unset)")
-    header = request.headers.get("authorization", "")
-    given = header[7:].strip() if header.startswith("Bearer ") else ""
     # Constant-time: the comparison must not tell an attacker how much of a guess was right.
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise PermissionDeniedException("the operator token is required")
 
 
-# require_operator's answers: no operator token configured (404), or not the caller's (403).
-_OPERATOR_ERRORS = errors(403, 404)
+# require_operator's answers: no token (401), none configured (404), another token (403).
+_OPERATOR_ERRORS = errors(401, 403, 404)
 
 
 class AdminController(Controller):

@@ -22,6 +22,7 @@ from libs.common.tenants import Scope
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.routes.tokens import audit_entry
 from services.api.schemas import (
+    MAX_WAIT_S,
     Accepted,
     AttemptView,
     ChildView,
@@ -36,8 +37,6 @@ from services.api.schemas import (
 )
 from services.api.state import ApiState
 
-MAX_WAIT_S = 60.0
-MAX_RESULTS = 1000
 CHILDREN_SHOWN = 100  # children listed in a run view; GET /runs?parent_run_id= has the rest
 RUN_STATUSES = frozenset(s.value for s in RunStatus)
 

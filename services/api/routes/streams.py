@@ -164,8 +164,7 @@ class StreamController(Controller):
     path = "/"
     tags = ["streams"]
 
-    @get("/runs/{run_id:str}/stream", operation_id="streamRun", responses=errors(404, 503),
-         media_type="text/event-stream")
+    @get("/runs/{run_id:str}/stream", operation_id="streamRun", responses=errors(404, 503))
     async def stream(
         self, run_id: str, tenant: Tenant, api: Api,
         wait_s: float = Parameter(

@@ -1064,7 +1064,6 @@ export interface components {
                 [key: string]: string;
             };
             parent?: components["schemas"]["ParentRef"] | null;
-            /** @description 1 (lowest) to 3 */
             priority?: number | null;
             version_id?: string | null;
         };
@@ -1323,6 +1322,15 @@ export interface operations {
                     "application/json": components["schemas"]["Migrated"];
                 };
             };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The token may not do this */
             403: {
                 headers: {
@@ -1359,6 +1367,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TenantView"][];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description The token may not do this */
@@ -1405,6 +1422,15 @@ export interface operations {
             };
             /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1478,6 +1504,15 @@ export interface operations {
             };
             /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
