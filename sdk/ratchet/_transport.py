@@ -107,7 +107,7 @@ class Transport:
         buf = bytearray(ref.size)
         got = 0
         async with self._aclient().stream(
-            "GET", f"/payloads/{ref.key}", params={"size": ref.size}
+            "GET", f"/payloads/blobs/{ref.key}", params={"size": ref.size}
         ) as resp:
             if resp.status_code >= 400:
                 await resp.aread()

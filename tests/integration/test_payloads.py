@@ -265,17 +265,17 @@ async def test_payloads_are_tenant_prefixed_and_private(
     assert resp.status_code == 201, resp.text
     ref = msgspec.convert(resp.json(), PayloadRef)
     assert ref.key.startswith(f"{tenant}/run1/") and ref.size == len(data)
-    got = await http.get(f"/payloads/{ref.key}", params={"size": ref.size},
+    got = await http.get(f"/payloads/blobs/{ref.key}", params={"size": ref.size},
                          headers=_auth(stack, tenant))
     assert got.status_code == 200 and got.content == data
-    stolen = await http.get(f"/payloads/{ref.key}", params={"size": ref.size},
+    stolen = await http.get(f"/payloads/blobs/{ref.key}", params={"size": ref.size},
                             headers={"authorization": f"Bearer {other_token}"})
     assert stolen.status_code == 404 and data[:100] not in stolen.content
     # The other tenant's upload of the same bytes lands under its own prefix.
     theirs = await http.put("/payloads/run1", content=data,
                             headers={"authorization": f"Bearer {other_token}"})
     assert theirs.json()["key"].startswith(f"{other}/")
-    missing = await http.get(f"/payloads/{tenant}/run1/{'0' * 64}", params={"size": 1},
+    missing = await http.get(f"/payloads/blobs/{tenant}/run1/{'0' * 64}", params={"size": 1},
                              headers=_auth(stack, tenant))
     assert missing.status_code == 404
 

@@ -9,12 +9,13 @@ the matcher's run ids (derived from the event id) still keep it to one run per w
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, post
 from litestar.exceptions import ClientException
 from litestar.status_codes import HTTP_202_ACCEPTED
+from msgspec import Meta
 
 from libs.common import events as evt
 from libs.common import jetstream, subjects
@@ -25,6 +26,7 @@ from libs.common.tenants import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.routes.limits import admit_events
 from services.api.routes.payloads import offload
+from services.api.schemas import EventId, EventKey, EventScope, errors
 from services.api.state import ApiState
 
 MAX_BULK = 1000
@@ -32,15 +34,15 @@ _JSON = msgspec.json.Encoder()
 
 
 class EventIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    key: str
+    key: EventKey
     payload: Any = None
-    scope: str | None = None
+    scope: EventScope | None = None
     metadata: dict[str, Any] = {}
-    event_id: str | None = None
+    event_id: EventId | None = None  # default: a new one; a retried push with the same id is one event
 
 
 class BulkEventsIn(msgspec.Struct, kw_only=True):
-    events: list[EventIn]
+    events: Annotated[list[EventIn], Meta(min_length=1, max_length=MAX_BULK)]
 
 
 class EventAccepted(msgspec.Struct, kw_only=True):
@@ -85,7 +87,7 @@ class EventController(Controller):
     tags = ["events"]
     guards = [requires(Scope.WRITE)]
 
-    @post("/", status_code=HTTP_202_ACCEPTED)
+    @post("/", status_code=HTTP_202_ACCEPTED, operation_id="pushEvent", responses=errors(429))
     async def push(self, data: EventIn, tenant: Tenant, api: Api) -> EventAccepted:
         """Publish one event. Runs start asynchronously for workflows listening to its key."""
         out = event_message(tenant, data)
@@ -94,7 +96,8 @@ class EventController(Controller):
         await jetstream.publish_one(api.js, out)
         return EventAccepted(event_id=out.headers[Header.EVENT_ID.value], key=data.key)
 
-    @post("/bulk", status_code=HTTP_202_ACCEPTED)
+    @post("/bulk", status_code=HTTP_202_ACCEPTED, operation_id="pushEvents",
+          responses=errors(429))
     async def push_many(self, data: BulkEventsIn, tenant: Tenant, api: Api) -> BulkEventsAccepted:
         """Publish up to 1,000 events in one request (pipelined). All or none are validated."""
         if not 1 <= len(data.events) <= MAX_BULK:

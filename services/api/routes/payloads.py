@@ -14,7 +14,7 @@ is turned into the JSON value it stands for.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, put
@@ -35,7 +35,14 @@ from libs.common.payloads import (
 )
 from libs.common.tenants import Scope
 from services.api.auth import Api, Tenant, requires
+from services.api.schemas import errors
 from services.api.state import ApiState
+
+# What libs/common/payloads accepts as a scope (a run id, or an event's scope).
+ScopeIdParam = Annotated[str, Parameter(
+    min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:=+-]*$",
+    description="the run id (or event scope) the payload belongs to",
+)]
 
 # Room for the JSON around a payload in a request body (`{"input": ..., "metadata": ...}`):
 # the body limit is the payload limit plus this, and the payload itself is measured exactly.
@@ -113,27 +120,27 @@ class PayloadController(Controller):
     guards = [requires(Scope.WRITE, Scope.WORKER)]
 
     @put(
-        "/{scope_id:str}", status_code=HTTP_201_CREATED,
+        "/{scope_id:str}", status_code=HTTP_201_CREATED, operation_id="uploadPayload",
+        responses=errors(413),
         # The store enforces RATCHET_MAX_PAYLOAD_BYTES while streaming (a clear 413).
         request_max_body_size=None,
     )
-    async def upload(self, scope_id: str, request: Request[Any, Any, Any], tenant: Tenant, api: Api
+    async def upload(self, scope_id: ScopeIdParam, request: Request[Any, Any, Any], tenant: Tenant, api: Api
                      ) -> PayloadRefView:
         """Store the request body as a payload of `scope_id` (a run id); answers its reference.
         413 past RATCHET_MAX_PAYLOAD_BYTES, naming the size and the limit."""
-        # (Litestar hands a `str` parameter that shares its position with the `path` one of
-        # GET a leading slash.)
         limit = api.settings.max_payload_bytes
         announced = request.headers.get("content-length", "")
         if announced.isdigit() and int(announced) > limit:
             raise PayloadTooLarge(int(announced), limit)
         try:
-            ref = await store_of(api).put_stream(tenant, scope_id.lstrip("/"), _body(request), limit)
+            ref = await store_of(api).put_stream(tenant, scope_id, _body(request), limit)
         except InvalidPayloadKey as exc:
             raise ClientException(str(exc)) from None
         return PayloadRefView(key=ref.key, sha256=ref.sha256, size=ref.size)
 
-    @get("/{blob_key:path}", guards=[requires(Scope.READ, Scope.WORKER)])
+    @get("/blobs/{blob_key:path}", guards=[requires(Scope.READ, Scope.WORKER)],
+         operation_id="downloadPayload", responses=errors(404))
     async def download(
         self, blob_key: str, tenant: Tenant, api: Api,
         size: int = Parameter(ge=0, description="the payload's size, from its reference"),

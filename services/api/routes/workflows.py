@@ -38,7 +38,9 @@ from services.api.schemas import (
     RunCreated,
     RunRequest,
     VersionView,
+    WorkflowNameParam,
     WorkflowView,
+    errors,
 )
 from services.api.state import ApiState
 
@@ -75,7 +77,8 @@ class WorkflowController(Controller):
     guards = [requires(Scope.READ, Scope.WORKER)]
 
     # A worker registers the workflows it serves when it starts, so `worker` may too.
-    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE, Scope.WORKER)])
+    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE, Scope.WORKER)],
+          operation_id="registerWorkflow")
     async def register(self, data: specs.WorkflowSpec, tenant: Tenant, api: Api) -> RegisterResponse:
         """Register a workflow definition. A definition never seen before becomes a new, current
         version; an identical one is the same version and leaves the current one alone."""
@@ -97,25 +100,28 @@ class WorkflowController(Controller):
             current=reg.current,
         )
 
-    @get("/")
+    @get("/", operation_id="listWorkflows")
     async def list_workflows(self, tenant: Tenant, api: Api) -> list[WorkflowView]:
         return [_view(r) for r in await api.workflows.list_current(tenant)]
 
-    @get("/{name:str}")
-    async def get_workflow(self, name: str, tenant: Tenant, api: Api) -> WorkflowView:
+    @get("/{name:str}", operation_id="getWorkflow", responses=errors(404))
+    async def get_workflow(self, name: WorkflowNameParam, tenant: Tenant, api: Api) -> WorkflowView:
+        """The workflow's current version."""
         return _view(await api.workflows.get_current(tenant, name))
 
-    @get("/{name:str}/versions")
+    @get("/{name:str}/versions", operation_id="listWorkflowVersions", responses=errors(404))
     async def versions(
-        self, name: str, tenant: Tenant, api: Api,
+        self, name: WorkflowNameParam, tenant: Tenant, api: Api,
         limit: int = Parameter(default=100, ge=1, le=1000),
     ) -> list[VersionView]:
         """The workflow's versions, newest first; `current` marks the one new runs use."""
         return [_version_view(v) for v in await api.workflows.versions(tenant, name, limit)]
 
-    @post("/{name:str}/rollback", status_code=HTTP_200_OK, guards=[requires(Scope.WRITE)])
+    @post("/{name:str}/rollback", status_code=HTTP_200_OK, guards=[requires(Scope.WRITE)],
+          operation_id="rollbackWorkflow", responses=errors(404))
     async def rollback(
-        self, name: str, data: RollbackRequest, tenant: Tenant, api: Api, caller: Caller
+        self, name: WorkflowNameParam, data: RollbackRequest, tenant: Tenant, api: Api,
+        caller: Caller,
     ) -> VersionView:
         """Make a version of the workflow current: new runs (API, events, crons) start on it;
         runs already started keep theirs. 404 when the version is not one of this workflow's."""
@@ -126,9 +132,10 @@ class WorkflowController(Controller):
         await notify_matcher(api, tenant)
         return _version_view(version)
 
-    @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)],
+          operation_id="triggerWorkflow", responses=errors(404, 422, 429))
     async def trigger(
-        self, name: str, data: RunRequest, tenant: Tenant, api: Api, caller: Caller,
+        self, name: WorkflowNameParam, data: RunRequest, tenant: Tenant, api: Api, caller: Caller,
         traceparent: TraceParent = None,
     ) -> RunCreated:
         """Start a run on the current version of a workflow, or on `version_id` if given."""
@@ -146,9 +153,11 @@ class WorkflowController(Controller):
             metrics.API_RUNS_TRIGGERED.inc()
         return RunCreated(run_id=trig.run_id, workflow=name, version_id=version.id)
 
-    @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)],
+          operation_id="triggerWorkflowBulk", responses=errors(404, 422, 429))
     async def trigger_bulk(
-        self, name: str, data: BulkRunRequest, tenant: Tenant, api: Api, caller: Caller,
+        self, name: WorkflowNameParam, data: BulkRunRequest, tenant: Tenant, api: Api,
+        caller: Caller,
         traceparent: TraceParent = None,
     ) -> BulkRunCreated:
         """Start many runs in one request (up to 1,000), published pipelined."""
