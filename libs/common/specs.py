@@ -43,6 +43,19 @@ class LabelSpec(msgspec.Struct, frozen=True, kw_only=True):
     weight: int = 1
 
 
+class ConditionSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A DAG task's condition (see docs/durable.md): `sleep` (sleep_s after the task became
+    ready), `event` (an event `key` in `scope` whose payload passes the CEL `expression`), or
+    `parent_output` (CEL over the parents' outputs, evaluated when the task becomes ready)."""
+
+    kind: Literal["sleep", "event", "parent_output"]
+    sleep_s: float = 0.0
+    key: str = ""
+    expression: str = ""
+    scope: str | None = None
+    parent: str = ""  # parent_output: the parent whose output is `input` ("" = see docs)
+
+
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     parents: list[str] = []
@@ -55,6 +68,10 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: list[ConcurrencySpec] = []
     rate_limits: list[RateLimitSpec] = []
     desired_labels: dict[str, LabelSpec] = {}
+    durable: bool = False  # a durable task: its waits are logged and hold no regular slot
+    wait_for: list[ConditionSpec] = []  # all must hold before the task starts
+    skip_if: list[ConditionSpec] = []  # any holding when the task is ready: it ends SKIPPED
+    cancel_if: list[ConditionSpec] = []  # any holding when the task is ready: CANCELLED
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,6 +134,9 @@ def validate(spec: WorkflowSpec) -> list[str]:
             if extra.parents:
                 raise SpecError(f"task {extra.name!r}: on_failure/on_success take no parents")
     for task in spec.tasks:
+        for c in (*task.skip_if, *task.cancel_if):
+            if c.parent and c.parent not in task.parents:
+                raise SpecError(f"task {task.name!r}: ParentOutput names {c.parent!r}, not a parent")
         for parent in task.parents:
             if parent not in by_name:
                 raise SpecError(f"task {task.name!r} has unknown parent {parent!r}")
@@ -152,6 +172,24 @@ def _check_fairness(where: str, task: TaskSpec) -> None:
     for label, want in task.desired_labels.items():
         if not label or want.weight < 0:
             raise SpecError(f"{where}: desired label {label!r} needs a name and a weight >= 0")
+    _check_conditions(where, task)
+
+
+def _check_conditions(where: str, task: TaskSpec) -> None:
+    for c in task.wait_for:
+        if c.kind == "parent_output":
+            raise SpecError(f"{where}: wait_for takes Sleep or Event conditions, not ParentOutput")
+    for name, conds in (("skip_if", task.skip_if), ("cancel_if", task.cancel_if)):
+        for c in conds:
+            if c.kind != "parent_output":
+                raise SpecError(f"{where}: {name} takes ParentOutput conditions")
+    for c in (*task.wait_for, *task.skip_if, *task.cancel_if):
+        if c.kind == "sleep" and not 0 <= c.sleep_s <= 366 * 86400:
+            raise SpecError(f"{where}: a Sleep condition lasts 0 s to one year")
+        if c.kind == "event" and not c.key:
+            raise SpecError(f"{where}: an Event condition needs a key")
+        if c.kind == "parent_output" and not c.expression.strip():
+            raise SpecError(f"{where}: a ParentOutput condition needs an expression")
 
 
 def cel_expressions(spec: WorkflowSpec) -> list[tuple[str, str]]:
@@ -165,6 +203,9 @@ def cel_expressions(spec: WorkflowSpec) -> list[tuple[str, str]]:
                 out.append((f"task {task.name!r} rate limit dynamic_key", rl.dynamic_key))
             if isinstance(rl.units, str):
                 out.append((f"task {task.name!r} rate limit units", rl.units))
+        for c in (*task.wait_for, *task.skip_if, *task.cancel_if):
+            if c.expression:
+                out.append((f"task {task.name!r} {c.kind} condition", c.expression))
     return out
 
 

@@ -39,8 +39,10 @@ from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Stream
 from services.dispatcher.streams import (
     WorkerConn,
+    durable_slots,
     to_proto_assignment,
     to_proto_cancel,
+    to_proto_wake,
     to_report,
     validate_register,
 )
@@ -161,6 +163,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             actions=list(reg.actions), slots=reg.slots, labels=dict(reg.labels),
             heartbeat_ms=_now(), session=uuid.uuid4().hex, registered_ms=_now(),
             holding=[(k.task_id, k.attempt) for k in reg.holding],
+            durable_slots=durable_slots(reg),
         )
         conn = WorkerConn(info, asyncio.Queue(maxsize=reg.slots * 2 + 256), _now())
         previous = self.conns.get(worker_id)
@@ -297,6 +300,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
     async def _on_dispatch(self, msgs: list[Msg]) -> Rejected:
         rejected: Rejected = []
         per_worker: dict[str, tuple[list[pb.Assignment], list[pb.Cancel]]] = {}
+        wakes: dict[str, list[pb.Wake]] = {}
         undeliverable: list[tuple[str, TaskReport]] = []
         for msg in msgs:
             try:
@@ -317,6 +321,10 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             for c in batch.cancels:
                 if c.worker_id in self.conns:
                     per_worker.setdefault(c.worker_id, ([], []))[1].append(to_proto_cancel(c))
+            # A wake for a worker gone from here is dropped: its loss requeues the task.
+            for w in batch.wakes:
+                if w.worker_id in self.conns:
+                    wakes.setdefault(w.worker_id, []).append(to_proto_wake(w))
         for worker_id, (assigns, cancels) in per_worker.items():
             conn = self.conns.get(worker_id)
             if conn is None:
@@ -328,6 +336,10 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 metrics.DISPATCHER_ASSIGNMENTS.inc(len(assigns))
             if cancels:
                 await conn.outbox.put(pb.DispatcherMessage(cancels=pb.Cancels(items=cancels)))
+        for worker_id, items in wakes.items():
+            conn = self.conns.get(worker_id)
+            if conn is not None:
+                await conn.outbox.put(pb.DispatcherMessage(wakes=pb.Wakes(items=items)))
         if undeliverable:
             await self._report_undeliverable(undeliverable)
         return rejected

@@ -37,6 +37,7 @@ from libs.common.messages import (
     TaskReport,
     TriggerRun,
     TriggerRuns,
+    WaitSatisfied,
     WorkerInfo,
 )
 from libs.common.service import Service
@@ -168,6 +169,8 @@ class SchedulerService(Service):
                 if kind == TIMER_EXEC and task.attempt == attempt:
                     task.deadline_ms = due
                 self.engine.adopt_timer(tenant, task_id, kind, attempt, due)
+            for entry in await store.load_durable(conn):
+                self.engine.restore_durable(entry)
         log.info("loaded %d active runs", len(self.engine.runs))
 
     # consumers ----------------------------------------------------------------------
@@ -282,17 +285,20 @@ class SchedulerService(Service):
                         engine.cancel(tenant, msg)
                     elif isinstance(msg, ReplayRun):
                         engine.replay(tenant, msg)
+                    elif isinstance(msg, WaitSatisfied):
+                        engine.wait_satisfied(tenant, msg)
             engine.fire_timers()
             fx = engine.finish()
             if not fx.empty() or self._published:
                 # Taken before the flush: the relay in flight keeps appending to the list.
                 published, self._published = self._published, []
-                if fx.fairness_empty():
+                if fx.fairness_empty() and fx.durable_empty():
                     await store.flush(conn, fx, published)  # one statement: its own transaction
                 else:
                     async with conn.transaction():
                         await store.flush(conn, fx, published)
                         await self._fairness.flush(conn, fx, engine)
+                        await store.flush_durable(conn, fx)
             observe.after_batch(engine, fx)
         for work in works:
             if not work.done.done():

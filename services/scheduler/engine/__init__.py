@@ -14,6 +14,8 @@ of the engine's internals); behind it, one module per job:
 - `_timers.py`       timeouts and retry times (a heap in memory, some rows in PostgreSQL);
 - `_recovery.py`     reloading after a restart, reconciling with (re)registered and lost
                      workers;
+- `_durable.py`      durable tasks: the log of their waits, wake-ups, durable slots;
+- `_conditions.py`   DAG conditions (wait_for, skip_if, cancel_if);
 - `_outbox.py`       assignments, cancellations and state transitions to publish;
 - `_history.py`      run history and attempt rows.
 
@@ -23,9 +25,17 @@ returns the batch's Effects for the service to write in one transaction.
 
 from __future__ import annotations
 
-from libs.common.messages import CancelRun, ReplayRun, TaskReport, TriggerRun, WorkerInfo
+from libs.common.messages import (
+    CancelRun,
+    ReplayRun,
+    TaskReport,
+    TriggerRun,
+    WaitSatisfied,
+    WorkerInfo,
+)
 from libs.common.specs import WorkflowSpec
 from services.scheduler.effects import Effects
+from services.scheduler.engine._durable import Entry as DurableEntry
 from services.scheduler.engine._machine import StateMachine
 from services.scheduler.engine._recovery import Recovery
 from services.scheduler.engine._timers import TIMER_EXEC, TIMER_RETRY, TIMER_SCHED
@@ -34,7 +44,7 @@ from services.scheduler.engine.admission.ratelimit import PER_MS, Admission, Lim
 from services.scheduler.engine.assign import Assigner
 from services.scheduler.model import Run, Task
 
-__all__ = ["TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "Engine"]
+__all__ = ["TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "DurableEntry", "Engine"]
 
 
 class Engine:
@@ -107,6 +117,10 @@ class Engine:
     def adopt_timer(self, tenant: str, task_id: str, kind: str, attempt: int, due_ms: int) -> None:
         self._recovery.adopt_timer(tenant, task_id, kind, attempt, due_ms)
 
+    def restore_durable(self, entry: DurableEntry) -> None:
+        """A durable log entry read back after the runs (see _durable.py)."""
+        self._m.durable.restore(entry)
+
     def define_limit(self, tenant: str, key: str, limit: int, per: str, burst: int | None) -> None:
         """A rate limit defined (or changed) through the API."""
         self._m.gate.limits.define(tenant, key, LimitDef(limit, PER_MS[per], burst))
@@ -121,14 +135,22 @@ class Engine:
     def replay(self, tenant: str, cmd: ReplayRun) -> None:
         self._m.replay(tenant, cmd)
 
+    def wait_satisfied(self, tenant: str, cmd: WaitSatisfied) -> None:
+        """The matcher saw an event that satisfies a durable wait or a wait_for condition."""
+        self._m.durable.satisfied(tenant, cmd)
+
     # workers ------------------------------------------------------------------------
     def report(self, tenant: str, rep: TaskReport) -> None:
         self._m.report(tenant, rep)
 
     def worker_seen(self, info: WorkerInfo) -> None:
+        known = self._m.assigner.workers.get(info.worker_id)
+        new_session = bool(info.session) and (known is None or known.info.session != info.session)
         self._recovery.worker_seen(info)
+        self._m.durable.worker_seen(info, new_session and bool(info.registered_ms))
 
     def worker_lost(self, worker_id: str) -> None:
+        self._m.durable.worker_lost(worker_id)  # first: it requeues attempts holding no slot
         self._recovery.worker_lost(worker_id)
 
     # timers -------------------------------------------------------------------------
