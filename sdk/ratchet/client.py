@@ -83,14 +83,22 @@ class Ratchet:
 
         return decorate
 
+    def durable_task(
+        self, name: str | None = None, **options: Any,
+    ) -> Callable[[TaskFn], Workflow]:
+        """A standalone durable task (see `Workflow.durable_task`)."""
+        return self.task(name, durable=True, **options)
+
     def worker(
         self,
         name: str,
         workflows: list[Workflow],
         slots: int = 10,
         labels: dict[str, str] | None = None,
+        durable_slots: int = 1000,
     ) -> Worker:
-        return Worker(self._transport, name, workflows, slots=slots, labels=labels or {})
+        return Worker(self._transport, name, workflows, slots=slots, labels=labels or {},
+                      durable_slots=durable_slots)
 
     # HTTP -------------------------------------------------------------------------
     def request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:

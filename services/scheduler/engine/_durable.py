@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from libs.common.cel import check_expression
 from libs.common.messages import DurableStep, TaskReport, WaitSatisfied, WakeTask
 from services.scheduler.engine import _outbox
 from services.scheduler.engine._timers import TIMER_DURABLE
@@ -77,6 +78,8 @@ def parse_conds(spec: bytes) -> list[dict[str, Any]]:
     for c in conds:
         if not isinstance(c, dict) or not ({"sleep_ms", "until_ms", "event"} & c.keys()):
             raise BadWait(f"unknown wait condition {c!r}")
+        if c.get("expression") and (problem := check_expression(str(c["expression"]))):
+            raise BadWait(f"expression {c['expression']!r}: {problem}")
     return conds
 
 
