@@ -19,14 +19,11 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ratchet._proto import worker_pb2 as pb
-from ratchet.context import Context
+from ratchet.context import Context, _Named
 from ratchet.errors import NonRetryable, RatchetError
-
-if TYPE_CHECKING:
-    from ratchet.workflow import Task
 
 
 class NonDeterminism(NonRetryable):
@@ -74,7 +71,7 @@ class ParentOutput:
     `payload` the map of every parent's output by name."""
 
     expression: str
-    parent: Task[Any] | str | None = None
+    parent: _Named | str | None = None  # a parent task (or its name)
 
     @property
     def parent_name(self) -> str:
