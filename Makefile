@@ -15,7 +15,7 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test lint proto \
-	bench chaos bench-fairness bench-events bench-compare soak
+	bench chaos bench-fairness bench-events bench-durable bench-compare soak
 
 help:
 	@echo "targets: venv up down clean status env demo test lint proto"
@@ -88,6 +88,9 @@ bench-fairness: up
 
 bench-events: up
 	$(WITH_ENV) $(PY) -m bench.events
+
+bench-durable: up
+	$(WITH_ENV) $(PY) -m bench.durable
 
 bench-compare: up
 	$(WITH_ENV) $(PY) -m bench.compare
