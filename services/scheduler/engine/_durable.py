@@ -325,12 +325,16 @@ class Durable:
             return
         holding = {(t, a) for t, a in info.holding}
         parked = self.parked.get(info.worker_id, set())
-        lost = sorted(parked - holding)
-        for key in lost:
-            parked.discard(key)
+        lost: list[tuple[str, int]] = []
+        for key in sorted(parked - holding):
             task = self._m.tasks.get(key[0])
-            if task is not None and task.status in IN_FLIGHT and task.attempt == key[1]:
+            if task is not None and task.attempt == key[1] and task.status in IN_FLIGHT:
+                # Started after this registration: its `holding` could not list it.
+                if task.started_ms is None or task.started_ms >= info.registered_ms:
+                    continue
                 self._m.requeue_lost(task)
+            lost.append(key)
+            parked.discard(key)
             self._m.gate.attempt_stopped(key[0], key[1], info.worker_id)
         queue = self.wakes.get(info.worker_id)
         if queue:
