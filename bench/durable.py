@@ -34,7 +34,7 @@ SLEEP_S = float(os.environ.get("DURABLE_SLEEP_S", "1.0"))
 
 
 async def held_while_asleep(pg: asyncpg.Connection, workflow: str, deadline: float) -> int:
-    """Poll until every task is parked; then regular slots held = RUNNING − parked."""
+    """Poll until every task is parked; then regular slots held = RUNNING - parked."""
     held = -1
     while time.time() < deadline:
         row = await pg.fetchrow(
