@@ -15,11 +15,13 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test lint proto \
-	bench chaos bench-fairness bench-events bench-durable bench-compare soak
+	bench chaos bench-fairness bench-events bench-durable bench-compare soak chromium \
+	ui-screenshots openapi node sdk-ts-deps sdk-ts-gen sdk-ts-test
 
 help:
 	@echo "targets: venv up down clean status env demo test lint proto"
 	@echo "         bench chaos bench-fairness bench-events bench-compare soak"
+	@echo "         chromium ui-screenshots openapi sdk-ts-gen sdk-ts-deps sdk-ts-test"
 
 venv: $(STAMP)
 
@@ -63,10 +65,21 @@ env:
 demo: up
 	$(WITH_ENV) $(PY) -m examples.demo
 
-test: binaries
+test: binaries chromium sdk-ts-deps
 	$(PY) -m pytest -q
 
-# lint-imports checks the one-way dependency contracts in pyproject.toml [tool.importlinter].
+# Debian's chromium for the dashboard's browser tests (tests/ui); Playwright never downloads one.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
+# A PNG of every main dashboard view in bench/results/ui/ (against a private in-process stack).
+ui-screenshots: binaries chromium
+	$(PY) -m tests.ui.screenshots bench/results/ui
+
+# lint-imports checks the one-way dependency contracts ([tool.importlinter] and sdk/.importlinter).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -76,6 +89,37 @@ lint: $(STAMP)
 # Writes libs/common/proto and its SDK mirror sdk/ratchet/_proto (`--check`: both fresh, equal).
 proto: $(STAMP)
 	$(PY) -m scripts.gen_proto
+
+# The REST API's OpenAPI schema, from the Litestar app object (no server needed), committed
+# as sdk/openapi.json; tests/unit/test_openapi_export.py fails when it is stale.
+openapi: $(STAMP)
+	$(PY) -m scripts.export_openapi
+
+# TypeScript SDK (sdk/typescript). node/npm come from apt when missing; `npm ci` reruns only
+# when the lockfile is newer than node_modules.
+TS_DIR        := sdk/typescript
+TS_DEPS_STAMP := $(TS_DIR)/node_modules/.package-lock.json
+
+node:
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+		echo "node/npm missing: installing nodejs npm"; \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; \
+	fi
+
+sdk-ts-deps: $(TS_DEPS_STAMP)
+
+$(TS_DEPS_STAMP): $(TS_DIR)/package-lock.json $(TS_DIR)/package.json | node
+	cd $(TS_DIR) && npm ci --no-audit --no-fund
+	@touch $@
+
+# One command after an API or protocol change: re-export the schema, regenerate the client.
+sdk-ts-gen: openapi sdk-ts-deps
+	cd $(TS_DIR) && npm run gen
+
+# The TypeScript suite against the stack of `make up` (reads .run/env).
+sdk-ts-test: up sdk-ts-deps
+	cd $(TS_DIR) && npm test
 
 bench: up
 	$(WITH_ENV) $(PY) -m bench.run

@@ -52,6 +52,8 @@ def main() -> None:
     finally:
         worker.stop()
         thread.join(timeout=30)
+    print(f"\ndashboard: {r.config.api_url}/ui")
+    print(f"log in with the dev token: {r.config.api_url}/ui/login?token={r.config.token}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
 from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
 from services.api.state import ApiState
+from services.api.ui import ui_router
 
 API_DESCRIPTION = "Ratchet: durable tasks and DAG workflows.\n\n" + VERSIONS_DOC
 
@@ -60,6 +61,7 @@ def create_app(
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController,
+            ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],
         dependencies={

@@ -58,6 +58,8 @@ class ApiService(Service):
         log.info("api listening on %s:%d", s.api_host, self.port)
 
     async def _stop(self) -> None:
+        if self.state is not None:
+            self.state.stopping.set()
         if self._server is not None:
             self._server.should_exit = True
         if self._serve_task is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -12,7 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs.common import subjects, tenants
-from libs.common.messages import STATE_CHANGES_DECODER
+from libs.common.messages import STATE_CHANGES_DECODER, StateChanges
 from libs.common.olap import OlapClient
 from libs.common.settings import Settings
 from libs.common.statuses import RUN_TERMINAL
@@ -37,6 +38,11 @@ class ApiState:
     waiters: dict[str, set[asyncio.Future[str]]] = field(default_factory=dict)
     inputs: InputValidators = field(default_factory=InputValidators)
     _subs: list[object] = field(default_factory=list)
+    # Other consumers of every state-change batch (the dashboard's live pages). Called on the
+    # NATS callback, so each must only hand the batch on, never block.
+    change_listeners: list[Callable[[StateChanges], None]] = field(default_factory=list)
+    # Set when the service begins to stop, so long-lived responses (SSE) end and let it.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.workflows = WorkflowRepo(self.pool)
@@ -46,6 +52,7 @@ class ApiState:
         self.filters = FilterRepo(self.pool)
         self.rate_limits = RateLimitRepo(self.pool)
         self.analytics = AnalyticsRepo(self.olap)
+
 
     async def start(self) -> None:
         self._subs.append(await self.nc.subscribe(subjects.TASK_CHANGES_ALL, cb=self._on_changes))
@@ -63,12 +70,14 @@ class ApiState:
         self.workflows.forget(msg.data.decode(errors="replace"))
 
     async def _on_changes(self, msg: Msg) -> None:
-        if not self.waiters:
+        if not self.waiters and not self.change_listeners:
             return
         try:
             changes = STATE_CHANGES_DECODER.decode(msg.data)
         except Exception:
             return
+        for listener in self.change_listeners:
+            listener(changes)
         for change in changes.runs:
             if change.status in RUN_TERMINAL:
                 for fut in self.waiters.pop(change.run_id, ()):

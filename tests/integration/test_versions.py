@@ -1,6 +1,7 @@
 """Workflow versions: listing, rollback, pinning a run, and which version new runs start on.
 
-The new endpoints are driven over plain HTTP (the SDK's client only carries the token).
+Listing and rollback go through the SDK (`r.workflows.versions` / `rollback`), so both the REST
+endpoints and the client calls are covered; registration and runs go over plain REST.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ async def _register(client: Ratchet, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _versions(client: Ratchet, name: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = await client.arequest("GET", f"/workflows/{name}/versions")
-    return out
+    return await client.workflows.aio_versions(name)
 
 
 async def _current(client: Ratchet, name: str) -> str:
@@ -41,9 +41,7 @@ async def _current(client: Ratchet, name: str) -> str:
 
 
 async def _rollback(client: Ratchet, name: str, version_id: str) -> dict[str, Any]:
-    out: dict[str, Any] = await client.arequest(
-        "POST", f"/workflows/{name}/rollback", json={"version_id": version_id}
-    )
+    out: dict[str, Any] = await client.workflows.aio_rollback(name, version_id)
     return out
 
 

@@ -1,0 +1,19 @@
+// Original file: proto/ratchet/v1/worker.proto
+
+import type { Registered as _ratchet_v1_Registered, Registered__Output as _ratchet_v1_Registered__Output } from '../../ratchet/v1/Registered.js';
+import type { Assignments as _ratchet_v1_Assignments, Assignments__Output as _ratchet_v1_Assignments__Output } from '../../ratchet/v1/Assignments.js';
+import type { Cancels as _ratchet_v1_Cancels, Cancels__Output as _ratchet_v1_Cancels__Output } from '../../ratchet/v1/Cancels.js';
+
+export interface DispatcherMessage {
+  'registered'?: (_ratchet_v1_Registered | null);
+  'assignments'?: (_ratchet_v1_Assignments | null);
+  'cancels'?: (_ratchet_v1_Cancels | null);
+  'msg'?: "registered"|"assignments"|"cancels";
+}
+
+export interface DispatcherMessage__Output {
+  'registered'?: (_ratchet_v1_Registered__Output | null);
+  'assignments'?: (_ratchet_v1_Assignments__Output | null);
+  'cancels'?: (_ratchet_v1_Cancels__Output | null);
+  'msg'?: "registered"|"assignments"|"cancels";
+}

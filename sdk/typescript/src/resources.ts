@@ -1,0 +1,142 @@
+/** REST resources hanging off the client: runs, events, rate limits, filters, crons, workflows. */
+import { type RestClient, type Schemas, unwrap } from "./rest.js";
+import { getRun, RunRef, type RunView } from "./runs.js";
+import type { Per } from "./workflow.js";
+
+export type RunStatus = "PENDING" | "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED";
+
+export class Runs {
+  constructor(readonly rest: RestClient) {}
+
+  /** The run with its tasks, outputs and errors; `waitS` (<= 60) long-polls for its end. */
+  async get(runId: string, options: { waitS?: number; signal?: AbortSignal } = {}): Promise<RunView> {
+    return await getRun(this.rest, runId, options.waitS ?? 0, options.signal);
+  }
+
+  /** A handle to wait on a run by id. */
+  ref(runId: string): RunRef {
+    return new RunRef(this.rest, runId);
+  }
+
+  /** Newest first. */
+  async list(options: { status?: RunStatus; workflow?: string; limit?: number } = {}): Promise<Schemas["RunSummary"][]> {
+    return await unwrap(this.rest.GET("/runs", { params: { query: options } }));
+  }
+
+  async cancel(runId: string): Promise<Schemas["Accepted"]> {
+    return await unwrap(this.rest.POST("/runs/{run_id}/cancel", { params: { path: { run_id: runId } } }));
+  }
+
+  /** Run a finished run's failed tasks (and their descendants) again. */
+  async replay(runId: string): Promise<Schemas["Accepted"]> {
+    return await unwrap(this.rest.POST("/runs/{run_id}/replay", { params: { path: { run_id: runId } } }));
+  }
+
+  /** Every transition of the run and its tasks, in order. */
+  async events(runId: string): Promise<Schemas["RunEventView"][]> {
+    return await unwrap(this.rest.GET("/runs/{run_id}/events", { params: { path: { run_id: runId } } }));
+  }
+}
+
+export interface PushOptions {
+  scope?: string;
+  metadata?: Record<string, string>;
+  /** Idempotency key: a second push with the same id triggers nothing. */
+  eventId?: string;
+}
+
+export class Events {
+  constructor(readonly rest: RestClient) {}
+
+  /** Publish an event; workflows listening on `key` (and matching filters) start runs. */
+  async push(key: string, payload: unknown, options: PushOptions = {}): Promise<Schemas["EventAccepted"]> {
+    return await unwrap(this.rest.POST("/events", { body: eventBody(key, payload, options) }));
+  }
+
+  async pushMany(events: ({ key: string; payload: unknown } & PushOptions)[]): Promise<Schemas["BulkEventsAccepted"]> {
+    const body = { events: events.map((e) => eventBody(e.key, e.payload, e)) };
+    return await unwrap(this.rest.POST("/events/bulk", { body }));
+  }
+}
+
+function eventBody(key: string, payload: unknown, o: PushOptions): Schemas["EventIn"] {
+  const body: Schemas["EventIn"] = { key, payload };
+  if (o.scope !== undefined) body.scope = o.scope;
+  if (o.metadata) body.metadata = o.metadata;
+  if (o.eventId) body.event_id = o.eventId;
+  return body;
+}
+
+export class RateLimits {
+  constructor(readonly rest: RestClient) {}
+
+  /**
+   * Create or change a static key: at most `limit` units start in any window of `per`.
+   * `burst` makes it a token bucket of `burst` units refilled at limit/per.
+   */
+  async put(key: string, options: { limit: number; per?: Per; burst?: number }): Promise<Schemas["RateLimitView"]> {
+    const body: Schemas["RateLimitIn"] = { key, limit: options.limit, per: options.per ?? "second" };
+    if (options.burst !== undefined) body.burst = options.burst;
+    return await unwrap(this.rest.PUT("/rate-limits/{key}", { params: { path: { key } }, body }));
+  }
+
+  async get(key: string): Promise<Schemas["RateLimitView"]> {
+    return await unwrap(this.rest.GET("/rate-limits/{key}", { params: { path: { key } } }));
+  }
+
+  async list(): Promise<Schemas["RateLimitView"][]> {
+    return await unwrap(this.rest.GET("/rate-limits"));
+  }
+}
+
+export class Filters {
+  constructor(readonly rest: RestClient) {}
+
+  async create(body: Schemas["FilterIn"]): Promise<Schemas["FilterView"]> {
+    return await unwrap(this.rest.POST("/filters", { body }));
+  }
+
+  async list(options: { workflow?: string } = {}): Promise<Schemas["FilterView"][]> {
+    return await unwrap(this.rest.GET("/filters", { params: { query: options } }));
+  }
+
+  async get(filterId: string): Promise<Schemas["FilterView"]> {
+    return await unwrap(this.rest.GET("/filters/{filter_id}", { params: { path: { filter_id: filterId } } }));
+  }
+
+  async update(filterId: string, body: Schemas["FilterPatch"]): Promise<Schemas["FilterView"]> {
+    return await unwrap(this.rest.PATCH("/filters/{filter_id}", { params: { path: { filter_id: filterId } }, body }));
+  }
+
+  async delete(filterId: string): Promise<void> {
+    await unwrap(this.rest.DELETE("/filters/{filter_id}", { params: { path: { filter_id: filterId } } }));
+  }
+}
+
+export class Crons {
+  constructor(readonly rest: RestClient) {}
+
+  async create(body: Schemas["CronIn"]): Promise<Schemas["CronView"]> {
+    return await unwrap(this.rest.POST("/crons", { body }));
+  }
+
+  async list(): Promise<Schemas["CronView"][]> {
+    return await unwrap(this.rest.GET("/crons"));
+  }
+
+  async delete(cronId: string): Promise<void> {
+    await unwrap(this.rest.DELETE("/crons/{cron_id}", { params: { path: { cron_id: cronId } } }));
+  }
+}
+
+export class Workflows {
+  constructor(readonly rest: RestClient) {}
+
+  async list(): Promise<Schemas["WorkflowView"][]> {
+    return await unwrap(this.rest.GET("/workflows"));
+  }
+
+  async get(name: string): Promise<Schemas["WorkflowView"]> {
+    return await unwrap(this.rest.GET("/workflows/{name}", { params: { path: { name } } }));
+  }
+}

@@ -1,0 +1,455 @@
+/**
+ * The worker: one bidirectional gRPC stream to a dispatcher (proto/ratchet/v1/worker.proto),
+ * running assigned tasks within `slots`. Behaves like the Python SDK's worker: register with
+ * the attempts it still holds, heartbeat, batch task events, reconnect with backoff, drain on stop.
+ */
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { fileURLToPath } from "node:url";
+
+import { Context, type EventSink } from "./context.js";
+import { NonRetryable } from "./errors.js";
+import type { Assignment__Output as Assignment } from "./gen/proto/ratchet/v1/Assignment.js";
+import type { DispatcherClient } from "./gen/proto/ratchet/v1/Dispatcher.js";
+import type { DispatcherMessage__Output as DispatcherMessage } from "./gen/proto/ratchet/v1/DispatcherMessage.js";
+import { EventKind } from "./gen/proto/ratchet/v1/EventKind.js";
+import type { TaskEvent } from "./gen/proto/ratchet/v1/TaskEvent.js";
+import type { WorkerMessage } from "./gen/proto/ratchet/v1/WorkerMessage.js";
+import type { ProtoGrpcType } from "./gen/proto/worker.js";
+import type { Task, Workflow } from "./workflow.js";
+
+/** What a worker needs from the client: its address, token, and workflow registration. */
+export interface WorkerHost {
+  readonly config: { readonly token: string; readonly grpcAddr: string };
+  register(...workflows: Workflow<any>[]): Promise<void>;
+}
+
+export interface WorkerOptions {
+  workflows: Workflow<any>[];
+  /** Tasks this worker runs at once; default 10. */
+  slots?: number;
+  /** Labels tasks can require or prefer (`desiredLabels`). */
+  labels?: Record<string, string>;
+  /** Drain and stop on SIGINT/SIGTERM while started; default true. */
+  handleSignals?: boolean;
+  logger?: Pick<Console, "warn">;
+}
+
+const PROTO_FILE = fileURLToPath(new URL("../../proto/ratchet/v1/worker.proto", import.meta.url));
+// Must match the flags `npm run gen` passes to proto-loader-gen-types (the generated types).
+const LOADER_OPTIONS: protoLoader.Options = { longs: Number, enums: String, defaults: true, oneofs: true };
+const MAX_MESSAGE_BYTES = 32 * 1024 * 1024;
+const MAX_PENDING_EVENTS = 50_000;
+const FINISHED_MEMORY = 20_000; // attempts remembered to drop redelivered assignments
+const RECONNECT_MIN_MS = 100;
+const RECONNECT_MAX_MS = 5_000;
+const FLUSH_WAIT_MS = 2_000;
+const FATAL = new Set<number>([grpc.status.UNAUTHENTICATED, grpc.status.INVALID_ARGUMENT]);
+const SETTLING = new Set<string>([EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED]);
+
+let dispatcherCtor: ProtoGrpcType["ratchet"]["v1"]["Dispatcher"] | undefined;
+
+function dispatcherClient(addr: string): DispatcherClient {
+  if (dispatcherCtor === undefined) {
+    const definition = protoLoader.loadSync(PROTO_FILE, LOADER_OPTIONS);
+    const loaded = grpc.loadPackageDefinition(definition) as unknown as ProtoGrpcType;
+    dispatcherCtor = loaded.ratchet.v1.Dispatcher;
+  }
+  return new dispatcherCtor(addr, grpc.credentials.createInsecure(), {
+    "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+    "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+  });
+}
+
+interface Running {
+  readonly taskId: string;
+  readonly attempt: number;
+  readonly controller: AbortController;
+  readonly done: Promise<void>;
+}
+
+/** One live stream: set while registered with a dispatcher. */
+interface Session {
+  readonly call: grpc.ClientDuplexStream<WorkerMessage, DispatcherMessage>;
+  registered: boolean;
+}
+
+const keyOf = (taskId: string, attempt: number): string => `${taskId}#${attempt}`;
+
+function decodeJson(raw: Buffer | undefined): unknown {
+  return raw && raw.length > 0 ? JSON.parse(raw.toString("utf8")) : null;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Runs the tasks of `workflows`. `await start()` returns once the worker stopped. */
+export class Worker {
+  readonly name: string;
+  readonly slots: number;
+  readonly labels: Record<string, string>;
+  workerId = "";
+  tenant = "";
+  readonly #host: WorkerHost;
+  readonly #workflows: Workflow<any>[];
+  readonly #byAction = new Map<string, Task<any, any>>();
+  readonly #handleSignals: boolean;
+  readonly #logger: Pick<Console, "warn">;
+  readonly #running = new Map<string, Running>();
+  readonly #finished = new Set<string>(); // insertion-ordered: the oldest is forgotten first
+  #pending: TaskEvent[] = [];
+  #session: Session | undefined;
+  #flushScheduled = false;
+  #draining = false;
+  #stopping = false;
+  #loop: Promise<void> | undefined;
+  #outage = false; // a drop was reported and no session registered since
+  // Callbacks woken by state changes: registration, stop requests, running set emptied.
+  #onConnected = new Set<() => void>();
+  #onStop = new Set<() => void>();
+  #onIdle = new Set<() => void>();
+
+  constructor(host: WorkerHost, name: string, options: WorkerOptions) {
+    const slots = options.slots ?? 10;
+    if (!Number.isInteger(slots) || slots < 1) throw new RangeError("slots must be an integer >= 1");
+    this.#host = host;
+    this.name = name;
+    this.slots = slots;
+    this.labels = { ...(options.labels ?? {}) };
+    this.#workflows = [...options.workflows];
+    this.#handleSignals = options.handleSignals ?? true;
+    this.#logger = options.logger ?? console;
+    for (const wf of this.#workflows) {
+      for (const task of wf.allTasks()) {
+        // Tasks declared without a function run on some other worker: not advertised here.
+        if (task.fn !== undefined) this.#byAction.set(task.action, task);
+      }
+    }
+    if (this.#byAction.size === 0) throw new Error("a worker needs at least one workflow task with a function");
+  }
+
+  /** The actions this worker advertises (`workflow:task`). */
+  get actions(): string[] {
+    return [...this.#byAction.keys()].sort();
+  }
+
+  // lifecycle ------------------------------------------------------------------------------
+
+  /** Register the workflows, connect, and work until `stop()`. Calling it again returns the same run. */
+  start(): Promise<void> {
+    this.#loop ??= this.#run();
+    return this.#loop;
+  }
+
+  /** Resolve once registered with a dispatcher; reject if the worker fails first or time runs out. */
+  async waitConnected(timeoutMs = 30_000): Promise<void> {
+    if (this.#session?.registered) return;
+    const loop = this.#loop;
+    if (loop === undefined) throw new Error(`worker ${this.name} is not started: call start() first`);
+    let timer: NodeJS.Timeout | undefined;
+    let wake: (() => void) | undefined;
+    try {
+      await Promise.race([
+        new Promise<void>((resolve) => {
+          wake = resolve;
+          this.#onConnected.add(resolve);
+        }),
+        new Promise<void>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`worker ${this.name} not connected after ${timeoutMs} ms`)), timeoutMs);
+        }),
+        loop.then(() => {
+          throw new Error(`worker ${this.name} stopped before it connected`);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      if (wake) this.#onConnected.delete(wake);
+    }
+  }
+
+  /** Drain in-flight tasks (up to `drainTimeoutMs`), cancel the rest, then disconnect. Safe before start. */
+  async stop(drainTimeoutMs = 30_000): Promise<void> {
+    if (this.#loop === undefined || this.#stopping) {
+      await this.#loop?.catch(() => undefined);
+      return;
+    }
+    this.#draining = true;
+    await Promise.race([this.#idle(), sleep(drainTimeoutMs)]);
+    await this.#cancelAll("worker stopping");
+    const flushDeadline = Date.now() + FLUSH_WAIT_MS;
+    while (this.#pending.length > 0 && this.#session?.registered && Date.now() < flushDeadline) {
+      this.#flush();
+      await sleep(5);
+    }
+    this.#stopping = true;
+    for (const wake of this.#onStop) wake();
+    await this.#loop.catch(() => undefined);
+  }
+
+  async #run(): Promise<void> {
+    await this.#host.register(...this.#workflows);
+    let signalled = false;
+    const onSignal = (sig: NodeJS.Signals): void => {
+      if (signalled) process.exit(sig === "SIGINT" ? 130 : 143); // a second signal: stop waiting
+      signalled = true;
+      void this.stop();
+    };
+    if (this.#handleSignals) {
+      process.on("SIGINT", onSignal);
+      process.on("SIGTERM", onSignal);
+    }
+    let backoff = RECONNECT_MIN_MS;
+    try {
+      while (!this.#stopping) {
+        try {
+          await this.#connect();
+          backoff = RECONNECT_MIN_MS;
+        } catch (err) {
+          const code = (err as { code?: unknown }).code;
+          if (typeof code === "number" && FATAL.has(code)) throw err;
+          // Say it once per outage, not once per attempt while the dispatcher is away.
+          if (!this.#stopping && !this.#outage) {
+            this.#outage = true;
+            this.#logger.warn(`ratchet worker ${this.name}: stream dropped (${String(err)}); reconnecting`);
+          }
+        }
+        if (!this.#stopping) {
+          await this.#sleepUnlessStopped(backoff);
+          backoff = Math.min(RECONNECT_MAX_MS, backoff * 2);
+        }
+      }
+    } finally {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      this.#stopping = true;
+      await this.#cancelAll("worker stopped");
+    }
+  }
+
+  #sleepUnlessStopped(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#onStop.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#onStop.add(done);
+    });
+  }
+
+  #idle(): Promise<void> {
+    if (this.#running.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#onIdle.add(resolve));
+  }
+
+  async #cancelAll(reason: string): Promise<void> {
+    const all = [...this.#running.values()];
+    for (const r of all) r.controller.abort(new DOMException(reason, "AbortError"));
+    await Promise.allSettled(all.map((r) => r.done));
+  }
+
+  // the stream -----------------------------------------------------------------------------
+
+  /** One session: register, then serve until the stream drops (rejects) or stop() (resolves). */
+  #connect(): Promise<void> {
+    const client = dispatcherClient(this.#host.config.grpcAddr);
+    const metadata = new grpc.Metadata();
+    metadata.set("authorization", `Bearer ${this.#host.config.token}`);
+    const call = client.Connect(metadata);
+    const session: Session = { call, registered: false };
+    return new Promise<void>((resolve, reject) => {
+      let heartbeat: NodeJS.Timeout | undefined;
+      let settled = false;
+      const finish = (err?: Error): void => {
+        if (settled) return;
+        settled = true;
+        clearInterval(heartbeat);
+        this.#onStop.delete(onStop);
+        if (this.#session === session) this.#session = undefined;
+        call.end();
+        call.cancel();
+        client.close();
+        if (err) reject(err);
+        else resolve();
+      };
+      const onStop = (): void => finish();
+      this.#onStop.add(onStop);
+      call.on("error", (err) => finish(err));
+      call.on("end", () => finish(new Error("dispatcher ended the stream")));
+      call.on("data", (msg: DispatcherMessage) => {
+        if (session.registered) {
+          this.#onMessage(msg);
+          return;
+        }
+        if (msg.msg !== "registered" || !msg.registered) {
+          finish(new Error("dispatcher closed the stream during registration"));
+          return;
+        }
+        this.workerId = msg.registered.workerId;
+        this.tenant = msg.registered.tenant;
+        session.registered = true;
+        this.#outage = false;
+        this.#session = session;
+        const intervalMs = Math.max(200, msg.registered.heartbeatIntervalMs);
+        heartbeat = setInterval(() => call.write({ heartbeat: { tsMs: Date.now() } }), intervalMs);
+        for (const wake of [...this.#onConnected]) wake();
+        this.#scheduleFlush();
+      });
+      call.write({
+        register: {
+          name: this.name, actions: this.actions, slots: this.slots, labels: this.labels,
+          workerId: this.workerId, holding: this.#holding(),
+        },
+      });
+      if (this.#stopping) finish();
+    });
+  }
+
+  /** What this worker still answers for: running attempts and outcomes not yet sent. */
+  #holding(): { taskId: string; attempt: number }[] {
+    const keys = new Map<string, { taskId: string; attempt: number }>();
+    for (const r of this.#running.values()) keys.set(keyOf(r.taskId, r.attempt), { taskId: r.taskId, attempt: r.attempt });
+    for (const e of this.#pending) {
+      if (SETTLING.has(String(e.kind))) {
+        keys.set(keyOf(e.taskId ?? "", e.attempt ?? 0), { taskId: e.taskId ?? "", attempt: e.attempt ?? 0 });
+      }
+    }
+    return [...keys.values()];
+  }
+
+  #onMessage(msg: DispatcherMessage): void {
+    if (msg.msg === "assignments") {
+      for (const a of msg.assignments?.items ?? []) this.#accept(a);
+    } else if (msg.msg === "cancels") {
+      for (const c of msg.cancels?.items ?? []) {
+        const reason = c.reason || "cancelled";
+        this.#running.get(keyOf(c.taskId, c.attempt))?.controller.abort(new DOMException(reason, "AbortError"));
+      }
+    }
+  }
+
+  #emit(event: TaskEvent): void {
+    if (this.#pending.length >= MAX_PENDING_EVENTS && (event.kind === EventKind.LOG || event.kind === EventKind.STREAM)) {
+      return; // bounded: under pressure, logs and stream chunks give way to state changes
+    }
+    this.#pending.push({ tsMs: Date.now(), ...event });
+    this.#scheduleFlush();
+  }
+
+  // Events raised in one turn of the event loop go out as one TaskEvents message.
+  #scheduleFlush(): void {
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      this.#flush();
+    });
+  }
+
+  #flush(): void {
+    const session = this.#session;
+    if (!session?.registered || this.#pending.length === 0) return;
+    const batch = this.#pending;
+    this.#pending = [];
+    session.call.write({ events: { events: batch } }, (err: Error | null | undefined) => {
+      if (err) this.#pending.unshift(...batch); // keep them for the next stream
+    });
+  }
+
+  // running tasks --------------------------------------------------------------------------
+
+  #accept(a: Assignment): void {
+    const key = keyOf(a.taskId, a.attempt);
+    if (this.#running.has(key) || this.#finished.has(key)) return; // a redelivered assignment
+    if (this.#draining) {
+      this.#emit({
+        taskId: a.taskId, attempt: a.attempt, kind: EventKind.FAILED,
+        error: { type: "WorkerLost", message: "worker draining" },
+      });
+      return;
+    }
+    const controller = new AbortController();
+    const ctx = new Context({
+      runId: a.runId, taskId: a.taskId, taskName: a.taskName, workflow: a.workflow, attempt: a.attempt,
+      parentOutputs: Object.fromEntries(Object.entries(a.parentOutputs).map(([k, v]) => [k, decodeJson(v)])),
+      additional: Object.fromEntries(Object.entries(a.additional).map(([k, v]) => [k, decodeJson(v)])),
+      metadata: a.metadata, signal: controller.signal, sink: this.#sinkFor(a.taskId, a.attempt),
+    });
+    const done = this.#execute(a, ctx).finally(() => {
+      this.#running.delete(key);
+      this.#finished.add(key);
+      if (this.#finished.size > FINISHED_MEMORY) {
+        this.#finished.delete(this.#finished.values().next().value as string);
+      }
+      if (this.#running.size === 0) {
+        for (const wake of this.#onIdle) wake();
+        this.#onIdle.clear();
+      }
+    });
+    this.#running.set(key, { taskId: a.taskId, attempt: a.attempt, controller, done });
+  }
+
+  async #execute(a: Assignment, ctx: Context): Promise<void> {
+    const base = { taskId: a.taskId, attempt: a.attempt };
+    this.#emit({ ...base, kind: EventKind.STARTED });
+    try {
+      const task = this.#byAction.get(a.action);
+      if (task?.fn === undefined) throw new NonRetryable(`this worker has no task ${JSON.stringify(a.action)}`);
+      const fn = task.fn;
+      const input = decodeJson(a.input) ?? {};
+      const result = await untilAborted(Promise.resolve().then(() => fn(input, ctx)), ctx.signal);
+      const output = Buffer.from(JSON.stringify(result ?? null), "utf8");
+      this.#emit({ ...base, kind: ctx.signal.aborted ? EventKind.CANCELLED : EventKind.COMPLETED, output });
+    } catch (err) {
+      if (ctx.signal.aborted) {
+        this.#emit({ ...base, kind: EventKind.CANCELLED });
+        return;
+      }
+      this.#emit({ ...base, kind: EventKind.FAILED, error: describe(err) });
+    }
+  }
+
+  #sinkFor(taskId: string, attempt: number): EventSink {
+    return (event) => {
+      const base = { taskId, attempt };
+      if (event.kind === "log") this.#emit({ ...base, kind: EventKind.LOG, log: event.log });
+      else if (event.kind === "stream") this.#emit({ ...base, kind: EventKind.STREAM, chunk: Buffer.from(event.chunk) });
+      else this.#emit({ ...base, kind: EventKind.REFRESH_TIMEOUT, refreshMs: event.refreshMs });
+    };
+  }
+}
+
+/**
+ * Settle with `work`, or reject as soon as `signal` aborts: a cancelled attempt frees its slot
+ * at once even if the function ignores the signal (its eventual result is dropped).
+ */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+function describe(err: unknown): { type: string; message: string; traceback: string; nonRetryable: boolean } {
+  if (err instanceof Error) {
+    const type = err.name && err.name !== "Error" ? err.name : err.constructor?.name || "Error";
+    return {
+      type, message: err.message, traceback: (err.stack ?? "").slice(-8000),
+      nonRetryable: err instanceof NonRetryable || err.name === "NonRetryable",
+    };
+  }
+  return { type: typeof err, message: String(err), traceback: "", nonRetryable: false };
+}

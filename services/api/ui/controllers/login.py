@@ -1,0 +1,56 @@
+"""Logging in with an API token, and out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Request, Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect
+
+from services.api.auth import Api
+from services.api.ui.render import page
+from services.api.ui.session import COOKIE, COOKIE_MAX_AGE_S, UiSession, check_csrf
+
+LoginForm = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+
+
+def _with_cookie(response: Response[str], token: str) -> Response[str]:
+    response.set_cookie(
+        COOKIE, token, path="/ui", max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
+    )
+    return response
+
+
+class LoginPages(Controller):
+    path = "/ui"
+
+    @get("/login")
+    async def login_form(self, api: Api, token: str | None = None) -> Response[str]:
+        """The login form; `?token=` logs straight in (the link `make demo` prints)."""
+        if token is None:
+            return page("login.html", error=None, session=None, nav="")
+        if await api.tokens.tenant(token) is None:
+            return page("login.html", error="That token is not valid.", session=None, nav="",
+                        status_code=401)
+        # A page rather than a redirect: with SameSite=Strict, a redirect that follows a link
+        # from another site (or a terminal) would not send the cookie just set; a navigation
+        # started by this page does.
+        return _with_cookie(page("logged_in.html", session=None, nav=""), token)
+
+    @post("/login")
+    async def login(self, api: Api, data: LoginForm) -> Response[str]:
+        token = (data.get("token") or "").strip()
+        if not token or await api.tokens.tenant(token) is None:
+            return page("login.html", session=None, nav="", status_code=401,
+                        error="That token is not valid. Use an API token of your tenant"
+                              " (make demo prints one as RATCHET_TOKEN in .run/env).")
+        return _with_cookie(Redirect("/ui/runs", status_code=303), token)
+
+    @post("/logout")
+    async def logout(self, request: Request, session: UiSession) -> Response[str]:  # type: ignore[type-arg]
+        await check_csrf(request, session)
+        response: Response[str] = Redirect("/ui/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/ui")
+        return response

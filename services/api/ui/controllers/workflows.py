@@ -1,0 +1,83 @@
+"""Workflows: the list, and per workflow its trigger form, definition and versions."""
+
+from __future__ import annotations
+
+import difflib
+from urllib.parse import urlencode
+
+from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.response import Redirect
+
+from services.api.auth import Api
+from services.api.schemas import WorkflowView
+from services.api.ui import commands, queries
+from services.api.ui.forms import FormError, fields, read_input, read_metadata
+from services.api.ui.render import page, pretty_json
+from services.api.ui.session import UiSession, check_csrf
+from services.api.ui.svg import DagNode, dag_svg
+
+
+def _dag(view: WorkflowView) -> str:
+    nodes = [
+        DagNode(str(t["name"]), tuple(t.get("parents", ())), "", "")
+        for t in view.spec.get("tasks", [])
+    ]
+    return dag_svg(nodes)
+
+
+class WorkflowPages(Controller):
+    path = "/ui/workflows"
+
+    @get("/")
+    async def list_page(self, session: UiSession, api: Api) -> Response[str]:
+        views = await commands.workflows(api, session.tenant)
+        return page("workflows.html", session=session, nav="workflows", workflows=views)
+
+    @get("/{name:str}")
+    async def detail(
+        self, name: str, session: UiSession, api: Api, a: str | None = None, b: str | None = None
+    ) -> Response[str]:
+        view = await commands.workflow(api, session.tenant, name)
+        return await self._render(api, session, view, {}, None, a, b)
+
+    async def _render(
+        self, api: Api, session: UiSession, view: WorkflowView, values: dict[str, str],
+        error: str | None, a: str | None = None, b: str | None = None,
+    ) -> Response[str]:
+        versions = await queries.workflow_versions(api.pool, session.tenant, view.name)
+        diff: list[str] | None = None
+        by_id = {v.id: v for v in versions}
+        if a in by_id and b in by_id and a is not None and b is not None:
+            diff = list(difflib.unified_diff(
+                pretty_json(by_id[a].spec).splitlines(), pretty_json(by_id[b].spec).splitlines(),
+                fromfile=a, tofile=b, lineterm="",
+            ))
+        schema = view.spec.get("input_schema")
+        return page(
+            "workflow.html", session=session, nav="workflows", w=view, dag=_dag(view),
+            fields=fields(schema, values), values=values, error=error, versions=versions,
+            diff=diff, a=a, b=b, status_code=422 if error else 200,
+        )
+
+    @post("/{name:str}/run")
+    async def trigger(self, name: str, request: Request, session: UiSession,  # type: ignore[type-arg]
+                      api: Api) -> Response[str]:
+        form = await check_csrf(request, session)
+        view = await commands.workflow(api, session.tenant, name)
+        values = {k: v[-1] for k, v in form.items()}
+        try:
+            data = read_input(view.spec.get("input_schema"), form)
+            metadata = read_metadata(values.get("metadata", ""))
+            priority = int(values["priority"]) if values.get("priority") else None
+            created = await commands.trigger(api, session.tenant, name, data, metadata, priority)
+        except FormError as exc:
+            return await self._render(api, session, view, values, str(exc))
+        except ValueError:
+            return await self._render(api, session, view, values, "priority must be 1, 2 or 3")
+        except HTTPException as exc:
+            if exc.status_code >= 500:
+                raise
+            return await self._render(api, session, view, values, exc.detail)
+        notice = urlencode({"notice": f"Started a run of {name}."})
+        return Redirect(f"/ui/runs/{created.run_id}?{notice}", status_code=303)

@@ -1,0 +1,140 @@
+"""What a page shows, computed from what the REST API returns.
+
+A run page starts from `load_run` (the same RunView GET /runs/{id} returns) and the run's
+history (GET /runs/{id}/events); this module only arranges them for display: the DAG, the
+per-task timeline, and each task's attempts with their errors and tracebacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+from litestar.exceptions import NotFoundException
+
+from libs.common.specs import WorkflowSpec
+from libs.common.statuses import RUN_TERMINAL
+from services.api.routes.runs import RunController, load_run
+from services.api.schemas import RunEventView, RunView, TaskView
+from services.api.state import ApiState
+from services.api.ui import queries
+from services.api.ui.live import wait_for_run
+from services.api.ui.svg import STATUS_CLASS, DagNode, dag_svg
+
+TERMINAL_TASK = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "SKIPPED"})
+
+
+@dataclass(frozen=True)
+class TimelineBar:
+    """One task on the run's time axis, as percentages of the run's span."""
+
+    task: str
+    status: str
+    wait_left: float  # queued -> started
+    wait_width: float
+    run_left: float  # started -> finished (or now)
+    run_width: float
+    title: str
+
+
+@dataclass(frozen=True)
+class RunPage:
+    run: RunView
+    dag: str
+    timeline: list[TimelineBar]
+    history: list[RunEventView]
+    span_s: float
+    finished: bool
+
+
+def status_class(status: str) -> str:
+    return STATUS_CLASS.get(status, "s-none")
+
+
+def _dag(run: RunView, spec: WorkflowSpec | None) -> str:
+    by_name = {t.name: t for t in run.tasks}
+    nodes: list[DagNode] = []
+    if spec is not None:
+        for t in spec.tasks:
+            row = by_name.get(t.name)
+            nodes.append(DagNode(t.name, tuple(t.parents), row.status if row else "",
+                                 f"#task-{row.id}" if row else ""))
+        deepest = tuple(t.name for t in spec.tasks)
+        for hook, note in ((spec.on_failure, "on failure"), (spec.on_success, "on success")):
+            if hook is not None:
+                row = by_name.get(hook.name)
+                # Drawn after every task: it runs when the rest has finished.
+                nodes.append(DagNode(hook.name, deepest, row.status if row else "",
+                                     f"#task-{row.id}" if row else "", note))
+    else:  # definition gone: still show the tasks, unconnected
+        nodes = [DagNode(t.name, (), t.status, f"#task-{t.id}") for t in run.tasks]
+    return dag_svg(nodes)
+
+
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _timeline(run: RunView) -> tuple[list[TimelineBar], float]:
+    start = datetime.fromisoformat(run.created_at)
+    end = _ts(run.finished_at) or datetime.now(UTC)
+    stamps = [
+        ts for t in run.tasks
+        for ts in (_ts(t.queued_at), _ts(t.started_at), _ts(t.finished_at)) if ts is not None
+    ]
+    end = max([end, *stamps])
+    span = max((end - start).total_seconds(), 0.001)
+
+    def pct(moment: datetime) -> float:
+        return round(max(0.0, min(100.0, (moment - start).total_seconds() / span * 100)), 2)
+
+    bars = []
+    for t in run.tasks:
+        queued, started = _ts(t.queued_at), _ts(t.started_at)
+        finished = _ts(t.finished_at) or (end if t.status not in TERMINAL_TASK else None)
+        wait_l = pct(queued) if queued else 0.0
+        wait_r = pct(started) if started else (pct(finished) if finished and queued else wait_l)
+        run_l = pct(started) if started else wait_r
+        run_r = pct(finished) if finished and started else run_l
+        bars.append(TimelineBar(
+            task=t.name, status=t.status, wait_left=wait_l, wait_width=max(wait_r - wait_l, 0),
+            run_left=run_l, run_width=max(run_r - run_l, 0.4 if started else 0),
+            title=_bar_title(t),
+        ))
+    return bars, span
+
+
+def _bar_title(t: TaskView) -> str:
+    return (f"{t.name}: queued {t.queued_at or '—'}, started {t.started_at or '—'},"
+            f" finished {t.finished_at or '—'}")
+
+
+async def run_page(
+    api: ApiState, tenant: str, run_id: str, wait_s: float = 0.0
+) -> RunPage:
+    """The run's page; with `wait_s`, a run triggered a moment ago gets that long to appear."""
+    run = await load_run(api, tenant, run_id)
+    if run is None and wait_s > 0:
+
+        async def exists() -> bool:
+            return await queries.run_statuses(api.pool, tenant, [run_id]) != {}
+
+        if await wait_for_run(api, tenant, run_id, exists, wait_s):
+            run = await load_run(api, tenant, run_id)
+    if run is None:
+        raise NotFoundException(f"run {run_id!r} not found")
+    spec = await queries.version_spec(api, tenant, run.version_id)
+    if spec is not None:  # tasks in definition order (parents first), hooks last
+        order = {t.name: i for i, t in enumerate(
+            [*spec.tasks, *(h for h in (spec.on_failure, spec.on_success) if h is not None)]
+        )}
+        run = msgspec.structs.replace(
+            run, tasks=sorted(run.tasks, key=lambda t: order.get(t.name, len(order)))
+        )
+    history: list[RunEventView] = await RunController.events.fn(
+        None, run_id=run_id, tenant=tenant, api=api
+    )
+    bars, span = _timeline(run)
+    return RunPage(run=run, dag=_dag(run, spec), timeline=bars, history=history, span_s=span,
+                   finished=run.status in RUN_TERMINAL)
