@@ -522,6 +522,20 @@ export interface components {
              */
             strategy: "GROUP_ROUND_ROBIN" | "CANCEL_IN_PROGRESS" | "CANCEL_NEWEST";
         };
+        /** ConditionSpec */
+        ConditionSpec: {
+            /** @default  */
+            expression: string;
+            /** @default  */
+            key: string;
+            /** @enum {string} */
+            kind: "sleep" | "event" | "parent_output";
+            /** @default  */
+            parent: string;
+            scope?: string | null;
+            /** @default 0 */
+            sleep_s: number;
+        };
         /** CronIn */
         CronIn: {
             expression: string;
@@ -762,10 +776,13 @@ export interface components {
             backoff_factor: number;
             /** @default 60 */
             backoff_max_s: number;
+            cancel_if?: components["schemas"]["ConditionSpec"][];
             concurrency?: components["schemas"]["ConcurrencySpec"][];
             desired_labels?: {
                 [key: string]: components["schemas"]["LabelSpec"];
             };
+            /** @default false */
+            durable: boolean;
             /** @default 300 */
             execution_timeout_s: number;
             name: string;
@@ -775,6 +792,8 @@ export interface components {
             retries: number;
             /** @default 300 */
             schedule_timeout_s: number;
+            skip_if?: components["schemas"]["ConditionSpec"][];
+            wait_for?: components["schemas"]["ConditionSpec"][];
         };
         /** TaskView */
         TaskView: {

@@ -2,6 +2,7 @@
 
 import type { EventKind as _ratchet_v1_EventKind, EventKind__Output as _ratchet_v1_EventKind__Output } from '../../ratchet/v1/EventKind.js';
 import type { TaskError as _ratchet_v1_TaskError, TaskError__Output as _ratchet_v1_TaskError__Output } from '../../ratchet/v1/TaskError.js';
+import type { DurableStep as _ratchet_v1_DurableStep, DurableStep__Output as _ratchet_v1_DurableStep__Output } from '../../ratchet/v1/DurableStep.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface TaskEvent {
@@ -14,6 +15,7 @@ export interface TaskEvent {
   'chunk'?: (Buffer | Uint8Array | string);
   'refreshMs'?: (number | string | Long);
   'tsMs'?: (number | string | Long);
+  'step'?: (_ratchet_v1_DurableStep | null);
 }
 
 export interface TaskEvent__Output {
@@ -26,4 +28,5 @@ export interface TaskEvent__Output {
   'chunk': (Buffer);
   'refreshMs': (number);
   'tsMs': (number);
+  'step': (_ratchet_v1_DurableStep__Output | null);
 }
