@@ -363,6 +363,14 @@ async def flush_durable(conn: asyncpg.Connection, fx: Effects) -> None:
     writes = fx.durable
     if writes is None or writes.empty():
         return
+    if writes.reset:  # replayed runs: their durable tasks start on a fresh log
+        await conn.execute(
+            "WITH gone AS (DELETE FROM durable_event_waits w USING unnest($1::text[], $2::text[])"
+            " AS x(t, i) WHERE w.tenant_id = x.t AND w.task_id = x.i)"
+            " DELETE FROM durable_log l USING unnest($1::text[], $2::text[]) AS x(t, i)"
+            " WHERE l.tenant_id = x.t AND l.task_id = x.i",
+            [k[0] for k in writes.reset], [k[1] for k in writes.reset],
+        )
     entries = [
         (e.tenant, e.task_id, e.position, e.run_id, e.kind, e.spec, e.status, e.result,
          e.deadline_ms, e.registered_ms, e.waiting_attempt)

@@ -203,3 +203,29 @@ async def test_parked_tasks_survive_a_scheduler_restart(
     outs = [(await ref.aio_result(60))["patient"] for ref in refs]
     # Woken in place on the same worker: no attempt was lost or re-run.
     assert outs == [{"i": i, "attempt": 0} for i in range(5)]
+
+
+async def test_a_replayed_run_starts_its_durable_task_on_a_fresh_log(
+    client: Ratchet, start_worker: Any
+) -> None:
+    stamps: list[str] = []
+
+    @client.durable_task(name="redo")
+    async def redo(input: dict, ctx: DurableContext) -> dict:
+        stamps.append((await ctx.aio_now()).isoformat())
+        await ctx.aio_sleep_for(0.05)
+        if len(stamps) == 1:
+            raise NonDeterminism(0, "pretend the code changed")
+        return {"stamp": stamps[-1]}
+
+    await start_worker("w-redo", workflows=[redo], slots=1)
+    ref = await redo.aio_run_no_wait({})
+    with pytest.raises(RunFailed):
+        await ref.aio_result(30)
+    await client.arequest("POST", f"/runs/{ref.run_id}/replay")
+    await eventually(lambda: _is(_status(client, ref.run_id), "SUCCEEDED"))
+    assert len(stamps) == 2 and stamps[0] != stamps[1]  # not the memoized value: a new log
+
+
+async def _status(client: Ratchet, run_id: str) -> str:
+    return str((await client.runs.aio_get(run_id))["status"])

@@ -141,3 +141,19 @@ def test_durable_and_condition_definitions_fail_at_import_time() -> None:
     with pytest.raises(ratchet.WorkflowDefinitionError, match="not a parent"):
         wf.task(name="orphan", skip_if=[ratchet.ParentOutput("true", parent=second)])(
             lambda i, c: {})
+
+
+def test_durable_mock_run_ends_sleeps_at_once() -> None:
+    wf = Ratchet(token="x").workflow("mocked")
+
+    @wf.durable_task()
+    async def nap(input: dict, ctx: ratchet.DurableContext) -> dict:
+        await ctx.aio_sleep_for(3600)
+        fired = await ctx.aio_wait_any(ratchet.Event("never"), ratchet.Sleep(60))
+        try:
+            await ctx.aio_wait_for_event("never", timeout=5)
+        except TimeoutError:
+            return {"fired": fired.index, "timed_out": True}
+        return {}
+
+    assert nap.mock_run({}) == {"fired": 1, "timed_out": True}

@@ -109,9 +109,10 @@ class DurableWrites:
         default_factory=list
     )
     event_del: set[tuple[str, str, int]] = field(default_factory=set)
+    reset: set[tuple[str, str]] = field(default_factory=set)  # (tenant, task id): log dropped
 
     def empty(self) -> bool:
-        return not (self.entries or self.event_put or self.event_del)
+        return not (self.entries or self.event_put or self.event_del or self.reset)
 
 
 class Durable:
@@ -342,6 +343,16 @@ class Durable:
 
     def attempt_settled(self, worker_id: str, task_id: str, attempt: int) -> None:
         self.parked.get(worker_id, set()).discard((task_id, attempt))
+
+    def reset(self, task: Task) -> None:
+        """Drop the task's log (a run replayed): its next attempt starts afresh."""
+        self.logs.pop(task.id, None)
+        w = self.writes
+        for key in [k for k in w.entries if k[1] == task.id]:
+            del w.entries[key]
+        w.event_put = [row for row in w.event_put if row[1] != task.id]
+        w.reset.add((task.tenant, task.id))
+        self._m.conditions.forget([task])
 
     def forget(self, tasks: list[Task]) -> None:
         """The run finished: drop its logs from memory (PostgreSQL keeps them)."""

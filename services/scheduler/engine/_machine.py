@@ -157,6 +157,7 @@ class StateMachine:
                 task.last_error = None
                 task.finished_ms = None
                 task.sem_refs = task.needs = None
+                self.durable.reset(task)  # a replay starts durable tasks on a fresh log
                 self.fx.touch_task(task)
         for name in redo:
             task = run.tasks[name]
