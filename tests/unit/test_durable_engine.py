@@ -115,3 +115,26 @@ def test_a_different_wait_at_a_recorded_position_is_refused() -> None:
     out = _report(eng, task_id, "wait", spec=other)
     assert json.loads(out.wakes[0].result)["error"] == "NonDeterminism"
     assert "position 0" in json.loads(out.wakes[0].result)["message"]
+
+
+def test_after_a_restart_a_wait_that_ends_before_its_worker_shows_up_still_wakes_it() -> None:
+    eng = _engine(slots=1, runs=1)
+    task_id = _running(eng)[0]
+    _report(eng, task_id, "started")
+    _report(eng, task_id, "wait")
+    entries = [e for log in eng._m.durable.logs.values() for e in log.values()]
+    # A new scheduler: runs and logs read back; the worker is not in the registry yet.
+    fresh = Engine()
+    fresh.begin(NOW + 5)
+    fresh.adopt(eng.runs["r0"])
+    for e in entries:
+        fresh.restore_durable(e)
+    fresh.finish()
+    fresh.begin(NOW + 2000)
+    fresh.fire_timers()  # the sleep ends now, before the worker is seen
+    assert _dispatched(fresh.finish()).wakes == []
+    fresh.begin(NOW + 2100)
+    fresh.worker_seen(WorkerInfo(worker_id="w1", tenant="t", name="w1", dispatcher_id="d",
+                                 actions=["wf:d"], slots=1, heartbeat_ms=NOW + 2100))
+    out = _dispatched(fresh.finish())
+    assert [(w.task_id, w.attempt) for w in out.wakes] == [(task_id, 0)]

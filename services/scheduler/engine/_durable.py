@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from libs.common.messages import WorkerInfo
     from services.scheduler.engine._machine import StateMachine
 
+Wake = tuple[str, int, int, bytes]  # task id, attempt, position, result
 PENDING = "pending"
 DONE = "done"
 MAX_CONDITIONS = 100  # per wait: a wait_any over more is a mistake, not a workload
@@ -121,8 +122,8 @@ class Durable:
         self.logs: dict[str, dict[int, Entry]] = {}
         # worker id -> attempts parked there (task id, attempt), holding no regular slot
         self.parked: dict[str, set[tuple[str, int]]] = {}
-        # worker id -> parked attempts whose wait is over, in the order they completed
-        self.wakes: dict[str, list[tuple[str, int]]] = {}
+        # worker id -> wake-ups not sent yet, in the order their waits completed
+        self.wakes: dict[str, list[Wake]] = {}
         # Parked attempts read back after a restart, before their worker shows up: they keep
         # their (orphan) regular slot until then, so a worker that never returns is declared
         # lost with them and they are requeued.
@@ -179,7 +180,7 @@ class Durable:
         if e is not None and (e.kind != step.kind or e.spec != step.spec):
             msg = (f"position {step.position}: the log has {e.kind} {e.spec.decode()}, this "
                    f"replay asked for {step.kind} {step.spec.decode()}")
-            self._send_wake(task, step.position, error_result("NonDeterminism", msg))
+            self._deliver(task, step.position, error_result("NonDeterminism", msg))
             return
         if step.kind == "now":
             if e is None:
@@ -192,11 +193,11 @@ class Durable:
             try:
                 conds = parse_conds(step.spec)
             except BadWait as exc:
-                self._send_wake(task, step.position, error_result("BadWait", str(exc)))
+                self._deliver(task, step.position, error_result("BadWait", str(exc)))
                 return
             e = self.record(task, step.position, "wait", step.spec, conds)
         if e.status == DONE:
-            self._send_wake(task, e.position, e.result or b"null")  # it still holds its slot
+            self._deliver(task, e.position, e.result or b"null")  # it still holds its slot
             return
         e.waiting_attempt = task.attempt
         self._touch(e)
@@ -259,48 +260,63 @@ class Durable:
             return
         if (task.status == TaskStatus.RUNNING and e.waiting_attempt == task.attempt
                 and task.worker_id):
-            parked = self.parked.get(task.worker_id, set())
-            if (task.id, task.attempt) in parked:
-                self.wakes.setdefault(task.worker_id, []).append((task.id, task.attempt))
-            else:
-                self._send_wake(task, e.position, result)
-                e.waiting_attempt = None
+            self._deliver(task, e.position, result)
         # else no attempt waits here: the next one replays the result
 
+    def _deliver(self, task: Task, position: int, result: bytes) -> None:
+        """Resume the attempt now if it holds a slot on a known worker, else queue it: a
+        parked attempt first needs a free slot, and an unknown worker (right after a
+        restart) first needs to show up in the registry."""
+        worker_id = task.worker_id or ""
+        key = (task.id, task.attempt)
+        if (worker_id in self._m.assigner.workers and key not in self.parked.get(worker_id, ())
+                and key not in self.restored.get(worker_id, ())):
+            self._send_wake(task, position, result)
+        else:
+            self.wakes.setdefault(worker_id, []).append((task.id, task.attempt, position, result))
+
     def send_wakes(self) -> None:
-        """Wake parked tasks whose wait is over, as regular slots free up on their workers."""
+        """Send queued wake-ups: parked attempts as regular slots free up on their workers."""
         for worker_id, queue in list(self.wakes.items()):
             worker = self._m.assigner.workers.get(worker_id)
+            if worker is None:
+                continue  # not seen since a restart yet, or lost (worker_lost drops the queue)
             parked = self.parked.get(worker_id, set())
-            while queue and worker is not None and worker.free > 0:
-                task_id, attempt = queue.pop(0)
-                parked.discard((task_id, attempt))
+            restored = self.restored.get(worker_id, set())
+            keep: list[Wake] = []
+            for item in queue:
+                task_id, attempt, position, result = item
+                key = (task_id, attempt)
                 task = self._m.tasks.get(task_id)
                 if task is None or task.attempt != attempt or task.status != TaskStatus.RUNNING:
+                    parked.discard(key)
                     continue
-                e = self._waiting_entry(task)
-                if e is None or e.result is None:
+                if key in restored:
+                    keep.append(item)
                     continue
-                self._m.assigner.hold(worker_id, task_id, attempt)
-                self._send_wake(task, e.position, e.result)
-                e.waiting_attempt = None
-                self._touch(e)
-            if not queue:
+                if key in parked:
+                    if worker.free <= 0:
+                        keep.append(item)
+                        continue
+                    parked.discard(key)
+                    self._m.assigner.hold(worker_id, task_id, attempt)
+                self._send_wake(task, position, result)
+            if keep:
+                self.wakes[worker_id] = keep
+            else:
                 del self.wakes[worker_id]
-
-    def _waiting_entry(self, task: Task) -> Entry | None:
-        for e in self.logs.get(task.id, {}).values():
-            if e.position >= 0 and e.waiting_attempt == task.attempt and e.kind == "wait":
-                return e
-        return None
 
     def _send_wake(self, task: Task, position: int, result: bytes) -> None:
         worker = self._m.assigner.workers.get(task.worker_id or "")
-        if worker is None:
+        if worker is None:  # only reached through _deliver / send_wakes, which check
             return
         wake = WakeTask(tenant=task.tenant, worker_id=task.worker_id or "", task_id=task.id,
                         attempt=task.attempt, position=position, result=result)
         _outbox.send_wake(self._m.fx, wake, worker.info.dispatcher_id, self._m.now_ms)
+        e = self.entry(task.id, position)
+        if e is not None and e.waiting_attempt == task.attempt:
+            e.waiting_attempt = None  # delivered: a restart must not wake it again
+            self._touch(e)
 
     # workers ----------------------------------------------------------------------------
     def worker_lost(self, worker_id: str) -> None:
@@ -339,7 +355,7 @@ class Durable:
             self._m.gate.attempt_stopped(key[0], key[1], info.worker_id)
         queue = self.wakes.get(info.worker_id)
         if queue:
-            queue[:] = [k for k in queue if k not in lost]
+            queue[:] = [w for w in queue if (w[0], w[1]) not in lost]
 
     def attempt_settled(self, worker_id: str, task_id: str, attempt: int) -> None:
         self.parked.get(worker_id, set()).discard((task_id, attempt))
@@ -385,5 +401,6 @@ class Durable:
         )
         if parked_here and task.worker_id is not None:
             self.restored.setdefault(task.worker_id, set()).add((task.id, task.attempt))
-            if e.status == DONE:
-                self.wakes.setdefault(task.worker_id, []).append((task.id, task.attempt))
+            if e.status == DONE and e.result is not None:
+                self.wakes.setdefault(task.worker_id, []).append(
+                    (task.id, task.attempt, e.position, e.result))
