@@ -321,10 +321,17 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             for c in batch.cancels:
                 if c.worker_id in self.conns:
                     per_worker.setdefault(c.worker_id, ([], []))[1].append(to_proto_cancel(c))
-            # A wake for a worker gone from here is dropped: its loss requeues the task.
             for w in batch.wakes:
                 if w.worker_id in self.conns:
                     wakes.setdefault(w.worker_id, []).append(to_proto_wake(w))
+                else:
+                    # Like an undeliverable assignment: the scheduler requeues the attempt and
+                    # the next one replays the log, where the wait's result is recorded.
+                    undeliverable.append((w.tenant, TaskReport(
+                        kind="failed", task_id=w.task_id, attempt=w.attempt,
+                        worker_id=w.worker_id, ts_ms=_now(),
+                        error=TaskError(type="WorkerLost", message="worker not connected"),
+                    )))
         for worker_id, (assigns, cancels) in per_worker.items():
             conn = self.conns.get(worker_id)
             if conn is None:
