@@ -18,11 +18,28 @@ class TriggerRun(msgspec.Struct, tag="trigger", kw_only=True):
     source: str = "api"  # api | event | cron | schedule
     sticky_worker: str | None = None
     traceparent: str | None = None  # W3C trace context of the trigger (sampled runs only)
+    # A child run (started from inside a task): its parent run and task, and how deep it is
+    # (a top-level run is 0). Set by the API after checking the parent; docs/children.md.
+    parent_run_id: str | None = None
+    parent_task_id: str | None = None
+    parent_task: str | None = None
+    depth: int = 0
 
 
 class CancelRun(msgspec.Struct, tag="cancel", kw_only=True):
     run_id: str
     reason: str = "cancelled by user"
+
+
+class CancelRuns(msgspec.Struct, tag="cancels", kw_only=True):
+    """Several runs cancelled for one reason in one message: what cancelling a parent sends
+    for its unfinished children (chunked, see engine/_children.py)."""
+
+    run_ids: list[str]
+    reason: str = "cancelled by user"
+
+    def each(self) -> list[CancelRun]:
+        return [CancelRun(run_id=r, reason=self.reason) for r in self.run_ids]
 
 
 class ReplayRun(msgspec.Struct, tag="replay", kw_only=True):
@@ -47,7 +64,7 @@ class WaitSatisfied(msgspec.Struct, tag="wait", kw_only=True):
     payload: bytes  # the event's JSON body
 
 
-Command = TriggerRun | TriggerRuns | CancelRun | ReplayRun | WaitSatisfied
+Command = TriggerRun | TriggerRuns | CancelRun | CancelRuns | ReplayRun | WaitSatisfied
 TRIGGER_BATCH_BYTES = 128 * 1024  # well under NATS max_payload; bounds a CMD fetch in memory
 
 
@@ -148,6 +165,9 @@ class RunStateChanged(msgspec.Struct, kw_only=True):
     status: str
     ts_ms: int
     created_ms: int = 0
+    # Set for a child run, so a waiting parent (a durable task) learns its child ended.
+    parent_run_id: str | None = None
+    parent_task_id: str | None = None
 
 
 class WorkerInfo(msgspec.Struct, kw_only=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -29,13 +30,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     s3_secret_key: str = ""
     s3_bucket: str = "ratchet"
     s3_secure: bool = False
-    payload_inline_max_bytes: int = 64 * 1024
+    # Payloads (run inputs, task outputs, event data) larger than this travel as a reference to
+    # a blob in the payload store instead of inline in NATS messages and PostgreSQL rows.
+    payload_inline_bytes: Annotated[int, msgspec.Meta(ge=0)] = 128 * 1024
+    # The largest payload accepted at all; beyond it: HTTP 413 / a PayloadTooLarge failure.
+    max_payload_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
     max_request_bytes: int = 4 * 1024 * 1024
     worker_heartbeat_timeout_s: float = 15.0
     dispatcher_heartbeat_timeout_s: float = 15.0
     stream_max_age_s: float = 7 * 24 * 3600.0
     dedupe_window_s: float = 600.0
     max_deliver: int = 8
+    # Child runs (docs/children.md): how deep a tree of runs may grow (a top-level run is at
+    # depth 0) and how many children one task may start, over all its attempts.
+    max_child_depth: int = 10
+    max_children_per_task: int = 100_000
     log_level: str = "INFO"
     otlp_endpoint: str = ""
     service_name: str = "ratchet"
@@ -45,11 +54,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return Path(self.data_dir)
 
 
+# Settings users set next to their SDK variables carry the RATCHET_ prefix (the documented
+# contract); every other field reads its upper-cased name.
+ENV_NAMES: dict[str, str] = {
+    "payload_inline_bytes": "RATCHET_PAYLOAD_INLINE_BYTES",
+    "max_payload_bytes": "RATCHET_MAX_PAYLOAD_BYTES",
+}
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`."""
+    return ENV_NAMES.get(field, field.upper())
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from env vars (field name upper-cased), then apply keyword overrides."""
+    """Build settings from env vars (see `env_name`), then apply keyword overrides."""
     raw: dict[str, object] = {}
     for field in msgspec.structs.fields(Settings):
-        value = os.environ.get(field.name.upper())
+        value = os.environ.get(env_name(field.name))
         if value is not None:
             raw[field.name] = value
     raw.update(overrides)

@@ -90,6 +90,8 @@ TASK_MATCH_ALL = "task.*.match"
 EVT_ALL = "evt.>"
 MATCHER_CHANGES = "ratchet.matcher.changed"
 OLAP_QUERY = "ratchet.olap.query"
+# Core NATS broadcast of a revoked token's id: every API and dispatcher evicts it at once.
+TOKEN_REVOKED = "ratchet.tokens.revoked"
 
 # Task ids are safe subject tokens, tenants are validated to be too.
 TENANT_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")

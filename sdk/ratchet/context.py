@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -45,6 +46,10 @@ class Context:
         self._additional = additional or {}
         self._sink = sink
         self._cancelled = threading.Event()
+        # Child runs this attempt started, in order: the k-th spawn of every attempt names
+        # the same child run (docs/children.md). Sync tasks may spawn from several threads.
+        self._spawned = 0
+        self._spawn_lock = threading.Lock()
 
     def parent_output(self, task: _Named | str) -> Any:
         """The output of a parent task (pass the task object or its name)."""
@@ -84,9 +89,29 @@ class Context:
         seconds = delta.total_seconds() if isinstance(delta, timedelta) else float(delta)
         self._emit("refresh", {"refresh_ms": int(seconds * 1000)})
 
+    def _reserve_spawns(self, count: int) -> int:
+        """The spawn index of the first of `count` child runs about to be started."""
+        with self._spawn_lock:
+            first = self._spawned
+            self._spawned += count
+            return first
+
     def _cancel(self) -> None:
         self._cancelled.set()
 
     def _emit(self, kind: str, fields: dict[str, Any]) -> None:
         if self._sink is not None:
             self._sink(kind, fields)
+
+
+# The context of the task running in this asyncio task or thread (the worker sets it; sync
+# tasks inherit it through the executor's copied context). Triggers made while it is set start
+# child runs of that task's run.
+_CURRENT: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "ratchet_current_task", default=None
+)
+
+
+def current_context() -> Context | None:
+    """The running task's context, or None outside a task."""
+    return _CURRENT.get()

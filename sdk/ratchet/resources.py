@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from ratchet.errors import ApiError, RunFailed
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 # A long poll is cut into chunks so that no single HTTP request outlives the client timeout.
 WAIT_CHUNK_S = 30.0
+RESULTS_CHUNK = 1000  # runs per POST /runs/results (the API's limit)
 
 
 class _Resource:
@@ -40,22 +42,41 @@ class Runs(_Resource):
                 return None
             raise
 
-    def list(self, *, status: str | None = None, workflow: str | None = None, limit: int = 50) -> Any:
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
-        if workflow:
-            params["workflow"] = workflow
-        return self._c.request("GET", "/runs", params=params)
+    def list(self, *, status: str | None = None, workflow: str | None = None, limit: int = 50,
+             parent_run_id: str | None = None) -> Any:
+        """Runs, newest first; `parent_run_id` lists that run's child runs."""
+        return self._c.request("GET", "/runs", params=_list_params(status, workflow, limit,
+                                                                  parent_run_id))
+
+    async def aio_list(self, *, status: str | None = None, workflow: str | None = None,
+                       limit: int = 50, parent_run_id: str | None = None) -> Any:
+        return await self._c.arequest("GET", "/runs", params=_list_params(status, workflow, limit,
+                                                                         parent_run_id))
 
     def cancel(self, run_id: str) -> Any:
+        """Cancel the run; its unfinished child runs are cancelled with it, recursively."""
         return self._c.request("POST", f"/runs/{run_id}/cancel")
+
+    async def aio_cancel(self, run_id: str) -> Any:
+        return await self._c.arequest("POST", f"/runs/{run_id}/cancel")
 
     def replay(self, run_id: str) -> Any:
         return self._c.request("POST", f"/runs/{run_id}/replay")
 
     def events(self, run_id: str) -> Any:
         return self._c.request("GET", f"/runs/{run_id}/events")
+
+
+def _list_params(status: str | None, workflow: str | None, limit: int,
+                 parent_run_id: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if workflow:
+        params["workflow"] = workflow
+    if parent_run_id:
+        params["parent_run_id"] = parent_run_id
+    return params
 
 
 class Events(_Resource):
@@ -194,10 +215,73 @@ class Workflows(_Resource):
                                       json={"version_id": version_id})
 
 
+class _ResultGather:
+    """Coalesces the `aio_result()` calls one event loop makes at the same moment (a task
+    gathering the children it fanned out) into bulk long-polls of POST /runs/results: one
+    request answers for up to RESULTS_CHUNK runs instead of one request per run."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+        self._next: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
+        self._polls: set[asyncio.Task[None]] = set()
+
+    def wait(self, run_id: str) -> asyncio.Future[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        if not self._next:
+            loop.call_soon(self._launch)  # after the calls made in this same loop pass
+        self._next.setdefault(run_id, []).append(fut)
+        return fut
+
+    def _launch(self) -> None:
+        batch, self._next = self._next, {}
+        ids = list(batch)
+        for i in range(0, len(ids), RESULTS_CHUNK):
+            task = asyncio.create_task(self._poll({r: batch[r] for r in ids[i : i + RESULTS_CHUNK]}))
+            self._polls.add(task)
+            task.add_done_callback(self._polls.discard)
+
+    async def _poll(self, waiting: dict[str, list[asyncio.Future[dict[str, Any]]]]) -> None:
+        try:
+            while True:
+                for rid in [r for r, futs in waiting.items() if all(f.done() for f in futs)]:
+                    del waiting[rid]  # every caller gave up (timed out or cancelled)
+                if not waiting:
+                    return
+                out = await self._t.arequest(
+                    "POST", "/runs/results", json={"run_ids": list(waiting), "wait_s": WAIT_CHUNK_S}
+                )
+                for run in out["runs"]:
+                    for fut in waiting.pop(run["id"], ()):
+                        if not fut.done():
+                            fut.set_result(run)
+        except Exception as exc:
+            for futs in waiting.values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+
+# One gatherer per transport and event loop (HTTP connections cannot cross loops).
+_GATHERS: weakref.WeakKeyDictionary[Transport, dict[int, _ResultGather]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _gather_for(transport: Transport) -> _ResultGather:
+    per_loop = _GATHERS.setdefault(transport, {})
+    key = id(asyncio.get_running_loop())
+    gather = per_loop.get(key)
+    if gather is None:
+        gather = per_loop[key] = _ResultGather(transport)
+    return gather
+
+
 class RunRef:
     """A triggered run: `result()` waits for it and returns `{task_name: output}`."""
 
     def __init__(self, transport: Transport, run_id: str) -> None:
+        self._transport = transport
         self._runs = Runs(transport)
         self.run_id = run_id
 
@@ -216,15 +300,13 @@ class RunRef:
                 raise TimeoutError(f"run {self.run_id} did not finish within {timeout_s}s")
 
     async def aio_result(self, timeout_s: float = 3600.0) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            wait = max(0.0, min(WAIT_CHUNK_S, deadline - loop.time()))
-            run = await self._runs.aio_get(self.run_id, wait_s=wait, missing_ok=True)
-            if run is not None and run["status"] in TERMINAL:
-                return _outcome(run)
-            if loop.time() >= deadline:
-                raise TimeoutError(f"run {self.run_id} did not finish within {timeout_s}s")
+        """`result()` for async code. Calls made together (`asyncio.gather` over many refs)
+        share bulk requests."""
+        try:
+            run = await asyncio.wait_for(_gather_for(self._transport).wait(self.run_id), timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"run {self.run_id} did not finish within {timeout_s}s") from None
+        return _outcome(run)
 
 
 def _outcome(run: dict[str, Any]) -> dict[str, Any]:

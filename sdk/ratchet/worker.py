@@ -21,7 +21,7 @@ from ratchet import _codec, _tracing
 from ratchet._proto import worker_pb2 as pb
 from ratchet._proto import worker_pb2_grpc as pb_grpc
 from ratchet._transport import Transport
-from ratchet.context import Context
+from ratchet.context import _CURRENT, Context
 from ratchet.durable import DurableContext
 from ratchet.errors import NonRetryable
 from ratchet.workflow import Task, Workflow
@@ -288,6 +288,7 @@ class Worker:
 
     async def _execute(self, a: pb.Assignment, ctx: Context) -> None:
         key = (a.task_id, a.attempt)
+        _CURRENT.set(ctx)  # runs and spawns made by the task start child runs (children.md)
         self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.STARTED))
         try:
             task = self._by_action.get(a.action)

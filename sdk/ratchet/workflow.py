@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from ratchet import _codec
 from ratchet._transport import Transport
-from ratchet.context import Context
+from ratchet.context import Context, current_context
 from ratchet.durable import DurableContext, Event, ParentOutput, Sleep, condition_spec
 from ratchet.errors import RatchetError, WorkflowDefinitionError
 from ratchet.resources import RunRef, Scheduled
@@ -353,54 +353,96 @@ class Workflow:
 
     def run(self, input: Any = None, *, priority: int | None = None,
             metadata: dict[str, str] | None = None, version_id: str | None = None,
-            timeout_s: float = 3600.0) -> dict[str, Any]:
-        """Trigger a run and wait for it: `{task_name: output}`; raises RunFailed."""
-        ref = self.run_no_wait(input, priority=priority, metadata=metadata, version_id=version_id)
+            timeout_s: float = 3600.0, key: str | None = None) -> dict[str, Any]:
+        """Trigger a run and wait for it: `{task_name: output}`; raises RunFailed.
+
+        Inside a task this starts a child run of the task's run (see `run_no_wait`). The
+        waiting task keeps its worker slot; a sync task keeps its thread too.
+        """
+        ref = self.run_no_wait(input, priority=priority, metadata=metadata,
+                               version_id=version_id, key=key)
         return ref.result(timeout_s)
 
     def run_no_wait(self, input: Any = None, *, priority: int | None = None,
                     metadata: dict[str, str] | None = None,
-                    version_id: str | None = None) -> RunRef:
+                    version_id: str | None = None, key: str | None = None) -> RunRef:
         """Trigger a run. `version_id` pins it to that registered version of the workflow
-        (see `r.workflows.versions`); without it the run uses the current version."""
+        (see `r.workflows.versions`); without it the run uses the current version.
+
+        Called inside a task, the run is a child of the task's run: linked to it, cancelled
+        with it, and started once however often the task is retried — the k-th child a task
+        starts (or the one with the same `key`) is the same run in every attempt.
+        """
         transport = self._bound()
         # A pinned run names a version the server already has; registering this definition
         # first could make it current again and undo a rollback.
         if version_id is None:
             transport.register(self.spec())
-        out = transport.request("POST", f"/workflows/{self.name}/run",
-                                json=_run_body(input, priority, metadata, version_id))
+        body = _run_body(input, priority, metadata, version_id, _parents([key])[0])
+        out = transport.request("POST", f"/workflows/{self.name}/run", json=body)
         return RunRef(transport, out["run_id"])
 
     async def aio_run(self, input: Any = None, *, priority: int | None = None,
                       metadata: dict[str, str] | None = None, version_id: str | None = None,
-                      timeout_s: float = 3600.0) -> dict[str, Any]:
+                      timeout_s: float = 3600.0, key: str | None = None) -> dict[str, Any]:
+        """`run` for async code: trigger a run (a child run inside a task) and await it."""
         ref = await self.aio_run_no_wait(input, priority=priority, metadata=metadata,
-                                         version_id=version_id)
+                                         version_id=version_id, key=key)
         return await ref.aio_result(timeout_s)
 
     async def aio_run_no_wait(self, input: Any = None, *, priority: int | None = None,
                               metadata: dict[str, str] | None = None,
-                              version_id: str | None = None) -> RunRef:
+                              version_id: str | None = None, key: str | None = None) -> RunRef:
+        """`run_no_wait` for async code."""
         transport = self._bound()
         if version_id is None:
             await transport.aregister(self.spec())
-        out = await transport.arequest("POST", f"/workflows/{self.name}/run",
-                                       json=_run_body(input, priority, metadata, version_id))
+        body = _run_body(input, priority, metadata, version_id, _parents([key])[0])
+        out = await transport.arequest("POST", f"/workflows/{self.name}/run", json=body)
         return RunRef(transport, out["run_id"])
 
     def run_many(self, inputs: list[Any], *, priority: int | None = None,
-                 version_id: str | None = None) -> list[RunRef]:
-        """Trigger many runs in bulk requests of up to 1,000."""
+                 version_id: str | None = None,
+                 keys: list[str | None] | None = None) -> list[RunRef]:
+        """Trigger many runs in bulk requests of up to 1,000 (child runs inside a task;
+        `keys`, one per input, name them like `run_no_wait`'s `key`)."""
         transport = self._bound()
         if version_id is None:
             transport.register(self.spec())
         refs: list[RunRef] = []
-        for i in range(0, len(inputs), BULK_CHUNK):
-            chunk = [_run_body(x, priority, None, version_id) for x in inputs[i : i + BULK_CHUNK]]
-            out = transport.request("POST", f"/workflows/{self.name}/run/bulk", json={"runs": chunk})
+        for path, body in self._bulk_bodies(inputs, priority, version_id, keys):
+            out = transport.request("POST", path, json=body)
             refs.extend(RunRef(transport, rid) for rid in out["run_ids"])
         return refs
+
+    async def aio_run_many(self, inputs: list[Any], *, priority: int | None = None,
+                           version_id: str | None = None,
+                           keys: list[str | None] | None = None) -> list[RunRef]:
+        """`run_many` for async code: a list of `RunRef`, in the order of `inputs`."""
+        transport = self._bound()
+        if version_id is None:
+            await transport.aregister(self.spec())
+        refs: list[RunRef] = []
+        for path, body in self._bulk_bodies(inputs, priority, version_id, keys):
+            out = await transport.arequest("POST", path, json=body)
+            refs.extend(RunRef(transport, rid) for rid in out["run_ids"])
+        return refs
+
+    def _bulk_bodies(
+        self, inputs: list[Any], priority: int | None, version_id: str | None,
+        keys: list[str | None] | None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        if keys is not None and len(keys) != len(inputs):
+            raise ValueError(f"keys has {len(keys)} items for {len(inputs)} inputs")
+        parents = _parents(keys if keys is not None else [None] * len(inputs))
+        path = f"/workflows/{self.name}/run/bulk"
+        return [
+            (path, {"runs": [
+                _run_body(x, priority, None, version_id, parents[i + j])
+                for j, x in enumerate(inputs[i : i + BULK_CHUNK])
+            ]})
+            for i in range(0, len(inputs), BULK_CHUNK)
+        ]
 
     def schedule(self, run_at: datetime, input: Any = None, **kw: Any) -> Any:
         """Run once at `run_at` (timezone-aware)."""
@@ -419,10 +461,30 @@ def _conditions(where: str, items: list[Any] | None, kinds: tuple[type, ...]) ->
     return tuple(items or ())
 
 
+def _parents(keys: list[str | None]) -> list[dict[str, Any] | None]:
+    """Inside a task, what makes each of these runs a child of it: the task and the spawn
+    index (plus the key, if any). Outside a task, runs are top-level and take no key."""
+    ctx = current_context()
+    if ctx is None:
+        if any(k is not None for k in keys):
+            raise RatchetError("key= names a child run: it works only inside a running task")
+        return [None] * len(keys)
+    first = ctx._reserve_spawns(len(keys))
+    out: list[dict[str, Any] | None] = []
+    for i, key in enumerate(keys):
+        parent: dict[str, Any] = {"run_id": ctx.run_id, "task_id": ctx.task_id, "index": first + i}
+        if key is not None:
+            parent["key"] = key
+        out.append(parent)
+    return out
+
+
 def _run_body(input: Any, priority: int | None, metadata: dict[str, str] | None,
-              version_id: str | None) -> dict[str, Any]:
+              version_id: str | None, parent: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON body of one run trigger (single or bulk)."""
     body: dict[str, Any] = {"input": _codec.to_builtins(input) if input is not None else {}}
+    if parent is not None:
+        body["parent"] = parent
     if priority is not None:
         body["priority"] = priority
     if metadata:

@@ -5,24 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from litestar import Litestar, Request, Response, get
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from litestar.types import ControllerRouterHandler
 
-from services.api.auth import provide_tenant
+from libs.common.limits import LimitExceeded
+from services.api.auth import provide_principal, provide_tenant
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
 from services.api.routes.analytics import AnalyticsController
+from services.api.routes.audit import AuditController
 from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
 from services.api.routes.filters import FilterController
+from services.api.routes.limits import LimitController
 from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
+from services.api.routes.tokens import TokenController
 from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
 from services.api.state import ApiState
 from services.api.ui import ui_router
@@ -45,6 +51,17 @@ def _repo_error(_: Request, exc: Exception) -> Response[dict[str, object]]:  # t
     return Response({"status_code": status, "detail": str(exc)}, status_code=status)
 
 
+def _limit_exceeded(_: Request, exc: Exception) -> Response[dict[str, object]]:  # type: ignore[type-arg]
+    """429 naming the limit, with Retry-After: nothing of the request was accepted."""
+    assert isinstance(exc, LimitExceeded)
+    body: dict[str, object] = {
+        "status_code": HTTP_429_TOO_MANY_REQUESTS, "detail": str(exc),
+        "extra": {"limit": exc.limit.value, "value": exc.value},
+    }
+    return Response(body, status_code=HTTP_429_TOO_MANY_REQUESTS,
+                    headers={"Retry-After": str(exc.retry_after_s)})
+
+
 @get("/healthz", include_in_schema=False)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -60,15 +77,18 @@ def create_app(
         route_handlers=[
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
-            RateLimitController,
+            RateLimitController, TokenController, LimitController, AuditController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],
         dependencies={
             "api": Provide(provide_api, use_cache=True, sync_to_thread=False),
             "tenant": Provide(provide_tenant),
+            "caller": Provide(provide_principal),
         },
-        exception_handlers={RepoError: _repo_error},
+        # Scope guards (services/api/auth.py) find the ApiState here.
+        state=State({"api": api}),
+        exception_handlers={RepoError: _repo_error, LimitExceeded: _limit_exceeded},
         openapi_config=OpenAPIConfig(
             title="Ratchet API", version="0.1.0", path="/schema", description=API_DESCRIPTION,
             use_handler_docstrings=True,

@@ -33,11 +33,25 @@ class WorkflowView(msgspec.Struct, kw_only=True):
     updated_at: str
 
 
+class ParentRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Makes the run a child of a running task (the SDK sends it from inside a task).
+
+    The child's run id derives from the task and `index` (its k-th spawn, counted from 0 in
+    every attempt) or, when given, `key`: a retried task that spawns again gets the same run.
+    """
+
+    run_id: str
+    task_id: str
+    index: int = 0
+    key: str | None = None
+
+
 class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input: Any = None
     metadata: dict[str, str] = {}
     priority: int | None = None
     version_id: str | None = None  # pin this run to a version; default: the current one
+    parent: ParentRef | None = None  # start a child run of that task (docs/children.md)
 
 
 class BulkRunRequest(msgspec.Struct, kw_only=True):
@@ -76,6 +90,14 @@ class TaskView(msgspec.Struct, kw_only=True):
     attempts: list[AttemptView] = []
 
 
+class ChildView(msgspec.Struct, kw_only=True):
+    id: str
+    workflow: str
+    status: str
+    parent_task: str | None
+    created_at: str
+
+
 class RunView(msgspec.Struct, kw_only=True):
     id: str
     workflow: str
@@ -89,6 +111,30 @@ class RunView(msgspec.Struct, kw_only=True):
     output: dict[str, Any]
     tasks: list[TaskView]
     errors: dict[str, dict[str, Any]] = {}
+    # A child run's parent; a top-level run has none and depth 0.
+    parent_run_id: str | None = None
+    parent_task: str | None = None
+    depth: int = 0
+    # The run's own children: the first CHILDREN_SHOWN in spawn order, and how many in all
+    # (GET /runs?parent_run_id= lists them).
+    children: list[ChildView] = []
+    children_count: int = 0
+
+
+class ResultsRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    run_ids: list[str]
+    wait_s: float = 0.0  # long-poll: until at least one of the runs has ended
+
+
+class RunResult(msgspec.Struct, kw_only=True):
+    id: str
+    status: str
+    output: dict[str, Any]
+    errors: dict[str, dict[str, Any]] = {}
+
+
+class ResultsView(msgspec.Struct, kw_only=True):
+    runs: list[RunResult]  # the runs that have ended; the others are still going (or unknown)
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -97,6 +143,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     status: str
     created_at: str
     finished_at: str | None
+    parent_run_id: str | None = None
 
 
 class RunEventView(msgspec.Struct, kw_only=True):

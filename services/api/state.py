@@ -12,18 +12,21 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from libs.common import subjects, tenants
+from libs.common import limits, subjects, tenants
 from libs.common.messages import STATE_CHANGES_DECODER, StateChanges
 from libs.common.olap import OlapClient
 from libs.common.settings import Settings
 from libs.common.statuses import RUN_TERMINAL
 from services.api.input_schema import InputValidators
 from services.api.repos.analytics import AnalyticsRepo
+from services.api.repos.audit import AuditRepo
 from services.api.repos.crons import CronRepo
 from services.api.repos.filters import FilterRepo
+from services.api.repos.limits import LimitRepo
 from services.api.repos.rate_limits import RateLimitRepo
 from services.api.repos.runs import RunRepo
 from services.api.repos.scheduled import ScheduledRepo
+from services.api.repos.tokens import TokenRepo
 from services.api.repos.workflows import WorkflowRepo
 
 
@@ -52,15 +55,22 @@ class ApiState:
         self.filters = FilterRepo(self.pool)
         self.rate_limits = RateLimitRepo(self.pool)
         self.analytics = AnalyticsRepo(self.olap)
+        self.token_repo = TokenRepo(self.pool)
+        self.audit = AuditRepo(self.pool)
+        self.usage = LimitRepo(self.pool)
+        self.limits = limits.LimitCache(self.pool)
+        self.rates = limits.RateLimiter()
 
 
     async def start(self) -> None:
+        await self.tokens.listen(self.nc)
         self._subs.append(await self.nc.subscribe(subjects.TASK_CHANGES_ALL, cb=self._on_changes))
         # Workflow changes are announced to the matchers; another API replica's rollback must
         # reach this replica's cached current versions just as fast.
         self._subs.append(await self.nc.subscribe(subjects.MATCHER_CHANGES, cb=self._on_workflows))
 
     async def stop(self) -> None:
+        await self.tokens.close()
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from libs.common import db, jetstream, metrics, retry, subjects, tenants
+from libs.common import db, jetstream, limits, metrics, retry, subjects, tenants
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
 from libs.common.messages import (
     DISPATCH_DECODER,
@@ -37,6 +37,7 @@ from libs.common.proto import worker_pb2_grpc as pb_grpc
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Stream
+from libs.common.tenants import Principal, Scope
 from services.dispatcher.streams import (
     WorkerConn,
     durable_slots,
@@ -57,6 +58,9 @@ EVENT_QUEUE_MAX = 256
 EVENT_PUBLISH_MAX = 2000  # reports per JetStream publish batch
 # One ReportBatch message stays well under NATS's default 1 MiB max payload.
 REPORT_BATCH_BYTES = 512 * 1024
+# How often connected workers' tokens are re-checked (expiry, and revocations whose broadcast
+# was missed): with the token cache's TTL this keeps the 2 s revocation promise.
+AUTH_RECHECK_S = 0.5
 
 
 class DispatcherService(Service, pb_grpc.DispatcherServicer):
@@ -69,6 +73,11 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
         self._tokens: tenants.TokenCache | None = None
+        self._limits: limits.LimitCache | None = None
+        # Each connected worker's token, and the streams to end as UNAUTHENTICATED.
+        self._principals: dict[WorkerConn, tuple[str, Principal]] = {}
+        self._auth_lost: dict[WorkerConn, str] = {}
+        self._auth_watch: asyncio.Task[None] | None = None
         self._kv: KeyValue | None = None
         self._server: grpc.aio.Server | None = None
         self._consumer: BatchConsumer | None = None
@@ -92,6 +101,9 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         await jetstream.provision(self._js, s)
         self._pool = await db.create_pool(s.database_url, max_size=2)
         self._tokens = tenants.TokenCache(self._pool)
+        self._tokens.on_revoke(self._on_token_revoked)
+        await self._tokens.listen(self._nc)
+        self._limits = limits.LimitCache(self._pool)
         self._kv = await self._js.key_value(Bucket.WORKERS.value)
         self._consumer = BatchConsumer(
             self._js, stream=Stream.DSP, durable=f"dispatcher-{self.dispatcher_id}",
@@ -110,6 +122,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         self.port = self._server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
         await self._server.start()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="dispatcher-heartbeat")
+        self._auth_watch = asyncio.create_task(self._auth_loop(), name="dispatcher-auth")
         log.info("dispatcher %s listening on %s:%d", self.dispatcher_id, s.grpc_host, self.port)
 
     async def refresh_metrics(self) -> None:
@@ -132,10 +145,13 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             await self._events.put(("", "", []))  # sentinel: all queued before it gets published
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._publisher, PUBLISH_RETRY_S)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._auth_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._tokens is not None:
+            await self._tokens.close()
         if self._pool is not None:
             await self._pool.close()
         if self._nc is not None:
@@ -148,7 +164,8 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         request_iterator: AsyncIterator[pb.WorkerMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.DispatcherMessage]:
-        tenant = await self._authenticate(context)
+        token, principal = await self._authenticate(context)
+        tenant = principal.tenant
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("msg") != "register":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be register")
@@ -158,6 +175,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         worker_id = reg.worker_id or uuid.uuid4().hex
+        await self._admit(context, tenant, worker_id, reg.slots)
         info = WorkerInfo(
             worker_id=worker_id, tenant=tenant, name=reg.name, dispatcher_id=self.dispatcher_id,
             actions=list(reg.actions), slots=reg.slots, labels=dict(reg.labels),
@@ -170,6 +188,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         if previous is not None:
             previous.closed.set()
         self.conns[worker_id] = conn
+        self._principals[conn] = (token, principal)
         await self._put_entry(conn)
         log.info("worker connected", extra={"tenant": tenant, "worker_id": worker_id, "worker_name": reg.name})
         yield pb.DispatcherMessage(
@@ -193,19 +212,88 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            self._principals.pop(conn, None)
+            lost = self._auth_lost.pop(conn, None)
             await self._drop(conn)
+        if lost is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, lost)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
+    # auth ---------------------------------------------------------------------------
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> tuple[str, Principal]:
+        """The caller's live token with the `worker` scope, or the call is aborted."""
         assert self._tokens is not None
         token = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                token = value[7:]
-        tenant = await self._tokens.tenant(token) if token else None
-        if tenant is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
-        assert tenant is not None
-        return tenant
+                token = value[7:].strip()
+        principal = await self._tokens.principal(token) if token else None
+        if principal is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "missing, unknown, revoked or expired token"
+            )
+        assert principal is not None
+        if not principal.allows(Scope.WORKER):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "this token lacks the 'worker' scope"
+            )
+        return token, principal
+
+    async def _admit(
+        self, context: grpc.aio.ServicerContext, tenant: str, worker_id: str, slots: int
+    ) -> None:
+        """RESOURCE_EXHAUSTED when this worker would take the tenant over its workers or
+        slots limit (counted across every dispatcher, from the workers registry)."""
+        assert self._limits is not None and self._kv is not None
+        current = await self._limits.get(tenant)
+        if current.workers is None and current.slots is None:
+            return
+        workers, used = await limits.worker_usage(self._kv, tenant, exclude=worker_id)
+        over: tuple[limits.Limit, int, int] | None = None
+        if current.workers is not None and workers + 1 > current.workers:
+            over = (limits.Limit.WORKERS, current.workers, workers)
+        elif current.slots is not None and used + slots > current.slots:
+            over = (limits.Limit.SLOTS, current.slots, used)
+        if over is None:
+            return
+        limit, value, usage = over
+        context.set_trailing_metadata((
+            ("ratchet-limit", limit.value), ("ratchet-limit-value", str(value)),
+            ("ratchet-limit-usage", str(usage)), ("retry-after", "5"),
+        ))
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"over {limit.value}={value} (in use: {usage}; this worker asks for "
+            f"{1 if limit is limits.Limit.WORKERS else slots})",
+        )
+
+    def _end_unauthenticated(self, conn: WorkerConn, reason: str) -> None:
+        if conn not in self._auth_lost:
+            log.info("worker %s disconnected: %s", conn.info.worker_id, reason,
+                     extra={"tenant": conn.info.tenant, "worker_id": conn.info.worker_id})
+        self._auth_lost[conn] = reason
+        conn.closed.set()
+
+    async def _on_token_revoked(self, token_id: str) -> None:
+        for conn, (_, principal) in list(self._principals.items()):
+            if principal.token_id == token_id:
+                self._end_unauthenticated(conn, "token revoked")
+
+    async def _auth_loop(self) -> None:
+        """End the streams of workers whose token expired or was revoked meanwhile."""
+        assert self._tokens is not None
+        while not self._stopping.is_set():
+            await asyncio.sleep(AUTH_RECHECK_S)
+            for conn, (token, principal) in list(self._principals.items()):
+                if principal.expired():
+                    self._end_unauthenticated(conn, "token expired")
+                    continue
+                try:
+                    live = await self._tokens.principal(token)
+                except Exception as exc:  # PostgreSQL away: keep the worker, try again
+                    log.warning("token re-check failed: %r", exc)
+                    break
+                if live is None:
+                    self._end_unauthenticated(conn, "token revoked or expired")
 
     async def _read_worker(
         self, conn: WorkerConn, request_iterator: AsyncIterator[pb.WorkerMessage]

@@ -108,6 +108,11 @@ class Run:
     admitted: bool = False  # holds its workflow-level keys (or has none)
     sticky_worker: str | None = None  # first worker a task of a sticky run went to
     draining: bool = False  # terminal, but attempts still winding down on workers
+    # A child run's parent (engine/_children.py); a top-level run has none and depth 0.
+    parent_run_id: str | None = None
+    parent_task_id: str | None = None
+    parent_task: str | None = None
+    depth: int = 0
 
     def main_tasks(self) -> list[Task]:
         return [t for t in self.tasks.values() if t.role == "task"]

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -33,6 +33,8 @@ from libs.common.messages import (
     REPORT_DECODER,
     WORKER_INFO_DECODER,
     CancelRun,
+    CancelRuns,
+    Command,
     ReplayRun,
     TaskReport,
     TriggerRun,
@@ -184,11 +186,19 @@ class SchedulerService(Service):
             except (msgspec.DecodeError, IndexError) as exc:
                 rejected.append((msg, f"undecodable: {exc}"))
                 continue
-            cmds = cmd.runs if isinstance(cmd, TriggerRuns) else [cmd]
+            cmds: Sequence[Command]
+            if isinstance(cmd, TriggerRuns):
+                cmds = cmd.runs
+            elif isinstance(cmd, CancelRuns):  # a cancelled parent's children
+                cmds = cmd.each()
+            else:
+                cmds = [cmd]
             items.extend((tenant, c) for c in cmds)
             # An API trigger carries a fresh random run id and a re-sent publish keeps its
             # msg-id (the stream drops it), so on its first delivery its run cannot exist yet:
             # the existence check, a PostgreSQL round trip on the trigger's path, is skipped.
+            # Not for a child: its id is derived from its parent task and a retried parent
+            # triggers it again, so the API sends it with source "child" and it is checked.
             if msg.metadata.num_delivered == 1:
                 self._fresh_runs.update(
                     c.run_id for c in cmds if isinstance(c, TriggerRun) and c.source == "api"
@@ -320,10 +330,14 @@ class SchedulerService(Service):
         version_ids: set[str] = set()
         keys: list[tuple[str, str]] = []
         replays: list[tuple[str, str]] = []
+        parents: list[tuple[str, str]] = []  # of child triggers (engine/_children.py)
         for work in works:
             for tenant, msg in work.items:
                 if isinstance(msg, TriggerRun):
                     version_ids.add(msg.version_id)
+                    parent = self.engine.parent_to_look_up(tenant, msg)
+                    if parent is not None:
+                        parents.append(parent)
                     if msg.run_id in self._fresh_runs:
                         self._fresh_runs.discard(msg.run_id)
                     elif msg.run_id not in self.engine.runs:
@@ -332,6 +346,7 @@ class SchedulerService(Service):
                     replays.append((tenant, msg.run_id))
         specs = await self._specs.get_many(conn, version_ids) if version_ids else {}
         existing = await store.existing_runs(conn, keys)
+        self.engine.note_parent_statuses(await store.run_statuses(conn, parents))
         for tenant, run_id in replays:
             for run in await store.load_runs(conn, self._specs, "tenant_id = $1 AND id = $2", tenant, run_id):
                 if run.status in RUN_TERMINAL:

@@ -66,13 +66,17 @@ _FLUSH = f"""
 WITH
 run_rows AS (
     INSERT INTO runs (tenant_id, id, workflow, version_id, status, priority, input, metadata,
-                      additional, source, generation, created_at, finished_at, traceparent)
-    SELECT t, i, w, v, s, p, inp, md::jsonb, a, src, g, {_MS.format("c")}, {_MS.format("f")}, tp
+                      additional, source, generation, created_at, finished_at, traceparent,
+                      parent_run_id, parent_task_id, parent_task, depth)
+    SELECT t, i, w, v, s, p, inp, md::jsonb, a, src, g, {_MS.format("c")}, {_MS.format("f")}, tp,
+           pr, pt, pn, dp
     FROM unnest($1::text::text[], $2::text::text[], $3::text::text[], $4::text::text[],
                 $5::text::text[], $6::text::smallint[], $7::bytea[], $8::text::text[],
                 $9::bytea[], $10::text::text[], $11::text::int[], $12::text::int8[],
-                $13::text::int8[], $14::text::text[])
-         AS x(t, i, w, v, s, p, inp, md, a, src, g, c, f, tp)
+                $13::text::int8[], $14::text::text[],
+                -- a child run's parent (migration 030): numbered last, after the outbox's
+                $55::text::text[], $56::text::text[], $57::text::text[], $58::text::smallint[])
+         AS x(t, i, w, v, s, p, inp, md, a, src, g, c, f, tp, pr, pt, pn, dp)
     ON CONFLICT (tenant_id, id) DO UPDATE SET
         status = EXCLUDED.status, generation = EXCLUDED.generation,
         finished_at = EXCLUDED.finished_at
@@ -186,6 +190,10 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
         )
         for r in fx.runs.values()
     ]
+    # In run_rows' order; parameters $55.. so the columns above keep their numbers.
+    parent_rows = [
+        (r.parent_run_id, r.parent_task_id, r.parent_task, r.depth) for r in fx.runs.values()
+    ]
     task_rows = [
         (
             t.tenant, t.id, t.run_id, t.name, t.action, t.status.value, t.attempt,
@@ -229,6 +237,7 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
         *_cols(due, "tttii"),
         *_cols(outbox, "ttb"),
         texts(published),
+        *_cols(parent_rows, "ttti"),
     )
 
 
@@ -250,13 +259,26 @@ async def existing_runs(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -
     return {row["id"] for row in rows}
 
 
+async def run_statuses(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> dict[str, str]:
+    """Run id → status of the (tenant, run id) pairs that exist."""
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        "SELECT r.id, r.status FROM runs r JOIN unnest($1::text[], $2::text[]) AS x(t, i)"
+        " ON r.tenant_id = x.t AND r.id = x.i",
+        [k[0] for k in keys], [k[1] for k in keys],
+    )
+    return {row["id"]: row["status"] for row in rows}
+
+
 async def load_runs(
     conn: asyncpg.Connection, specs: SpecCache, where: str, *args: object
 ) -> list[Run]:
     """Rebuild runs (and their tasks) selected by `where` over the runs table."""
     run_rows = await conn.fetch(
         "SELECT tenant_id, id, workflow, version_id, status, priority, input, metadata::text"
-        " AS metadata, additional, source, generation, created_at, finished_at, traceparent"
+        " AS metadata, additional, source, generation, created_at, finished_at, traceparent,"
+        " parent_run_id, parent_task_id, parent_task, depth"
         f" FROM runs WHERE {where}",
         *args,
     )
@@ -277,6 +299,8 @@ async def load_runs(
             additional=_ADDITIONAL.decode(row["additional"]) if row["additional"] else {},
             source=row["source"], generation=row["generation"],
             finished_ms=ms(row["finished_at"]), traceparent=row["traceparent"],
+            parent_run_id=row["parent_run_id"], parent_task_id=row["parent_task_id"],
+            parent_task=row["parent_task"], depth=row["depth"],
         )
         build_run(run)
         runs[(run.tenant, run.id)] = run

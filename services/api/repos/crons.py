@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 import asyncpg
 
+from libs.common import audit
+from libs.common.audit import AuditEntry
 from services.api.repos.errors import Conflict
 
 _COLUMNS = (
@@ -50,15 +52,19 @@ class CronRepo:
     async def create(
         self, tenant: str, cron_id: str, workflow: str, name: str, expression: str,
         input_json: str, metadata_json: str, next_due_at: datetime,
+        entry: AuditEntry | None = None,
     ) -> asyncpg.Record:
         try:
-            row: asyncpg.Record = await self._pool.fetchrow(
-                "INSERT INTO crons (tenant_id, id, workflow, name, expression, input, metadata,"
-                " origin, next_due_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, 'api',"
-                f" $8) RETURNING {_COLUMNS}",
-                tenant, cron_id, workflow, name, expression, input_json, metadata_json,
-                next_due_at,
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                row: asyncpg.Record = await conn.fetchrow(
+                    "INSERT INTO crons (tenant_id, id, workflow, name, expression, input,"
+                    " metadata, origin, next_due_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb,"
+                    f" $7::jsonb, 'api', $8) RETURNING {_COLUMNS}",
+                    tenant, cron_id, workflow, name, expression, input_json, metadata_json,
+                    next_due_at,
+                )
+                if entry is not None:
+                    await audit.record(conn, entry)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(f"workflow {workflow!r} already has a cron named {name!r}") from exc
         return row
@@ -79,7 +85,10 @@ class CronRepo:
         )
         return row
 
-    async def delete(self, tenant: str, cron_id: str) -> None:
-        await self._pool.execute(
-            "DELETE FROM crons WHERE tenant_id = $1 AND id = $2", tenant, cron_id
-        )
+    async def delete(self, tenant: str, cron_id: str, entry: AuditEntry | None = None) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM crons WHERE tenant_id = $1 AND id = $2", tenant, cron_id
+            )
+            if entry is not None:
+                await audit.record(conn, entry)

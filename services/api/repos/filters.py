@@ -7,6 +7,9 @@ from typing import NamedTuple
 
 import asyncpg
 
+from libs.common import audit
+from libs.common.audit import AuditEntry
+
 _COLUMNS = "id, workflow, scope, expression, payload::text AS payload, created_at, updated_at"
 
 
@@ -21,13 +24,18 @@ class FilterRepo:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def create(self, tenant: str, filter_id: str, fields: FilterFields) -> asyncpg.Record:
-        row: asyncpg.Record = await self._pool.fetchrow(
-            "INSERT INTO filters (tenant_id, id, workflow, scope, expression, payload)"
-            f" VALUES ($1, $2, $3, $4, $5, $6::jsonb) RETURNING {_COLUMNS}",
-            tenant, filter_id, fields.workflow, fields.scope, fields.expression,
-            fields.payload_json,
-        )
+    async def create(
+        self, tenant: str, filter_id: str, fields: FilterFields, entry: AuditEntry | None = None
+    ) -> asyncpg.Record:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row: asyncpg.Record = await conn.fetchrow(
+                "INSERT INTO filters (tenant_id, id, workflow, scope, expression, payload)"
+                f" VALUES ($1, $2, $3, $4, $5, $6::jsonb) RETURNING {_COLUMNS}",
+                tenant, filter_id, fields.workflow, fields.scope, fields.expression,
+                fields.payload_json,
+            )
+            if entry is not None:
+                await audit.record(conn, entry)
         return row
 
     async def list_filters(
@@ -47,7 +55,8 @@ class FilterRepo:
         return row
 
     async def update(
-        self, tenant: str, filter_id: str, change: Callable[[asyncpg.Record], FilterFields]
+        self, tenant: str, filter_id: str, change: Callable[[asyncpg.Record], FilterFields],
+        entry: AuditEntry | None = None,
     ) -> asyncpg.Record | None:
         """Apply `change` to the locked current row and store its result; None when missing.
 
@@ -68,11 +77,18 @@ class FilterRepo:
                 tenant, filter_id, fields.workflow, fields.scope, fields.expression,
                 fields.payload_json,
             )
+            if entry is not None:
+                await audit.record(conn, entry)
         return row
 
-    async def delete(self, tenant: str, filter_id: str) -> bool:
-        deleted = await self._pool.fetchval(
-            "DELETE FROM filters WHERE tenant_id = $1 AND id = $2 RETURNING true",
-            tenant, filter_id,
-        )
+    async def delete(
+        self, tenant: str, filter_id: str, entry: AuditEntry | None = None
+    ) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            deleted = await conn.fetchval(
+                "DELETE FROM filters WHERE tenant_id = $1 AND id = $2 RETURNING true",
+                tenant, filter_id,
+            )
+            if deleted and entry is not None:
+                await audit.record(conn, entry)
         return bool(deleted)

@@ -6,6 +6,9 @@ from collections.abc import Iterable
 
 import asyncpg
 
+from libs.common import audit
+from libs.common.audit import AuditEntry
+
 _COLUMNS = "key, limit_units, per, burst, updated_at"
 
 
@@ -28,15 +31,19 @@ class RateLimitRepo:
         self._pool = pool
 
     async def put(
-        self, tenant: str, key: str, limit: int, per: str, burst: int | None
+        self, tenant: str, key: str, limit: int, per: str, burst: int | None,
+        entry: AuditEntry | None = None,
     ) -> asyncpg.Record:
-        row: asyncpg.Record = await self._pool.fetchrow(
-            "INSERT INTO rate_limits (tenant_id, key, limit_units, per, burst) VALUES"
-            " ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO UPDATE SET"
-            " limit_units = EXCLUDED.limit_units, per = EXCLUDED.per, burst = EXCLUDED.burst,"
-            f" updated_at = clock_timestamp() RETURNING {_COLUMNS}",
-            tenant, key, limit, per, burst,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            row: asyncpg.Record = await conn.fetchrow(
+                "INSERT INTO rate_limits (tenant_id, key, limit_units, per, burst) VALUES"
+                " ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO UPDATE SET"
+                " limit_units = EXCLUDED.limit_units, per = EXCLUDED.per,"
+                f" burst = EXCLUDED.burst, updated_at = clock_timestamp() RETURNING {_COLUMNS}",
+                tenant, key, limit, per, burst,
+            )
+            if entry is not None:
+                await audit.record(conn, entry)
         return row
 
     async def list_limits(self, tenant: str) -> list[asyncpg.Record]:

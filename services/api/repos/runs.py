@@ -22,7 +22,8 @@ class RunRepo:
         async with self._pool.acquire() as conn:
             run = await conn.fetchrow(
                 "SELECT id, workflow, version_id, status, priority, input,"
-                " metadata::text AS metadata, created_at, finished_at"
+                " metadata::text AS metadata, created_at, finished_at,"
+                " parent_run_id, parent_task, depth"
                 " FROM runs WHERE tenant_id = $1 AND id = $2",
                 tenant, run_id,
             )
@@ -44,15 +45,80 @@ class RunRepo:
         return RunRecords(run, tasks, attempts)
 
     async def list_runs(
-        self, tenant: str, status: str | None, workflow: str | None, limit: int
+        self, tenant: str, status: str | None, workflow: str | None, limit: int,
+        parent_run_id: str | None = None,
     ) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self._pool.fetch(
-            "SELECT id, workflow, status, created_at, finished_at FROM runs WHERE tenant_id = $1"
+            "SELECT id, workflow, status, created_at, finished_at, parent_run_id FROM runs"
+            " WHERE tenant_id = $1"
             " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR workflow = $3)"
+            " AND ($5::text IS NULL OR parent_run_id = $5)"
             " ORDER BY created_at DESC LIMIT $4",
-            tenant, status, workflow, limit,
+            tenant, status, workflow, limit, parent_run_id,
         )
         return rows
+
+    # child runs (docs/children.md) ------------------------------------------------------
+    async def children(
+        self, tenant: str, run_id: str, limit: int
+    ) -> tuple[list[asyncpg.Record], int]:
+        """The run's first `limit` children in spawn order, and how many it has in all."""
+        async with self._pool.acquire() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(
+                "SELECT id, workflow, status, parent_task, created_at FROM runs"
+                " WHERE tenant_id = $1 AND parent_run_id = $2 ORDER BY created_at, id LIMIT $3",
+                tenant, run_id, limit,
+            )
+            if len(rows) < limit:
+                return rows, len(rows)
+            count = await conn.fetchval(
+                "SELECT count(*) FROM runs WHERE tenant_id = $1 AND parent_run_id = $2",
+                tenant, run_id,
+            )
+        return rows, int(count)
+
+    async def parent_task(
+        self, tenant: str, run_id: str, task_id: str
+    ) -> tuple[int, str, str] | None:
+        """(depth, task name, run status) of a task of one of the tenant's runs; None if the
+        run has no such task."""
+        row = await self._pool.fetchrow(
+            "SELECT r.depth, t.name, r.status FROM runs r JOIN tasks t"
+            " ON t.tenant_id = r.tenant_id AND t.run_id = r.id"
+            " WHERE r.tenant_id = $1 AND r.id = $2 AND t.id = $3",
+            tenant, run_id, task_id,
+        )
+        return None if row is None else (int(row["depth"]), str(row["name"]), str(row["status"]))
+
+    async def results(
+        self, tenant: str, run_ids: list[str], terminal: list[str]
+    ) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        """Of these runs, those whose status is in `terminal`, and their tasks with the
+        output and, for a task that did not succeed, the last error of its attempts."""
+        async with self._pool.acquire() as conn:
+            runs: list[asyncpg.Record] = await conn.fetch(
+                "SELECT id, status FROM runs"
+                " WHERE tenant_id = $1 AND id = ANY($2::text[]) AND status = ANY($3::text[])",
+                tenant, run_ids, terminal,
+            )
+            if not runs:
+                return runs, []
+            tasks: list[asyncpg.Record] = await conn.fetch(
+                "SELECT t.run_id, t.name, t.status, t.output, e.error FROM tasks t"
+                " LEFT JOIN LATERAL (SELECT a.error::text AS error FROM task_attempts a"
+                "  WHERE a.tenant_id = t.tenant_id AND a.task_id = t.id AND a.error IS NOT NULL"
+                "  AND t.status <> 'SUCCEEDED' ORDER BY a.attempt DESC LIMIT 1) e ON true"
+                " WHERE t.tenant_id = $1 AND t.run_id = ANY($2::text[])",
+                tenant, [r["id"] for r in runs],
+            )
+        return runs, tasks
+
+    async def existing(self, tenant: str, run_ids: list[str]) -> set[str]:
+        """Which of these run ids the tenant already has."""
+        rows = await self._pool.fetch(
+            "SELECT id FROM runs WHERE tenant_id = $1 AND id = ANY($2::text[])", tenant, run_ids
+        )
+        return {str(r["id"]) for r in rows}
 
     async def status(self, tenant: str, run_id: str) -> str | None:
         status = await self._pool.fetchval(

@@ -28,7 +28,8 @@ from typing import NamedTuple
 import asyncpg
 import msgspec
 
-from libs.common import specs
+from libs.common import audit, specs
+from libs.common.audit import AuditEntry
 from libs.common.specs import WorkflowSpec
 from services.api.repos.crons import WorkflowCron, sync_workflow_crons
 from services.api.repos.errors import Invalid, NotFound
@@ -175,7 +176,8 @@ class WorkflowRepo:
         return Registered(version_id, digest, created, is_current)
 
     async def make_current(
-        self, tenant: str, name: str, version_id: str, crons_for: CronsFor
+        self, tenant: str, name: str, version_id: str, crons_for: CronsFor,
+        entry: AuditEntry | None = None,
     ) -> VersionInfo:
         """Point the workflow at one of its versions (a rollback, or a roll forward) and sync
         the crons that version declares. Runs already started keep their version."""
@@ -190,6 +192,8 @@ class WorkflowRepo:
                 tenant, name, version_id,
             )
             await sync_workflow_crons(conn, tenant, name, crons_for(spec))
+            if entry is not None:
+                await audit.record(conn, entry)
         self._remember(tenant, name, version_id, row["spec"])
         return VersionInfo(row["id"], row["hash"], row["created_at"], True)
 

@@ -13,7 +13,8 @@ import msgspec
 from litestar import Controller, get
 from litestar.exceptions import ClientException
 
-from services.api.auth import Api, Tenant
+from libs.common.tenants import Scope
+from services.api.auth import Api, Tenant, requires
 
 DEFAULT_RANGE = timedelta(hours=1)
 MAX_RANGE = timedelta(days=31)
@@ -101,6 +102,7 @@ class AnalyticsController(Controller):
 
     path = "/analytics"
     tags = ["analytics"]
+    guards = [requires(Scope.READ)]
 
     @get("/runs")
     async def run_counts(

@@ -22,8 +22,10 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from libs.common.cronexpr import cron_problem, next_tick
 from libs.common.specs import WorkflowSpec
-from services.api.auth import Api, Tenant
+from libs.common.tenants import Scope
+from services.api.auth import Api, Caller, Tenant, requires
 from services.api.repos.crons import WorkflowCron
+from services.api.routes.tokens import audit_entry
 from services.api.state import ApiState
 
 log = logging.getLogger(__name__)
@@ -103,9 +105,10 @@ async def _checked_input(api: ApiState, tenant: str, workflow: str, value: Any) 
 class CronController(Controller):
     path = "/crons"
     tags = ["crons"]
+    guards = [requires(Scope.READ)]
 
-    @post("/", status_code=HTTP_201_CREATED)
-    async def create(self, data: CronIn, tenant: Tenant, api: Api) -> CronView:
+    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)])
+    async def create(self, data: CronIn, tenant: Tenant, api: Api, caller: Caller) -> CronView:
         """Run a workflow on a cron schedule (UTC; 5 fields, or 6 with seconds first)."""
         problem = cron_problem(data.expression)
         if problem:
@@ -115,6 +118,8 @@ class CronController(Controller):
         row = await api.crons.create(
             tenant, cron_id, data.workflow, data.name or cron_id, data.expression, input_json,
             _JSON.encode(data.metadata).decode(), next_tick(data.expression, datetime.now(UTC)),
+            audit_entry(caller, "cron.create", cron_id,
+                        {"workflow": data.workflow, "expression": data.expression}),
         )
         return _cron_view(row)
 
@@ -132,21 +137,22 @@ class CronController(Controller):
             raise NotFoundException(f"cron {cron_id!r} not found")
         return _cron_view(row)
 
-    @delete("/{cron_id:str}", status_code=HTTP_204_NO_CONTENT)
-    async def delete_cron(self, cron_id: str, tenant: Tenant, api: Api) -> None:
+    @delete("/{cron_id:str}", status_code=HTTP_204_NO_CONTENT, guards=[requires(Scope.WRITE)])
+    async def delete_cron(self, cron_id: str, tenant: Tenant, api: Api, caller: Caller) -> None:
         row = await api.crons.get(tenant, cron_id)
         if row is None:
             raise NotFoundException(f"cron {cron_id!r} not found")
         if row["origin"] == "workflow":
             raise ClientException("this cron comes from the workflow's on_crons; change the workflow")
-        await api.crons.delete(tenant, cron_id)
+        await api.crons.delete(tenant, cron_id, audit_entry(caller, "cron.delete", cron_id))
 
 
 class ScheduledController(Controller):
     path = "/scheduled"
     tags = ["scheduled"]
+    guards = [requires(Scope.READ)]
 
-    @post("/", status_code=HTTP_201_CREATED)
+    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)])
     async def create(self, data: ScheduledIn, tenant: Tenant, api: Api) -> ScheduledView:
         """Run a workflow once at `run_at` (timezone-aware ISO-8601; a past time runs now)."""
         if data.run_at.tzinfo is None:
@@ -173,7 +179,7 @@ class ScheduledController(Controller):
             raise NotFoundException(f"scheduled run {scheduled_id!r} not found")
         return _scheduled_view(row)
 
-    @delete("/{scheduled_id:str}", status_code=HTTP_204_NO_CONTENT)
+    @delete("/{scheduled_id:str}", status_code=HTTP_204_NO_CONTENT, guards=[requires(Scope.WRITE)])
     async def delete_scheduled(self, scheduled_id: str, tenant: Tenant, api: Api) -> None:
         """Cancel a scheduled run that has not fired yet (a fired one is just forgotten)."""
         if not await api.scheduled.delete(tenant, scheduled_id):

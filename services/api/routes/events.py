@@ -20,7 +20,9 @@ from libs.common import events as evt
 from libs.common import jetstream, subjects
 from libs.common.jetstream import Outgoing
 from libs.common.subjects import Header
-from services.api.auth import Api, Tenant
+from libs.common.tenants import Scope
+from services.api.auth import Api, Tenant, requires
+from services.api.routes.limits import admit_events
 
 MAX_BULK = 1000
 _JSON = msgspec.json.Encoder()
@@ -69,11 +71,13 @@ def event_message(tenant: str, event: EventIn) -> Outgoing:
 class EventController(Controller):
     path = "/events"
     tags = ["events"]
+    guards = [requires(Scope.WRITE)]
 
     @post("/", status_code=HTTP_202_ACCEPTED)
     async def push(self, data: EventIn, tenant: Tenant, api: Api) -> EventAccepted:
         """Publish one event. Runs start asynchronously for workflows listening to its key."""
         out = event_message(tenant, data)
+        await admit_events(api, tenant, 1)
         await jetstream.publish_one(api.js, out)
         return EventAccepted(event_id=out.headers[Header.EVENT_ID.value], key=data.key)
 
@@ -83,5 +87,6 @@ class EventController(Controller):
         if not 1 <= len(data.events) <= MAX_BULK:
             raise ClientException(f"events must hold 1 to {MAX_BULK} items")
         outs = [event_message(tenant, e) for e in data.events]
+        await admit_events(api, tenant, len(outs))
         await jetstream.publish_batch(api.js, outs)
         return BulkEventsAccepted(event_ids=[o.headers[Header.EVENT_ID.value] for o in outs])

@@ -20,8 +20,10 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from libs.common import events as evt
 from libs.common import subjects
 from libs.common.cel import CelError, compile_filter
-from services.api.auth import Api, Tenant
+from libs.common.tenants import Scope
+from services.api.auth import Api, Caller, Tenant, requires
 from services.api.repos.filters import FilterFields
+from services.api.routes.tokens import audit_entry
 from services.api.state import ApiState
 
 log = logging.getLogger(__name__)
@@ -97,13 +99,16 @@ def _payload_json(payload: Any) -> str | None:
 class FilterController(Controller):
     path = "/filters"
     tags = ["filters"]
+    guards = [requires(Scope.READ)]
 
-    @post("/", status_code=HTTP_201_CREATED)
-    async def create(self, data: FilterIn, tenant: Tenant, api: Api) -> FilterView:
+    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)])
+    async def create(self, data: FilterIn, tenant: Tenant, api: Api, caller: Caller) -> FilterView:
         """Create a filter. The expression sees `input`, `payload`, `metadata`, `event_key`."""
         _check(data.workflow, data.expression, data.scope)
         fields = FilterFields(data.workflow, data.scope, data.expression, _payload_json(data.payload))
-        row = await api.filters.create(tenant, "flt_" + uuid.uuid4().hex, fields)
+        filter_id = "flt_" + uuid.uuid4().hex
+        entry = audit_entry(caller, "filter.create", filter_id, {"workflow": data.workflow})
+        row = await api.filters.create(tenant, filter_id, fields, entry)
         await notify_matcher(api, tenant)
         return _view(row)
 
@@ -121,9 +126,9 @@ class FilterController(Controller):
             raise NotFoundException(f"filter {filter_id!r} not found")
         return _view(row)
 
-    @patch("/{filter_id:str}")
+    @patch("/{filter_id:str}", guards=[requires(Scope.WRITE)])
     async def update(
-        self, filter_id: str, data: FilterPatch, tenant: Tenant, api: Api
+        self, filter_id: str, data: FilterPatch, tenant: Tenant, api: Api, caller: Caller
     ) -> FilterView:
         """Change some fields of a filter; the new expression is compiled first."""
 
@@ -138,14 +143,16 @@ class FilterController(Controller):
             _check(workflow, expression, scope)
             return FilterFields(workflow, scope, expression, _payload_json(payload))
 
-        row = await api.filters.update(tenant, filter_id, change)
+        entry = audit_entry(caller, "filter.update", filter_id)
+        row = await api.filters.update(tenant, filter_id, change, entry)
         if row is None:
             raise NotFoundException(f"filter {filter_id!r} not found")
         await notify_matcher(api, tenant)
         return _view(row)
 
-    @delete("/{filter_id:str}", status_code=HTTP_204_NO_CONTENT)
-    async def delete_filter(self, filter_id: str, tenant: Tenant, api: Api) -> None:
-        if not await api.filters.delete(tenant, filter_id):
+    @delete("/{filter_id:str}", status_code=HTTP_204_NO_CONTENT, guards=[requires(Scope.WRITE)])
+    async def delete_filter(self, filter_id: str, tenant: Tenant, api: Api, caller: Caller) -> None:
+        entry = audit_entry(caller, "filter.delete", filter_id)
+        if not await api.filters.delete(tenant, filter_id, entry):
             raise NotFoundException(f"filter {filter_id!r} not found")
         await notify_matcher(api, tenant)

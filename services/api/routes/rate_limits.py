@@ -18,7 +18,9 @@ from litestar.exceptions import ClientException, NotFoundException
 
 from libs.common import specs
 from libs.common.cel import check_expression
-from services.api.auth import Api, Tenant
+from libs.common.tenants import Scope
+from services.api.auth import Api, Caller, Tenant, requires
+from services.api.routes.tokens import audit_entry
 
 Per = Literal["second", "minute", "hour"]
 MAX_KEY_CHARS = 256
@@ -42,9 +44,12 @@ class RateLimitView(msgspec.Struct, kw_only=True):
 class RateLimitController(Controller):
     path = "/rate-limits"
     tags = ["rate-limits"]
+    guards = [requires(Scope.READ)]
 
-    @put("/{key:str}")
-    async def put_limit(self, key: str, data: RateLimitIn, tenant: Tenant, api: Api) -> RateLimitView:
+    @put("/{key:str}", guards=[requires(Scope.WRITE)])
+    async def put_limit(
+        self, key: str, data: RateLimitIn, tenant: Tenant, api: Api, caller: Caller
+    ) -> RateLimitView:
         """Create or change a static rate-limit key."""
         if not key or len(key) > MAX_KEY_CHARS:
             raise ClientException(f"key must be 1-{MAX_KEY_CHARS} characters")
@@ -54,7 +59,11 @@ class RateLimitController(Controller):
             raise ClientException("limit must be >= 1")
         if data.burst is not None and data.burst < 1:
             raise ClientException("burst must be >= 1")
-        return _view(await api.rate_limits.put(tenant, key, data.limit, data.per, data.burst))
+        entry = audit_entry(caller, "rate_limit.put", key,
+                            {"limit": data.limit, "per": data.per, "burst": data.burst})
+        return _view(
+            await api.rate_limits.put(tenant, key, data.limit, data.per, data.burst, entry)
+        )
 
     @get("/")
     async def list_limits(self, tenant: Tenant, api: Api) -> list[RateLimitView]:

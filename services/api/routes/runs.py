@@ -11,18 +11,33 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.params import Parameter
-from litestar.status_codes import HTTP_202_ACCEPTED
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from libs.common import jetstream, subjects
 from libs.common.db import HISTORY_DECODER
 from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, ReplayRun, encode
 from libs.common.statuses import RUN_TERMINAL, RunStatus
-from services.api.auth import Api, Tenant
-from services.api.schemas import Accepted, AttemptView, RunEventView, RunSummary, RunView, TaskView
+from libs.common.tenants import Scope
+from services.api.auth import Api, Caller, Tenant, requires
+from services.api.routes.tokens import audit_entry
+from services.api.schemas import (
+    Accepted,
+    AttemptView,
+    ChildView,
+    ResultsRequest,
+    ResultsView,
+    RunEventView,
+    RunResult,
+    RunSummary,
+    RunView,
+    TaskView,
+)
 from services.api.state import ApiState
 
 MAX_WAIT_S = 60.0
+MAX_RESULTS = 1000
+CHILDREN_SHOWN = 100  # children listed in a run view; GET /runs?parent_run_id= has the rest
 RUN_STATUSES = frozenset(s.value for s in RunStatus)
 
 
@@ -70,17 +85,26 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
                 attempts=history,
             )
         )
+    kids, kids_count = await api.runs.children(tenant, run_id, CHILDREN_SHOWN)
     return RunView(
         id=run["id"], workflow=run["workflow"], version_id=run["version_id"],
         status=run["status"], priority=run["priority"], input=_json(bytes(run["input"])),
         metadata=msgspec.json.decode(run["metadata"]), created_at=run["created_at"].isoformat(),
         finished_at=_iso(run["finished_at"]), output=output, tasks=views, errors=errors,
+        parent_run_id=run["parent_run_id"], parent_task=run["parent_task"], depth=run["depth"],
+        children=[
+            ChildView(id=k["id"], workflow=k["workflow"], status=k["status"],
+                      parent_task=k["parent_task"], created_at=k["created_at"].isoformat())
+            for k in kids
+        ],
+        children_count=kids_count,
     )
 
 
 class RunController(Controller):
     path = "/runs"
     tags = ["runs"]
+    guards = [requires(Scope.READ)]
 
     @get("/{run_id:str}")
     async def get_run(
@@ -122,32 +146,67 @@ class RunController(Controller):
         status: str | None = None,
         workflow: str | None = None,
         limit: int = Parameter(default=50, ge=1, le=1000),
+        parent_run_id: str | None = Parameter(
+            default=None, description="only the child runs of this run"
+        ),
     ) -> list[RunSummary]:
         if status is not None and status not in RUN_STATUSES:
             raise ClientException(f"status must be one of {sorted(RUN_STATUSES)}")
-        rows = await api.runs.list_runs(tenant, status, workflow, limit)
+        rows = await api.runs.list_runs(tenant, status, workflow, limit, parent_run_id)
         return [
             RunSummary(
                 id=r["id"], workflow=r["workflow"], status=r["status"],
                 created_at=r["created_at"].isoformat(), finished_at=_iso(r["finished_at"]),
+                parent_run_id=r["parent_run_id"],
             )
             for r in rows
         ]
 
-    @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED)
-    async def cancel(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
+    @post("/results", status_code=HTTP_200_OK, guards=[requires(Scope.READ)])
+    async def results(self, data: ResultsRequest, tenant: Tenant, api: Api) -> ResultsView:
+        """The outcome of those of up to 1,000 runs that have ended. With `wait_s`, waits until
+        at least one has. What an SDK gathering many child runs' results polls, instead of one
+        long-poll per run."""
+        if not 1 <= len(data.run_ids) <= MAX_RESULTS:
+            raise ClientException(f"run_ids must hold 1 to {MAX_RESULTS} ids")
+        wait_s = min(max(data.wait_s, 0.0), MAX_WAIT_S)
+        ids = list(dict.fromkeys(data.run_ids))
+        futs = {rid: api.waiter(rid) for rid in ids} if wait_s > 0 else {}
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            while True:
+                found = await _results(api, tenant, ids)
+                remaining = deadline - loop.time()
+                if found or not futs or remaining <= 0:
+                    return ResultsView(runs=found)
+                # As get_run: wait for an announcement, re-reading now and then.
+                await asyncio.wait(futs.values(), timeout=min(remaining, 1.0),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for rid, fut in list(futs.items()):
+                    if fut.done():
+                        api.forget(rid, fut)
+                        futs[rid] = api.waiter(rid)
+        finally:
+            for rid, fut in futs.items():
+                api.forget(rid, fut)
+
+    @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    async def cancel(self, run_id: str, tenant: Tenant, api: Api, caller: Caller) -> Accepted:
         await _require_run(api, tenant, run_id)
+        await api.audit.record(audit_entry(caller, "run.cancel", run_id))
         msg = CancelRun(run_id=run_id)
         await jetstream.publish_one(
             api.js, Outgoing(subjects.cmd(tenant, "run.cancel"), encode(msg), f"cancel:{run_id}")
         )
         return Accepted(run_id=run_id)
 
-    @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED)
-    async def replay(self, run_id: str, tenant: Tenant, api: Api) -> Accepted:
+    @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    async def replay(self, run_id: str, tenant: Tenant, api: Api, caller: Caller) -> Accepted:
         status = await _require_run(api, tenant, run_id)
         if status not in RUN_TERMINAL:
             raise ClientException(f"run {run_id!r} is {status}; only finished runs replay")
+        await api.audit.record(audit_entry(caller, "run.replay", run_id))
         msg = ReplayRun(run_id=run_id)
         await jetstream.publish_one(
             api.js,
@@ -171,6 +230,18 @@ class RunController(Controller):
                     attempt=event.attempt, detail=event.detail, ts=ts,
                 ))
         return out
+
+
+async def _results(api: ApiState, tenant: str, run_ids: list[str]) -> list[RunResult]:
+    runs, tasks = await api.runs.results(tenant, run_ids, sorted(RUN_TERMINAL))
+    out = {r["id"]: RunResult(id=r["id"], status=r["status"], output={}) for r in runs}
+    for t in tasks:
+        res = out[t["run_id"]]
+        if t["status"] == "SUCCEEDED":
+            res.output[t["name"]] = _json(bytes(t["output"])) if t["output"] is not None else None
+        elif t["status"] in ("FAILED", "TIMED_OUT", "CANCELLED") and t["error"]:
+            res.errors[t["name"]] = msgspec.json.decode(t["error"])
+    return list(out.values())
 
 
 async def _require_run(api: ApiState, tenant: str, run_id: str) -> str:

@@ -18,12 +18,16 @@ from libs.common import jetstream, metrics, specs, subjects, telemetry
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, encode
 from libs.common.subjects import Header
-from services.api.auth import Api, Tenant
+from libs.common.tenants import Scope
+from services.api import children
+from services.api.auth import Api, Caller, Tenant, requires
 from services.api.input_schema import schema_problem
 from services.api.repos.workflows import Version, VersionInfo
 from services.api.routes.crons import workflow_crons
 from services.api.routes.filters import notify_matcher
+from services.api.routes.limits import admit_triggers
 from services.api.routes.rate_limits import check_fairness
+from services.api.routes.tokens import audit_entry
 from services.api.schemas import (
     BulkRunCreated,
     BulkRunRequest,
@@ -66,8 +70,10 @@ TraceParent = Annotated[str | None, HeaderParameter(name="traceparent", required
 class WorkflowController(Controller):
     path = "/workflows"
     tags = ["workflows"]
+    guards = [requires(Scope.READ, Scope.WORKER)]
 
-    @post("/", status_code=HTTP_201_CREATED)
+    # A worker registers the workflows it serves when it starts, so `worker` may too.
+    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE, Scope.WORKER)])
     async def register(self, data: specs.WorkflowSpec, tenant: Tenant, api: Api) -> RegisterResponse:
         """Register a workflow definition. A definition never seen before becomes a new, current
         version; an identical one is the same version and leaves the current one alone."""
@@ -105,34 +111,41 @@ class WorkflowController(Controller):
         """The workflow's versions, newest first; `current` marks the one new runs use."""
         return [_version_view(v) for v in await api.workflows.versions(tenant, name, limit)]
 
-    @post("/{name:str}/rollback", status_code=HTTP_200_OK)
+    @post("/{name:str}/rollback", status_code=HTTP_200_OK, guards=[requires(Scope.WRITE)])
     async def rollback(
-        self, name: str, data: RollbackRequest, tenant: Tenant, api: Api
+        self, name: str, data: RollbackRequest, tenant: Tenant, api: Api, caller: Caller
     ) -> VersionView:
         """Make a version of the workflow current: new runs (API, events, crons) start on it;
         runs already started keep theirs. 404 when the version is not one of this workflow's."""
         version = await api.workflows.make_current(
-            tenant, name, data.version_id, lambda spec: workflow_crons(tenant, spec)
+            tenant, name, data.version_id, lambda spec: workflow_crons(tenant, spec),
+            audit_entry(caller, "workflow.rollback", name, {"version_id": data.version_id}),
         )
         await notify_matcher(api, tenant)
         return _version_view(version)
 
-    @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED)
+    @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
     async def trigger(
-        self, name: str, data: RunRequest, tenant: Tenant, api: Api,
+        self, name: str, data: RunRequest, tenant: Tenant, api: Api, caller: Caller,
         traceparent: TraceParent = None,
     ) -> RunCreated:
         """Start a run on the current version of a workflow, or on `version_id` if given."""
         version = await _version(api, tenant, name, data.version_id)
         trig = _trigger(api, name, version, data)
-        with _trigger_span(tenant, name, traceparent, [trig]):
-            await jetstream.publish_one(api.js, _outgoing(tenant, trig))
-        metrics.API_RUNS_TRIGGERED.inc()
+        if data.parent is not None:  # a child run: it may exist already (a retried parent)
+            await children.adopt_parents(api.runs, api.settings, tenant, [(trig, data.parent)])
+        if await children.not_started(api.runs, tenant, [trig]):
+            await admit_triggers(api, tenant, 1)
+            await api.audit.record(
+                audit_entry(caller, "run.trigger", trig.run_id, {"workflow": name}))
+            with _trigger_span(tenant, name, traceparent, [trig]):
+                await jetstream.publish_one(api.js, _outgoing(tenant, trig))
+            metrics.API_RUNS_TRIGGERED.inc()
         return RunCreated(run_id=trig.run_id, workflow=name, version_id=version.id)
 
-    @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED)
+    @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
     async def trigger_bulk(
-        self, name: str, data: BulkRunRequest, tenant: Tenant, api: Api,
+        self, name: str, data: BulkRunRequest, tenant: Tenant, api: Api, caller: Caller,
         traceparent: TraceParent = None,
     ) -> BulkRunCreated:
         """Start many runs in one request (up to 1,000), published pipelined."""
@@ -143,9 +156,19 @@ class WorkflowController(Controller):
             if req.version_id not in versions:
                 versions[req.version_id] = await _version(api, tenant, name, req.version_id)
         trigs = [_trigger(api, name, versions[r.version_id], r) for r in data.runs]
-        with _trigger_span(tenant, name, traceparent, trigs):
-            await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, trigs))
-        metrics.API_RUNS_TRIGGERED.inc(len(trigs))
+        spawned = [(t, r.parent) for t, r in zip(trigs, data.runs, strict=True) if r.parent]
+        if spawned:
+            await children.adopt_parents(api.runs, api.settings, tenant, spawned)
+        fresh = await children.not_started(api.runs, tenant, trigs)
+        if fresh:
+            await admit_triggers(api, tenant, len(fresh))
+            await api.audit.record(audit_entry(
+                caller, "run.trigger_bulk", name,
+                {"workflow": name, "runs": len(fresh), "run_ids": [t.run_id for t in fresh]},
+            ))
+            with _trigger_span(tenant, name, traceparent, fresh):
+                await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, fresh))
+            metrics.API_RUNS_TRIGGERED.inc(len(fresh))
         return BulkRunCreated(run_ids=[t.run_id for t in trigs])
 
 

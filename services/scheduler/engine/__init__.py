@@ -17,7 +17,8 @@ of the engine's internals); behind it, one module per job:
 - `_durable.py`      durable tasks: the log of their waits, wake-ups, durable slots;
 - `_conditions.py`   DAG conditions (wait_for, skip_if, cancel_if);
 - `_outbox.py`       assignments, cancellations and state transitions to publish;
-- `_history.py`      run history and attempt rows.
+- `_history.py`      run history and attempt rows;
+- `_children.py`     child runs: the parent → children index and the cancel cascade.
 
 A batch: `begin(now_ms)`, then any of the handlers, `fire_timers()`, and `finish()`, which
 returns the batch's Effects for the service to write in one transaction.
@@ -35,6 +36,7 @@ from libs.common.messages import (
 )
 from libs.common.specs import WorkflowSpec
 from services.scheduler.effects import Effects
+from services.scheduler.engine._children import Children
 from services.scheduler.engine._durable import Entry as DurableEntry
 from services.scheduler.engine._machine import StateMachine
 from services.scheduler.engine._recovery import Recovery
@@ -53,6 +55,7 @@ class Engine:
     def __init__(self) -> None:
         self._m = StateMachine()
         self._recovery = Recovery(self._m)
+        self._children = Children(self._m)
 
     # state, read by the service, metrics and tests -----------------------------------
     @property
@@ -94,11 +97,14 @@ class Engine:
 
     def finish(self) -> Effects:
         """Assign free slots, then hand over the batch's effects."""
-        return self._m.finish()
+        fx = self._m.finish()
+        self._children.after_batch(fx)
+        return fx
 
     # loading after a restart (see _recovery.py for the order) -------------------------
     def adopt(self, run: Run) -> None:
         self._recovery.adopt(run)
+        self._children.link(run)
 
     def restore_holder(self, holder: Holder, refs: list[SemRef]) -> None:
         self._recovery.restore_holder(holder, refs)
@@ -128,6 +134,7 @@ class Engine:
     # commands -----------------------------------------------------------------------
     def trigger(self, tenant: str, cmd: TriggerRun, spec: WorkflowSpec) -> None:
         self._m.trigger(tenant, cmd, spec)
+        self._children.triggered(tenant, cmd)
 
     def cancel(self, tenant: str, cmd: CancelRun) -> None:
         self._m.cancel(tenant, cmd)
@@ -138,6 +145,19 @@ class Engine:
     def wait_satisfied(self, tenant: str, cmd: WaitSatisfied) -> None:
         """The matcher saw an event that satisfies a durable wait or a wait_for condition."""
         self._m.durable.satisfied(tenant, cmd)
+
+    # child runs (see _children.py) ----------------------------------------------------
+    def parent_to_look_up(self, tenant: str, cmd: TriggerRun) -> tuple[str, str] | None:
+        """(tenant, parent run id) of a child trigger whose parent is no longer in memory:
+        the service reads its status before the batch (`note_parent_statuses`)."""
+        return self._children.parent_to_look_up(tenant, cmd)
+
+    def note_parent_statuses(self, statuses: dict[str, str]) -> None:
+        self._children.note_parent_statuses(statuses)
+
+    def children_of(self, run_id: str) -> set[str]:
+        """The run's child runs that are still active here."""
+        return self._children.children_of(run_id)
 
     # workers ------------------------------------------------------------------------
     def report(self, tenant: str, rep: TaskReport) -> None:

@@ -110,6 +110,10 @@ class StateMachine:
             additional=dict(cmd.additional),
             source=cmd.source,
             traceparent=cmd.traceparent,
+            parent_run_id=cmd.parent_run_id,
+            parent_task_id=cmd.parent_task_id,
+            parent_task=cmd.parent_task,
+            depth=cmd.depth,
         )
         build_run(run)
         self.runs[run.id] = run

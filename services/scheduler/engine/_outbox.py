@@ -125,5 +125,7 @@ def run_changed(fx: Effects, now_ms: int, run: Run) -> None:
         status=run.status.value,
         ts_ms=now_ms,
         created_ms=run.created_ms,
+        parent_run_id=run.parent_run_id,
+        parent_task_id=run.parent_task_id,
     )
     fx.note_change(run.tenant, msg, f"{run.id}:{run.generation}:{run.status.value}")

@@ -61,6 +61,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * ListAudit
+         * @description Entries at or after `since` (ISO 8601), optionally of one `action` (e.g.
+         *     run.trigger, run.cancel, run.replay, run.trigger_bulk, token.create, token.revoke,
+         *     limits.set, filter.create, filter.update, filter.delete, cron.create, cron.delete,
+         *     workflow.rollback).
+         */
+        get: operations["AuditListAudit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/crons": {
         parameters: {
             query?: never;
@@ -181,6 +204,26 @@ export interface paths {
          * @description Change some fields of a filter; the new expression is compiled first.
          */
         patch: operations["FiltersFilterIdUpdate"];
+        trace?: never;
+    };
+    "/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * GetLimits
+         * @description Every limit of the tenant (null = unlimited) with its current usage.
+         */
+        get: operations["LimitsGetLimits"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/rate-limits": {
@@ -312,6 +355,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/runs/results": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Results
+         * @description The outcome of those of up to 1,000 runs that have ended. With `wait_s`, waits until
+         *     at least one has. What an SDK gathering many child runs' results polls, instead of one
+         *     long-poll per run.
+         */
+        post: operations["RunsResultsResults"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/scheduled": {
         parameters: {
             query?: never;
@@ -349,6 +414,52 @@ export interface paths {
          * @description Cancel a scheduled run that has not fired yet (a fired one is just forgotten).
          */
         delete: operations["ScheduledScheduledIdDeleteScheduled"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * ListTokens
+         * @description The tenant's tokens (never their secrets).
+         */
+        get: operations["TokensListTokens"];
+        put?: never;
+        /**
+         * Create
+         * @description Create a token with `scopes` (admin, write, read, worker). The secret is returned
+         *     in this response only.
+         */
+        post: operations["TokensCreate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tokens/{token_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** GetToken */
+        get: operations["TokensTokenIdGetToken"];
+        put?: never;
+        post?: never;
+        /**
+         * Revoke
+         * @description Revoke a token: within 2 s no API or dispatcher process accepts it.
+         */
+        delete: operations["TokensTokenIdRevoke"];
         options?: never;
         head?: never;
         patch?: never;
@@ -495,6 +606,16 @@ export interface components {
             status: string;
             worker_id: string | null;
         };
+        /** AuditView */
+        AuditView: {
+            action: string;
+            detail: unknown;
+            id: number;
+            target: string | null;
+            token_id: string | null;
+            token_name: string | null;
+            ts: string;
+        };
         /** BulkEventsAccepted */
         BulkEventsAccepted: {
             event_ids: string[];
@@ -510,6 +631,14 @@ export interface components {
         /** BulkRunRequest */
         BulkRunRequest: {
             runs: components["schemas"]["RunRequest"][];
+        };
+        /** ChildView */
+        ChildView: {
+            created_at: string;
+            id: string;
+            parent_task: string | null;
+            status: string;
+            workflow: string;
         };
         /** ConcurrencySpec */
         ConcurrencySpec: {
@@ -608,6 +737,16 @@ export interface components {
             /** @default 1 */
             weight: number;
         };
+        /** LimitsView */
+        LimitsView: {
+            limits: components["schemas"]["LimitUsage"][];
+        };
+        /** LimitUsage */
+        LimitUsage: {
+            limit: number | null;
+            name: string;
+            usage: number | null;
+        };
         /** MinuteThroughput */
         MinuteThroughput: {
             cancelled: number;
@@ -615,6 +754,14 @@ export interface components {
             minute: string;
             succeeded: number;
             timed_out: number;
+        };
+        /** ParentRef */
+        ParentRef: {
+            /** @default 0 */
+            index: number;
+            key?: string | null;
+            run_id: string;
+            task_id: string;
         };
         /** Percentiles */
         Percentiles: {
@@ -659,6 +806,16 @@ export interface components {
             id: string;
             name: string;
         };
+        /** ResultsRequest */
+        ResultsRequest: {
+            run_ids: string[];
+            /** @default 0 */
+            wait_s: number;
+        };
+        /** ResultsView */
+        ResultsView: {
+            runs: components["schemas"]["RunResult"][];
+        };
         /** RollbackRequest */
         RollbackRequest: {
             version_id: string;
@@ -696,20 +853,40 @@ export interface components {
             metadata?: {
                 [key: string]: string;
             };
+            parent?: components["schemas"]["ParentRef"] | null;
             priority?: number | null;
             version_id?: string | null;
+        };
+        /** RunResult */
+        RunResult: {
+            errors?: {
+                [key: string]: {
+                    [key: string]: unknown;
+                };
+            };
+            id: string;
+            output: {
+                [key: string]: unknown;
+            };
+            status: string;
         };
         /** RunSummary */
         RunSummary: {
             created_at: string;
             finished_at: string | null;
             id: string;
+            parent_run_id?: string | null;
             status: string;
             workflow: string;
         };
         /** RunView */
         RunView: {
+            children?: components["schemas"]["ChildView"][];
+            /** @default 0 */
+            children_count: number;
             created_at: string;
+            /** @default 0 */
+            depth: number;
             errors?: {
                 [key: string]: {
                     [key: string]: unknown;
@@ -724,6 +901,8 @@ export interface components {
             output: {
                 [key: string]: unknown;
             };
+            parent_run_id?: string | null;
+            parent_task?: string | null;
             priority: number;
             status: string;
             tasks: components["schemas"]["TaskView"][];
@@ -813,6 +992,29 @@ export interface components {
             minutes: components["schemas"]["MinuteThroughput"][];
             since: string;
             until: string;
+        };
+        /** TokenCreated */
+        TokenCreated: {
+            expires_at: string | null;
+            id: string;
+            name: string;
+            scopes: string[];
+            token: string;
+        };
+        /** TokenIn */
+        TokenIn: {
+            expires_in_s?: number | null;
+            name: string;
+            scopes: string[];
+        };
+        /** TokenView */
+        TokenView: {
+            created_at: string;
+            expires_at: string | null;
+            id: string;
+            name: string;
+            revoked_at: string | null;
+            scopes: string[];
         };
         /** VersionView */
         VersionView: {
@@ -953,6 +1155,45 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Throughput"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    AuditListAudit: {
+        parameters: {
+            query?: {
+                action?: string | null;
+                limit?: number;
+                since?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditView"][];
                 };
             };
             /** @description Bad request syntax or unsupported method */
@@ -1389,6 +1630,26 @@ export interface operations {
             };
         };
     };
+    LimitsGetLimits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LimitsView"];
+                };
+            };
+        };
+    };
     RateLimitsListLimits: {
         parameters: {
             query?: never;
@@ -1491,6 +1752,8 @@ export interface operations {
         parameters: {
             query?: {
                 limit?: number;
+                /** @description only the child runs of this run */
+                parent_run_id?: string | null;
                 status?: string | null;
                 workflow?: string | null;
             };
@@ -1677,6 +1940,45 @@ export interface operations {
             };
         };
     };
+    RunsResultsResults: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ResultsRequest"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ResultsView"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
     ScheduledListScheduled: {
         parameters: {
             query?: {
@@ -1797,6 +2099,154 @@ export interface operations {
             header?: never;
             path: {
                 scheduled_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, nothing follows */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    TokensListTokens: {
+        parameters: {
+            query?: {
+                include_revoked?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenView"][];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    TokensCreate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TokenIn"];
+            };
+        };
+        responses: {
+            /** @description Document created, URL follows */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenCreated"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    TokensTokenIdGetToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenView"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    TokensTokenIdRevoke: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                token_id: string;
             };
             cookie?: never;
         };

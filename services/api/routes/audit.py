@@ -1,0 +1,48 @@
+"""The audit log (`admin` scope): who did what, when, to what; newest first."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, get
+from litestar.params import Parameter
+
+from libs.common.tenants import Scope
+from services.api.auth import Api, Tenant, requires
+
+
+class AuditView(msgspec.Struct, kw_only=True):
+    id: int
+    ts: str
+    token_id: str | None
+    token_name: str | None
+    action: str
+    target: str | None
+    detail: Any
+
+
+class AuditController(Controller):
+    path = "/audit"
+    tags = ["audit"]
+    guards = [requires(Scope.ADMIN)]
+
+    @get("/")
+    async def list_audit(
+        self, tenant: Tenant, api: Api, since: datetime | None = None,
+        action: str | None = None, limit: int = Parameter(default=100, ge=1, le=10_000),
+    ) -> list[AuditView]:
+        """Entries at or after `since` (ISO 8601), optionally of one `action` (e.g.
+        run.trigger, run.cancel, run.replay, run.trigger_bulk, token.create, token.revoke,
+        limits.set, filter.create, filter.update, filter.delete, cron.create, cron.delete,
+        workflow.rollback)."""
+        rows = await api.audit.list_entries(tenant, since, action, limit)
+        return [
+            AuditView(
+                id=r["id"], ts=r["ts"].isoformat(), token_id=r["token_id"],
+                token_name=r["token_name"], action=r["action"], target=r["target"],
+                detail=msgspec.json.decode(r["detail"]),
+            )
+            for r in rows
+        ]
