@@ -171,6 +171,14 @@ class DurableContext(Context):
         )})
         return datetime.fromtimestamp(now_ms / 1000, UTC)
 
+    async def _await_runs(self, run_ids: list[str]) -> None:
+        """`await ref.aio_result()` in a durable task: wait durably (no slot held) for each
+        run to end; the outputs are then read as usual."""
+        if self._sink is None:
+            return  # mock_run: nothing to wait for
+        for run_id in run_ids:
+            await self._wait([{"run": run_id}])
+
     # machinery --------------------------------------------------------------------------
     def _next(self) -> int:
         position = self._position

@@ -269,10 +269,13 @@ class SchedulerService(Service):
         assert self._pool is not None
         async with self._pool.acquire() as conn:
             specs, existing = await self._prefetch(conn, works)
+            # Runs durable tasks wait for that are not in memory: ended, or not created yet.
+            waited_runs = await store.run_statuses(conn, self.engine.run_lookups())
             await self._fairness.refresh_limits(conn, self.engine)
             observe.trace_triggers(self.engine, _triggers(works), existing)
             engine = self.engine
             engine.begin(_now())
+            engine.runs_ended(waited_runs)
             while self._worker_events:
                 _op, value = self._worker_events.popleft()
                 if isinstance(value, WorkerInfo):
@@ -313,6 +316,8 @@ class SchedulerService(Service):
         for work in works:
             if not work.done.done():
                 work.done.set_result(None)
+        if engine.has_run_lookups():
+            self._wake.set()  # look them up in a batch of their own, without waiting for mail
         await self._await_relay()
         outgoing, self._unsent = self._unsent + fx.outbox, []
         if outgoing:

@@ -229,3 +229,24 @@ async def test_a_replayed_run_starts_its_durable_task_on_a_fresh_log(
 
 async def _status(client: Ratchet, run_id: str) -> str:
     return str((await client.runs.aio_get(run_id))["status"])
+
+
+async def test_a_durable_task_awaiting_children_holds_no_slot(
+    client: Ratchet, start_worker: Any
+) -> None:
+    kid = client.workflow("kid")
+
+    @kid.task()
+    async def square(input: dict, ctx: Any) -> dict:
+        return {"v": input["i"] ** 2}
+
+    @client.durable_task(name="gatherer")
+    async def gatherer(input: dict, ctx: DurableContext) -> dict:
+        refs = await kid.aio_run_many([{"i": i} for i in range(5)])
+        outs = await asyncio.gather(*(ref.aio_result() for ref in refs))
+        first = await refs[0].aio_result()  # already ended: returns at once
+        return {"sum": sum(o["square"]["v"] for o in outs), "first": first["square"]["v"]}
+
+    # One slot: the children can only run because the waiting parent gave it back.
+    await start_worker("w-gatherer", workflows=[gatherer, kid], slots=1)
+    assert await gatherer.aio_run({}, timeout_s=60) == {"gatherer": {"sum": 30, "first": 0}}

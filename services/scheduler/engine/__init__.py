@@ -44,7 +44,7 @@ from services.scheduler.engine._timers import TIMER_EXEC, TIMER_RETRY, TIMER_SCH
 from services.scheduler.engine.admission.concurrency import Concurrency, Holder, SemRef
 from services.scheduler.engine.admission.ratelimit import PER_MS, Admission, LimitDef, RateLimiter
 from services.scheduler.engine.assign import Assigner
-from services.scheduler.model import Run, Task
+from services.scheduler.model import RUN_TERMINAL, Run, Task
 
 __all__ = ["TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "DurableEntry", "Engine"]
 
@@ -141,6 +141,20 @@ class Engine:
 
     def replay(self, tenant: str, cmd: ReplayRun) -> None:
         self._m.replay(tenant, cmd)
+
+    def run_lookups(self) -> list[tuple[str, str]]:
+        """(tenant, run id) of runs durable tasks wait for that are not in memory: the service
+        reads their status before the next batch and passes it to `runs_ended`."""
+        return self._m.durable.take_run_lookups()
+
+    def has_run_lookups(self) -> bool:
+        return bool(self._m.durable.run_lookups)
+
+    def runs_ended(self, statuses: dict[str, str]) -> None:
+        """Statuses read for `run_lookups`: the ended ones complete their waits."""
+        for run_id, status in statuses.items():
+            if status in RUN_TERMINAL:
+                self._m.durable.run_ended(run_id, status)
 
     def wait_satisfied(self, tenant: str, cmd: WaitSatisfied) -> None:
         """The matcher saw an event that satisfies a durable wait or a wait_for condition."""

@@ -15,8 +15,9 @@ worker is gone, the attempt is requeued like any lost attempt and the next one, 
 replays the log: completed waits return at once, a pending one keeps its original deadline.
 
 A wait's spec is canonical JSON `{"conds": [...]}`, each condition `{"sleep_ms": n}`,
-`{"until_ms": t}` or `{"event": key, "expression": e, "scope": s}`, a timeout being a sleep
-with `"timeout": true`. Its result is `{"index": i, "payload": p}`: which condition fired.
+`{"until_ms": t}`, `{"event": key, "expression": e, "scope": s}` or `{"run": run id}` (the
+run has ended: a durable task awaiting a child's result), a timeout being a sleep with
+`"timeout": true`. Its result is `{"index": i, "payload": p}`: which condition fired.
 Positions below zero belong to a DAG task's `wait_for` conditions (`_conditions.py`).
 """
 
@@ -77,7 +78,7 @@ def parse_conds(spec: bytes) -> list[dict[str, Any]]:
     if not isinstance(conds, list) or not 1 <= len(conds) <= MAX_CONDITIONS:
         raise BadWait(f"a wait takes 1 to {MAX_CONDITIONS} conditions")
     for c in conds:
-        if not isinstance(c, dict) or not ({"sleep_ms", "until_ms", "event"} & c.keys()):
+        if not isinstance(c, dict) or not ({"sleep_ms", "until_ms", "event", "run"} & c.keys()):
             raise BadWait(f"unknown wait condition {c!r}")
         if c.get("expression") and (problem := check_expression(str(c["expression"]))):
             raise BadWait(f"expression {c['expression']!r}: {problem}")
@@ -128,6 +129,11 @@ class Durable:
         # their (orphan) regular slot until then, so a worker that never returns is declared
         # lost with them and they are requeued.
         self.restored: dict[str, set[tuple[str, int]]] = {}
+        # run id -> waits with a {"run": id} condition on it: (task id, position, index)
+        self.run_waiters: dict[str, set[tuple[str, int, int]]] = {}
+        # (tenant, run id) of waited-on runs not in memory: ended already, or not created yet
+        # (a child trigger in flight). The service looks them up before the next batch.
+        self.run_lookups: set[tuple[str, str]] = set()
         self.writes = DurableWrites()
 
     # the log --------------------------------------------------------------------------
@@ -151,6 +157,7 @@ class Durable:
         self.logs.setdefault(task.id, {})[position] = e
         self._touch(e)
         self._arm(e)
+        self._watch_runs(e)
         for i, c in enumerate(conds):
             if "event" in c:
                 self.writes.event_put.append((
@@ -158,6 +165,28 @@ class Durable:
                     str(c.get("expression") or ""), now,
                 ))
         return e
+
+    def _watch_runs(self, e: Entry) -> None:
+        for i, c in enumerate(e.conds):
+            if "run" not in c:
+                continue
+            run_id = str(c["run"])
+            self.run_waiters.setdefault(run_id, set()).add((e.task_id, e.position, i))
+            if run_id not in self._m.runs:
+                self.run_lookups.add((e.tenant, run_id))
+
+    def run_ended(self, run_id: str, status: str) -> None:
+        """A waited-on run ended (in this batch, or found ended by a lookup)."""
+        for task_id, position, index in sorted(self.run_waiters.pop(run_id, ())):
+            task = self._m.tasks.get(task_id)
+            e = self.entry(task_id, position)
+            if task is not None and e is not None and e.status == PENDING:
+                self.complete(task, e, fired(index, json.dumps({"status": status}).encode()))
+
+    def take_run_lookups(self) -> list[tuple[str, str]]:
+        out = sorted(self.run_lookups)
+        self.run_lookups.clear()
+        return out
 
     def _arm(self, e: Entry) -> None:
         if e.deadline_ms is not None:
@@ -269,8 +298,15 @@ class Durable:
         restart) first needs to show up in the registry."""
         worker_id = task.worker_id or ""
         key = (task.id, task.attempt)
-        if (worker_id in self._m.assigner.workers and key not in self.parked.get(worker_id, ())
-                and key not in self.restored.get(worker_id, ())):
+        # Parked on several waits at once (gathering children): until the last one ends
+        # the task's code cannot go on, so it is told without taking a slot.
+        still_waiting = any(
+            other.position != position and other.position >= 0 and other.status == PENDING
+            and other.waiting_attempt == task.attempt
+            for other in self.logs.get(task.id, {}).values()
+        )
+        if (worker_id in self._m.assigner.workers and key not in self.restored.get(worker_id, ())
+                and (still_waiting or key not in self.parked.get(worker_id, ()))):
             self._send_wake(task, position, result)
         else:
             self.wakes.setdefault(worker_id, []).append((task.id, task.attempt, position, result))
@@ -395,6 +431,7 @@ class Durable:
             return
         if e.status == PENDING:
             self._arm(e)
+            self._watch_runs(e)
         parked_here = (
             e.position >= 0 and e.waiting_attempt == task.attempt
             and task.status == TaskStatus.RUNNING and task.worker_id is not None

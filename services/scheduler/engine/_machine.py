@@ -332,6 +332,7 @@ class StateMachine:
         self.history(run, None, f"run.{run.status.lower()}", None)
         self.announce_run(run)
         self.fx.finished_runs.append(run)
+        self.durable.run_ended(run.id, run.status.value)  # durable tasks awaiting this run
         self.gate.release_run_if_idle(run.id)
 
     def end_run(self, run: Run, status: TaskStatus, err: TaskError) -> None:
