@@ -12,7 +12,8 @@ sleeps `DURABLE_SLEEP_S`. Measured:
 - `tasks_per_s`: the whole batch, trigger to last result.
 
 Env: DURABLE_TASKS (1000), DURABLE_SLOTS (10), DURABLE_SLEEP_S (1.0).
-JSON in bench/results/durable-*.json (joined with children-*.json by `make bench-children`).
+JSON in bench/results/durable-*.json; `make bench-children` runs it too (bench/children.py
+PARTS) and adds its figures to children-*.json.
 """
 
 from __future__ import annotations
@@ -52,8 +53,21 @@ async def held_while_asleep(pg: asyncpg.Connection, workflow: str, deadline: flo
     return held
 
 
+async def durable_part(r: Ratchet) -> dict[str, float]:
+    """The durable-task part of `make bench-children` (bench/children.py PARTS)."""
+    result = await _measure(r)
+    return {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
+
+
 async def main() -> dict[str, object]:
     r = Ratchet()
+    try:
+        return await _measure(r)
+    finally:
+        await r.aclose()
+
+
+async def _measure(r: Ratchet) -> dict[str, object]:
     name = f"bench-durable-{int(time.time())}"
     late_ms: list[float] = []
 
@@ -100,7 +114,6 @@ async def main() -> dict[str, object]:
         await worker.astop(drain_timeout_s=5)
         worker_task.cancel()
         await asyncio.gather(worker_task, return_exceptions=True)
-        await r.aclose()
 
     try:  # bounded: the result is what matters here
         await asyncio.wait_for(teardown(), 30)

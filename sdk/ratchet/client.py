@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ratchet._transport import Transport
 from ratchet.config import ClientConfig
@@ -18,7 +18,7 @@ from ratchet.resources import (
 )
 from ratchet.types import Concurrency, StickyStrategy
 from ratchet.worker import Worker
-from ratchet.workflow import Task, TaskFn, Workflow
+from ratchet.workflow import DurableTaskFn, Task, TaskFn, Workflow
 
 
 class Ratchet:
@@ -85,9 +85,9 @@ class Ratchet:
 
     def durable_task(
         self, name: str | None = None, **options: Any,
-    ) -> Callable[[TaskFn], Workflow]:
+    ) -> Callable[[DurableTaskFn], Workflow]:
         """A standalone durable task (see `Workflow.durable_task`)."""
-        return self.task(name, durable=True, **options)
+        return cast("Callable[[DurableTaskFn], Workflow]", self.task(name, durable=True, **options))
 
     def worker(
         self,

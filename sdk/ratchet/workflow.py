@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from ratchet import _codec
 from ratchet._transport import Transport
@@ -20,6 +20,8 @@ from ratchet.types import Concurrency, DesiredLabel, RateLimit, StickyStrategy
 
 R = TypeVar("R")
 TaskFn = Callable[[Any, Context], Any]
+# A durable task's function takes the richer DurableContext (it is handed one).
+DurableTaskFn = Callable[[Any, DurableContext], Any]
 BULK_CHUNK = 1000  # runs per bulk request
 
 
@@ -250,11 +252,13 @@ class Workflow:
 
         return decorate
 
-    def durable_task(self, name: str | None = None, **kw: Any) -> Callable[[TaskFn], Task[Any]]:
+    def durable_task(
+        self, name: str | None = None, **kw: Any
+    ) -> Callable[[DurableTaskFn], Task[Any]]:
         """A durable task: an async function `(input, ctx: DurableContext)` whose sleeps and
         event waits are logged, survive restarts and hold no worker slot. Takes the options
         of `task()`."""
-        return self.task(name, durable=True, **kw)
+        return cast("Callable[[DurableTaskFn], Task[Any]]", self.task(name, durable=True, **kw))
 
     def on_failure_task(self, name: str | None = None, **kw: Any) -> Callable[[TaskFn], Task[Any]]:
         """A task that runs once when any task of the run failed."""
