@@ -20,12 +20,14 @@ from litestar.types import ControllerRouterHandler
 from libs.common.limits import LimitExceeded
 from services.api.auth import provide_principal, provide_tenant
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
+from services.api.routes.admin import AdminController
 from services.api.routes.analytics import AnalyticsController
 from services.api.routes.audit import AuditController
 from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
 from services.api.routes.filters import FilterController
 from services.api.routes.limits import LimitController
+from services.api.routes.nats_credentials import NatsCredentialsController
 from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
 from services.api.routes.tokens import TokenController
@@ -78,6 +80,7 @@ def create_app(
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController, TokenController, LimitController, AuditController,
+            NatsCredentialsController, AdminController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],

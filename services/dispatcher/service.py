@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -61,6 +62,16 @@ REPORT_BATCH_BYTES = 512 * 1024
 # How often connected workers' tokens are re-checked (expiry, and revocations whose broadcast
 # was missed): with the token cache's TTL this keeps the 2 s revocation promise.
 AUTH_RECHECK_S = 0.5
+
+
+def _server_credentials(s: Settings) -> grpc.ServerCredentials:
+    """TLS for the worker stream; with a client CA, a worker without a certificate it signed
+    cannot even connect (mutual TLS)."""
+    client_ca = Path(s.grpc_tls_client_ca).read_bytes() if s.grpc_tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(Path(s.grpc_tls_key).read_bytes(), Path(s.grpc_tls_cert).read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None,
+    )
 
 
 class DispatcherService(Service, pb_grpc.DispatcherServicer):
@@ -119,7 +130,11 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             ]
         )
         pb_grpc.add_DispatcherServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        address = f"{s.grpc_host}:{s.grpc_port}"
+        if s.grpc_tls_cert:
+            self.port = self._server.add_secure_port(address, _server_credentials(s))
+        else:
+            self.port = self._server.add_insecure_port(address)
         await self._server.start()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="dispatcher-heartbeat")
         self._auth_watch = asyncio.create_task(self._auth_loop(), name="dispatcher-auth")
