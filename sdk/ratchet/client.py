@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+from ratchet._output import DEFAULT_LOG_MAX_CHARS, DEFAULT_LOG_MAX_LINES
 from ratchet._transport import Transport
 from ratchet.config import ClientConfig
 from ratchet.resources import (
@@ -95,10 +96,21 @@ class Ratchet:
         workflows: list[Workflow],
         slots: int = 10,
         labels: dict[str, str] | None = None,
+        *,
         durable_slots: int = 1000,
+        capture_logging: bool = False,
+        log_max_lines: int = DEFAULT_LOG_MAX_LINES,
+        log_max_chars: int = DEFAULT_LOG_MAX_CHARS,
     ) -> Worker:
-        return Worker(self._transport, name, workflows, slots=slots, labels=labels or {},
-                      durable_slots=durable_slots)
+        """A worker for `workflows`. With `capture_logging=True`, Python `logging` records
+        emitted inside a task (at or above their logger's level) also go to the task's log.
+        `log_max_lines` / `log_max_chars` cap each attempt's log (a marker line ends it).
+        `durable_slots` bounds the durable tasks waiting at once without a slot."""
+        return Worker(
+            self._transport, name, workflows, slots=slots, labels=labels or {},
+            durable_slots=durable_slots, capture_logging=capture_logging,
+            log_max_lines=log_max_lines, log_max_chars=log_max_chars,
+        )
 
     # HTTP -------------------------------------------------------------------------
     def request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:

@@ -15,6 +15,9 @@ export interface TaskEvent {
   'chunk'?: (Buffer | Uint8Array | string);
   'refreshMs'?: (number | string | Long);
   'tsMs'?: (number | string | Long);
+  'level'?: (string);
+  'seq'?: (number | string | Long);
+  'chunkType'?: (string);
   'step'?: (_ratchet_v1_DurableStep | null);
 }
 
@@ -28,5 +31,8 @@ export interface TaskEvent__Output {
   'chunk': (Buffer);
   'refreshMs': (number);
   'tsMs': (number);
+  'level': (string);
+  'seq': (number);
+  'chunkType': (string);
   'step': (_ratchet_v1_DurableStep__Output | null);
 }
