@@ -15,7 +15,7 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test lint proto \
-	bench chaos bench-fairness bench-events bench-payloads bench-compare bench-children soak chromium ui-screenshots \
+	bench chaos bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children soak chromium ui-screenshots \
 	openapi node sdk-ts-deps sdk-ts-gen sdk-ts-test
 
 help:
@@ -135,6 +135,9 @@ bench-events: up
 
 bench-payloads: up
 	$(WITH_ENV) $(PY) -m bench.payloads
+
+bench-durable: up
+	$(WITH_ENV) $(PY) -m bench.durable
 
 bench-compare: up
 	$(WITH_ENV) $(PY) -m bench.compare

@@ -1,7 +1,8 @@
 """`make chaos`: SIGKILL and restart every moving part while two-step DAG runs flow.
 
 Faults: scheduler, dispatcher and worker SIGKILLed; NATS and PostgreSQL SIGKILLed and
-restarted. Each is restarted with `tools.devstack up` (a new worker process for the worker).
+restarted. Every run ends with a durable task (a 1 s durable sleep, bench/chaos_worker.py), so
+each fault also strikes tasks parked without a slot; their sleeps must not be lost. Each is restarted with `tools.devstack up` (a new worker process for the worker).
 Then: every run must reach SUCCEEDED, every task must have exactly one successful attempt,
 and no attempt may complete twice. Exit status 1 when any of that is violated.
 
@@ -182,6 +183,11 @@ class Chaos:
                 self.run_ids)
             reexec = await conn.fetchval(
                 "SELECT count(*) FROM tasks WHERE run_id = ANY($1) AND attempt > 0", self.run_ids)
+            # A durable sleep that never completed (or was recorded twice) at its position.
+            durable_unfinished = await conn.fetchval(
+                "SELECT count(*) FROM tasks t WHERE t.run_id = ANY($1) AND t.name = 'nap'"
+                " AND NOT EXISTS (SELECT 1 FROM durable_log l WHERE l.tenant_id = t.tenant_id"
+                " AND l.task_id = t.id AND l.position = 1 AND l.status = 'done')", self.run_ids)
         finally:
             await conn.close()
         succeeded = int(statuses.get("SUCCEEDED", 0))
@@ -194,6 +200,7 @@ class Chaos:
             "double_completed_attempts": int(double_complete),
             "retried_attempts": int(retries),
             "re_executed_tasks": int(reexec),
+            "durable_sleeps_unfinished": int(durable_unfinished),
             "recovery_s": self.recovery_s,
         }
 
@@ -211,6 +218,7 @@ def run() -> int:
         report["lost_runs"] == 0
         and report["tasks_without_one_success"] == 0
         and report["double_completed_attempts"] == 0
+        and report["durable_sleeps_unfinished"] == 0
     )
     print(f"chaos: {'PASS' if ok else 'FAIL'}: {report['lost_runs']} lost runs, "
           f"{report['double_completed_attempts']} double-completed attempts")

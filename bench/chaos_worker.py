@@ -6,7 +6,7 @@ import asyncio
 import sys
 from datetime import timedelta
 
-from ratchet import Context, Ratchet
+from ratchet import Context, DurableContext, Ratchet
 
 
 def build(r: Ratchet, name: str):  # type: ignore[no-untyped-def]
@@ -22,6 +22,14 @@ def build(r: Ratchet, name: str):  # type: ignore[no-untyped-def]
     async def second(input: dict, ctx: Context) -> dict:  # type: ignore[type-arg]
         await asyncio.sleep(0.02)
         return {"i2": ctx.parent_output(first)["i"] * 2}
+
+    # A durable sleep in every run: each fault also hits tasks parked without a slot.
+    @wf.durable_task(parents=[second], execution_timeout=timedelta(seconds=60))
+    async def nap(input: dict, ctx: DurableContext) -> dict:  # type: ignore[type-arg]
+        start = await ctx.aio_now()
+        await ctx.aio_sleep_for(timedelta(seconds=1))
+        woke = await ctx.aio_now()
+        return {"slept_s": (woke - start).total_seconds()}
 
     return wf
 

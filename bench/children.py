@@ -22,6 +22,8 @@ from typing import Any
 
 from ratchet import Context, Ratchet, RunRef
 
+from bench.durable import durable_part
+
 N_CHILDREN = int(os.environ.get("BENCH_CHILDREN", "10000"))
 SLOTS = int(os.environ.get("BENCH_SLOTS", "200"))
 # Results awaited at once by the parent: every one is a long-poll HTTP request.
@@ -83,6 +85,7 @@ async def fan_out(r: Ratchet) -> dict[str, float]:
 # The parts of the bench, in order; each adds its figures to the JSON.
 PARTS: list[tuple[str, Callable[[Ratchet], Awaitable[dict[str, float]]]]] = [
     ("fan-out", fan_out),
+    ("durable", durable_part),  # 1,000 durable 1 s sleeps on 10 slots (bench/durable.py)
 ]
 
 
@@ -106,6 +109,10 @@ def run() -> None:
     print(f"ratchet bench-children: one task fans out {int(stats['children'])} child runs")
     print(f"  spawn (aio_run_many)   {stats['spawn_s']} s")
     print(f"  trigger -> last result {stats['fan_out_s']} s ({stats['children_per_s']:.0f} children/s)")
+    if "wake_late_p50_ms" in stats:
+        print(f"  durable: {int(stats['tasks'])} sleepers on {int(stats['slots'])} slots, "
+              f"slots held asleep {int(stats['regular_slots_held_asleep'])}, wake-up lateness "
+              f"p50 {stats['wake_late_p50_ms']} ms, p99 {stats['wake_late_p99_ms']} ms")
     print(f"  wrote {out}")
 
 

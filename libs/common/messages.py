@@ -53,7 +53,18 @@ class TriggerRuns(msgspec.Struct, tag="triggers", kw_only=True):
     runs: list[TriggerRun]
 
 
-Command = TriggerRun | TriggerRuns | CancelRun | CancelRuns | ReplayRun
+class WaitSatisfied(msgspec.Struct, tag="wait", kw_only=True):
+    """The matcher saw an event that satisfies condition `index` of a durable wait (or a DAG
+    task's `wait_for`) registered at `position` of task `task_id`."""
+
+    task_id: str
+    position: int
+    index: int
+    event_id: str
+    payload: bytes  # the event's JSON body
+
+
+Command = TriggerRun | TriggerRuns | CancelRun | CancelRuns | ReplayRun | WaitSatisfied
 TRIGGER_BATCH_BYTES = 128 * 1024  # well under NATS max_payload; bounds a CMD fetch in memory
 
 
@@ -64,10 +75,20 @@ class TaskError(msgspec.Struct, kw_only=True):
     non_retryable: bool = False
 
 
+class DurableStep(msgspec.Struct, kw_only=True):
+    """One entry of a durable task's log (proto DurableStep): a wait or a memoized value."""
+
+    position: int
+    kind: str  # wait | now
+    spec: bytes  # canonical JSON
+    result: bytes = b""  # JSON once done
+    done: bool = False
+
+
 class TaskReport(msgspec.Struct, kw_only=True):
     """A worker's account of one attempt, relayed by its dispatcher."""
 
-    kind: str  # started | completed | failed | refresh | log | lost
+    kind: str  # started | completed | failed | refresh | log | lost | wait
     task_id: str
     attempt: int
     worker_id: str
@@ -76,6 +97,7 @@ class TaskReport(msgspec.Struct, kw_only=True):
     error: TaskError | None = None
     refresh_ms: int = 0
     log: str = ""
+    step: DurableStep | None = None  # for "wait"
 
 
 class Assignment(msgspec.Struct, kw_only=True):
@@ -93,6 +115,7 @@ class Assignment(msgspec.Struct, kw_only=True):
     timeout_ms: int = 0
     metadata: dict[str, str] = {}
     traceparent: str | None = None  # the run's trace context, for the dispatcher and worker
+    durable_log: list[DurableStep] = []  # a durable task's log, replayed by the new attempt
 
 
 class CancelTask(msgspec.Struct, kw_only=True):
@@ -103,9 +126,21 @@ class CancelTask(msgspec.Struct, kw_only=True):
     reason: str
 
 
+class WakeTask(msgspec.Struct, kw_only=True):
+    """Resume a waiting durable task at `position` with `result` (JSON)."""
+
+    tenant: str
+    worker_id: str
+    task_id: str
+    attempt: int
+    position: int
+    result: bytes
+
+
 class DispatchBatch(msgspec.Struct, kw_only=True):
     assignments: list[Assignment] = []
     cancels: list[CancelTask] = []
+    wakes: list[WakeTask] = []
 
 
 class TaskStateChanged(msgspec.Struct, kw_only=True):
@@ -151,6 +186,7 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     session: str = ""
     registered_ms: int = 0
     holding: list[tuple[str, int]] = []
+    durable_slots: int = 1000  # durable tasks that may wait at once without a regular slot
 
 
 class DispatcherInfo(msgspec.Struct, kw_only=True):

@@ -42,6 +42,8 @@ _INBOX = "_INBOX.>"
 _RUN_TRIGGERS = subjects.cmd("*", "run.trigger")
 # A cancelled parent run cancels its children (services/scheduler/engine/_children.py).
 _RUN_CANCELS = subjects.cmd("*", "run.cancel")
+# The matcher tells the scheduler which events satisfied durable waits (services/matcher/waits.py).
+_RUN_WAITS = subjects.cmd("*", subjects.CMD_WAIT_VERB)
 
 
 def _kv(bucket: subjects.Bucket) -> str:
@@ -78,7 +80,7 @@ SERVICE_ROLES: Mapping[str, Permissions] = {
     ),
     # Consumes EVT, triggers runs, records match outcomes.
     "matcher": Permissions(
-        publish=(*_SERVICE_COMMON_PUB, _RUN_TRIGGERS, subjects.TASK_MATCH_ALL),
+        publish=(*_SERVICE_COMMON_PUB, _RUN_TRIGGERS, _RUN_WAITS, subjects.TASK_MATCH_ALL),
         subscribe=(*_SERVICE_COMMON_SUB, subjects.MATCHER_CHANGES),
     ),
     # Consumes CMD and task reports, publishes state changes and assignments, cron triggers;

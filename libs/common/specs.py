@@ -8,7 +8,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from libs.common.cel import MAX_EXPRESSION_CHARS
 from libs.common.cronexpr import on_crons_problem
+from libs.common.events import KEY_PATTERN as EVENT_KEY_PATTERN
+from libs.common.events import MAX_KEY_CHARS as MAX_EVENT_KEY_CHARS
 
 Priority = Literal[1, 2, 3]
 
@@ -85,6 +88,42 @@ class LabelSpec(msgspec.Struct, frozen=True, kw_only=True):
     weight: NonNegative = 1
 
 
+class _Condition(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """A DAG task's condition (see docs/durable.md); the JSON `kind` tags which one."""
+
+    @property
+    def kind(self) -> str:
+        return str(type(self).__struct_config__.tag)
+
+
+class SleepCondition(_Condition, frozen=True, kw_only=True, tag="sleep"):
+    """Holds `sleep_s` after the task became ready."""
+
+    sleep_s: Annotated[float, Meta(ge=0, le=MAX_DURATION_S)] = 0.0
+
+
+class EventCondition(_Condition, frozen=True, kw_only=True, tag="event"):
+    """Holds once an event `key` (in `scope`) arrives whose payload passes `expression`."""
+
+    key: Annotated[str, Meta(min_length=1, max_length=MAX_EVENT_KEY_CHARS,
+                             pattern=f"^{EVENT_KEY_PATTERN}$")]
+    # Empty: any payload; otherwise CEL over the event payload (`input`), as filters.
+    expression: Annotated[str, Meta(
+        max_length=MAX_EXPRESSION_CHARS, extra_json_schema={"extra": {"format": "cel"}},
+    )] = ""
+    scope: Annotated[str, Meta(min_length=1, max_length=MAX_EVENT_KEY_CHARS)] | None = None
+
+
+class ParentOutputCondition(_Condition, frozen=True, kw_only=True, tag="parent_output"):
+    """CEL over the parents' outputs, evaluated when the task becomes ready."""
+
+    expression: Cel
+    parent: str = ""  # the parent whose output is `input` ("" = see docs/durable.md)
+
+
+ConditionSpec = SleepCondition | EventCondition | ParentOutputCondition
+
+
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: Name
     parents: Names = []
@@ -99,6 +138,11 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     desired_labels: Annotated[
         dict[LabelName, LabelSpec], _openapi(property_names=_json_schema(LabelName))
     ] = {}
+    durable: bool = False  # a durable task: its waits are logged and hold no regular slot
+    wait_for: list[SleepCondition | EventCondition] = []  # all must hold before the task starts
+    # Any holding when the task is ready: it ends SKIPPED / CANCELLED.
+    skip_if: list[ParentOutputCondition] = []
+    cancel_if: list[ParentOutputCondition] = []
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,7 +151,8 @@ class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True):
     Besides each field's own constraints: task names are unique; `parents` name tasks of this
     workflow and form no cycle; `on_failure` / `on_success` take no parents and no task's name;
     a rate limit has exactly one of `key` (a limit created with PUT /rate-limits/{key}, given
-    without `limit`/`per`) and `dynamic_key`; `limit` and `per` come together.
+    without `limit`/`per`) and `dynamic_key`; `limit` and `per` come together; a ParentOutput
+    condition's `parent` is empty or one of its task's parents.
     """
 
     name: Name
@@ -171,6 +216,9 @@ def validate(spec: WorkflowSpec) -> list[str]:
             if extra.parents:
                 raise SpecError(f"task {extra.name!r}: on_failure/on_success take no parents")
     for task in spec.tasks:
+        for c in (*task.skip_if, *task.cancel_if):
+            if c.parent and c.parent not in task.parents:
+                raise SpecError(f"task {task.name!r}: ParentOutput names {c.parent!r}, not a parent")
         for parent in task.parents:
             if parent not in by_name:
                 raise SpecError(f"task {task.name!r} has unknown parent {parent!r}")
@@ -206,6 +254,7 @@ def _check_fairness(where: str, task: TaskSpec) -> None:
     for label, want in task.desired_labels.items():
         if not label or want.weight < 0:
             raise SpecError(f"{where}: desired label {label!r} needs a name and a weight >= 0")
+    # Conditions are checked by their types (kinds per list, bounds, keys) when decoded.
 
 
 def cel_expressions(spec: WorkflowSpec) -> list[tuple[str, str]]:
@@ -219,6 +268,9 @@ def cel_expressions(spec: WorkflowSpec) -> list[tuple[str, str]]:
                 out.append((f"task {task.name!r} rate limit dynamic_key", rl.dynamic_key))
             if isinstance(rl.units, str):
                 out.append((f"task {task.name!r} rate limit units", rl.units))
+        for c in (*task.wait_for, *task.skip_if, *task.cancel_if):
+            if not isinstance(c, SleepCondition) and c.expression:
+                out.append((f"task {task.name!r} {c.kind} condition", c.expression))
     return out
 
 

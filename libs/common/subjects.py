@@ -50,7 +50,7 @@ def evt(tenant: str, key: str) -> str:
 
 
 def cmd(tenant: str, verb: str) -> str:
-    """verb: run.trigger | run.cancel | run.replay | filter.changed | ..."""
+    """verb: run.trigger | run.cancel | run.replay | run.wait | filter.changed | ..."""
     return f"cmd.{tenant}.{verb}"
 
 
@@ -118,3 +118,5 @@ TENANT_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 def valid_tenant(tenant: str) -> bool:
     return 0 < len(tenant) <= 64 and set(tenant) <= TENANT_ALPHABET
 CMD_RUN_ALL = "cmd.*.run.>"
+# The matcher tells the scheduler that an event satisfied a durable wait (messages.WaitSatisfied).
+CMD_WAIT_VERB = "run.wait"

@@ -2,6 +2,14 @@
 
 from ratchet.client import Ratchet
 from ratchet.context import Context
+from ratchet.durable import (
+    DurableContext,
+    Event,
+    NonDeterminism,
+    ParentOutput,
+    Sleep,
+    WaitAnyResult,
+)
 from ratchet.errors import ApiError, NonRetryable, RatchetError, RunFailed, WorkflowDefinitionError
 from ratchet.resources import RunRef
 from ratchet.types import Concurrency, DesiredLabel, RateLimit, Sticky, StickyStrategy, Strategy
@@ -13,16 +21,22 @@ __all__ = [
     "Concurrency",
     "Context",
     "DesiredLabel",
+    "DurableContext",
+    "Event",
+    "NonDeterminism",
     "NonRetryable",
+    "ParentOutput",
     "Ratchet",
     "RatchetError",
     "RateLimit",
     "RunFailed",
     "RunRef",
+    "Sleep",
     "Sticky",
     "StickyStrategy",
     "Strategy",
     "Task",
+    "WaitAnyResult",
     "Worker",
     "Workflow",
     "WorkflowDefinitionError",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ratchet._output import DEFAULT_LOG_MAX_CHARS, DEFAULT_LOG_MAX_LINES
 from ratchet._transport import Transport
@@ -19,7 +19,7 @@ from ratchet.resources import (
 )
 from ratchet.types import Concurrency, StickyStrategy
 from ratchet.worker import Worker
-from ratchet.workflow import Task, TaskFn, Workflow
+from ratchet.workflow import DurableTaskFn, Task, TaskFn, Workflow
 
 
 class Ratchet:
@@ -84,6 +84,12 @@ class Ratchet:
 
         return decorate
 
+    def durable_task(
+        self, name: str | None = None, **options: Any,
+    ) -> Callable[[DurableTaskFn], Workflow]:
+        """A standalone durable task (see `Workflow.durable_task`)."""
+        return cast("Callable[[DurableTaskFn], Workflow]", self.task(name, durable=True, **options))
+
     def worker(
         self,
         name: str,
@@ -91,17 +97,19 @@ class Ratchet:
         slots: int = 10,
         labels: dict[str, str] | None = None,
         *,
+        durable_slots: int = 1000,
         capture_logging: bool = False,
         log_max_lines: int = DEFAULT_LOG_MAX_LINES,
         log_max_chars: int = DEFAULT_LOG_MAX_CHARS,
     ) -> Worker:
         """A worker for `workflows`. With `capture_logging=True`, Python `logging` records
         emitted inside a task (at or above their logger's level) also go to the task's log.
-        `log_max_lines` / `log_max_chars` cap each attempt's log (a marker line ends it)."""
+        `log_max_lines` / `log_max_chars` cap each attempt's log (a marker line ends it).
+        `durable_slots` bounds the durable tasks waiting at once without a slot."""
         return Worker(
             self._transport, name, workflows, slots=slots, labels=labels or {},
-            capture_logging=capture_logging, log_max_lines=log_max_lines,
-            log_max_chars=log_max_chars,
+            durable_slots=durable_slots, capture_logging=capture_logging,
+            log_max_lines=log_max_lines, log_max_chars=log_max_chars,
         )
 
     # HTTP -------------------------------------------------------------------------

@@ -132,6 +132,10 @@ class Context:
             self._spawned += count
             return first
 
+    async def _await_runs(self, run_ids: list[str]) -> None:
+        """Called before waiting for runs' results: a normal task simply polls (keeping its
+        slot); a durable task first waits durably, holding none (DurableContext)."""
+
     def _cancel(self) -> None:
         self._cancelled.set()
 

@@ -13,6 +13,7 @@ from typing import Any
 from ratchet import _codec, _sse
 from ratchet._transport import Transport
 from ratchet._transport import decode as _transport_decode
+from ratchet.context import current_context
 from ratchet.errors import ApiError, RunFailed
 
 LogLines = list[dict[str, Any]]  # an alias: inside `Runs`, `list` names its method
@@ -345,7 +346,11 @@ class RunRef:
 
     async def aio_result(self, timeout_s: float = 3600.0) -> dict[str, Any]:
         """`result()` for async code. Calls made together (`asyncio.gather` over many refs)
-        share bulk requests."""
+        share bulk requests. In a durable task the wait holds no worker slot and survives
+        restarts (docs/durable.md); `timeout_s` then bounds only the final read."""
+        ctx = current_context()
+        if ctx is not None:
+            await ctx._await_runs([self.run_id])
         try:
             run = await asyncio.wait_for(_gather_for(self._transport).wait(self.run_id), timeout_s)
         except TimeoutError:

@@ -22,6 +22,7 @@ from ratchet._proto import worker_pb2 as pb
 from ratchet._proto import worker_pb2_grpc as pb_grpc
 from ratchet._transport import Transport
 from ratchet.context import _CURRENT, Context
+from ratchet.durable import DurableContext
 from ratchet.errors import NonRetryable
 from ratchet.workflow import Task, Workflow
 
@@ -37,7 +38,9 @@ _KIND = {
     "log": pb.LOG,
     "stream": pb.STREAM,
     "refresh": pb.REFRESH_TIMEOUT,
+    "wait": pb.WAIT,
 }
+DEFAULT_DURABLE_SLOTS = 1000
 
 
 @dataclass(slots=True, eq=False)
@@ -60,14 +63,19 @@ class Worker:
         *,
         slots: int = 10,
         labels: dict[str, str] | None = None,
+        durable_slots: int = DEFAULT_DURABLE_SLOTS,
         capture_logging: bool = False,
         log_max_lines: int = _output.DEFAULT_LOG_MAX_LINES,
         log_max_chars: int = _output.DEFAULT_LOG_MAX_CHARS,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be >= 1")
+        if durable_slots < 1:
+            raise ValueError("durable_slots must be >= 1")
         if log_max_lines < 1 or log_max_chars < 1:
             raise ValueError("log_max_lines and log_max_chars must be >= 1")
+        # Durable tasks waiting at once without a regular slot (the scheduler counts them).
+        self.durable_slots = durable_slots
         self._transport = transport
         self.name = name
         self.workflows = list(workflows)
@@ -193,6 +201,7 @@ class Worker:
             await call.write(pb.WorkerMessage(register=pb.Register(
                 name=self.name, actions=sorted(self._by_action), slots=self.slots,
                 labels=self.labels, worker_id=self.worker_id, holding=self._holding(),
+                durable_slots=self.durable_slots,
             )))
             first = await call.read()
             if first is grpc.aio.EOF or first.WhichOneof("msg") != "registered":
@@ -265,6 +274,11 @@ class Worker:
                     running.ctx._cancel()
                     if running.task is not asyncio.current_task():
                         running.task.cancel()
+        elif which == "wakes":
+            for w in msg.wakes.items:
+                running = self._running.get((w.task_id, w.attempt))
+                if running is not None and isinstance(running.ctx, DurableContext):
+                    running.ctx._wake(w.position, w.result)
 
     def _accept(self, a: pb.Assignment) -> None:
         key = (a.task_id, a.attempt)
@@ -275,7 +289,7 @@ class Worker:
                                     error=pb.TaskError(type="WorkerLost", message="worker draining")))
             return
         sink = self._sink_for(a.task_id, a.attempt)
-        ctx = Context(
+        fields: dict[str, Any] = dict(
             run_id=a.run_id, task_id=a.task_id, task_name=a.task_name, workflow=a.workflow,
             attempt=a.attempt,
             # Filled by _execute once any stored payloads are fetched.
@@ -286,6 +300,11 @@ class Worker:
                 sink, max_lines=self.log_max_lines, max_chars=self.log_max_chars
             ),
             stream_credit=self._stream_credit,
+        )
+        defn = self._by_action.get(a.action)
+        ctx: Context = (
+            DurableContext(durable_log=list(a.durable_log), **fields)
+            if defn is not None and defn.options.durable else Context(**fields)
         )
         task = _tracing.start_task(self._execute(a, ctx), a, self.tenant)
         self._running[key] = _Running(ctx, task)

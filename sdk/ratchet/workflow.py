@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from ratchet import _codec
 from ratchet._transport import Transport
 from ratchet.context import Context, current_context
+from ratchet.durable import DurableContext, Event, ParentOutput, Sleep, condition_spec
 from ratchet.errors import RatchetError, WorkflowDefinitionError
 from ratchet.resources import RunRef, Scheduled
 from ratchet.types import Concurrency, DesiredLabel, RateLimit, StickyStrategy
 
 R = TypeVar("R")
 TaskFn = Callable[[Any, Context], Any]
+# A durable task's function takes the richer DurableContext (it is handed one).
+DurableTaskFn = Callable[[Any, DurableContext], Any]
 BULK_CHUNK = 1000  # runs per bulk request
 
 
@@ -40,6 +44,10 @@ class TaskOptions:
     concurrency: tuple[Concurrency, ...] = ()
     rate_limits: tuple[RateLimit, ...] = ()
     desired_labels: tuple[tuple[str, DesiredLabel], ...] = ()
+    durable: bool = False
+    wait_for: tuple[Sleep | Event, ...] = ()
+    skip_if: tuple[ParentOutput, ...] = ()
+    cancel_if: tuple[ParentOutput, ...] = ()
 
 
 class Task(Generic[R]):
@@ -66,6 +74,14 @@ class Task(Generic[R]):
         self.options = options
         self.role = role
         self.is_async = inspect.iscoroutinefunction(fn)
+        if options.durable and not self.is_async:
+            raise WorkflowDefinitionError(f"durable task {name!r} must be an async function")
+        for cond in (*options.skip_if, *options.cancel_if):
+            parent = cond.parent_name
+            if parent and parent not in {p.name for p in parents}:
+                raise WorkflowDefinitionError(
+                    f"task {name!r}: ParentOutput names {parent!r}, which is not a parent"
+                )
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -93,6 +109,10 @@ class Task(Generic[R]):
                 k: {"value": v.value, "required": v.required, "weight": v.weight}
                 for k, v in o.desired_labels
             },
+            "durable": o.durable,
+            "wait_for": [condition_spec(c) for c in o.wait_for],
+            "skip_if": [condition_spec(c) for c in o.skip_if],
+            "cancel_if": [condition_spec(c) for c in o.cancel_if],
         }
 
     def mock_run(
@@ -104,7 +124,7 @@ class Task(Generic[R]):
         additional: dict[str, Any] | None = None,
     ) -> Any:
         """Run the function locally without a server, for unit tests."""
-        ctx = Context(
+        ctx = (DurableContext if self.options.durable else Context)(
             run_id="mock-run", task_id="mock-task", task_name=self.name,
             workflow=self.workflow.name, attempt=attempt,
             parent_outputs=dict(parent_outputs or {}), additional=additional,
@@ -190,11 +210,26 @@ class Workflow:
         concurrency: Concurrency | list[Concurrency] | None = None,
         rate_limits: list[RateLimit] | None = None,
         desired_labels: dict[str, DesiredLabel | str] | None = None,
+        wait_for: list[Sleep | Event] | None = None,
+        skip_if: list[ParentOutput] | None = None,
+        cancel_if: list[ParentOutput] | None = None,
+        durable: bool = False,
     ) -> Callable[[TaskFn], Task[Any]]:
-        """Decorate a function `(input, ctx)` as a task of this workflow."""
-        options = self._options(
-            retries, backoff_factor, backoff_base, backoff_max, execution_timeout,
-            schedule_timeout, concurrency, rate_limits, desired_labels,
+        """Decorate a function `(input, ctx)` as a task of this workflow.
+
+        `wait_for` (Sleep / Event conditions, all of which must hold), `skip_if` and
+        `cancel_if` (ParentOutput conditions, any of which decides) are looked at when the
+        task becomes ready; see docs/durable.md.
+        """
+        options = dataclasses.replace(
+            self._options(
+                retries, backoff_factor, backoff_base, backoff_max, execution_timeout,
+                schedule_timeout, concurrency, rate_limits, desired_labels,
+            ),
+            durable=durable,
+            wait_for=_conditions("wait_for", wait_for, (Sleep, Event)),
+            skip_if=_conditions("skip_if", skip_if, (ParentOutput,)),
+            cancel_if=_conditions("cancel_if", cancel_if, (ParentOutput,)),
         )
         parent_list = tuple(parents or ())
 
@@ -216,6 +251,14 @@ class Workflow:
             return task
 
         return decorate
+
+    def durable_task(
+        self, name: str | None = None, **kw: Any
+    ) -> Callable[[DurableTaskFn], Task[Any]]:
+        """A durable task: an async function `(input, ctx: DurableContext)` whose sleeps and
+        event waits are logged, survive restarts and hold no worker slot. Takes the options
+        of `task()`."""
+        return cast("Callable[[DurableTaskFn], Task[Any]]", self.task(name, durable=True, **kw))
 
     def on_failure_task(self, name: str | None = None, **kw: Any) -> Callable[[TaskFn], Task[Any]]:
         """A task that runs once when any task of the run failed."""
@@ -410,6 +453,16 @@ class Workflow:
         transport = self._bound()
         transport.register(self.spec())
         return Scheduled(transport).create(workflow=self.name, run_at=run_at, input=input, **kw)
+
+
+def _conditions(where: str, items: list[Any] | None, kinds: tuple[type, ...]) -> tuple[Any, ...]:
+    for item in items or ():
+        if not isinstance(item, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise WorkflowDefinitionError(f"{where} takes {names} conditions, not {item!r}")
+        if isinstance(item, Sleep):
+            _ = item.seconds  # a negative duration fails here, at import time
+    return tuple(items or ())
 
 
 def _parents(keys: list[str | None]) -> list[dict[str, Any] | None]:

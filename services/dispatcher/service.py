@@ -45,8 +45,10 @@ from services.dispatcher.output import OutputPublisher
 from services.dispatcher.streams import (
     SETTLING,
     WorkerConn,
+    durable_slots,
     to_proto_assignment,
     to_proto_cancel,
+    to_proto_wake,
     to_report,
     validate_register,
 )
@@ -208,6 +210,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             actions=list(reg.actions), slots=reg.slots, labels=dict(reg.labels),
             heartbeat_ms=_now(), session=uuid.uuid4().hex, registered_ms=_now(),
             holding=[(k.task_id, k.attempt) for k in reg.holding],
+            durable_slots=durable_slots(reg),
         )
         conn = WorkerConn(info, asyncio.Queue(maxsize=reg.slots * 2 + 256), _now())
         previous = self.conns.get(worker_id)
@@ -483,6 +486,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
     async def _on_dispatch(self, msgs: list[Msg]) -> Rejected:
         rejected: Rejected = []
         per_worker: dict[str, tuple[list[pb.Assignment], list[pb.Cancel]]] = {}
+        wakes: dict[str, list[pb.Wake]] = {}
         undeliverable: list[tuple[str, TaskReport]] = []
         for msg in msgs:
             try:
@@ -507,6 +511,17 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             for c in batch.cancels:
                 if c.worker_id in self.conns:
                     per_worker.setdefault(c.worker_id, ([], []))[1].append(to_proto_cancel(c))
+            for w in batch.wakes:
+                if w.worker_id in self.conns:
+                    wakes.setdefault(w.worker_id, []).append(to_proto_wake(w))
+                else:
+                    # Like an undeliverable assignment: the scheduler requeues the attempt and
+                    # the next one replays the log, where the wait's result is recorded.
+                    undeliverable.append((w.tenant, TaskReport(
+                        kind="failed", task_id=w.task_id, attempt=w.attempt,
+                        worker_id=w.worker_id, ts_ms=_now(),
+                        error=TaskError(type="WorkerLost", message="worker not connected"),
+                    )))
         for worker_id, (assigns, cancels) in per_worker.items():
             conn = self.conns.get(worker_id)
             if conn is None:
@@ -518,6 +533,10 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 metrics.DISPATCHER_ASSIGNMENTS.inc(len(assigns))
             if cancels:
                 await conn.outbox.put(pb.DispatcherMessage(cancels=pb.Cancels(items=cancels)))
+        for worker_id, items in wakes.items():
+            conn = self.conns.get(worker_id)
+            if conn is not None:
+                await conn.outbox.put(pb.DispatcherMessage(wakes=pb.Wakes(items=items)))
         if undeliverable:
             await self._report_undeliverable(undeliverable)
         return rejected

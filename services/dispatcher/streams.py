@@ -7,7 +7,15 @@ import uuid
 from dataclasses import dataclass, field
 
 from libs.common import telemetry
-from libs.common.messages import Assignment, CancelTask, TaskError, TaskReport, WorkerInfo
+from libs.common.messages import (
+    Assignment,
+    CancelTask,
+    DurableStep,
+    TaskError,
+    TaskReport,
+    WakeTask,
+    WorkerInfo,
+)
 from libs.common.proto import worker_pb2 as pb
 
 EVENT_KINDS: dict[int, str] = {
@@ -18,6 +26,7 @@ EVENT_KINDS: dict[int, str] = {
     pb.REFRESH_TIMEOUT: "refresh",
     pb.LOG: "log",
     pb.STREAM: "stream",
+    pb.WAIT: "wait",
 }
 
 SETTLING = frozenset({"completed", "failed", "cancelled"})
@@ -30,6 +39,8 @@ MAX_TRACKED = 100_000
 MAX_SLOTS = 10_000
 MAX_ACTIONS = 1_000
 MAX_HOLDING = 100_000
+MAX_DURABLE_SLOTS = 1_000_000
+DEFAULT_DURABLE_SLOTS = 1_000
 
 
 @dataclass(slots=True, eq=False)
@@ -58,6 +69,8 @@ def validate_register(reg: pb.Register) -> str | None:
         return f"register.actions must list 1-{MAX_ACTIONS} actions"
     if reg.worker_id and (len(reg.worker_id) > 64 or not reg.worker_id.replace("-", "").isalnum()):
         return "register.worker_id must be up to 64 letters, digits or '-'"
+    if not 0 <= reg.durable_slots <= MAX_DURABLE_SLOTS:
+        return f"register.durable_slots must be between 0 and {MAX_DURABLE_SLOTS}"
     if len(reg.holding) > MAX_HOLDING:
         return f"register.holding lists more than {MAX_HOLDING} attempts"
     return None
@@ -77,6 +90,11 @@ def to_proto_assignment(a: Assignment) -> pb.Assignment:
         timeout_ms=a.timeout_ms,
         metadata=a.metadata,
         traceparent=_dispatch_span(a) if a.traceparent else "",
+        durable_log=[
+            pb.DurableStep(position=d.position, kind=d.kind, spec=d.spec, result=d.result,
+                           done=d.done)
+            for d in a.durable_log
+        ],
     )
 
 
@@ -98,6 +116,15 @@ def to_proto_cancel(c: CancelTask) -> pb.Cancel:
     return pb.Cancel(task_id=c.task_id, attempt=c.attempt, reason=c.reason)
 
 
+def to_proto_wake(w: WakeTask) -> pb.Wake:
+    return pb.Wake(task_id=w.task_id, attempt=w.attempt, position=w.position, result=w.result)
+
+
+def durable_slots(reg: pb.Register) -> int:
+    """0 (an SDK that predates durable tasks, or no preference) means the default."""
+    return reg.durable_slots or DEFAULT_DURABLE_SLOTS
+
+
 def to_report(worker_id: str, ev: pb.TaskEvent, now_ms: int) -> TaskReport | None:
     kind = EVENT_KINDS.get(ev.kind)
     if kind is None or not ev.task_id:
@@ -110,6 +137,12 @@ def to_report(worker_id: str, ev: pb.TaskEvent, now_ms: int) -> TaskReport | Non
             traceback=_clip(ev.error.traceback),
             non_retryable=ev.error.non_retryable,
         )
+    step = None
+    if kind == "wait":
+        if not ev.HasField("step"):
+            return None
+        step = DurableStep(position=ev.step.position, kind=ev.step.kind, spec=ev.step.spec,
+                           result=ev.step.result)
     return TaskReport(
         kind=kind,
         task_id=ev.task_id,
@@ -120,6 +153,7 @@ def to_report(worker_id: str, ev: pb.TaskEvent, now_ms: int) -> TaskReport | Non
         error=error,
         refresh_ms=ev.refresh_ms,
         log=ev.log,
+        step=step,
     )
 
 

@@ -43,6 +43,7 @@ from libs.common.subjects import Stream, valid_tenant
 from services.matcher.intake import EventIntake
 from services.matcher.publish import AckedPublisher
 from services.matcher.rules import DEFAULT_TTL_S, RuleCache, TenantRules, WorkflowRule
+from services.matcher.waits import EventWaits
 
 log = logging.getLogger(__name__)
 # Outcome records per MatchBatch message: a few hundred bytes each, well under 1 MiB.
@@ -122,6 +123,7 @@ class MatcherService(Service):
         self._changes: Subscription | None = None
         self.rules: RuleCache | None = None
         self._store: PayloadStore | None = None
+        self.waits: EventWaits | None = None
 
     async def _start(self) -> None:
         s = self.settings
@@ -132,6 +134,7 @@ class MatcherService(Service):
         self._pool = await db.create_pool(s.database_url, max_size=4)
         self._store = open_store(s)
         self.rules = RuleCache(self._pool, ttl_s=self._rules_ttl_s)
+        self.waits = EventWaits(self._pool)
         self._publisher = AckedPublisher(self._nc)
         await self._publisher.start()
         # Subscribe before consuming so no change made after our first load can be missed.
@@ -166,12 +169,14 @@ class MatcherService(Service):
 
     async def handle(self, msgs: list[Msg]) -> Rejected:
         """Match a batch of EVT messages; malformed ones are returned to be dead-lettered."""
-        assert self._publisher is not None and self.rules is not None
+        assert self._publisher is not None and self.rules is not None and self.waits is not None
         parsed: list[events.Event] = []
+        with_msgs: list[tuple[Msg, events.Event]] = []
         rejected: Rejected = []
         for msg in msgs:
             try:
                 parsed.append(await self._parse(msg))
+                with_msgs.append((msg, parsed[-1]))
             except events.BadEvent as exc:
                 log.warning("rejecting event on %s: %s", msg.subject, exc)
                 EVENTS.labels("rejected").inc()
@@ -187,6 +192,7 @@ class MatcherService(Service):
                 if record is not None:
                     records.setdefault(event.tenant, []).append(record)
             outgoing.extend(_record_messages(records))
+            outgoing.extend(await self.waits.match(with_msgs))  # durable waits (waits.py)
             await self._publisher.publish_batch(outgoing)
             tally.flush()
             EVENTS.labels("matched").inc(len(parsed))

@@ -11,6 +11,7 @@ from libs.common.messages import RunStateChanged, StateChanges, TaskStateChanged
 from services.scheduler.model import Run, Task
 
 if TYPE_CHECKING:  # the engine package imports this module: annotations only
+    from services.scheduler.engine._durable import DurableWrites
     from services.scheduler.engine.admission.concurrency import HolderRow, SemRef
     from services.scheduler.engine.admission.ratelimit import Admission
 
@@ -59,6 +60,8 @@ class Effects:
     exec_put: dict[tuple[str, str, int], tuple[str, str]] = field(default_factory=dict)
     exec_del: set[tuple[str, str, int]] = field(default_factory=set)  # tenant, task, attempt
     admissions: list[Admission] = field(default_factory=list)
+    # durable tasks' log rows and event conditions (engine/_durable.py), set by finish()
+    durable: DurableWrites | None = None
     # transitions per tenant, relayed as StateChanges messages (see bundle_changes)
     changes: dict[str, list[tuple[TaskStateChanged | RunStateChanged, str]]] = field(
         default_factory=dict
@@ -111,6 +114,9 @@ class Effects:
             or self.admissions
         )
 
+    def durable_empty(self) -> bool:
+        return self.durable is None or self.durable.empty()
+
     def empty(self) -> bool:
         return not (
             self.tasks
@@ -125,4 +131,5 @@ class Effects:
             or self.exec_put
             or self.exec_del
             or self.admissions
+            or not self.durable_empty()
         )

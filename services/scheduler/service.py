@@ -39,6 +39,7 @@ from libs.common.messages import (
     TaskReport,
     TriggerRun,
     TriggerRuns,
+    WaitSatisfied,
     WorkerInfo,
 )
 from libs.common.payloads import REF_MAGIC, PayloadError, PayloadStore, maybe_ref, open_store
@@ -177,6 +178,8 @@ class SchedulerService(Service):
                 if kind == TIMER_EXEC and task.attempt == attempt:
                     task.deadline_ms = due
                 self.engine.adopt_timer(tenant, task_id, kind, attempt, due)
+            for entry in await store.load_durable(conn):
+                self.engine.restore_durable(entry)
         log.info("loaded %d active runs", len(self.engine.runs))
 
     # consumers ----------------------------------------------------------------------
@@ -273,10 +276,13 @@ class SchedulerService(Service):
         assert self._pool is not None
         async with self._pool.acquire() as conn:
             specs, existing = await self._prefetch(conn, works)
+            # Runs durable tasks wait for that are not in memory: ended, or not created yet.
+            waited_runs = await store.run_statuses(conn, self.engine.run_lookups())
             await self._fairness.refresh_limits(conn, self.engine)
             observe.trace_triggers(self.engine, _triggers(works), existing)
             engine = self.engine
             engine.begin(_now())
+            engine.runs_ended(waited_runs)
             while self._worker_events:
                 _op, value = self._worker_events.popleft()
                 if isinstance(value, WorkerInfo):
@@ -299,21 +305,26 @@ class SchedulerService(Service):
                         engine.cancel(tenant, msg)
                     elif isinstance(msg, ReplayRun):
                         engine.replay(tenant, msg)
+                    elif isinstance(msg, WaitSatisfied):
+                        engine.wait_satisfied(tenant, msg)
             engine.fire_timers()
             fx = engine.finish()
             if not fx.empty() or self._published:
                 # Taken before the flush: the relay in flight keeps appending to the list.
                 published, self._published = self._published, []
-                if fx.fairness_empty():
+                if fx.fairness_empty() and fx.durable_empty():
                     await store.flush(conn, fx, published)  # one statement: its own transaction
                 else:
                     async with conn.transaction():
                         await store.flush(conn, fx, published)
                         await self._fairness.flush(conn, fx, engine)
+                        await store.flush_durable(conn, fx)
             observe.after_batch(engine, fx)
         for work in works:
             if not work.done.done():
                 work.done.set_result(None)
+        if engine.has_run_lookups():
+            self._wake.set()  # look them up in a batch of their own, without waiting for mail
         await self._await_relay()
         outgoing, self._unsent = self._unsent + fx.outbox, []
         if outgoing:

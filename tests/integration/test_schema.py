@@ -176,13 +176,23 @@ def _workflow_rules(case: Case) -> None:
         task["parents"] = names[-1:]
         names.append(task["name"])
         _dynamic_rate_limits(task)
+        _condition_parents(task)
     for hook in ("on_failure", "on_success"):
         if isinstance(body.get(hook), dict):
             body[hook].update(name=hook.replace("_", "-"), parents=[])
             _dynamic_rate_limits(body[hook])
+            _condition_parents(body[hook])
     schema_value = body.get("input_schema")
     if isinstance(schema_value, dict) and schema_problem(schema_value) is not None:
         body["input_schema"] = None
+
+
+def _condition_parents(task: dict[str, Any]) -> None:
+    """A ParentOutput condition names one of its task's parents, or none."""
+    for name in ("skip_if", "cancel_if"):
+        for cond in task.get(name, []) or []:
+            if isinstance(cond, dict) and cond.get("parent") not in (None, "", *task["parents"]):
+                cond["parent"] = ""
 
 
 def _dynamic_rate_limits(task: dict[str, Any]) -> None:

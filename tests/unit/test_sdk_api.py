@@ -15,6 +15,7 @@ def test_public_names_are_pinned() -> None:
         "ApiError", "Concurrency", "Context", "DesiredLabel", "NonRetryable", "RateLimit",
         "Ratchet", "RatchetError", "RunFailed", "RunRef", "Sticky", "StickyStrategy", "Strategy", "Task",
         "Worker", "Workflow", "WorkflowDefinitionError",
+        "DurableContext", "Event", "NonDeterminism", "ParentOutput", "Sleep", "WaitAnyResult",
     }
 
 
@@ -113,3 +114,46 @@ def test_tracing_degrades_without_opentelemetry() -> None:
         "tenant": "ten", "workflow": "wf", "run_id": "r1", "task_id": "t1", "task_name": "n",
         "attempt": 2,
     }
+
+
+def test_durable_and_condition_definitions_fail_at_import_time() -> None:
+    wf = Ratchet(token="x").workflow("conds")
+    with pytest.raises(ratchet.WorkflowDefinitionError, match="async"):
+        wf.durable_task(name="sync")(lambda i, c: {})
+    with pytest.raises(ratchet.WorkflowDefinitionError, match="wait_for takes"):
+        wf.task(name="bad", wait_for=[ratchet.ParentOutput("input.x > 1")])(lambda i, c: {})
+
+    @wf.task()
+    def first(input: dict, ctx: ratchet.Context) -> dict:
+        return {}
+
+    @wf.task(parents=[first], wait_for=[ratchet.Sleep(2.5), ratchet.Event("go", "input.ok")],
+             skip_if=[ratchet.ParentOutput("input.skip", parent=first)])
+    def second(input: dict, ctx: ratchet.Context) -> dict:
+        return {}
+
+    spec = second.spec()
+    assert spec["wait_for"] == [
+        {"kind": "sleep", "sleep_s": 2.5},
+        {"kind": "event", "key": "go", "expression": "input.ok", "scope": None},
+    ]
+    assert spec["skip_if"] == [{"kind": "parent_output", "expression": "input.skip", "parent": "first"}]
+    with pytest.raises(ratchet.WorkflowDefinitionError, match="not a parent"):
+        wf.task(name="orphan", skip_if=[ratchet.ParentOutput("true", parent=second)])(
+            lambda i, c: {})
+
+
+def test_durable_mock_run_ends_sleeps_at_once() -> None:
+    wf = Ratchet(token="x").workflow("mocked")
+
+    @wf.durable_task()
+    async def nap(input: dict, ctx: ratchet.DurableContext) -> dict:
+        await ctx.aio_sleep_for(3600)
+        fired = await ctx.aio_wait_any(ratchet.Event("never"), ratchet.Sleep(60))
+        try:
+            await ctx.aio_wait_for_event("never", timeout=5)
+        except TimeoutError:
+            return {"fired": fired.index, "timed_out": True}
+        return {}
+
+    assert nap.mock_run({}) == {"fired": 1, "timed_out": True}

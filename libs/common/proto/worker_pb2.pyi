@@ -17,6 +17,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STREAM: _ClassVar[EventKind]
     REFRESH_TIMEOUT: _ClassVar[EventKind]
     CANCELLED: _ClassVar[EventKind]
+    WAIT: _ClassVar[EventKind]
 EVENT_KIND_UNSPECIFIED: EventKind
 STARTED: EventKind
 COMPLETED: EventKind
@@ -25,6 +26,7 @@ LOG: EventKind
 STREAM: EventKind
 REFRESH_TIMEOUT: EventKind
 CANCELLED: EventKind
+WAIT: EventKind
 
 class WorkerMessage(_message.Message):
     __slots__ = ("register", "heartbeat", "events")
@@ -37,7 +39,7 @@ class WorkerMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TaskEvents, _Mapping]] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("name", "actions", "slots", "labels", "worker_id", "holding")
+    __slots__ = ("name", "actions", "slots", "labels", "worker_id", "holding", "durable_slots")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,13 +53,15 @@ class Register(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOLDING_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     actions: _containers.RepeatedScalarFieldContainer[str]
     slots: int
     labels: _containers.ScalarMap[str, str]
     worker_id: str
     holding: _containers.RepeatedCompositeFieldContainer[TaskKey]
-    def __init__(self, name: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., holding: _Optional[_Iterable[_Union[TaskKey, _Mapping]]] = ...) -> None: ...
+    durable_slots: int
+    def __init__(self, name: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., holding: _Optional[_Iterable[_Union[TaskKey, _Mapping]]] = ..., durable_slots: _Optional[int] = ...) -> None: ...
 
 class TaskKey(_message.Message):
     __slots__ = ("task_id", "attempt")
@@ -73,6 +77,20 @@ class Heartbeat(_message.Message):
     ts_ms: int
     def __init__(self, ts_ms: _Optional[int] = ...) -> None: ...
 
+class DurableStep(_message.Message):
+    __slots__ = ("position", "kind", "spec", "result", "done")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    kind: str
+    spec: bytes
+    result: bytes
+    done: bool
+    def __init__(self, position: _Optional[int] = ..., kind: _Optional[str] = ..., spec: _Optional[bytes] = ..., result: _Optional[bytes] = ..., done: _Optional[bool] = ...) -> None: ...
+
 class TaskError(_message.Message):
     __slots__ = ("type", "message", "traceback", "non_retryable")
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -86,7 +104,7 @@ class TaskError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("task_id", "attempt", "kind", "output", "error", "log", "chunk", "refresh_ms", "ts_ms", "level", "seq", "chunk_type")
+    __slots__ = ("task_id", "attempt", "kind", "output", "error", "log", "chunk", "refresh_ms", "ts_ms", "level", "seq", "chunk_type", "step")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +117,7 @@ class TaskEvent(_message.Message):
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CHUNK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     attempt: int
     kind: EventKind
@@ -111,7 +130,8 @@ class TaskEvent(_message.Message):
     level: str
     seq: int
     chunk_type: str
-    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., log: _Optional[str] = ..., chunk: _Optional[bytes] = ..., refresh_ms: _Optional[int] = ..., ts_ms: _Optional[int] = ..., level: _Optional[str] = ..., seq: _Optional[int] = ..., chunk_type: _Optional[str] = ...) -> None: ...
+    step: DurableStep
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., log: _Optional[str] = ..., chunk: _Optional[bytes] = ..., refresh_ms: _Optional[int] = ..., ts_ms: _Optional[int] = ..., level: _Optional[str] = ..., seq: _Optional[int] = ..., chunk_type: _Optional[str] = ..., step: _Optional[_Union[DurableStep, _Mapping]] = ...) -> None: ...
 
 class TaskEvents(_message.Message):
     __slots__ = ("events",)
@@ -120,14 +140,16 @@ class TaskEvents(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ...) -> None: ...
 
 class DispatcherMessage(_message.Message):
-    __slots__ = ("registered", "assignments", "cancels")
+    __slots__ = ("registered", "assignments", "cancels", "wakes")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCELS_FIELD_NUMBER: _ClassVar[int]
+    WAKES_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     assignments: Assignments
     cancels: Cancels
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., cancels: _Optional[_Union[Cancels, _Mapping]] = ...) -> None: ...
+    wakes: Wakes
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., cancels: _Optional[_Union[Cancels, _Mapping]] = ..., wakes: _Optional[_Union[Wakes, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("worker_id", "tenant", "dispatcher_id", "heartbeat_interval_ms")
@@ -142,7 +164,7 @@ class Registered(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., tenant: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("task_id", "run_id", "attempt", "workflow", "task_name", "action", "input", "parent_outputs", "additional", "timeout_ms", "metadata", "traceparent")
+    __slots__ = ("task_id", "run_id", "attempt", "workflow", "task_name", "action", "input", "parent_outputs", "additional", "timeout_ms", "metadata", "traceparent", "durable_log")
     class ParentOutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +198,7 @@ class Assignment(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_LOG_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     run_id: str
     attempt: int
@@ -188,7 +211,8 @@ class Assignment(_message.Message):
     timeout_ms: int
     metadata: _containers.ScalarMap[str, str]
     traceparent: str
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[str] = ..., task_name: _Optional[str] = ..., action: _Optional[str] = ..., input: _Optional[bytes] = ..., parent_outputs: _Optional[_Mapping[str, bytes]] = ..., additional: _Optional[_Mapping[str, bytes]] = ..., timeout_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    durable_log: _containers.RepeatedCompositeFieldContainer[DurableStep]
+    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[str] = ..., attempt: _Optional[int] = ..., workflow: _Optional[str] = ..., task_name: _Optional[str] = ..., action: _Optional[str] = ..., input: _Optional[bytes] = ..., parent_outputs: _Optional[_Mapping[str, bytes]] = ..., additional: _Optional[_Mapping[str, bytes]] = ..., timeout_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., traceparent: _Optional[str] = ..., durable_log: _Optional[_Iterable[_Union[DurableStep, _Mapping]]] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("items",)
@@ -211,3 +235,21 @@ class Cancels(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Cancel]
     def __init__(self, items: _Optional[_Iterable[_Union[Cancel, _Mapping]]] = ...) -> None: ...
+
+class Wake(_message.Message):
+    __slots__ = ("task_id", "attempt", "position", "result")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    position: int
+    result: bytes
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., position: _Optional[int] = ..., result: _Optional[bytes] = ...) -> None: ...
+
+class Wakes(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Wake]
+    def __init__(self, items: _Optional[_Iterable[_Union[Wake, _Mapping]]] = ...) -> None: ...

@@ -162,6 +162,11 @@ export class Task<I = Record<string, unknown>, O = unknown> implements TaskRef<O
       concurrency: list(options.concurrency).map((c) => concurrencySpec(c, where)),
       rate_limits: (options.rateLimits ?? []).map((r) => rateLimitSpec(r, where)),
       desired_labels: labels,
+      // Durable tasks and DAG conditions are Python-SDK features for now (docs/durable.md).
+      durable: false,
+      wait_for: [],
+      skip_if: [],
+      cancel_if: [],
     };
   }
 

@@ -14,6 +14,8 @@ of the engine's internals); behind it, one module per job:
 - `_timers.py`       timeouts and retry times (a heap in memory, some rows in PostgreSQL);
 - `_recovery.py`     reloading after a restart, reconciling with (re)registered and lost
                      workers;
+- `_durable.py`      durable tasks: the log of their waits, wake-ups, durable slots;
+- `_conditions.py`   DAG conditions (wait_for, skip_if, cancel_if);
 - `_outbox.py`       assignments, cancellations and state transitions to publish;
 - `_history.py`      run history and attempt rows;
 - `_children.py`     child runs: the parent → children index and the cancel cascade.
@@ -24,19 +26,27 @@ returns the batch's Effects for the service to write in one transaction.
 
 from __future__ import annotations
 
-from libs.common.messages import CancelRun, ReplayRun, TaskReport, TriggerRun, WorkerInfo
+from libs.common.messages import (
+    CancelRun,
+    ReplayRun,
+    TaskReport,
+    TriggerRun,
+    WaitSatisfied,
+    WorkerInfo,
+)
 from libs.common.specs import WorkflowSpec
 from services.scheduler.effects import Effects
 from services.scheduler.engine._children import Children
+from services.scheduler.engine._durable import Entry as DurableEntry
 from services.scheduler.engine._machine import StateMachine
 from services.scheduler.engine._recovery import Recovery
 from services.scheduler.engine._timers import TIMER_EXEC, TIMER_RETRY, TIMER_SCHED
 from services.scheduler.engine.admission.concurrency import Concurrency, Holder, SemRef
 from services.scheduler.engine.admission.ratelimit import PER_MS, Admission, LimitDef, RateLimiter
 from services.scheduler.engine.assign import Assigner
-from services.scheduler.model import Run, Task
+from services.scheduler.model import RUN_TERMINAL, Run, Task
 
-__all__ = ["TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "Engine"]
+__all__ = ["TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "DurableEntry", "Engine"]
 
 
 class Engine:
@@ -118,6 +128,10 @@ class Engine:
     def adopt_timer(self, tenant: str, task_id: str, kind: str, attempt: int, due_ms: int) -> None:
         self._recovery.adopt_timer(tenant, task_id, kind, attempt, due_ms)
 
+    def restore_durable(self, entry: DurableEntry) -> None:
+        """A durable log entry read back after the runs (see _durable.py)."""
+        self._m.durable.restore(entry)
+
     def define_limit(self, tenant: str, key: str, limit: int, per: str, burst: int | None) -> None:
         """A rate limit defined (or changed) through the API."""
         self._m.gate.limits.define(tenant, key, LimitDef(limit, PER_MS[per], burst))
@@ -132,6 +146,24 @@ class Engine:
 
     def replay(self, tenant: str, cmd: ReplayRun) -> None:
         self._m.replay(tenant, cmd)
+
+    def run_lookups(self) -> list[tuple[str, str]]:
+        """(tenant, run id) of runs durable tasks wait for that are not in memory: the service
+        reads their status before the next batch and passes it to `runs_ended`."""
+        return self._m.durable.take_run_lookups()
+
+    def has_run_lookups(self) -> bool:
+        return bool(self._m.durable.run_lookups)
+
+    def runs_ended(self, statuses: dict[str, str]) -> None:
+        """Statuses read for `run_lookups`: the ended ones complete their waits."""
+        for run_id, status in statuses.items():
+            if status in RUN_TERMINAL:
+                self._m.durable.run_ended(run_id, status)
+
+    def wait_satisfied(self, tenant: str, cmd: WaitSatisfied) -> None:
+        """The matcher saw an event that satisfies a durable wait or a wait_for condition."""
+        self._m.durable.satisfied(tenant, cmd)
 
     # child runs (see _children.py) ----------------------------------------------------
     def parent_to_look_up(self, tenant: str, cmd: TriggerRun) -> tuple[str, str] | None:
@@ -151,9 +183,13 @@ class Engine:
         self._m.report(tenant, rep)
 
     def worker_seen(self, info: WorkerInfo) -> None:
+        known = self._m.assigner.workers.get(info.worker_id)
+        new_session = bool(info.session) and (known is None or known.info.session != info.session)
         self._recovery.worker_seen(info)
+        self._m.durable.worker_seen(info, new_session and bool(info.registered_ms))
 
     def worker_lost(self, worker_id: str) -> None:
+        self._m.durable.worker_lost(worker_id)  # first: it requeues attempts holding no slot
         self._recovery.worker_lost(worker_id)
 
     # timers -------------------------------------------------------------------------

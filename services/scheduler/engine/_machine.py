@@ -24,8 +24,11 @@ from libs.common.specs import WorkflowSpec
 from services.scheduler.backoff import retry_delay_s
 from services.scheduler.effects import Effects
 from services.scheduler.engine import _history, _outbox
+from services.scheduler.engine._conditions import Conditions
+from services.scheduler.engine._durable import Durable
 from services.scheduler.engine._recovery import mark_unreachable
 from services.scheduler.engine._timers import (
+    TIMER_DURABLE,
     TIMER_EXEC,
     TIMER_KINDS,
     TIMER_RETRY,
@@ -60,6 +63,8 @@ class StateMachine:
         self.fx = Effects()
         self.now_ms = 0
         self.gate = Gate(self)
+        self.durable = Durable(self)  # durable tasks' logs and parked attempts
+        self.conditions = Conditions(self, self.durable)  # wait_for / skip_if / cancel_if
 
     # batch lifecycle ----------------------------------------------------------------
     def begin(self, now_ms: int) -> None:
@@ -70,6 +75,7 @@ class StateMachine:
         """Assign free slots, then hand over the batch's effects."""
         self.gate.start_deferred()
         self.gate.unpark_rate_limited()
+        self.durable.send_wakes()  # woken durable tasks take free slots before new tasks
         self.assign()
         self.gate.journal(self.fx)
         fx = self.fx
@@ -79,7 +85,10 @@ class StateMachine:
             self.gate.resolved_inputs.pop(run.id, None)
             for task in run.tasks.values():
                 self.tasks.pop(task.id, None)
+            self.durable.forget(list(run.tasks.values()))
+            self.conditions.forget(list(run.tasks.values()))
         self.timers.compact_if_due(self.tasks)
+        fx.durable = self.durable.take_writes()
         self.fx = Effects()
         return fx
 
@@ -153,6 +162,7 @@ class StateMachine:
                 task.last_error = None
                 task.finished_ms = None
                 task.sem_refs = task.needs = None
+                self.durable.reset(task)  # a replay starts durable tasks on a fresh log
                 self.fx.touch_task(task)
         for name in redo:
             task = run.tasks[name]
@@ -170,6 +180,7 @@ class StateMachine:
         # Whatever became of the task, a settling report frees that attempt's slot; slots
         # are keyed by attempt, so a late report cannot free a newer attempt's slot.
         if rep.kind in SETTLING_REPORTS:
+            self.durable.attempt_settled(rep.worker_id, rep.task_id, rep.attempt)
             self.assigner.release(rep.worker_id, rep.task_id, rep.attempt)
             self.gate.attempt_stopped(rep.task_id, rep.attempt, rep.worker_id)
 
@@ -199,6 +210,8 @@ class StateMachine:
         elif kind in ("failed", "cancelled"):
             if task.status in IN_FLIGHT:
                 self._fail(task, rep.error or TaskError(type="Cancelled", message="stopped"))
+        elif kind == "wait":
+            self.durable.on_wait(task, rep)
         elif kind == "refresh":
             if task.status in IN_FLIGHT and rep.refresh_ms > 0:
                 task.deadline_ms = self.now_ms + rep.refresh_ms
@@ -222,6 +235,9 @@ class StateMachine:
             fired += 1
             self.timers.drop(self.fx, (tenant, task_id, kind))
             task = self.tasks.get(task_id)
+            if kind == TIMER_DURABLE and task is not None:
+                self.durable.fire(task, attempt)  # `attempt` holds the log position here
+                continue
             if task is None or task.attempt != attempt:
                 continue
             if kind == TIMER_RETRY and task.status == TaskStatus.QUEUED:
@@ -317,6 +333,7 @@ class StateMachine:
         self.history(run, None, f"run.{run.status.lower()}", None)
         self.announce_run(run)
         self.fx.finished_runs.append(run)
+        self.durable.run_ended(run.id, run.status.value)  # durable tasks awaiting this run
         self.gate.release_run_if_idle(run.id)
 
     def end_run(self, run: Run, status: TaskStatus, err: TaskError) -> None:
@@ -333,6 +350,8 @@ class StateMachine:
                 self.queue(task)
 
     def queue(self, task: Task, not_before_ms: int | None = None) -> None:
+        if task.status == TaskStatus.PENDING and self.conditions.intercept(task):
+            return  # first readiness of a task with DAG conditions: see _conditions.py
         task.status = TaskStatus.QUEUED
         task.stage = ""
         task.queued_ms = self.now_ms
@@ -409,9 +428,10 @@ class StateMachine:
             self.timers.drop(self.fx, (task.tenant, task.id, TIMER_SCHED))
             self.timers.set_stored(self.fx, task, TIMER_EXEC, task.deadline_ms)
             self.emit_state(task)
-            by_dispatcher.setdefault(worker.info.dispatcher_id, []).append(
-                _outbox.assignment(run, task)
-            )
+            assignment = _outbox.assignment(run, task)
+            if task.spec.durable:
+                assignment.durable_log = self.durable.log_for(task)
+            by_dispatcher.setdefault(worker.info.dispatcher_id, []).append(assignment)
         _outbox.send_assignments(self.fx, by_dispatcher)
 
     def _score(self, task: Task, worker: Worker) -> int | None:

@@ -16,6 +16,7 @@ from libs.common.messages import (
     DispatchBatch,
     RunStateChanged,
     TaskStateChanged,
+    WakeTask,
     encode,
 )
 from services.scheduler.effects import Effects
@@ -29,7 +30,7 @@ def assignment(run: Run, task: Task) -> Assignment:
     parents = {
         p: run.tasks[p].output or b"null"
         for p in task.spec.parents
-        if run.tasks[p].status == TaskStatus.SUCCEEDED
+        if run.tasks[p].status in (TaskStatus.SUCCEEDED, TaskStatus.SKIPPED)
     }
     additional = dict(run.additional)
     if task.role == "on_failure":
@@ -112,6 +113,14 @@ def send_cancel(fx: Effects, task: Task, dispatcher_id: str, reason: str) -> Non
     fx.outbox.append(
         Outgoing(subjects.dsp(dispatcher_id), encode(batch), f"cancel:{task.id}:{task.attempt}")
     )
+
+
+def send_wake(fx: Effects, wake: WakeTask, dispatcher_id: str, now_ms: int) -> None:
+    """Resume a parked durable task on its worker (engine/_durable.py)."""
+    fx.outbox.append(Outgoing(
+        subjects.dsp(dispatcher_id), encode(DispatchBatch(wakes=[wake])),
+        f"wake:{wake.task_id}:{wake.attempt}:{wake.position}:{now_ms}",
+    ))
 
 
 def task_changed(fx: Effects, now_ms: int, run: Run, task: Task) -> None:

@@ -23,6 +23,9 @@ from services.scheduler.model import Task
 TIMER_RETRY = "retry"
 TIMER_EXEC = "exec"
 TIMER_SCHED = "sched"
+# A durable wait's deadline (engine/_durable.py): memory only, re-armed from the durable log
+# after a restart; its entry carries the log position where others carry the attempt.
+TIMER_DURABLE = "durable"
 TIMER_KINDS = (TIMER_EXEC, TIMER_SCHED, TIMER_RETRY)
 TIMER_COMPACT_MIN = 4096  # heap entries before the first compaction
 
@@ -62,6 +65,10 @@ class Timers:
         self._stored.add(key)
         heapq.heappush(self._heap, (due_ms, task.tenant, task.id, kind, task.attempt))
 
+    def set_memory(self, tenant: str, task_id: str, kind: str, key: int, due_ms: int) -> None:
+        """A timer with no row of its own (its owner keeps the durable copy)."""
+        heapq.heappush(self._heap, (due_ms, tenant, task_id, kind, key))
+
     def set_queued(self, task: Task, now_ms: int, *, adopted: bool = False) -> None:
         """A queued task's schedule timeout and, after a failure, its retry time (memory only)."""
         assert task.queued_ms is not None
@@ -86,7 +93,8 @@ class Timers:
             return
         keep = [
             entry for entry in self._heap
-            if (task := tasks.get(entry[2])) is not None and task.attempt == entry[4]
+            if (task := tasks.get(entry[2])) is not None
+            and (task.attempt == entry[4] or entry[3] == TIMER_DURABLE)
         ]
         heapq.heapify(keep)
         self._heap = keep

@@ -898,6 +898,18 @@ export interface components {
             event_id: string;
             key: string;
         };
+        /** EventCondition */
+        EventCondition: {
+            /**
+             * Format: cel
+             * @default
+             */
+            expression: string;
+            key: string;
+            /** @constant */
+            kind: "event";
+            scope?: string | null;
+        };
         /** EventIn */
         EventIn: {
             event_id?: string | null;
@@ -1001,6 +1013,15 @@ export interface components {
         /** NatsCredentialsIn */
         NatsCredentialsIn: {
             ttl_s?: number | null;
+        };
+        /** ParentOutputCondition */
+        ParentOutputCondition: {
+            /** Format: cel */
+            expression: string;
+            /** @constant */
+            kind: "parent_output";
+            /** @default  */
+            parent: string;
         };
         /** ParentRef */
         ParentRef: {
@@ -1203,6 +1224,13 @@ export interface components {
          * @enum {string}
          */
         Scope: "admin" | "write" | "read" | "worker";
+        /** SleepCondition */
+        SleepCondition: {
+            /** @constant */
+            kind: "sleep";
+            /** @default 0 */
+            sleep_s: number;
+        };
         /** TaskLatency */
         TaskLatency: {
             duration_ms: components["schemas"]["Percentiles"];
@@ -1226,10 +1254,13 @@ export interface components {
             backoff_factor: number;
             /** @default 60 */
             backoff_max_s: number;
+            cancel_if?: components["schemas"]["ParentOutputCondition"][];
             concurrency?: components["schemas"]["ConcurrencySpec"][];
             desired_labels?: {
                 [key: string]: components["schemas"]["LabelSpec"];
             };
+            /** @default false */
+            durable: boolean;
             /** @default 300 */
             execution_timeout_s: number;
             /** @description letters, digits, '_', '-', '.', ':' */
@@ -1240,6 +1271,8 @@ export interface components {
             retries: number;
             /** @default 300 */
             schedule_timeout_s: number;
+            skip_if?: components["schemas"]["ParentOutputCondition"][];
+            wait_for?: (components["schemas"]["SleepCondition"] | components["schemas"]["EventCondition"])[];
         };
         /**
          * TaskStatus

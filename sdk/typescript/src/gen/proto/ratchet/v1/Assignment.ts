@@ -1,5 +1,6 @@
 // Original file: proto/ratchet/v1/worker.proto
 
+import type { DurableStep as _ratchet_v1_DurableStep, DurableStep__Output as _ratchet_v1_DurableStep__Output } from '../../ratchet/v1/DurableStep.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface Assignment {
@@ -15,6 +16,7 @@ export interface Assignment {
   'timeoutMs'?: (number | string | Long);
   'metadata'?: ({[key: string]: string});
   'traceparent'?: (string);
+  'durableLog'?: (_ratchet_v1_DurableStep)[];
 }
 
 export interface Assignment__Output {
@@ -30,4 +32,5 @@ export interface Assignment__Output {
   'timeoutMs': (number);
   'metadata': ({[key: string]: string});
   'traceparent': (string);
+  'durableLog': (_ratchet_v1_DurableStep__Output)[];
 }

@@ -9,6 +9,7 @@ export const EventKind = {
   STREAM: 'STREAM',
   REFRESH_TIMEOUT: 'REFRESH_TIMEOUT',
   CANCELLED: 'CANCELLED',
+  WAIT: 'WAIT',
 } as const;
 
 export type EventKind =
@@ -28,5 +29,7 @@ export type EventKind =
   | 6
   | 'CANCELLED'
   | 7
+  | 'WAIT'
+  | 8
 
 export type EventKind__Output = typeof EventKind[keyof typeof EventKind]

@@ -9,6 +9,7 @@ export interface Register {
   'labels'?: ({[key: string]: string});
   'workerId'?: (string);
   'holding'?: (_ratchet_v1_TaskKey)[];
+  'durableSlots'?: (number);
 }
 
 export interface Register__Output {
@@ -18,4 +19,5 @@ export interface Register__Output {
   'labels': ({[key: string]: string});
   'workerId': (string);
   'holding': (_ratchet_v1_TaskKey__Output)[];
+  'durableSlots': (number);
 }

@@ -2,6 +2,7 @@
 
 import type { EventKind as _ratchet_v1_EventKind, EventKind__Output as _ratchet_v1_EventKind__Output } from '../../ratchet/v1/EventKind.js';
 import type { TaskError as _ratchet_v1_TaskError, TaskError__Output as _ratchet_v1_TaskError__Output } from '../../ratchet/v1/TaskError.js';
+import type { DurableStep as _ratchet_v1_DurableStep, DurableStep__Output as _ratchet_v1_DurableStep__Output } from '../../ratchet/v1/DurableStep.js';
 import type { Long } from '@grpc/proto-loader';
 
 export interface TaskEvent {
@@ -17,6 +18,7 @@ export interface TaskEvent {
   'level'?: (string);
   'seq'?: (number | string | Long);
   'chunkType'?: (string);
+  'step'?: (_ratchet_v1_DurableStep | null);
 }
 
 export interface TaskEvent__Output {
@@ -32,4 +34,5 @@ export interface TaskEvent__Output {
   'level': (string);
   'seq': (number);
   'chunkType': (string);
+  'step': (_ratchet_v1_DurableStep__Output | null);
 }
