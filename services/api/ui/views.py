@@ -15,10 +15,10 @@ from litestar.exceptions import NotFoundException
 
 from libs.common.specs import WorkflowSpec
 from libs.common.statuses import RUN_TERMINAL
+from services.api.repos import NotFound
 from services.api.routes.runs import RunController, load_run
 from services.api.schemas import RunEventView, RunView, TaskView
 from services.api.state import ApiState
-from services.api.ui import queries
 from services.api.ui.live import wait_for_run
 from services.api.ui.svg import STATUS_CLASS, DagNode, dag_svg
 
@@ -118,13 +118,17 @@ async def run_page(
     if run is None and wait_s > 0:
 
         async def exists() -> bool:
-            return await queries.run_statuses(api.pool, tenant, [run_id]) != {}
+            return await api.runs.status(tenant, run_id) is not None
 
         if await wait_for_run(api, tenant, run_id, exists, wait_s):
             run = await load_run(api, tenant, run_id)
     if run is None:
         raise NotFoundException(f"run {run_id!r} not found")
-    spec = await queries.version_spec(api, tenant, run.version_id)
+    spec: WorkflowSpec | None = None
+    try:  # the definition the run was started from (versions are immutable)
+        spec = (await api.workflows.version(tenant, run.workflow, run.version_id)).spec
+    except NotFound:
+        pass
     if spec is not None:  # tasks in definition order (parents first), hooks last
         order = {t.name: i for i, t in enumerate(
             [*spec.tasks, *(h for h in (spec.on_failure, spec.on_success) if h is not None)]

@@ -27,10 +27,14 @@ class LoginPages(Controller):
     path = "/ui"
 
     @get("/login")
-    async def login_form(self, api: Api, token: str | None = None) -> Response[str]:
+    async def login_form(
+        self, api: Api, token: str | None = None, ended: str | None = None
+    ) -> Response[str]:
         """The login form; `?token=` logs straight in (the link `make demo` prints)."""
         if token is None:
-            return page("login.html", error=None, session=None, nav="")
+            error = ("Your session has ended: its API token was revoked or has expired."
+                     " Log in with another token." if ended else None)
+            return page("login.html", error=error, session=None, nav="")
         if await api.tokens.tenant(token) is None:
             return page("login.html", error="That token is not valid.", session=None, nav="",
                         status_code=401)
