@@ -4,6 +4,7 @@
   from its schema). `publish` waits while `input.hold` is true, until the run is cancelled, so
   tests can see a run RUNNING and cancel it.
 - `ui-flaky`: one task that fails (with a traceback) whenever `input.fail` is true.
+- `ui-family`: one task that starts `input.children` child runs of `ui-flaky` and waits for them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ratchet import Context, NonRetryable, Ratchet, Workflow
 
 PIPELINE = "ui-pipeline"
 FLAKY = "ui-flaky"
+FAMILY = "ui-family"
 
 
 class Article(msgspec.Struct):
@@ -54,4 +56,14 @@ def workflows(r: Ratchet) -> list[Workflow]:
             raise ConnectionError("upstream refused the connection")
         return {"ok": True}
 
-    return [pipeline, flaky]
+    family = r.workflow(FAMILY, description="Starts child runs and waits for them")
+
+    @family.task()
+    async def spawn(input: dict[str, object], ctx: Context) -> dict[str, object]:
+        count = int(str(input.get("children", 2)))
+        refs = await flaky.aio_run_many([{"fail": False, "i": i} for i in range(count)])
+        for ref in refs:
+            await ref.aio_result(timeout_s=60)
+        return {"children": [ref.run_id for ref in refs]}
+
+    return [pipeline, flaky, family]

@@ -28,13 +28,18 @@ class LoginPages(Controller):
 
     @get("/login")
     async def login_form(
-        self, api: Api, token: str | None = None, ended: str | None = None
+        self, request: Request, api: Api, token: str | None = None,  # type: ignore[type-arg]
+        ended: str | None = None,
     ) -> Response[str]:
         """The login form; `?token=` logs straight in (the link `make demo` prints)."""
         if token is None:
             error = ("Your session has ended: its API token was revoked or has expired."
                      " Log in with another token." if ended else None)
-            return page("login.html", error=error, session=None, nav="")
+            response = page("login.html", error=error, session=None, nav="")
+            held = request.cookies.get(COOKIE)
+            if ended and held and await api.tokens.principal(held) is None:
+                response.delete_cookie(COOKIE, path="/ui")  # a dead token: forget it
+            return response
         if await api.tokens.tenant(token) is None:
             return page("login.html", error="That token is not valid.", session=None, nav="",
                         status_code=401)
