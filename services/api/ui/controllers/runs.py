@@ -20,7 +20,7 @@ from services.api.ui.render import page
 from services.api.ui.session import UiSession, check_csrf, require_scope
 from services.api.ui.views import run_page, status_class
 
-SOURCES = ("api", "event", "cron", "schedule")
+SOURCES = ("api", "event", "cron", "schedule", "child")
 # How long a run page waits for a run that was triggered a moment ago to be stored.
 NEW_RUN_WAIT_S = 5.0
 FILTER_FIELDS = ("status", "workflow", "since", "until", "meta", "source", "event", "parent")
