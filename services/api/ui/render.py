@@ -70,6 +70,7 @@ _env = Environment(
 _env.filters["pretty_json"] = pretty_json
 _env.filters["short_time"] = short_time
 _env.filters["brief_json"] = brief_json
+_env.filters["as_time"] = datetime.fromisoformat
 _env.filters["ms_time"] = ms_time
 _env.filters["precise_time"] = precise_time
 _env.globals["duration"] = duration

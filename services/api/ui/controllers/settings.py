@@ -7,6 +7,7 @@ sees its limits and a note saying what it lacks.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import msgspec
@@ -101,5 +102,5 @@ async def _render(
         admin=admin, limits=limits.limits, tokens=tokens, created=created,
         scopes=[s.value for s in ALL_SCOPES], expiries=list(EXPIRIES_S), entries=entries,
         actions=AUDIT_ACTIONS, action=action, older=older, first=before is not None,
-        status_code=422 if error else 200,
+        now=datetime.now(UTC), status_code=422 if error else 200,
     )
