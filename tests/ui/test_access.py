@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 from ratchet import Ratchet
@@ -109,3 +110,15 @@ async def test_a_revoked_token_ends_its_open_pages_and_streams(
     assert not [c for c in await context.cookies() if c["name"] == "ratchet_token"]
     await run_page.goto(f"{stack.api_url}/ui/login?token={doomed['token']}")
     await expect(run_page.get_by_role("alert")).to_contain_text("not valid")
+
+
+async def test_a_worker_token_cannot_open_the_dashboard(
+    page: Page, stack: Stack, client: Ratchet
+) -> None:
+    worker = await _token(client, "a-worker", ["worker"])
+    await page.goto(f"{stack.api_url}/ui/login?token={worker['token']}")
+    await expect(page.get_by_role("alert")).to_contain_text("lacks the 'read' scope")
+    assert not [c for c in await page.context.cookies() if c["name"] == "ratchet_token"]
+    async with httpx.AsyncClient(base_url=stack.api_url,
+                                 cookies={"ratchet_token": worker["token"]}) as http:
+        assert (await http.get("/ui/runs")).status_code == 403

@@ -26,6 +26,8 @@ CSRF_HEADER = "x-csrf-token"
 COOKIE_MAX_AGE_S = 7 * 24 * 3600
 # Where a page goes when its session ends; the login page says why.
 ENDED_URL = "/ui/login?ended=1"
+NO_READ = ("This token lacks the 'read' scope the dashboard needs (a worker token, say)."
+           " Log in with a read, write or admin token.")
 
 
 class LoginRequired(NotAuthorizedException):
@@ -69,6 +71,8 @@ async def provide_session(request: Request) -> UiSession:  # type: ignore[type-a
         principal = await authenticate(request)
     except NotAuthorizedException as exc:
         raise LoginRequired(str(exc.detail), ended=True) from exc
+    if not principal.allows(Scope.READ):  # e.g. a worker token: GET /runs refuses it too
+        raise PermissionDeniedException(NO_READ)
     return UiSession(principal=principal, csrf=csrf_for(token), token=token)
 
 
