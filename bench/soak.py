@@ -297,7 +297,8 @@ async def jetstream_pending() -> dict[str, dict[str, int]]:
     """
     import nats
 
-    nc = await nats.connect(os.environ["NATS_URL"])
+    nc = await nats.connect(os.environ["NATS_URL"],
+                            user_credentials=os.environ.get("NATS_CREDS") or None)
     try:
         jsm = nc.jsm()
         out: dict[str, dict[str, int]] = {}

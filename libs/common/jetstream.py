@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -30,12 +33,32 @@ WORK_QUEUE_STREAMS = {Stream.CMD, Stream.DSP}
 CONNECT_RETRY_S = 30.0  # a service started just before NATS waits for it this long
 
 
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """nats.connect keyword arguments for the credentials and TLS in `settings`."""
+    opts: dict[str, Any] = {}
+    if settings.nats_creds:
+        if not Path(settings.nats_creds).is_file():
+            raise ValueError(f"NATS_CREDS={settings.nats_creds!r} is not a readable file")
+        opts["user_credentials"] = settings.nats_creds
+    elif settings.nats_user:
+        opts["user"], opts["password"] = settings.nats_user, settings.nats_password
+    elif settings.nats_token:
+        opts["token"] = settings.nats_token
+    if settings.nats_tls_ca or settings.nats_tls_cert:
+        ctx = ssl.create_default_context(cafile=settings.nats_tls_ca or None)
+        if settings.nats_tls_cert:
+            ctx.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+        opts["tls"] = ctx
+    return opts
+
+
 async def connect(settings: Settings, name: str) -> NATS:
     """Connect with unlimited reconnects: a NATS restart must not kill a service.
 
     nats-py reconnects by itself once connected, but the first connect fails at once when the
     server is not up yet: that one goes through the retry policy.
     """
+    opts = connect_options(settings)
     async for attempt in retry.policy(f"nats.connect.{name}", timeout_s=CONNECT_RETRY_S):
         with attempt:
             nc = await nats.connect(
@@ -44,6 +67,7 @@ async def connect(settings: Settings, name: str) -> NATS:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.2,
                 allow_reconnect=True,
+                **opts,
             )
     return nc
 
@@ -59,7 +83,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
                 jsapi.RetentionPolicy.WORK_QUEUE if work_queue else jsapi.RetentionPolicy.LIMITS
             ),
             storage=jsapi.StorageType.FILE,
-            max_age=None if work_queue else settings.stream_max_age_s,
+            max_age=_max_age(stream, settings),
             duplicate_window=settings.dedupe_window_s,
             max_msg_size=8 * 1024 * 1024,
         )
@@ -79,6 +103,14 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
             await js.create_key_value(
                 jsapi.KeyValueConfig(bucket=bucket.value, history=1, ttl=ttl)
             )
+
+
+def _max_age(stream: Stream, settings: Settings) -> float | None:
+    if stream in WORK_QUEUE_STREAMS:
+        return None
+    if stream is Stream.CHUNK:
+        return settings.ratchet_stream_retention
+    return settings.stream_max_age_s
 
 
 @dataclass(slots=True)

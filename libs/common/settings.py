@@ -13,11 +13,36 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Process-wide configuration. Every field maps to an upper-case env var."""
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # NATS client auth, one of: a .creds file (user JWT + seed), user/password, or a token.
+    nats_creds: str = ""
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_token: str = ""
+    # NATS over TLS: the CA that signed the server's certificate, and optionally a client
+    # certificate when the server verifies clients.
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
+    # Issuing tenant NATS credentials (POST /nats-credentials, API only): the application
+    # account's public key and the file holding its signing seed (libs.common.natsauth_setup).
+    nats_account: str = ""
+    nats_signing_seed_file: str = ""
+    nats_tenant_creds_ttl_s: float = 24 * 3600.0
+    # The URL handed to tenants with their credentials (nats_url when empty).
+    nats_public_url: str = ""
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # HTTPS for the API when both are set.
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 7077
+    # TLS for the worker gRPC server when both are set; with a client CA, workers must present
+    # a certificate it signed (mutual TLS).
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_tls_client_ca: str = ""
     dispatcher_id: str = "dispatcher-1"
     metrics_port: int = 0
     data_dir: str = ".run/data"
@@ -39,6 +64,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_heartbeat_timeout_s: float = 15.0
     dispatcher_heartbeat_timeout_s: float = 15.0
     stream_max_age_s: float = 7 * 24 * 3600.0
+    # Seconds a run's stream chunks stay readable (late subscribers replay from the first).
+    # Named after the env var the docs promise: RATCHET_STREAM_RETENTION.
+    ratchet_stream_retention: float = 3600.0
+    # Per task attempt, enforced by the dispatcher whatever the worker does (the SDK applies
+    # the same defaults): lines beyond it are replaced by one marker line, then dropped.
+    task_log_max_lines: int = 10_000
+    task_log_max_chars: int = 10_000
     dedupe_window_s: float = 600.0
     max_deliver: int = 8
     # Child runs (docs/children.md): how deep a tree of runs may grow (a top-level run is at
@@ -48,6 +80,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     otlp_endpoint: str = ""
     service_name: str = "ratchet"
+    # Bearer token of the operator endpoints (/admin: tenants, migrations). Named with the
+    # RATCHET_ prefix so the env var cannot be mistaken for a tenant's; empty = those endpoints
+    # answer 404.
+    ratchet_operator_token: str = ""
+
+    def __post_init__(self) -> None:
+        pairs = (
+            ("API_TLS_CERT", self.api_tls_cert, "API_TLS_KEY", self.api_tls_key),
+            ("GRPC_TLS_CERT", self.grpc_tls_cert, "GRPC_TLS_KEY", self.grpc_tls_key),
+            ("NATS_TLS_CERT", self.nats_tls_cert, "NATS_TLS_KEY", self.nats_tls_key),
+        )
+        for cert_name, cert, key_name, key in pairs:
+            if bool(cert) != bool(key):
+                raise ValueError(f"{cert_name} and {key_name} must be set together")
+        if self.grpc_tls_client_ca and not self.grpc_tls_cert:
+            raise ValueError("GRPC_TLS_CLIENT_CA (mutual TLS) needs GRPC_TLS_CERT/GRPC_TLS_KEY")
+        auths = [name for name, value in (
+            ("NATS_CREDS", self.nats_creds), ("NATS_USER", self.nats_user),
+            ("NATS_TOKEN", self.nats_token),
+        ) if value]
+        if len(auths) > 1:
+            raise ValueError(f"set only one NATS auth method, not {' and '.join(auths)}")
+        if bool(self.nats_user) != bool(self.nats_password):
+            raise ValueError("NATS_USER and NATS_PASSWORD must be set together")
 
     @property
     def data_path(self) -> Path:

@@ -8,7 +8,9 @@ resources all talk through it, so none of them needs the `Ratchet` client object
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -35,6 +37,16 @@ class Transport:
         self._registered: dict[str, dict[str, Any]] = {}
 
     # HTTP ---------------------------------------------------------------------------
+    def _verify(self) -> ssl.SSLContext | bool:
+        """httpx's `verify`: the configured CA (and client certificate), else system roots."""
+        c = self.config
+        if not (c.tls_ca or c.tls_cert):
+            return True
+        ctx = ssl.create_default_context(cafile=c.tls_ca or None)
+        if c.tls_cert:
+            ctx.load_cert_chain(c.tls_cert, c.tls_key)
+        return ctx
+
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.config.token}"}
 
@@ -42,7 +54,8 @@ class Transport:
         with self._lock:
             if self._sync is None:
                 self._sync = httpx.Client(
-                    base_url=self.config.api_url, headers=self._headers(), timeout=self._timeout_s
+                    base_url=self.config.api_url, headers=self._headers(), timeout=self._timeout_s,
+                    verify=self._verify(),
                 )
             return self._sync
 
@@ -54,6 +67,7 @@ class Transport:
             client = httpx.AsyncClient(
                 base_url=self.config.api_url, headers=self._headers(), timeout=self._timeout_s,
                 limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+                verify=self._verify(),
             )
             self._async[key] = client
         return client
@@ -92,14 +106,24 @@ class Transport:
     # gRPC ---------------------------------------------------------------------------
     def grpc_channel(self) -> grpc.aio.Channel:
         """A new channel to the dispatcher (the caller closes it)."""
-        return grpc.aio.insecure_channel(
-            self.config.grpc_addr,
-            options=[("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES)],
+        options = [("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES)]
+        c = self.config
+        if not c.grpc_tls:
+            return grpc.aio.insecure_channel(c.grpc_addr, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(c.tls_ca),
+            private_key=_read(c.tls_key),
+            certificate_chain=_read(c.tls_cert),
         )
+        return grpc.aio.secure_channel(c.grpc_addr, credentials, options=options)
 
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.config.token}"),)
+
+
+def _read(path: str) -> bytes | None:
+    return Path(path).read_bytes() if path else None
 
 
 def decode(resp: httpx.Response) -> Any:

@@ -5,13 +5,32 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
+    """Where and how to reach a Ratchet server.
+
+    TLS, from the environment: `RATCHET_TLS_CA` (a PEM CA bundle trusted for the API and the
+    dispatcher, instead of the system's), `RATCHET_TLS_CERT` / `RATCHET_TLS_KEY` (a client
+    certificate, for dispatchers that require mutual TLS), and `RATCHET_GRPC_TLS` (on when a CA,
+    a client certificate or an https API URL is configured; set it to override).
+    """
+
     token: str
     api_url: str
     grpc_addr: str
     namespace: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    grpc_tls: bool = False
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("RATCHET_TLS_CERT and RATCHET_TLS_KEY must be set together")
 
     @classmethod
     def resolve(
@@ -20,8 +39,28 @@ class ClientConfig:
         api_url: str | None = None,
         grpc_addr: str | None = None,
     ) -> ClientConfig:
+        api = (api_url or os.environ.get("RATCHET_API_URL", "http://127.0.0.1:8080")).rstrip("/")
+        tls_ca = os.environ.get("RATCHET_TLS_CA", "")
+        tls_cert = os.environ.get("RATCHET_TLS_CERT", "")
         return cls(
             token=token or os.environ.get("RATCHET_TOKEN", ""),
-            api_url=(api_url or os.environ.get("RATCHET_API_URL", "http://127.0.0.1:8080")).rstrip("/"),
+            api_url=api,
             grpc_addr=grpc_addr or os.environ.get("RATCHET_GRPC_ADDR", "127.0.0.1:7077"),
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=os.environ.get("RATCHET_TLS_KEY", ""),
+            grpc_tls=_flag(
+                "RATCHET_GRPC_TLS", bool(tls_ca or tls_cert or api.startswith("https://"))
+            ),
         )
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r}: expected one of 1/0, true/false, yes/no, on/off")

@@ -46,6 +46,8 @@ class ApiService(Service):
         config = uvicorn.Config(
             app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off",
             access_log=False, http="httptools", loop="none",
+            # HTTPS when both are set (Settings refuses one without the other).
+            ssl_certfile=s.api_tls_cert or None, ssl_keyfile=s.api_tls_key or None,
         )
         self._server = uvicorn.Server(config)
         self._serve_task = asyncio.create_task(self._server.serve(), name="api-http")
@@ -55,7 +57,8 @@ class ApiService(Service):
                 raise RuntimeError("API server exited during startup")
             await asyncio.sleep(0.01)
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        log.info("api listening on %s:%d", s.api_host, self.port)
+        log.info("api listening on %s://%s:%d", "https" if s.api_tls_cert else "http",
+                 s.api_host, self.port)
 
     async def _stop(self) -> None:
         if self.state is not None:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tools.devstack.binaries import ensure_binaries
 from tools.devstack.procs import (
@@ -24,7 +25,7 @@ from tools.devstack.procs import (
 )
 
 
-async def _jetstream_ready(url: str) -> bool:
+async def _jetstream_ready(url: str, options: dict[str, Any]) -> bool:
     import nats  # lazy: `stack.py down` must run without the venv
 
     async def quiet(_: Exception) -> None:
@@ -37,6 +38,7 @@ async def _jetstream_ready(url: str) -> bool:
             allow_reconnect=False,
             max_reconnect_attempts=0,
             error_cb=quiet,
+            **options,
         )
     except Exception:
         return False
@@ -51,7 +53,13 @@ async def _jetstream_ready(url: str) -> bool:
 
 
 class NatsServer:
-    """A private `nats-server -js` bound to 127.0.0.1, with its file store in `store_dir`."""
+    """A private `nats-server -js` bound to 127.0.0.1, with its file store in `store_dir`.
+
+    `auth_conf`: a config fragment turning auth on (libs.common.natsauth_setup's auth.conf);
+    `tls_cert`/`tls_key`: serve TLS only (`tls_ca` also makes the server verify client
+    certificates); `probe`: nats.connect keyword arguments (credentials, ssl context) the
+    readiness check needs once auth or TLS is on.
+    """
 
     def __init__(
         self,
@@ -60,11 +68,25 @@ class NatsServer:
         *,
         pid_file: str | os.PathLike[str] | None = None,
         log_file: str | os.PathLike[str] | None = None,
+        auth_conf: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        probe: dict[str, Any] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
         self.port = port
         self.pid_file = Path(pid_file) if pid_file else self.store_dir / "nats-server.pid"
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
+        self.auth_conf = Path(auth_conf).absolute() if auth_conf else None
+        if bool(tls_cert) != bool(tls_key):
+            raise DevStackError("nats-server TLS needs both a certificate and a key")
+        self.tls = (
+            (Path(tls_cert).absolute(), Path(tls_key).absolute()) if tls_cert and tls_key
+            else None
+        )
+        self.tls_ca = Path(tls_ca).absolute() if tls_ca else None
+        self.probe = probe or {}
         self.pid: int | None = None
         self.adopted = False
         self.binary: str | None = None  # None when adopted
@@ -102,7 +124,25 @@ class NatsServer:
         return self.running_pid() is not None
 
     def ready(self) -> bool:
-        return port_open(self.port) and run_blocking(lambda: _jetstream_ready(self.url), 10.0)
+        return port_open(self.port) and run_blocking(
+            lambda: _jetstream_ready(self.url, self.probe), 10.0
+        )
+
+    def _write_config(self) -> Path | None:
+        """The config file for -c: the auth fragment and the tls block (None without either)."""
+        if self.auth_conf is None and self.tls is None:
+            return None
+        parts = ["# Written by tools.devstack on every start.\n"]
+        if self.auth_conf is not None:
+            parts.append(self.auth_conf.read_text())
+        if self.tls is not None:
+            lines = [f'  cert_file: "{self.tls[0]}"', f'  key_file: "{self.tls[1]}"']
+            if self.tls_ca is not None:
+                lines += [f'  ca_file: "{self.tls_ca}"', "  verify: true"]
+            parts.append("tls {\n" + "\n".join(lines) + "\n}\n")
+        conf = self.store_dir.parent / f"{self.store_dir.name}.conf"
+        conf.write_text("\n".join(parts))
+        return conf
 
     def start(self, timeout: float = 30.0) -> str:
         """Start (or adopt the already running) server; return its URL once JetStream answers."""
@@ -121,6 +161,9 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         cmd = [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)]
+        conf = self._write_config()
+        if conf is not None:
+            cmd += ["-c", str(conf)]
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen(
                 cmd,

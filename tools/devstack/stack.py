@@ -28,10 +28,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tools.devstack import procs
 from tools.devstack.natsserver import NatsServer
 from tools.devstack.postgres import PostgresCluster
+
+if TYPE_CHECKING:
+    from libs.common.natsauth_setup import AuthLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +45,7 @@ PIDS = RUN / "pids"
 LOGS = RUN / "logs"
 DATA = RUN / "data"
 ENV_FILE = RUN / "env"
+NATS_AUTH = RUN / "nats-auth"
 PORTS_FILE = RUN / "ports.json"
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 
@@ -133,9 +138,17 @@ def pick_port(ports: dict[str, int], key: str, running: bool) -> int:
 # ---------------------------------------------------------------------------------- up
 
 
-def start_nats(ports: dict[str, int]) -> str:
+def nats_auth() -> AuthLayout:
+    """Operator, accounts and per-service credentials, created on the first `up` and kept."""
+    from libs.common.natsauth_setup import ensure_layout  # lazy: needs the venv (nkeys)
+
+    return ensure_layout(NATS_AUTH)
+
+
+def start_nats(ports: dict[str, int], auth: AuthLayout) -> str:
     server = NatsServer(
-        RUN / "nats", pid_file=pid_file("nats"), log_file=log_file("nats")
+        RUN / "nats", pid_file=pid_file("nats"), log_file=log_file("nats"),
+        auth_conf=auth.server_conf, probe={"user_credentials": str(auth.tools_creds)},
     )
     running = server.is_running()
     server.port = pick_port(ports, "nats", running)
@@ -143,6 +156,9 @@ def start_nats(ports: dict[str, int]) -> str:
     ports["nats"] = server.port
     origin = "already running" if server.adopted else f"started from {server.binary}"
     say(f"nats {origin} at {url} (pid {server.pid})")
+    if server.adopted and "-c" not in (procs.pid_cmdline(server.pid or 0) or ["-c"]):
+        say("WARNING: this nats-server was started without auth (by an older `make up`); "
+            "`make down && make up` turns auth on")
     return url
 
 
@@ -237,12 +253,14 @@ def cmd_up() -> int:
 
     # A shell that sourced .run/env has our own URLs in its environment: still ours to manage.
     ext_nats = os.environ.get("NATS_URL", "")
+    auth: AuthLayout | None = None  # ours when we run NATS; else NATS_CREDS etc. pass through
     if ext_nats and not (managed[0] and ext_nats == old_env.get("NATS_URL")):
         nats_url = ext_nats
         ports["managed_nats"] = 0
         say(f"using NATS_URL from the environment: {nats_url}")
     else:
-        nats_url = start_nats(ports)
+        auth = nats_auth()
+        nats_url = start_nats(ports, auth)
         ports["managed_nats"] = 1
     write_ports(ports)
 
@@ -263,6 +281,8 @@ def cmd_up() -> int:
         if line.startswith("RATCHET_TOKEN="):
             token = line.partition("=")[2].strip()
     say(f"migrations applied; tenant {TENANT!r} ready")
+    # Kept across `up`s like the tenant token, so a shell that sourced .run/env stays valid.
+    operator_token = old_env.get("RATCHET_OPERATOR_TOKEN") or "op_" + secrets.token_urlsafe(32)
 
     present = [s for s in SERVICES_START if (ROOT / "services" / s / "__main__.py").exists()]
     api_port = pick_port(ports, "api", service_pid("api") is not None)
@@ -274,9 +294,13 @@ def cmd_up() -> int:
         "RATCHET_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
         "RATCHET_TOKEN": token,
         "RATCHET_TENANT": TENANT,
+        "RATCHET_OPERATOR_TOKEN": operator_token,
         "NATS_URL": nats_url,
         "DATABASE_URL": database_url,
     }
+    if auth is not None:
+        # For tools run with this env (bench, debugging): full access on the dev stack.
+        values["NATS_CREDS"] = str(auth.tools_creds)
     write_env_file(values)
 
     base = {
@@ -284,6 +308,7 @@ def cmd_up() -> int:
         "NATS_URL": nats_url,
         "DATABASE_URL": database_url,
         "API_PORT": str(api_port),
+        "RATCHET_OPERATOR_TOKEN": operator_token,
         "GRPC_PORT": str(grpc_port),
         "DISPATCHER_ID": os.environ.get("DISPATCHER_ID", "dispatcher-1"),
         "DATA_DIR": str(DATA),
@@ -291,7 +316,10 @@ def cmd_up() -> int:
         "PYTHONUNBUFFERED": "1",
     }
     for name in present:
-        start_service(name, {**base, "METRICS_PORT": str(metrics[name])}, metrics[name])
+        env = {**base, "METRICS_PORT": str(metrics[name])}
+        if auth is not None:
+            env.update(auth.service_env(name))  # its own credentials, not the tools' ones
+        start_service(name, env, metrics[name])
     missing = [s for s in SERVICES_START if s not in present]
     if missing:
         say(f"not started (no services/<name>/__main__.py yet): {', '.join(missing)}")
