@@ -5,6 +5,8 @@
   tests can see a run RUNNING and cancel it.
 - `ui-flaky`: one task that fails (with a traceback) whenever `input.fail` is true.
 - `ui-family`: one task that starts `input.children` child runs of `ui-flaky` and waits for them.
+- `ui-chatty`: one task that logs at several levels and streams chunks; with `input.hold` it
+  then waits until the run is cancelled.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from ratchet import Context, NonRetryable, Ratchet, Workflow
 PIPELINE = "ui-pipeline"
 FLAKY = "ui-flaky"
 FAMILY = "ui-family"
+CHATTY = "ui-chatty"
+STREAMED = ["Once ", "upon ", "a ", "time"]
 
 
 class Article(msgspec.Struct):
@@ -66,4 +70,19 @@ def workflows(r: Ratchet) -> list[Workflow]:
             await ref.aio_result(timeout_s=60)
         return {"children": [ref.run_id for ref in refs]}
 
-    return [pipeline, flaky, family]
+    chatty = r.workflow(CHATTY, description="Logs and streams as it works")
+
+    @chatty.task()
+    def talk(input: dict[str, object], ctx: Context) -> dict[str, object]:
+        ctx.log("warming up", level="debug")
+        ctx.log("fetched 3 pages")
+        for piece in STREAMED:
+            ctx.put_stream(piece)
+        ctx.put_stream({"progress": 1.0})
+        ctx.log("page 2 was slow (2.4 s)", level="warning")
+        if input.get("hold"):
+            ctx.wait_cancelled(timeout_s=240)
+        ctx.log("done")
+        return {"pages": 3}
+
+    return [pipeline, flaky, family, chatty]

@@ -15,13 +15,16 @@ from litestar.exceptions import NotFoundException
 
 from libs.common.specs import WorkflowSpec
 from libs.common.statuses import RUN_TERMINAL
-from services.api.repos import NotFound
+from services.api.repos import NotFound, RepoError
+from services.api.routes.logs import LogController, LogLineView
 from services.api.routes.runs import RunController, load_run
 from services.api.schemas import RunEventView, RunView, TaskView
 from services.api.state import ApiState
 from services.api.ui.live import wait_for_run
 from services.api.ui.svg import STATUS_CLASS, DagNode, dag_svg
 
+# Log lines a run page shows (the first ones: a run's log reads in order); the REST API pages on.
+LOG_LINES = 2000
 TERMINAL_TASK = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "SKIPPED"})
 
 
@@ -46,6 +49,13 @@ class RunPage:
     history: list[RunEventView]
     span_s: float
     finished: bool
+    logs: list[LogLineView]
+    logs_error: str | None  # the log store did not answer
+
+    @property
+    def logs_cut(self) -> bool:
+        """More lines than a page shows."""
+        return len(self.logs) >= LOG_LINES
 
 
 def status_class(status: str) -> str:
@@ -139,6 +149,18 @@ async def run_page(
     history: list[RunEventView] = await RunController.events.fn(
         None, run_id=run_id, tenant=tenant, api=api
     )
+    logs, logs_error = await run_logs(api, tenant, run_id)
     bars, span = _timeline(run)
     return RunPage(run=run, dag=_dag(run, spec), timeline=bars, history=history, span_s=span,
-                   finished=run.status in RUN_TERMINAL)
+                   finished=run.status in RUN_TERMINAL, logs=logs, logs_error=logs_error)
+
+
+async def run_logs(api: ApiState, tenant: str, run_id: str) -> tuple[list[LogLineView], str | None]:
+    """The run's log lines as GET /runs/{id}/logs returns them, or why there are none."""
+    try:
+        lines: list[LogLineView] = await LogController.run_logs.fn(
+            None, run_id=run_id, tenant=tenant, api=api, limit=LOG_LINES, offset=0
+        )
+    except RepoError as exc:
+        return [], str(exc)
+    return lines, None

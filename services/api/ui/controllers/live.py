@@ -14,27 +14,35 @@ their own hold `/ui/live/session`, which sends nothing else.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
+from typing import Literal
 
-from litestar import Controller, get
-from litestar.exceptions import HTTPException
+import msgspec
+from litestar import Controller, Request, get
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from services.api.auth import Api
 from services.api.routes.runs import CHILDREN_SHOWN
+from services.api.routes.streams import run_events
 from services.api.state import ApiState
 from services.api.ui.live import Broadcaster, Subscription
 from services.api.ui.render import macro
 from services.api.ui.session import ENDED_URL, UiSession
-from services.api.ui.views import RunPage, run_page, status_class
+from services.api.ui.views import RunPage, run_logs, run_page, status_class
 
 KEEPALIVE_S = 15.0
 # How often a stream re-checks its token besides the revocation broadcast: revocation and
 # expiry must end a session within 2 s (tenants.REVOKE_WITHIN_S) even if the broadcast is lost.
 CHECK_S = 0.5
+# After a change of a run, its log is read again this long after (seconds): lines reach the
+# log store about a second after a task writes them. Two reads, then none until the next change.
+LOG_SETTLE_S = (1.5, 5.0)
 # After sending, gather what arrives next for this long: a burst becomes one message.
 COALESCE_S = 0.2
 MAX_IDS = 200
+MAX_CHUNK_STREAMS = 500  # open stream panels per API process
 PARTS = "run_parts.html"
 
 
@@ -42,15 +50,22 @@ class SessionEnded(Exception):
     """The stream's token was revoked or has expired."""
 
 
-async def _next(api: ApiState, sub: Subscription, session: UiSession) -> bool:
-    """Wait for changes (True) or a keep-alive tick (False). Raises StopAsyncIteration when
-    the service stops, SessionEnded when the session's token no longer works."""
-    waited = 0.0
+Wake = Literal["change", "keepalive", "due"]
+
+
+async def _next(
+    api: ApiState, sub: Subscription, session: UiSession, due: float | None = None
+) -> Wake:
+    """Wait for changes, a keep-alive tick, or the loop time `due`. Raises StopAsyncIteration
+    when the service stops, SessionEnded when the session's token no longer works."""
+    loop = asyncio.get_running_loop()
+    keepalive_at = loop.time() + KEEPALIVE_S
     while True:
         waiters = {asyncio.ensure_future(sub.wake.wait()),
                    asyncio.ensure_future(api.stopping.wait())}
+        timeout = CHECK_S if due is None else max(0.0, min(CHECK_S, due - loop.time()))
         try:
-            await asyncio.wait(waiters, timeout=CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
@@ -59,10 +74,12 @@ async def _next(api: ApiState, sub: Subscription, session: UiSession) -> bool:
         if sub.ended or not await session.alive(api):
             raise SessionEnded
         if sub.wake.is_set():
-            return True
-        waited += CHECK_S
-        if waited >= KEEPALIVE_S:
-            return False
+            return "change"
+        now = loop.time()
+        if due is not None and now >= due:
+            return "due"
+        if now >= keepalive_at:
+            return "keepalive"
 
 
 def _ended() -> ServerSentEventMessage:
@@ -94,7 +111,7 @@ class LiveStreams(Controller):
             try:
                 while True:
                     try:
-                        if not await _next(api, sub, session):
+                        if await _next(api, sub, session) == "keepalive":
                             yield ServerSentEventMessage(comment="keep-alive")
                         sub.take()
                     except StopAsyncIteration:
@@ -121,7 +138,7 @@ class LiveStreams(Controller):
                     yield _badge(run_id, status)
                 while True:
                     try:
-                        if not await _next(api, sub, session):
+                        if await _next(api, sub, session) == "keepalive":
                             yield ServerSentEventMessage(comment="keep-alive")
                             continue
                     except StopAsyncIteration:
@@ -143,6 +160,45 @@ class LiveStreams(Controller):
 
         return ServerSentEvent(events())
 
+    @get("/runs/{run_id:str}/stream")
+    async def chunks(self, run_id: str, request: Request, session: UiSession,  # type: ignore[type-arg]
+                     api: Api) -> ServerSentEvent:
+        """The run page's stream panel: the chunks of GET /runs/{id}/stream (the same
+        generator, so the same order, from the first) as HTML to append, then `stream-end`.
+
+        After a dropped connection the browser reconnects with Last-Event-ID; chunks up to it
+        are skipped, so none is shown twice."""
+        if await api.runs.status(session.tenant, run_id) is None:
+            raise NotFoundException(f"run {run_id!r} not found")
+        if _ChunkStreams.open >= MAX_CHUNK_STREAMS:
+            raise HTTPException(status_code=503, detail="too many open stream panels")
+        header = request.headers.get("last-event-id", "")
+        seen = int(header) if header.isdigit() else 0
+
+        async def events() -> AsyncIterator[ServerSentEventMessage]:
+            _ChunkStreams.open += 1
+            count = 0
+            try:
+                async for message in run_events(api, session.tenant, run_id):
+                    if message.event == "chunk" and message.id is not None:
+                        if int(message.id) <= seen:
+                            continue
+                        count += 1
+                        chunk = msgspec.json.decode(str(message.data))
+                        yield ServerSentEventMessage(event="chunk", id=message.id,
+                                                     data=macro(PARTS, "chunk", chunk))
+                    elif message.event == "end":
+                        status = msgspec.json.decode(str(message.data))["status"]
+                        # After a reconnect this connection saw only part of the chunks.
+                        yield ServerSentEventMessage(event="stream-end", data=macro(
+                            PARTS, "stream_end", status, None if seen else count))
+                    else:
+                        yield message
+            finally:
+                _ChunkStreams.open -= 1
+
+        return ServerSentEvent(events())
+
     @get("/runs/{run_id:str}")
     async def run(self, run_id: str, session: UiSession, api: Api) -> ServerSentEvent:
         """Everything on a run's page that changes: status, DAG, tasks, timeline, history."""
@@ -152,21 +208,36 @@ class LiveStreams(Controller):
         sub = _subscribe(api, session, frozenset(k["id"] for k in kids), tasks_of=run_id)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
+            loop = asyncio.get_running_loop()
             try:
                 view = await run_page(api, tenant, run_id)
                 known = {t.id for t in view.run.tasks}
+                shown_logs = view.logs
                 for message in _run_parts(view, known):
                     yield message
+                yield _logs(view)
+                # Log lines reach the store about a second after a task writes them, so
+                # after each change the log is read again a moment later (LOG_SETTLE_S).
+                log_due: list[float] = [loop.time() + d for d in LOG_SETTLE_S]
                 while True:
                     try:
-                        if not await _next(api, sub, session):
-                            yield ServerSentEventMessage(comment="keep-alive")
-                            continue
+                        wake = await _next(api, sub, session, min(log_due, default=None))
                     except StopAsyncIteration:
                         return
                     except SessionEnded:
                         yield _ended()
                         return
+                    if wake == "keepalive":
+                        yield ServerSentEventMessage(comment="keep-alive")
+                        continue
+                    if wake == "due":
+                        log_due = [t for t in log_due if t > loop.time()]
+                        lines, error = await run_logs(api, tenant, run_id)
+                        if lines != shown_logs:
+                            shown_logs = lines
+                            yield _logs(dataclasses.replace(view, logs=lines,
+                                                            logs_error=error))
+                        continue
                     _, tasks, overflowed = sub.take()
                     view = await run_page(api, tenant, run_id)
                     changed = known if overflowed else set(tasks)
@@ -178,11 +249,25 @@ class LiveStreams(Controller):
                         )
                     for message in _run_parts(view, changed):
                         yield message
+                    if view.logs != shown_logs:
+                        shown_logs = view.logs
+                        yield _logs(view)
+                    log_due = [loop.time() + d for d in LOG_SETTLE_S]
                     await asyncio.sleep(COALESCE_S)
             finally:
                 Broadcaster.of(api).unsubscribe(sub)
 
         return ServerSentEvent(events())
+
+
+class _ChunkStreams:
+    """Open stream panels of this process (each holds a JetStream consumer)."""
+
+    open = 0
+
+
+def _logs(view: RunPage) -> ServerSentEventMessage:
+    return ServerSentEventMessage(event="logs", data=macro(PARTS, "logs", view))
 
 
 def _badge(run_id: str, status: str) -> ServerSentEventMessage:
