@@ -106,8 +106,15 @@ async def _seed(r: Ratchet, wfs: dict[str, Workflow]) -> dict[str, str]:
                                               "expires_in_s": 30 * 86_400})
     viewer = await r.arequest("POST", "/tokens", json={"name": "viewer", "scopes": ["read"]})
     await r.arequest("DELETE", f"/tokens/{viewer['id']}")
+    chatty = await wfs[seed.CHATTY].aio_run_no_wait({})
+    await chatty.aio_result(timeout_s=60)
+
+    async def logged() -> bool:
+        return len(await r.arequest("GET", f"/runs/{chatty.run_id}/logs")) == 4
+
+    await until(logged)
     return {"ok": runs[0], "failed": failed.run_id, "held": held.run_id,
-            "family": family.run_id, "child": child}
+            "family": family.run_id, "child": child, "chatty": chatty.run_id}
 
 
 @dataclass
@@ -196,10 +203,14 @@ async def shoot(out: Path, url: str, token: str, grpc_addr: str) -> None:
                 ("17-runs-of-parent", f"/ui/runs?parent={ids['family']}"),
                 ("18-workflow-rolled-back", f"/ui/workflows/{seed.FLAKY}"),
                 ("19-settings", "/ui/settings"),
+                ("21-run-logs-and-stream", f"/ui/runs/{ids['chatty']}"),
             ]
             for name, path in views:
                 await page.goto(url + path)
                 await page.wait_for_load_state("networkidle")
+                head = page.locator("#run-head .badge")
+                if await head.count() and await head.text_content() != "RUNNING":
+                    await page.locator(".stream-end").wait_for()  # the stream panel caught up
                 await page.screenshot(path=str(out / f"{name}.png"), full_page=True)
             # The one moment a token's secret is shown.
             await page.goto(f"{url}/ui/settings")
