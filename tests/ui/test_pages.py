@@ -114,6 +114,15 @@ async def test_pages_see_only_their_runs_of_their_tenant_with_a_bounded_backlog(
     assert busy.take() == ({}, {}, False)
 
 
+async def test_a_revocation_wakes_and_ends_only_that_tokens_streams() -> None:
+    hub = Broadcaster()
+    doomed = hub.subscribe("ta", frozenset({"r1"}), token_id="tok_a")
+    other = hub.subscribe("ta", frozenset({"r1"}), token_id="tok_b")
+    await hub.revoked("tok_a")
+    assert doomed.ended and doomed.wake.is_set()
+    assert not other.ended and not other.wake.is_set()
+
+
 def _csrf(html: str) -> str:
     return html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
