@@ -78,7 +78,9 @@ async def logged_in(page: Page, stack: Stack, token: str) -> Page:
     return page
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+# Module scope, not session: chDB is one embedded server per process, so it must be stopped
+# before a later test opens its own at another path.
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def replicator(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ReplicatorService]:
