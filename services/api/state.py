@@ -22,12 +22,14 @@ from services.api.input_schema import InputValidators
 from services.api.repos.analytics import AnalyticsRepo
 from services.api.repos.audit import AuditRepo
 from services.api.repos.crons import CronRepo
+from services.api.repos.events import EventRepo
 from services.api.repos.filters import FilterRepo
 from services.api.repos.limits import LimitRepo
 from services.api.repos.rate_limits import RateLimitRepo
 from services.api.repos.runs import RunRepo
 from services.api.repos.scheduled import ScheduledRepo
 from services.api.repos.tokens import TokenRepo
+from services.api.repos.workers import WorkerRepo
 from services.api.repos.workflows import WorkflowRepo
 
 
@@ -58,6 +60,8 @@ class ApiState:
         self.filters = FilterRepo(self.pool)
         self.rate_limits = RateLimitRepo(self.pool)
         self.analytics = AnalyticsRepo(self.olap)
+        self.event_log = EventRepo(self.olap)
+        self.worker_registry = WorkerRepo(self.pool, self.js)
         self.token_repo = TokenRepo(self.pool)
         self.audit = AuditRepo(self.pool)
         self.usage = LimitRepo(self.pool)

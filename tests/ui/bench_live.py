@@ -68,7 +68,7 @@ async def bench(runs: int, pages: int) -> None:
                                        ("no pages", 0)):
                     received = [0]
                     async with httpx.AsyncClient(
-                        base_url=st.api_url, cookies={"ratchet_session": st.token},
+                        base_url=st.api_url, cookies={"ratchet_token": st.token},
                         timeout=httpx.Timeout(10, read=None),
                         limits=httpx.Limits(max_connections=n_pages + 1),
                     ) as http:

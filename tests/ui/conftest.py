@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 
+import msgspec
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from services.replicator.service import ReplicatorService
 from tests.conftest import database_url  # noqa: F401  (a fresh database for this stack)
 from tests.integration import conftest as integration
 from tests.integration.conftest import Stack
@@ -74,3 +76,21 @@ async def logged_in(page: Page, stack: Stack, token: str) -> Page:
     await page.get_by_role("button", name="Log in").click()
     await page.wait_for_url("**/ui/runs")
     return page
+
+
+# Module scope, not session: chDB is one embedded server per process, so it must be stopped
+# before a later test opens its own at another path.
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def replicator(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ReplicatorService]:
+    """The log store (embedded chDB), for the run page's logs panel."""
+    settings = msgspec.structs.replace(
+        stack.settings, data_dir=str(tmp_path_factory.mktemp("olap-ui")), clickhouse_url=""
+    )
+    service = ReplicatorService(settings, linger_s=0.05, lag_interval_s=0.2)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()

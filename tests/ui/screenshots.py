@@ -25,7 +25,8 @@ from pathlib import Path
 from playwright.async_api import Browser, async_playwright
 from ratchet import Ratchet, Workflow
 
-from libs.common import db, tenants
+from libs.common import db, limits, tenants
+from libs.common.limits import Limit
 from libs.common.service import Service
 from libs.common.settings import load_settings
 from services.api.service import ApiService
@@ -91,7 +92,29 @@ async def _seed(r: Ratchet, wfs: dict[str, Workflow]) -> dict[str, str]:
         "workflow": seed.PIPELINE, "run_at": later,
         "input": {"url": "https://example.com/later", "user": "lin"},
     })
-    return {"ok": runs[0], "failed": failed.run_id, "held": held.run_id}
+    family = await wfs[seed.FAMILY].aio_run_no_wait({"children": 3})
+    await family.aio_result(timeout_s=60)
+    child = (await r.runs.aio_get(family.run_id))["children"][0]["id"]
+    # A second version of the flaky workflow, then a rollback to the first: the versions table
+    # shows a current version that is not the newest.
+    old = await r.arequest("GET", f"/workflows/{seed.FLAKY}")
+    spec = dict(old["spec"], description="Fails when asked to (v2)")
+    await r.arequest("POST", "/workflows", json=spec)
+    await r.arequest("POST", f"/workflows/{seed.FLAKY}/rollback",
+                     json={"version_id": old["version_id"]})
+    await r.arequest("POST", "/tokens", json={"name": "ci-deploy", "scopes": ["write"],
+                                              "expires_in_s": 30 * 86_400})
+    viewer = await r.arequest("POST", "/tokens", json={"name": "viewer", "scopes": ["read"]})
+    await r.arequest("DELETE", f"/tokens/{viewer['id']}")
+    chatty = await wfs[seed.CHATTY].aio_run_no_wait({})
+    await chatty.aio_result(timeout_s=60)
+
+    async def logged() -> bool:
+        return len(await r.arequest("GET", f"/runs/{chatty.run_id}/logs")) == 4
+
+    await until(logged)
+    return {"ok": runs[0], "failed": failed.run_id, "held": held.run_id,
+            "family": family.run_id, "child": child, "chatty": chatty.run_id}
 
 
 @dataclass
@@ -123,6 +146,8 @@ async def private_stack(base: Path) -> AsyncIterator[PrivateStack]:
             await svc.start()
         pool = await db.create_pool(dsn, max_size=1)
         token = await tenants.ensure_tenant(pool, "demo")
+        await limits.store(pool, "demo", {Limit.UNFINISHED_RUNS: 500, Limit.WORKERS: 4,
+                                          Limit.TRIGGERS_PER_S: 200})
         await pool.close()
         yield PrivateStack(f"http://127.0.0.1:{api.port}", f"127.0.0.1:{dispatcher.port}",
                            token, dsn)
@@ -173,18 +198,34 @@ async def shoot(out: Path, url: str, token: str, grpc_addr: str) -> None:
                 ("12-rate-limits", "/ui/rate-limits"),
                 ("13-analytics", "/ui/analytics"),
                 ("14-runs-filtered", "/ui/runs?status=FAILED"),
+                ("15-run-with-children", f"/ui/runs/{ids['family']}"),
+                ("16-run-child", f"/ui/runs/{ids['child']}"),
+                ("17-runs-of-parent", f"/ui/runs?parent={ids['family']}"),
+                ("18-workflow-rolled-back", f"/ui/workflows/{seed.FLAKY}"),
+                ("19-settings", "/ui/settings"),
+                ("21-run-logs-and-stream", f"/ui/runs/{ids['chatty']}"),
             ]
             for name, path in views:
                 await page.goto(url + path)
                 await page.wait_for_load_state("networkidle")
+                head = page.locator("#run-head .badge")
+                if await head.count() and await head.text_content() != "RUNNING":
+                    await page.locator(".stream-end").wait_for()  # the stream panel caught up
                 await page.screenshot(path=str(out / f"{name}.png"), full_page=True)
+            # The one moment a token's secret is shown.
+            await page.goto(f"{url}/ui/settings")
+            await page.get_by_label("Name").fill("nightly-report")
+            await page.get_by_role("button", name="Create token").click()
+            await page.locator("#new-secret").wait_for()
+            await page.screenshot(path=str(out / "20-settings-token-created.png"),
+                                  full_page=True)
         await r.arequest("POST", f"/runs/{ids['held']}/cancel")
     finally:
         await worker.astop(drain_timeout_s=5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
         await r.aclose()
-    print(f"wrote {len(views) + 1} screenshots to {out}")
+    print(f"wrote {len(views) + 2} screenshots to {out}")
 
 
 def scratch_dir() -> Path:

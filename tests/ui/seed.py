@@ -4,6 +4,9 @@
   from its schema). `publish` waits while `input.hold` is true, until the run is cancelled, so
   tests can see a run RUNNING and cancel it.
 - `ui-flaky`: one task that fails (with a traceback) whenever `input.fail` is true.
+- `ui-family`: one task that starts `input.children` child runs of `ui-flaky` and waits for them.
+- `ui-chatty`: one task that logs at several levels and streams chunks; with `input.hold` it
+  then waits until the run is cancelled.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from ratchet import Context, NonRetryable, Ratchet, Workflow
 
 PIPELINE = "ui-pipeline"
 FLAKY = "ui-flaky"
+FAMILY = "ui-family"
+CHATTY = "ui-chatty"
+STREAMED = ["Once ", "upon ", "a ", "time"]
 
 
 class Article(msgspec.Struct):
@@ -54,4 +60,29 @@ def workflows(r: Ratchet) -> list[Workflow]:
             raise ConnectionError("upstream refused the connection")
         return {"ok": True}
 
-    return [pipeline, flaky]
+    family = r.workflow(FAMILY, description="Starts child runs and waits for them")
+
+    @family.task()
+    async def spawn(input: dict[str, object], ctx: Context) -> dict[str, object]:
+        count = int(str(input.get("children", 2)))
+        refs = await flaky.aio_run_many([{"fail": False, "i": i} for i in range(count)])
+        for ref in refs:
+            await ref.aio_result(timeout_s=60)
+        return {"children": [ref.run_id for ref in refs]}
+
+    chatty = r.workflow(CHATTY, description="Logs and streams as it works")
+
+    @chatty.task()
+    def talk(input: dict[str, object], ctx: Context) -> dict[str, object]:
+        ctx.log("warming up", level="debug")
+        ctx.log("fetched 3 pages")
+        for piece in STREAMED:
+            ctx.put_stream(piece)
+        ctx.put_stream({"progress": 1.0})
+        ctx.log("page 2 was slow (2.4 s)", level="warning")
+        if input.get("hold"):
+            ctx.wait_cancelled(timeout_s=240)
+        ctx.log("done")
+        return {"pages": 3}
+
+    return [pipeline, flaky, family, chatty]

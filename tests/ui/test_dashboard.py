@@ -36,13 +36,13 @@ async def test_login_refuses_a_wrong_token_and_accepts_the_right_one(
     await page.get_by_label("API token").fill("rt_not-a-real-token")
     await page.get_by_role("button", name="Log in").click()
     await expect(page.get_by_role("alert")).to_contain_text("not valid")
-    assert not [c for c in await page.context.cookies() if c["name"] == "ratchet_session"]
+    assert not [c for c in await page.context.cookies() if c["name"] == "ratchet_token"]
 
     await page.get_by_label("API token").fill(token)
     await page.get_by_role("button", name="Log in").click()
     await expect(page).to_have_url(f"{stack.api_url}/ui/runs")
     await expect(page.locator("header.top")).to_contain_text(tenant)
-    cookie = next(c for c in await page.context.cookies() if c["name"] == "ratchet_session")
+    cookie = next(c for c in await page.context.cookies() if c["name"] == "ratchet_token")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
     await page.get_by_role("button", name="Log out").click()
@@ -237,7 +237,7 @@ async def test_state_changing_requests_need_the_csrf_token(
     ref = await wfs[seed.PIPELINE].aio_run_no_wait(
         seed.Article(url="https://example.com/long", user="ada", hold=True)
     )
-    async with httpx.AsyncClient(base_url=stack.api_url, cookies={"ratchet_session": token}) as h:
+    async with httpx.AsyncClient(base_url=stack.api_url, cookies={"ratchet_token": token}) as h:
         forged = await h.post(f"/ui/runs/{ref.run_id}/cancel", data={})
         assert forged.status_code == 403
         assert await _status(client, ref.run_id) != "CANCELLED"

@@ -42,7 +42,7 @@ async def test_keyset_paging_visits_every_run_once_newest_first(
     expected = [r[1] for r in sorted(rows, key=lambda r: (r[7], r[1]), reverse=True)]
 
     async with httpx.AsyncClient(base_url=stack.api_url,
-                                 cookies={"ratchet_session": token}) as http:
+                                 cookies={"ratchet_token": token}) as http:
         seen: list[str] = []
         url: str | None = "/ui/runs"
         while url is not None:
@@ -62,13 +62,13 @@ async def test_keyset_paging_visits_every_run_once_newest_first(
 
 @pytest.mark.parametrize("path", [
     "/ui/runs", "/ui/workflows", "/ui/workers", "/ui/events", "/ui/filters", "/ui/crons",
-    "/ui/rate-limits", "/ui/analytics",
+    "/ui/rate-limits", "/ui/analytics", "/ui/settings",
 ])
 async def test_every_view_renders_an_empty_state_for_a_new_tenant(
     stack: Stack, token: str, path: str
 ) -> None:
     async with httpx.AsyncClient(base_url=stack.api_url,
-                                 cookies={"ratchet_session": token}) as http:
+                                 cookies={"ratchet_token": token}) as http:
         page = await http.get(path)
     assert page.status_code == 200
     assert "<main" in page.text and 'aria-current="page"' in page.text
@@ -114,6 +114,15 @@ async def test_pages_see_only_their_runs_of_their_tenant_with_a_bounded_backlog(
     assert busy.take() == ({}, {}, False)
 
 
+async def test_a_revocation_wakes_and_ends_only_that_tokens_streams() -> None:
+    hub = Broadcaster()
+    doomed = hub.subscribe("ta", frozenset({"r1"}), token_id="tok_a")
+    other = hub.subscribe("ta", frozenset({"r1"}), token_id="tok_b")
+    await hub.revoked("tok_a")
+    assert doomed.ended and doomed.wake.is_set()
+    assert not other.ended and not other.wake.is_set()
+
+
 def _csrf(html: str) -> str:
     return html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
@@ -128,7 +137,7 @@ async def test_versions_diff_crons_and_filters_through_the_rest_handlers(
     first = await client.arequest("POST", "/workflows", json=_spec("wf-v", ["a"]))
     second = await client.arequest("POST", "/workflows", json=_spec("wf-v", ["a", "b"]))
     async with httpx.AsyncClient(base_url=stack.api_url,
-                                 cookies={"ratchet_session": token}) as http:
+                                 cookies={"ratchet_token": token}) as http:
         page = await http.get("/ui/workflows/wf-v",
                               params={"a": first["id"], "b": second["id"]})
         assert page.status_code == 200

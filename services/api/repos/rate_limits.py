@@ -57,3 +57,16 @@ class RateLimitRepo:
             f"SELECT {_COLUMNS} FROM rate_limits WHERE tenant_id = $1 AND key = $2", tenant, key
         )
         return row
+
+    async def usage(self, tenant: str, windows: dict[str, float]) -> dict[str, int]:
+        """Units admitted per key within its window (key -> window length in seconds)."""
+        if not windows:
+            return {}
+        rows = await self._pool.fetch(
+            "SELECT a.key, sum(a.units) AS used FROM rate_limit_admissions a"
+            " JOIN unnest($2::text[], $3::float8[]) AS w(key, seconds) ON w.key = a.key"
+            " WHERE a.tenant_id = $1 AND a.ts > now() - make_interval(secs => w.seconds)"
+            " GROUP BY a.key",
+            tenant, list(windows), list(windows.values()),
+        )
+        return {r["key"]: int(r["used"]) for r in rows}

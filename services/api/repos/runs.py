@@ -2,15 +2,75 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import asyncpg
+import msgspec
+
+MAX_MATCHING = 1000  # ids one "every run matching" action may touch
 
 
 class RunRecords(NamedTuple):
     run: asyncpg.Record
     tasks: list[asyncpg.Record]
     attempts: list[asyncpg.Record]
+
+
+@dataclass
+class RunFilter:
+    """Which runs to list; every field optional."""
+
+    status: str | None = None
+    workflow: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # api | event | cron | schedule
+    parent_run_id: str | None = None
+    run_ids: list[str] | None = None  # e.g. the runs one event triggered
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    workflow: str
+    status: str
+    priority: int
+    source: str
+    metadata: dict[str, str]
+    created_at: datetime
+    finished_at: datetime | None
+    parent_run_id: str | None
+
+
+def _where(tenant: str, f: RunFilter) -> tuple[list[str], list[Any]]:
+    """Only the conditions in use, so each query shape gets a plan that uses the indexes."""
+    conds = ["tenant_id = $1"]
+    args: list[Any] = [tenant]
+
+    def add(sql: str, value: Any) -> None:
+        args.append(value)
+        conds.append(sql.replace("?", f"${len(args)}"))
+
+    if f.status:
+        add("status = ?", f.status)
+    if f.workflow:
+        add("workflow = ?", f.workflow)
+    if f.since:
+        add("created_at >= ?", f.since)
+    if f.until:
+        add("created_at < ?", f.until)
+    if f.metadata:
+        add("metadata @> ?::jsonb", msgspec.json.encode(f.metadata).decode())
+    if f.source:
+        add("source = ?", f.source)
+    if f.parent_run_id:
+        add("parent_run_id = ?", f.parent_run_id)
+    if f.run_ids is not None:
+        add("id = ANY(?::text[])", f.run_ids)
+    return conds, args
 
 
 class RunRepo:
@@ -48,15 +108,53 @@ class RunRepo:
         self, tenant: str, status: str | None, workflow: str | None, limit: int,
         parent_run_id: str | None = None,
     ) -> list[asyncpg.Record]:
+        """Newest first (GET /runs): the dashboard's query with only these filters."""
+        return await self._fetch(
+            tenant, RunFilter(status=status, workflow=workflow, parent_run_id=parent_run_id),
+            None, limit,
+        )
+
+    async def search(
+        self, tenant: str, f: RunFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[RunRow]:
+        """Runs matching `f`, newest first, keyset-paged on (created_at, id) after `after`:
+        page N costs what page 1 does."""
+        return [
+            RunRow(
+                id=r["id"], workflow=r["workflow"], status=r["status"], priority=r["priority"],
+                source=r["source"], metadata=msgspec.json.decode(r["metadata"]),
+                created_at=r["created_at"], finished_at=r["finished_at"],
+                parent_run_id=r["parent_run_id"],
+            )
+            for r in await self._fetch(tenant, f, after, limit)
+        ]
+
+    async def _fetch(
+        self, tenant: str, f: RunFilter, after: tuple[datetime, str] | None, limit: int
+    ) -> list[asyncpg.Record]:
+        conds, args = _where(tenant, f)
+        if after is not None:
+            args.extend(after)
+            conds.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+        args.append(limit)
         rows: list[asyncpg.Record] = await self._pool.fetch(
-            "SELECT id, workflow, status, created_at, finished_at, parent_run_id FROM runs"
-            " WHERE tenant_id = $1"
-            " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR workflow = $3)"
-            " AND ($5::text IS NULL OR parent_run_id = $5)"
-            " ORDER BY created_at DESC LIMIT $4",
-            tenant, status, workflow, limit, parent_run_id,
+            "SELECT id, workflow, status, priority, source, metadata::text AS metadata,"
+            " created_at, finished_at, parent_run_id"
+            f" FROM runs WHERE {' AND '.join(conds)}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+            *args,
         )
         return rows
+
+    async def matching_ids(self, tenant: str, f: RunFilter) -> list[str]:
+        """Ids of the newest MAX_MATCHING runs matching `f` (a bulk action on a filter)."""
+        conds, args = _where(tenant, f)
+        rows = await self._pool.fetch(
+            f"SELECT id FROM runs WHERE {' AND '.join(conds)}"
+            f" ORDER BY created_at DESC, id DESC LIMIT {MAX_MATCHING}",
+            *args,
+        )
+        return [r["id"] for r in rows]
 
     # child runs (docs/children.md) ------------------------------------------------------
     async def children(
@@ -115,10 +213,15 @@ class RunRepo:
 
     async def existing(self, tenant: str, run_ids: list[str]) -> set[str]:
         """Which of these run ids the tenant already has."""
+        return set(await self.statuses(tenant, run_ids))
+
+    async def statuses(self, tenant: str, run_ids: list[str]) -> dict[str, str]:
+        """Run id -> status of those of these runs the tenant has."""
         rows = await self._pool.fetch(
-            "SELECT id FROM runs WHERE tenant_id = $1 AND id = ANY($2::text[])", tenant, run_ids
+            "SELECT id, status FROM runs WHERE tenant_id = $1 AND id = ANY($2::text[])",
+            tenant, run_ids,
         )
-        return {str(r["id"]) for r in rows}
+        return {str(r["id"]): str(r["status"]) for r in rows}
 
     async def status(self, tenant: str, run_id: str) -> str | None:
         status = await self._pool.fetchval(

@@ -107,6 +107,13 @@ class WorkflowRepo:
         rows: list[asyncpg.Record] = await self._pool.fetch(_CURRENT, tenant, None)
         return rows
 
+    async def names(self, tenant: str) -> list[str]:
+        """The tenant's workflow names, sorted (for pickers: no definitions read)."""
+        rows = await self._pool.fetch(
+            "SELECT name FROM workflows WHERE tenant_id = $1 ORDER BY name", tenant
+        )
+        return [str(r["name"]) for r in rows]
+
     async def get_current(self, tenant: str, name: str) -> asyncpg.Record:
         """One workflow with its current version; NotFound when it was never registered."""
         row: asyncpg.Record | None = await self._pool.fetchrow(_CURRENT, tenant, name)

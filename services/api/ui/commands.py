@@ -1,9 +1,13 @@
-"""The dashboard's reads and writes through the REST API's own handlers.
+"""The dashboard's writes, and the reads it shows as the REST API does, through the REST
+API's own handlers.
 
-Each function calls the function behind a REST endpoint (`handler.fn`), so a button in the
-browser publishes exactly the command, with the same validation and msg-id, that the same
-request to the REST API would; and a page lists what the REST API lists. Errors are the
-handlers' own HTTP exceptions (their `detail` is shown to the user).
+Each function calls the function behind a REST endpoint (`handler.fn`) with the session's
+principal, so a button in the browser publishes exactly the command, with the same validation,
+msg-id and audit entry (naming the token), that the same request to the REST API would; and a
+page lists what the REST API lists. The handlers' guards do not run on this path: pages check
+the scope first (`session.require_scope`). The handlers stay the one place each change is
+written — moving their bodies into shared functions would only add a layer both call. Errors
+are the handlers' own HTTP exceptions (their `detail` is shown to the user).
 """
 
 from __future__ import annotations
@@ -26,10 +30,18 @@ from services.api.routes.crons import (
     ScheduledView,
 )
 from services.api.routes.filters import FilterController, FilterIn, FilterView
+from services.api.routes.limits import LimitController, LimitsView
 from services.api.routes.rate_limits import RateLimitController, RateLimitView
 from services.api.routes.runs import RunController
+from services.api.routes.tokens import TokenController, TokenCreated, TokenIn, TokenView
 from services.api.routes.workflows import WorkflowController
-from services.api.schemas import RunCreated, RunRequest, WorkflowView
+from services.api.schemas import (
+    RollbackRequest,
+    RunCreated,
+    RunRequest,
+    VersionView,
+    WorkflowView,
+)
 from services.api.state import ApiState
 
 
@@ -55,6 +67,21 @@ async def trigger(
         traceparent=None,
     )
     return created
+
+
+async def rollback(api: ApiState, caller: Principal, workflow: str, version_id: str) -> VersionView:
+    view: VersionView = await WorkflowController.rollback.fn(
+        None, name=workflow, data=RollbackRequest(version_id=version_id), tenant=caller.tenant,
+        api=api, caller=caller,
+    )
+    return view
+
+
+async def versions(api: ApiState, tenant: str, workflow: str) -> list[VersionView]:
+    views: list[VersionView] = await WorkflowController.versions.fn(
+        None, name=workflow, tenant=tenant, api=api, limit=1000
+    )
+    return views
 
 
 async def workflows(api: ApiState, tenant: str) -> list[WorkflowView]:
@@ -148,3 +175,25 @@ async def analytics(
         None, api=api, tenant=tenant, since=since, until=until
     )
     return counts, latency, through
+
+
+async def limits(api: ApiState, tenant: str) -> LimitsView:
+    view: LimitsView = await LimitController.get_limits.fn(None, tenant=tenant, api=api)
+    return view
+
+
+async def tokens(api: ApiState, tenant: str) -> list[TokenView]:
+    views: list[TokenView] = await TokenController.list_tokens.fn(
+        None, tenant=tenant, api=api, include_revoked=True
+    )
+    return views
+
+
+async def create_token(api: ApiState, caller: Principal, data: TokenIn) -> TokenCreated:
+    created: TokenCreated = await TokenController.create.fn(None, data=data, api=api,
+                                                            caller=caller)
+    return created
+
+
+async def revoke_token(api: ApiState, caller: Principal, token_id: str) -> None:
+    await TokenController.revoke.fn(None, token_id=token_id, api=api, caller=caller)

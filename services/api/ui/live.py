@@ -10,6 +10,10 @@ A subscription keeps at most the latest state per run / task (newer changes over
 ones, which is all a page shows), and at most MAX_PENDING of those: past that it drops what it
 held and asks the page to reload instead. So a slow or stalled browser costs a bounded amount
 of memory and never slows the feed.
+
+Each subscription also knows the token its page logged in with: a revocation broadcast ends
+that token's streams at once (the streams re-check the token every second besides, for expiry
+and for a broadcast that was lost).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class Subscription:
 
     tenant: str
     watch: frozenset[str]  # run ids whose changes this page shows
+    token_id: str = ""  # the token the page's session uses
+    ended: bool = False  # that token was revoked: the stream ends
     tasks_of: str | None = None  # a run page: also the task changes of this run
     counts_created: bool = False  # a runs list: count runs created since it subscribed
     runs: dict[str, str] = field(default_factory=dict)  # run id -> latest status
@@ -75,18 +81,19 @@ class Broadcaster:
                 return owner
         made = cls()
         api.change_listeners.append(made.publish)
+        api.tokens.on_revoke(made.revoked)
         return made
 
     def subscribe(
         self, tenant: str, watch: frozenset[str] = frozenset(), *, tasks_of: str | None = None,
-        counts_created: bool = False,
+        counts_created: bool = False, token_id: str = "",
     ) -> Subscription:
         if len(self._subs) >= MAX_SUBSCRIPTIONS:
             raise OverflowError("too many live dashboard pages are open")
         if tasks_of is not None:
             watch = watch | {tasks_of}
         sub = Subscription(tenant=tenant, watch=watch, tasks_of=tasks_of,
-                           counts_created=counts_created)
+                           counts_created=counts_created, token_id=token_id)
         for run_id in watch:
             self._by_run.setdefault(run_id, set()).add(sub)
         if counts_created:
@@ -109,6 +116,13 @@ class Broadcaster:
             lists.discard(sub)
             if not lists:
                 del self._lists[sub.tenant]
+
+    async def revoked(self, token_id: str) -> None:
+        """A token was revoked: wake its pages' streams so they end now."""
+        for sub in self._subs:
+            if sub.token_id == token_id:
+                sub.ended = True
+                sub.wake.set()
 
     def publish(self, changes: StateChanges) -> None:
         """Hand one batch to the interested subscriptions (never blocks)."""

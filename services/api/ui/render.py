@@ -25,6 +25,11 @@ def pretty_json(value: Any) -> str:
     return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
 
 
+def brief_json(value: Any) -> str:
+    """A value as it reads in JSON (null, ["read"]), strings as they are."""
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
 def short_time(value: str | datetime | None) -> str:
     """An ISO timestamp as 'YYYY-MM-DD HH:MM:SS' UTC, '—' for none."""
     if value is None:
@@ -64,6 +69,8 @@ _env = Environment(
 )
 _env.filters["pretty_json"] = pretty_json
 _env.filters["short_time"] = short_time
+_env.filters["brief_json"] = brief_json
+_env.filters["as_time"] = datetime.fromisoformat
 _env.filters["ms_time"] = ms_time
 _env.filters["precise_time"] = precise_time
 _env.globals["duration"] = duration

@@ -15,13 +15,16 @@ from litestar.exceptions import NotFoundException
 
 from libs.common.specs import WorkflowSpec
 from libs.common.statuses import RUN_TERMINAL
+from services.api.repos import NotFound, RepoError
+from services.api.routes.logs import LogController, LogLineView
 from services.api.routes.runs import RunController, load_run
 from services.api.schemas import RunEventView, RunView, TaskView
 from services.api.state import ApiState
-from services.api.ui import queries
 from services.api.ui.live import wait_for_run
 from services.api.ui.svg import STATUS_CLASS, DagNode, dag_svg
 
+# Log lines a run page shows (the first ones: a run's log reads in order); the REST API pages on.
+LOG_LINES = 2000
 TERMINAL_TASK = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT", "SKIPPED"})
 
 
@@ -46,6 +49,13 @@ class RunPage:
     history: list[RunEventView]
     span_s: float
     finished: bool
+    logs: list[LogLineView]
+    logs_error: str | None  # the log store did not answer
+
+    @property
+    def logs_cut(self) -> bool:
+        """More lines than a page shows."""
+        return len(self.logs) >= LOG_LINES
 
 
 def status_class(status: str) -> str:
@@ -118,13 +128,17 @@ async def run_page(
     if run is None and wait_s > 0:
 
         async def exists() -> bool:
-            return await queries.run_statuses(api.pool, tenant, [run_id]) != {}
+            return await api.runs.status(tenant, run_id) is not None
 
         if await wait_for_run(api, tenant, run_id, exists, wait_s):
             run = await load_run(api, tenant, run_id)
     if run is None:
         raise NotFoundException(f"run {run_id!r} not found")
-    spec = await queries.version_spec(api, tenant, run.version_id)
+    spec: WorkflowSpec | None = None
+    try:  # the definition the run was started from (versions are immutable)
+        spec = (await api.workflows.version(tenant, run.workflow, run.version_id)).spec
+    except NotFound:
+        pass
     if spec is not None:  # tasks in definition order (parents first), hooks last
         order = {t.name: i for i, t in enumerate(
             [*spec.tasks, *(h for h in (spec.on_failure, spec.on_success) if h is not None)]
@@ -135,6 +149,18 @@ async def run_page(
     history: list[RunEventView] = await RunController.events.fn(
         None, run_id=run_id, tenant=tenant, api=api
     )
+    logs, logs_error = await run_logs(api, tenant, run_id)
     bars, span = _timeline(run)
     return RunPage(run=run, dag=_dag(run, spec), timeline=bars, history=history, span_s=span,
-                   finished=run.status in RUN_TERMINAL)
+                   finished=run.status in RUN_TERMINAL, logs=logs, logs_error=logs_error)
+
+
+async def run_logs(api: ApiState, tenant: str, run_id: str) -> tuple[list[LogLineView], str | None]:
+    """The run's log lines as GET /runs/{id}/logs returns them, or why there are none."""
+    try:
+        lines: list[LogLineView] = await LogController.run_logs.fn(
+            None, run_id=run_id, tenant=tenant, api=api, limit=LOG_LINES, offset=0
+        )
+    except RepoError as exc:
+        return [], str(exc)
+    return lines, None

@@ -10,14 +10,16 @@ from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect
 
-from libs.common.olap import OlapError
+from libs.common.tenants import Scope
 from services.api.auth import Api
+from services.api.repos import RepoError
+from services.api.repos.events import EventRow
 from services.api.routes.crons import CronIn
 from services.api.routes.filters import FilterIn
-from services.api.ui import commands, queries
+from services.api.ui import commands
 from services.api.ui.forms import FormError, read_metadata
 from services.api.ui.render import page
-from services.api.ui.session import UiSession, check_csrf
+from services.api.ui.session import UiSession, check_csrf, require_scope
 
 WINDOW_S = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
 
@@ -35,7 +37,7 @@ class OperatePages(Controller):
 
     @get("/workers")
     async def workers(self, session: UiSession, api: Api) -> Response[str]:
-        rows = await queries.workers(api, session.tenant)
+        rows = await api.worker_registry.list_workers(session.tenant)
         now_ms = int(time.time() * 1000)
         return page("workers.html", session=session, nav="workers", rows=rows, now_ms=now_ms,
                     stale_ms=int(api.settings.worker_heartbeat_timeout_s * 1000))
@@ -43,10 +45,10 @@ class OperatePages(Controller):
     @get("/events")
     async def events(self, session: UiSession, api: Api) -> Response[str]:
         error = None
-        rows: list[queries.EventRow] = []
+        rows: list[EventRow] = []
         try:
-            rows = await queries.recent_events(api, session.tenant)
-        except OlapError as exc:
+            rows = await api.event_log.recent(session.tenant)
+        except RepoError as exc:
             error = f"The analytics store did not answer: {exc}"
         return page("events.html", session=session, nav="events", rows=rows, error=error)
 
@@ -55,12 +57,13 @@ class OperatePages(Controller):
                       ) -> Response[str]:
         return page("filters.html", session=session, nav="filters", notice=notice,
                     rows=await commands.filters(api, session.tenant),
-                    workflows=await queries.workflow_names(api.pool, session.tenant))
+                    workflows=await api.workflows.names(session.tenant))
 
     @post("/filters")
     async def create_filter(self, request: Request, session: UiSession,  # type: ignore[type-arg]
                             api: Api) -> Response[str]:
         form = await check_csrf(request, session)
+        require_scope(session, Scope.WRITE, "creating a filter")
         data = FilterIn(workflow=_one(form, "workflow"), expression=_one(form, "expression"),
                         scope=_one(form, "scope") or None)
         try:
@@ -73,6 +76,7 @@ class OperatePages(Controller):
     async def delete_filter(self, filter_id: str, request: Request,  # type: ignore[type-arg]
                             session: UiSession, api: Api) -> Response[str]:
         await check_csrf(request, session)
+        require_scope(session, Scope.WRITE, "deleting a filter")
         await commands.delete_filter(api, session.principal, filter_id)
         return _back("/ui/filters", f"Filter {filter_id} deleted.")
 
@@ -82,12 +86,13 @@ class OperatePages(Controller):
         return page("crons.html", session=session, nav="crons", notice=notice,
                     crons=await commands.crons(api, session.tenant),
                     scheduled=await commands.scheduled(api, session.tenant),
-                    workflows=await queries.workflow_names(api.pool, session.tenant))
+                    workflows=await api.workflows.names(session.tenant))
 
     @post("/crons")
     async def create_cron(self, request: Request, session: UiSession,  # type: ignore[type-arg]
                           api: Api) -> Response[str]:
         form = await check_csrf(request, session)
+        require_scope(session, Scope.WRITE, "creating a cron")
         try:
             metadata = read_metadata(_one(form, "metadata"))
             data = CronIn(workflow=_one(form, "workflow"), expression=_one(form, "expression"),
@@ -103,6 +108,7 @@ class OperatePages(Controller):
     async def cron_action(self, cron_id: str, action: str, request: Request,  # type: ignore[type-arg]
                           session: UiSession, api: Api) -> Response[str]:
         await check_csrf(request, session)
+        require_scope(session, Scope.WRITE, "changing a cron")
         if action == "delete":
             await commands.delete_cron(api, session.principal, cron_id)
             return _back("/ui/crons", "Cron deleted.")
@@ -120,14 +126,15 @@ class OperatePages(Controller):
     async def delete_scheduled(self, scheduled_id: str, request: Request,  # type: ignore[type-arg]
                                session: UiSession, api: Api) -> Response[str]:
         await check_csrf(request, session)
+        require_scope(session, Scope.WRITE, "deleting a scheduled run")
         await commands.delete_scheduled(api, session.tenant, scheduled_id)
         return _back("/ui/crons", "Scheduled run deleted.")
 
     @get("/rate-limits")
     async def rate_limits(self, session: UiSession, api: Api) -> Response[str]:
         limits = await commands.rate_limits(api, session.tenant)
-        used = await queries.rate_limit_usage(
-            api.pool, session.tenant, {rl.key: WINDOW_S[rl.per] for rl in limits}
+        used = await api.rate_limits.usage(
+            session.tenant, {rl.key: WINDOW_S[rl.per] for rl in limits}
         )
         return page("rate_limits.html", session=session, nav="rate-limits", limits=limits,
                     used=used)

@@ -10,18 +10,21 @@ from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect
 
-from libs.common.olap import OlapError
+from libs.common.tenants import Scope
 from services.api.auth import Api
+from services.api.repos import RepoError
+from services.api.repos.runs import MAX_MATCHING, RunFilter, RunRow
 from services.api.routes.runs import RUN_STATUSES
-from services.api.ui import commands, queries
+from services.api.ui import commands
 from services.api.ui.render import page
-from services.api.ui.session import UiSession, check_csrf
+from services.api.ui.session import UiSession, check_csrf, require_scope
 from services.api.ui.views import run_page, status_class
 
-SOURCES = ("api", "event", "cron", "schedule")
+SOURCES = ("api", "event", "cron", "schedule", "child")
 # How long a run page waits for a run that was triggered a moment ago to be stored.
 NEW_RUN_WAIT_S = 5.0
-FILTER_FIELDS = ("status", "workflow", "since", "until", "meta", "source", "event")
+FILTER_FIELDS = ("status", "workflow", "since", "until", "meta", "source", "event", "parent")
+PAGE_SIZE = 50
 
 
 @dataclass
@@ -29,7 +32,7 @@ class ParsedFilter:
     """The list's query string: what the form shows back, and what the query uses."""
 
     raw: dict[str, str]
-    query: queries.RunFilter = field(default_factory=queries.RunFilter)
+    query: RunFilter = field(default_factory=RunFilter)
     problems: list[str] = field(default_factory=list)
 
     def qs(self, **extra: str) -> str:
@@ -72,10 +75,10 @@ async def parse_filter(api: Api, tenant: str, raw: dict[str, str]) -> ParsedFilt
             problems.append(f"trigger must be one of {', '.join(SOURCES)}")
     if raw["event"]:
         try:
-            q.run_ids = await queries.runs_of_event(api, tenant, raw["event"])
-        except OlapError as exc:
-            problems.append(f"event: the analytics store did not answer ({exc})")
-    # Parent run: runs have no parent yet; the filter goes here once child runs land.
+            q.run_ids = await api.event_log.runs_of(tenant, raw["event"])
+        except RepoError as exc:
+            problems.append(f"event: {exc}")
+    q.parent_run_id = raw["parent"] or None
     return parsed
 
 
@@ -98,19 +101,19 @@ class RunPages(Controller):
         after: str | None = None, notice: str | None = None,
     ) -> Response[str]:
         parsed = await parse_filter(api, session.tenant, dict(request.query_params))
-        rows: list[queries.RunRow] = []
+        rows: list[RunRow] = []
         if not parsed.problems:
-            rows = await queries.list_runs(
-                api.pool, session.tenant, parsed.query, _cursor(after), queries.PAGE_SIZE + 1
+            rows = await api.runs.search(
+                session.tenant, parsed.query, _cursor(after), PAGE_SIZE + 1
             )
-        more = len(rows) > queries.PAGE_SIZE
-        rows = rows[: queries.PAGE_SIZE]
+        more = len(rows) > PAGE_SIZE
+        rows = rows[:PAGE_SIZE]
         next_qs = (
             parsed.qs(after=f"{rows[-1].created_at.isoformat()}|{rows[-1].id}") if more else None
         )
         return page(
             "runs.html", session=session, nav="runs", rows=rows, f=parsed,
-            workflows=await queries.workflow_names(api.pool, session.tenant),
+            workflows=await api.workflows.names(session.tenant),
             statuses=sorted(RUN_STATUSES), sources=SOURCES, next_qs=next_qs,
             first_qs=parsed.qs() if after else None, notice=notice, status_class=status_class,
             # Every row is watched: a finished run changes again when it is replayed.
@@ -124,13 +127,15 @@ class RunPages(Controller):
         action = (form.get("action") or [""])[0]
         if action not in ("cancel", "replay"):
             raise HTTPException(status_code=400, detail="action must be cancel or replay")
+        require_scope(session, Scope.WRITE, f"{'cancelling' if action == 'cancel' else 'replaying'}"
+                      " runs")
         parsed = await parse_filter(api, session.tenant, {k: v[0] for k, v in form.items()})
         if (form.get("scope") or [""])[0] == "filter":
             if parsed.problems:
                 raise HTTPException(status_code=400, detail="; ".join(parsed.problems))
-            run_ids = await queries.matching_run_ids(api.pool, session.tenant, parsed.query)
+            run_ids = await api.runs.matching_ids(session.tenant, parsed.query)
         else:
-            run_ids = form.get("run", [])[: queries.MAX_BULK]
+            run_ids = form.get("run", [])[:MAX_MATCHING]
         done, skipped = 0, 0
         for run_id in run_ids:
             try:
@@ -159,9 +164,11 @@ class RunPages(Controller):
                   session: UiSession, api: Api) -> Response[str]:
         await check_csrf(request, session)
         if action == "cancel":
+            require_scope(session, Scope.WRITE, "cancelling a run")
             await commands.cancel_run(api, session.principal, run_id)
             notice = "Cancellation requested."
         elif action == "replay":
+            require_scope(session, Scope.WRITE, "replaying a run")
             await commands.replay_run(api, session.principal, run_id)
             notice = "Replay requested: the run starts again from its first tasks."
         else:
