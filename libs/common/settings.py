@@ -73,6 +73,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     otlp_endpoint: str = ""
     service_name: str = "ratchet"
+    # Bearer token of the operator endpoints (/admin: tenants, migrations). Named with the
+    # RATCHET_ prefix so the env var cannot be mistaken for a tenant's; empty = those endpoints
+    # answer 404.
+    ratchet_operator_token: str = ""
 
     def __post_init__(self) -> None:
         pairs = (

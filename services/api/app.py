@@ -20,6 +20,7 @@ from litestar.types import ControllerRouterHandler
 from libs.common.limits import LimitExceeded
 from services.api.auth import provide_principal, provide_tenant
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
+from services.api.routes.admin import AdminController
 from services.api.routes.analytics import AnalyticsController
 from services.api.routes.audit import AuditController
 from services.api.routes.crons import CronController, ScheduledController
@@ -79,7 +80,7 @@ def create_app(
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController, TokenController, LimitController, AuditController,
-            NatsCredentialsController,
+            NatsCredentialsController, AdminController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],

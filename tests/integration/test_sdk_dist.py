@@ -112,3 +112,8 @@ async def test_sdk_alone_in_a_clean_venv_runs_a_workflow(
     run = await client.runs.aio_get(result["run_id"])
     assert run["status"] == "SUCCEEDED"
     assert run["workflow"] == name
+
+    # The `ratchet` command comes with the SDK: the same clean venv has it, and it works.
+    shown = await _run(venv / "bin" / "ratchet", "runs", "get", result["run_id"], "--json",
+                       env=worker_env, cwd=tmp_path, timeout_s=60)
+    assert json.loads(shown)["status"] == "SUCCEEDED"

@@ -281,6 +281,8 @@ def cmd_up() -> int:
         if line.startswith("RATCHET_TOKEN="):
             token = line.partition("=")[2].strip()
     say(f"migrations applied; tenant {TENANT!r} ready")
+    # Kept across `up`s like the tenant token, so a shell that sourced .run/env stays valid.
+    operator_token = old_env.get("RATCHET_OPERATOR_TOKEN") or "op_" + secrets.token_urlsafe(32)
 
     present = [s for s in SERVICES_START if (ROOT / "services" / s / "__main__.py").exists()]
     api_port = pick_port(ports, "api", service_pid("api") is not None)
@@ -292,6 +294,7 @@ def cmd_up() -> int:
         "RATCHET_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
         "RATCHET_TOKEN": token,
         "RATCHET_TENANT": TENANT,
+        "RATCHET_OPERATOR_TOKEN": operator_token,
         "NATS_URL": nats_url,
         "DATABASE_URL": database_url,
     }
@@ -305,6 +308,7 @@ def cmd_up() -> int:
         "NATS_URL": nats_url,
         "DATABASE_URL": database_url,
         "API_PORT": str(api_port),
+        "RATCHET_OPERATOR_TOKEN": operator_token,
         "GRPC_PORT": str(grpc_port),
         "DISPATCHER_ID": os.environ.get("DISPATCHER_ID", "dispatcher-1"),
         "DATA_DIR": str(DATA),
