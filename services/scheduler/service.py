@@ -15,7 +15,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import asyncpg
 import msgspec
@@ -49,6 +48,7 @@ from services.scheduler import observe, store
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_EXEC, Engine
 from services.scheduler.fairness_store import FairnessStore
+from services.scheduler.intake import Intake, Item, Work
 from services.scheduler.model import RUN_TERMINAL
 
 BATCH_SUFFIX = "." + subjects.REPORT_BATCH_KIND
@@ -58,13 +58,6 @@ INBOX_MAX = 32
 OUTBOX_RELAY_BATCH = 5000
 # How long one relay keeps retrying a chunk before the next step takes over (same msg-ids).
 OUTBOX_RELAY_RETRY_S = 2.0
-
-
-@dataclass(slots=True)
-class Work:
-    kind: str  # "cmd" | "report"
-    items: list[tuple[str, object]]  # (tenant, decoded message)
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class SchedulerService(Service):
@@ -80,6 +73,7 @@ class SchedulerService(Service):
         self._pool: asyncpg.Pool | None = None
         self._kv: KeyValue | None = None
         self._inbox: asyncio.Queue[Work] = asyncio.Queue(maxsize=INBOX_MAX)
+        self._intake = Intake()
         self._worker_events: deque[tuple[str, WorkerInfo | str]] = deque()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -237,14 +231,15 @@ class SchedulerService(Service):
                 await self._step(works)
             except Exception as exc:
                 log.exception("batch failed; reloading state from PostgreSQL")
-                for w in works:
+                for w in {*works, *self._intake.drop()}:
                     if not w.done.done():
                         w.done.set_exception(exc)
                 await self._recover()
 
     async def _next_works(self) -> list[Work]:
         works: list[Work] = []
-        if self._inbox.empty() and not self._worker_events and not self._unsent:
+        if (self._inbox.empty() and not self._worker_events and not self._unsent
+                and not self._intake.pending()):
             next_due = self.engine.next_timer_ms()
             timeout = 1.0 if next_due is None else max(0.0, min(1.0, (next_due - _now()) / 1000))
             getter = asyncio.ensure_future(self._inbox.get())
@@ -264,10 +259,11 @@ class SchedulerService(Service):
 
     async def _step(self, works: list[Work]) -> None:
         assert self._pool is not None
+        items = self._intake.take(works)
         async with self._pool.acquire() as conn:
-            specs, existing = await self._prefetch(conn, works)
+            specs, existing = await self._prefetch(conn, items)
             await self._fairness.refresh_limits(conn, self.engine)
-            observe.trace_triggers(self.engine, _triggers(works), existing)
+            observe.trace_triggers(self.engine, _triggers(items), existing)
             engine = self.engine
             engine.begin(_now())
             while self._worker_events:
@@ -276,22 +272,21 @@ class SchedulerService(Service):
                     engine.worker_seen(value)
                 else:
                     engine.worker_lost(value)
-            for work in works:
-                for tenant, msg in work.items:
-                    if isinstance(msg, TaskReport):
-                        engine.report(tenant, msg)
-                    elif isinstance(msg, TriggerRun):
-                        spec = specs.get(msg.version_id)
-                        if spec is None:
-                            log.error("trigger for unknown version %s dropped", msg.version_id,
-                                      extra={"tenant": tenant, "workflow": msg.workflow,
-                                             "run_id": msg.run_id})
-                        elif msg.run_id not in existing:
-                            engine.trigger(tenant, msg, spec)
-                    elif isinstance(msg, CancelRun):
-                        engine.cancel(tenant, msg)
-                    elif isinstance(msg, ReplayRun):
-                        engine.replay(tenant, msg)
+            for _work, tenant, msg in items:
+                if isinstance(msg, TaskReport):
+                    engine.report(tenant, msg)
+                elif isinstance(msg, TriggerRun):
+                    spec = specs.get(msg.version_id)
+                    if spec is None:
+                        log.error("trigger for unknown version %s dropped", msg.version_id,
+                                  extra={"tenant": tenant, "workflow": msg.workflow,
+                                         "run_id": msg.run_id})
+                    elif msg.run_id not in existing:
+                        engine.trigger(tenant, msg, spec)
+                elif isinstance(msg, CancelRun):
+                    engine.cancel(tenant, msg)
+                elif isinstance(msg, ReplayRun):
+                    engine.replay(tenant, msg)
             engine.fire_timers()
             fx = engine.finish()
             if not fx.empty() or self._published:
@@ -304,7 +299,7 @@ class SchedulerService(Service):
                         await store.flush(conn, fx, published)
                         await self._fairness.flush(conn, fx, engine)
             observe.after_batch(engine, fx)
-        for work in works:
+        for work in Intake.completed(items, works):
             if not work.done.done():
                 work.done.set_result(None)
         await self._await_relay()
@@ -318,26 +313,25 @@ class SchedulerService(Service):
             self._relay_task = None
 
     async def _prefetch(
-        self, conn: asyncpg.Connection, works: list[Work]
+        self, conn: asyncpg.Connection, items: list[Item]
     ) -> tuple[dict[str, WorkflowSpec], set[str]]:
         """Look up what the batch needs from PostgreSQL before mutating anything."""
         version_ids: set[str] = set()
         keys: list[tuple[str, str]] = []
         replays: list[tuple[str, str]] = []
         parents: list[tuple[str, str]] = []  # of child triggers (engine/_children.py)
-        for work in works:
-            for tenant, msg in work.items:
-                if isinstance(msg, TriggerRun):
-                    version_ids.add(msg.version_id)
-                    parent = self.engine.parent_to_look_up(tenant, msg)
-                    if parent is not None:
-                        parents.append(parent)
-                    if msg.run_id in self._fresh_runs:
-                        self._fresh_runs.discard(msg.run_id)
-                    elif msg.run_id not in self.engine.runs:
-                        keys.append((tenant, msg.run_id))
-                elif isinstance(msg, ReplayRun) and msg.run_id not in self.engine.runs:
-                    replays.append((tenant, msg.run_id))
+        for _work, tenant, msg in items:
+            if isinstance(msg, TriggerRun):
+                version_ids.add(msg.version_id)
+                parent = self.engine.parent_to_look_up(tenant, msg)
+                if parent is not None:
+                    parents.append(parent)
+                if msg.run_id in self._fresh_runs:
+                    self._fresh_runs.discard(msg.run_id)
+                elif msg.run_id not in self.engine.runs:
+                    keys.append((tenant, msg.run_id))
+            elif isinstance(msg, ReplayRun) and msg.run_id not in self.engine.runs:
+                replays.append((tenant, msg.run_id))
         specs = await self._specs.get_many(conn, version_ids) if version_ids else {}
         existing = await store.existing_runs(conn, keys)
         self.engine.note_parent_statuses(await store.run_statuses(conn, parents))
@@ -452,9 +446,9 @@ async def _current_workers(kv: KeyValue) -> list[WorkerInfo]:
     return out
 
 
-def _triggers(works: list[Work]) -> Iterator[TriggerRun]:
+def _triggers(items: list[Item]) -> Iterator[TriggerRun]:
     """Lazy: only walked when tracing is on."""
-    return (m for w in works if w.kind == "cmd" for _, m in w.items if isinstance(m, TriggerRun))
+    return (m for _, _, m in items if isinstance(m, TriggerRun))
 
 
 def _now() -> int:

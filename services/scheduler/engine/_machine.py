@@ -26,6 +26,7 @@ from services.scheduler.effects import Effects
 from services.scheduler.engine import _history, _outbox
 from services.scheduler.engine._recovery import mark_unreachable
 from services.scheduler.engine._timers import (
+    TIMER_BATCH,
     TIMER_EXEC,
     TIMER_KINDS,
     TIMER_RETRY,
@@ -215,7 +216,7 @@ class StateMachine:
         self.queue(task)
 
     # timers -------------------------------------------------------------------------
-    def fire_timers(self, limit: int = 1000) -> int:
+    def fire_timers(self, limit: int = TIMER_BATCH) -> int:
         fired = 0
         for _due, tenant, task_id, kind, attempt in self.timers.pop_due(self.now_ms, limit):
             fired += 1
