@@ -15,6 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
@@ -44,7 +45,7 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
-from services.scheduler import observe, store
+from services.scheduler import observe, partitions, store
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_EXEC, Engine
 from services.scheduler.fairness_store import FairnessStore
@@ -58,6 +59,7 @@ INBOX_MAX = 32
 OUTBOX_RELAY_BATCH = 5000
 # How long one relay keeps retrying a chunk before the next step takes over (same msg-ids).
 OUTBOX_RELAY_RETRY_S = 2.0
+PARTITION_MAINTENANCE_S = 3600.0
 
 
 class SchedulerService(Service):
@@ -97,6 +99,8 @@ class SchedulerService(Service):
         await jetstream.provision(self._js, s)
         await db.migrate(s.database_url)
         self._pool = await db.create_pool(s.database_url, max_size=4)
+        async with self._pool.acquire() as conn:
+            await partitions.maintain(conn, s.retention_days, datetime.now(UTC))
         await self._load()
         self._unsent = await store.pending_outbox(self._pool, OUTBOX_RELAY_BATCH * 20)
         self._kv = await self._js.key_value(Bucket.WORKERS.value)
@@ -105,6 +109,7 @@ class SchedulerService(Service):
             asyncio.create_task(self._core_loop(), name="scheduler-core"),
             asyncio.create_task(self._watch_workers(), name="scheduler-workers"),
             asyncio.create_task(self._sweep_stale_workers(), name="scheduler-stale"),
+            asyncio.create_task(self._maintain_partitions(), name="scheduler-partitions"),
         ]
         self._consumers = [
             BatchConsumer(
@@ -376,6 +381,20 @@ class SchedulerService(Service):
                     assert self._kv is not None
                     for info in await _current_workers(self._kv):
                         self._worker_events.append(("put", info))
+
+    async def _maintain_partitions(self) -> None:
+        """Partitions ahead and retention, hourly (services/scheduler/partitions.py)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=PARTITION_MAINTENANCE_S)
+            if self._stopping.is_set() or self._pool is None:
+                return
+            try:
+                async with self._pool.acquire() as conn:
+                    await partitions.maintain(conn, self.settings.retention_days,
+                                              datetime.now(UTC))
+            except Exception as exc:  # retried next round; days ahead leave plenty of slack
+                log.warning("partition maintenance failed: %r", exc)
 
     # worker registry ------------------------------------------------------------------
     async def _watch_workers(self) -> None:

@@ -76,7 +76,7 @@ run_rows AS (
                 -- a child run's parent (migration 030): numbered last, after the outbox's
                 $55::text::text[], $56::text::text[], $57::text::text[], $58::text::smallint[])
          AS x(t, i, w, v, s, p, inp, md, a, src, g, c, f, tp, pr, pt, pn, dp)
-    ON CONFLICT (tenant_id, id) DO UPDATE SET
+    ON CONFLICT (tenant_id, id, created_at) DO UPDATE SET
         status = EXCLUDED.status, generation = EXCLUDED.generation,
         finished_at = EXCLUDED.finished_at
 ),
@@ -91,7 +91,7 @@ task_rows AS (
                 $23::text::text[], $24::bytea[], $25::text::smallint[], $26::text::int8[],
                 $27::text::int8[], $28::text::int8[], $29::text::int8[], $30::text::int8[])
          AS x(t, i, r, n, act, s, a, fl, w, o, p, q, st, f, nb, c)
-    ON CONFLICT (tenant_id, id) DO UPDATE SET
+    ON CONFLICT (tenant_id, id, created_at) DO UPDATE SET
         status = EXCLUDED.status, attempt = EXCLUDED.attempt, failures = EXCLUDED.failures,
         worker_id = EXCLUDED.worker_id, output = EXCLUDED.output,
         queued_at = EXCLUDED.queued_at, started_at = EXCLUDED.started_at,
@@ -285,6 +285,7 @@ async def load_runs(
         return []
     spec_by_id = await specs.get_many(conn, {r["version_id"] for r in run_rows})
     runs: dict[tuple[str, str], Run] = {}
+    created: dict[tuple[str, str], datetime] = {}
     for row in run_rows:
         spec = spec_by_id.get(row["version_id"])
         if spec is None:
@@ -303,12 +304,16 @@ async def load_runs(
         )
         build_run(run)
         runs[(run.tenant, run.id)] = run
+        created[(run.tenant, run.id)] = row["created_at"]
+    # A run's tasks carry its created_at: with it the lookup reaches the run's day partition
+    # only (migration 050), not every partition's index.
     task_rows = await conn.fetch(
         "SELECT t.*, a.error::text AS error FROM tasks t"
-        " JOIN unnest($1::text[], $2::text[]) AS x(tn, r) ON t.tenant_id = x.tn AND t.run_id = x.r"
+        " JOIN unnest($1::text[], $2::text[], $3::timestamptz[]) AS x(tn, r, c)"
+        " ON t.tenant_id = x.tn AND t.run_id = x.r AND t.created_at = x.c"
         " LEFT JOIN task_attempts a ON a.tenant_id = t.tenant_id AND a.task_id = t.id"
         " AND a.attempt = t.attempt",
-        [k[0] for k in runs], [k[1] for k in runs],
+        [k[0] for k in runs], [k[1] for k in runs], [created[k] for k in runs],
     )
     for row in task_rows:
         run = runs[(row["tenant_id"], row["run_id"])]
