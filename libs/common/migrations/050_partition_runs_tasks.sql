@@ -8,9 +8,9 @@
 -- key index (a prefix of it).
 --
 -- The existing tables are kept as they are and attached as one "legacy" partition covering
--- everything before tomorrow (no rewrite: only the new primary key index is built on them,
--- in place of the old one).
--- Retention drops it once tomorrow is older than the retention window.
+-- everything created before this migration (no rewrite: only the new primary key index is
+-- built on them, in place of the old one); the rest of today gets a partition of its own.
+-- Retention drops the legacy partition once the migration is older than the window.
 --
 -- ratchet_ensure_partitions(days) creates the daily partitions from tomorrow on; the scheduler
 -- calls it at start and hourly (services/scheduler/partitions.py).
@@ -72,7 +72,8 @@ END $$;
 DO $$
 DECLARE
     parent text;
-    bound timestamptz := ((now() AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC';
+    bound timestamptz := now();
+    today date := (now() AT TIME ZONE 'UTC')::date;
 BEGIN
     FOREACH parent IN ARRAY ARRAY['runs', 'tasks'] LOOP
         EXECUTE format('ALTER TABLE %I RENAME TO %I', parent, parent || '_legacy');
@@ -86,6 +87,12 @@ BEGIN
         PERFORM ratchet_partition_indexes(parent || '_legacy', parent);
         EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (MINVALUE) TO (%L)',
                        parent, parent || '_legacy', bound);
+        -- The rest of today: what is created from now on lands in a day partition already.
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)'
+                       ' WITH (fillfactor = %s)',
+                       format('%s_p%s', parent, to_char(today, 'YYYYMMDD')), parent, bound,
+                       ((today + 1)::timestamp AT TIME ZONE 'UTC'),
+                       CASE parent WHEN 'tasks' THEN 80 ELSE 90 END);
     END LOOP;
 END $$;
 
