@@ -83,7 +83,7 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
                 jsapi.RetentionPolicy.WORK_QUEUE if work_queue else jsapi.RetentionPolicy.LIMITS
             ),
             storage=jsapi.StorageType.FILE,
-            max_age=None if work_queue else settings.stream_max_age_s,
+            max_age=_max_age(stream, settings),
             duplicate_window=settings.dedupe_window_s,
             max_msg_size=8 * 1024 * 1024,
         )
@@ -103,6 +103,14 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
             await js.create_key_value(
                 jsapi.KeyValueConfig(bucket=bucket.value, history=1, ttl=ttl)
             )
+
+
+def _max_age(stream: Stream, settings: Settings) -> float | None:
+    if stream in WORK_QUEUE_STREAMS:
+        return None
+    if stream is Stream.CHUNK:
+        return settings.ratchet_stream_retention
+    return settings.stream_max_age_s
 
 
 @dataclass(slots=True)

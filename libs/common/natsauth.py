@@ -95,6 +95,7 @@ SERVICE_ROLES: Mapping[str, Permissions] = {
     "dispatcher": Permissions(
         publish=(
             *_SERVICE_COMMON_PUB, subjects.TASK_REPORTS_ALL, _kv(subjects.Bucket.WORKERS),
+            subjects.LOGS_ALL, subjects.CHUNKS_ALL,  # task log lines and stream chunks
         ),
         subscribe=(*_SERVICE_COMMON_SUB, subjects.TOKEN_REVOKED),
     ),

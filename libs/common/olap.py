@@ -36,7 +36,8 @@ RUNS = f"{DATABASE}.runs"
 EVENTS = f"{DATABASE}.events"
 MATCHES = f"{DATABASE}.match_outcomes"
 TASK_STATS_1M = f"{DATABASE}.task_stats_1m"
-TABLES = (TASK_EVENTS, RUNS, EVENTS, MATCHES)
+TASK_LOGS = f"{DATABASE}.task_logs"
+TABLES = (TASK_EVENTS, RUNS, EVENTS, MATCHES, TASK_LOGS)
 
 # Terminal run statuses outrank live ones in the runs version (see run_version).
 _RUN_RANK: dict[str, int] = {
@@ -101,6 +102,24 @@ SCHEMA: tuple[str, ...] = (
     ) ENGINE = ReplacingMergeTree
     PARTITION BY toYYYYMM(ts)
     ORDER BY (tenant, msg_id)""",
+    # Task log lines (docs/logs.md). Sorted by run so a run's log is one contiguous range;
+    # the identity (task_id, attempt, seq) is the dedupe key. Substring search over a tenant
+    # scans its part of the table (the ngram index skips granules that cannot match).
+    f"""CREATE TABLE IF NOT EXISTS {TASK_LOGS} (
+        tenant LowCardinality(String),
+        run_id String,
+        task_id String,
+        task_name LowCardinality(String),
+        workflow LowCardinality(String),
+        attempt UInt32,
+        seq UInt32,
+        ts DateTime64(3, 'UTC'),
+        level LowCardinality(String),
+        message String,
+        INDEX message_idx lower(message) TYPE ngrambf_v1(3, 65536, 2, 0) GRANULARITY 1
+    ) ENGINE = ReplacingMergeTree
+    PARTITION BY toYYYYMM(ts)
+    ORDER BY (tenant, run_id, task_id, attempt, seq)""",
     # Per-minute stats. Counts are uniqExact over (task_id, attempt), so a redelivered batch
     # (which the materialized view sees a second time, before any merge) does not inflate
     # them; the t-digest quantiles may weigh such a sample twice, which an approximate

@@ -64,6 +64,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_heartbeat_timeout_s: float = 15.0
     dispatcher_heartbeat_timeout_s: float = 15.0
     stream_max_age_s: float = 7 * 24 * 3600.0
+    # Seconds a run's stream chunks stay readable (late subscribers replay from the first).
+    # Named after the env var the docs promise: RATCHET_STREAM_RETENTION.
+    ratchet_stream_retention: float = 3600.0
+    # Per task attempt, enforced by the dispatcher whatever the worker does (the SDK applies
+    # the same defaults): lines beyond it are replaced by one marker line, then dropped.
+    task_log_max_lines: int = 10_000
+    task_log_max_chars: int = 10_000
     dedupe_window_s: float = 600.0
     max_deliver: int = 8
     # Child runs (docs/children.md): how deep a tree of runs may grow (a top-level run is at

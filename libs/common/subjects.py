@@ -11,6 +11,10 @@ class Stream(StrEnum):
     TASK = "TASK"
     DSP = "DSP"
     DLQ = "DLQ"
+    # Task log lines (log_messages.LogBatch), kept until the replicator projects them.
+    LOG = "LOG"
+    # Stream chunks (log_messages.StreamChunk), one subject per run, short retention.
+    CHUNK = "CHUNK"
 
 
 class Header(StrEnum):
@@ -36,6 +40,8 @@ STREAM_SUBJECTS: dict[Stream, list[str]] = {
     Stream.TASK: ["task.>"],
     Stream.DSP: ["dsp.>"],
     Stream.DLQ: ["dlq.>"],
+    Stream.LOG: ["log.>"],
+    Stream.CHUNK: ["chunk.>"],
 }
 
 
@@ -74,6 +80,16 @@ def dsp(dispatcher_id: str) -> str:
     return f"dsp.{dispatcher_id}"
 
 
+def task_logs(tenant: str) -> str:
+    """Log lines of one tenant's tasks (messages.log_messages.LogBatch)."""
+    return f"log.{tenant}"
+
+
+def run_chunks(tenant: str, run_id: str) -> str:
+    """Stream chunks of one run, in the order its tasks put them."""
+    return f"chunk.{tenant}.{run_id}"
+
+
 def dlq(original_subject: str) -> str:
     return f"dlq.{original_subject}"
 
@@ -88,6 +104,8 @@ TASK_REPORTS_ALL = "task.*.report.>"
 TASK_CHANGES_ALL = "task.*.changes"
 TASK_MATCH_ALL = "task.*.match"
 EVT_ALL = "evt.>"
+LOGS_ALL = "log.>"
+CHUNKS_ALL = "chunk.>"
 MATCHER_CHANGES = "ratchet.matcher.changed"
 OLAP_QUERY = "ratchet.olap.query"
 # Core NATS broadcast of a revoked token's id: every API and dispatcher evicts it at once.

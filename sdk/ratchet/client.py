@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ratchet._output import DEFAULT_LOG_MAX_CHARS, DEFAULT_LOG_MAX_LINES
 from ratchet._transport import Transport
 from ratchet.config import ClientConfig
 from ratchet.resources import (
@@ -89,8 +90,19 @@ class Ratchet:
         workflows: list[Workflow],
         slots: int = 10,
         labels: dict[str, str] | None = None,
+        *,
+        capture_logging: bool = False,
+        log_max_lines: int = DEFAULT_LOG_MAX_LINES,
+        log_max_chars: int = DEFAULT_LOG_MAX_CHARS,
     ) -> Worker:
-        return Worker(self._transport, name, workflows, slots=slots, labels=labels or {})
+        """A worker for `workflows`. With `capture_logging=True`, Python `logging` records
+        emitted inside a task (at or above their logger's level) also go to the task's log.
+        `log_max_lines` / `log_max_chars` cap each attempt's log (a marker line ends it)."""
+        return Worker(
+            self._transport, name, workflows, slots=slots, labels=labels or {},
+            capture_logging=capture_logging, log_max_lines=log_max_lines,
+            log_max_chars=log_max_chars,
+        )
 
     # HTTP -------------------------------------------------------------------------
     def request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:

@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
-from ratchet import _codec
+from ratchet import _codec, _sse
 from ratchet._transport import Transport
+from ratchet._transport import decode as _transport_decode
 from ratchet.errors import ApiError, RunFailed
 
+LogLines = list[dict[str, Any]]  # an alias: inside `Runs`, `list` names its method
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 # A long poll is cut into chunks so that no single HTTP request outlives the client timeout.
 WAIT_CHUNK_S = 30.0
 RESULTS_CHUNK = 1000  # runs per POST /runs/results (the API's limit)
+STREAM_APPEAR_WAIT_S = 10.0
 
 
 class _Resource:
@@ -65,6 +69,46 @@ class Runs(_Resource):
 
     def events(self, run_id: str) -> Any:
         return self._c.request("GET", f"/runs/{run_id}/events")
+
+    def logs(self, run_id: str) -> LogLines:
+        """The run's log lines in order: dicts of task, attempt, ts, level and message.
+
+        Lines reach the log store a moment after the task wrote them (about a second).
+        """
+        out: LogLines = self._c.request("GET", f"/runs/{run_id}/logs")
+        return out
+
+    async def aio_logs(self, run_id: str) -> LogLines:
+        out: LogLines = await self._c.arequest("GET", f"/runs/{run_id}/logs")
+        return out
+
+    def stream(self, run_id: str, *, appear_wait_s: float = STREAM_APPEAR_WAIT_S) -> Iterator[Any]:
+        """Every chunk the run's tasks put on their stream, from the first, in order, with
+        the type they were put with (str, bytes or a JSON value); ends when the run ends.
+
+        A run triggered a moment ago may not be stored yet: the server waits up to
+        `appear_wait_s` for it before answering 404.
+        """
+        params = {"wait_s": appear_wait_s}
+        with self._c._client().stream("GET", f"/runs/{run_id}/stream", params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                _transport_decode(resp)
+            yield from _sse.iterate(resp.iter_lines())
+
+    async def aio_stream(
+        self, run_id: str, *, appear_wait_s: float = STREAM_APPEAR_WAIT_S
+    ) -> AsyncIterator[Any]:
+        """`stream` for async code: `async for chunk in r.runs.aio_stream(run_id)`."""
+        params = {"wait_s": appear_wait_s}
+        async with self._c._aclient().stream(
+            "GET", f"/runs/{run_id}/stream", params=params
+        ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                _transport_decode(resp)
+            async for chunk in _sse.aiterate(resp.aiter_lines()):
+                yield chunk
 
 
 def _list_params(status: str | None, workflow: str | None, limit: int,

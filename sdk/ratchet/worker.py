@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from ratchet import _codec, _tracing
+from ratchet import _codec, _output, _tracing
 from ratchet._proto import worker_pb2 as pb
 from ratchet._proto import worker_pb2_grpc as pb_grpc
 from ratchet._transport import Transport
@@ -28,6 +28,8 @@ from ratchet.workflow import Task, Workflow
 log = logging.getLogger("ratchet.worker")
 
 MAX_PENDING_EVENTS = 50_000
+# Stream chunks a worker holds unsent; past this put_stream waits (chunks are never dropped).
+STREAM_CREDIT_CHUNKS = 2_000
 RECONNECT_MAX_S = 5.0
 _SETTLING = frozenset({pb.COMPLETED, pb.FAILED, pb.CANCELLED})
 FINISHED_MEMORY = 20_000  # attempts remembered to drop redelivered assignments
@@ -58,14 +60,23 @@ class Worker:
         *,
         slots: int = 10,
         labels: dict[str, str] | None = None,
+        capture_logging: bool = False,
+        log_max_lines: int = _output.DEFAULT_LOG_MAX_LINES,
+        log_max_chars: int = _output.DEFAULT_LOG_MAX_CHARS,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be >= 1")
+        if log_max_lines < 1 or log_max_chars < 1:
+            raise ValueError("log_max_lines and log_max_chars must be >= 1")
         self._transport = transport
         self.name = name
         self.workflows = list(workflows)
         self.slots = slots
         self.labels = dict(labels or {})
+        # Opt-in: Python logging records emitted inside a task also go to the task's log.
+        self.capture_logging = capture_logging
+        self.log_max_lines = log_max_lines
+        self.log_max_chars = log_max_chars
         self.worker_id = ""
         self.tenant = ""
         self._by_action: dict[str, Task[Any]] = {
@@ -79,6 +90,7 @@ class Worker:
         # ack raced its redelivery) is not executed a second time. Bounded: oldest forgotten.
         self._finished: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._pending: list[pb.TaskEvent] = []
+        self._stream_credit = _output.StreamCredit(STREAM_CREDIT_CHUNKS)
         # asyncio.Event binds to a loop only when first awaited, so these can live here.
         self._events_ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -109,6 +121,8 @@ class Worker:
         _tracing.install_log_filter()
         for wf in self.workflows:
             await self._transport.aregister(wf.spec())
+        if self.capture_logging:
+            _output.install_capture()
         backoff = 0.1
         try:
             while not self._stop.is_set():
@@ -127,6 +141,8 @@ class Worker:
         finally:
             await self._cancel_all()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            if self.capture_logging:
+                _output.uninstall_capture()
 
     def stop(self) -> None:
         """Drain in-flight tasks, then disconnect. Safe from any thread, and before start."""
@@ -223,6 +239,8 @@ class Worker:
                 except BaseException:
                     self._pending[:0] = batch  # keep them for the next stream
                     raise
+                # Written chunks left the buffer: waiting put_stream calls may go on.
+                self._stream_credit.release(sum(1 for ev in batch if ev.kind == pb.STREAM))
                 continue
             self._events_ready.clear()
             with contextlib.suppress(TimeoutError):
@@ -255,13 +273,18 @@ class Worker:
             self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.FAILED,
                                     error=pb.TaskError(type="WorkerLost", message="worker draining")))
             return
+        sink = self._sink_for(a.task_id, a.attempt)
         ctx = Context(
             run_id=a.run_id, task_id=a.task_id, task_name=a.task_name, workflow=a.workflow,
             attempt=a.attempt,
             parent_outputs={k: _codec.loads(v) for k, v in a.parent_outputs.items()},
             additional={k: _codec.loads(v) for k, v in a.additional.items()},
             metadata=dict(a.metadata),
-            sink=self._sink_for(a.task_id, a.attempt),
+            sink=sink,
+            output=_output.AttemptOutput(
+                sink, max_lines=self.log_max_lines, max_chars=self.log_max_chars
+            ),
+            stream_credit=self._stream_credit,
         )
         task = _tracing.start_task(self._execute(a, ctx), a, self.tenant)
         self._running[key] = _Running(ctx, task)
@@ -271,6 +294,10 @@ class Worker:
         key = (a.task_id, a.attempt)
         _CURRENT.set(ctx)  # runs and spawns made by the task start child runs (children.md)
         self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.STARTED))
+        if self.capture_logging:
+            # This coroutine runs in its own asyncio task (own context), and a sync task's
+            # thread gets a copy of it: records logged there find this attempt.
+            _output.current_output.set(ctx._output)
         try:
             task = self._by_action.get(a.action)
             if task is None:
@@ -324,8 +351,9 @@ class Worker:
     def _emit(self, ev: pb.TaskEvent) -> None:
         if not ev.ts_ms:
             ev.ts_ms = int(time.time() * 1000)
-        if len(self._pending) >= MAX_PENDING_EVENTS and ev.kind in (pb.LOG, pb.STREAM):
-            return  # bounded: under pressure, logs and stream chunks give way to state
+        if len(self._pending) >= MAX_PENDING_EVENTS and ev.kind == pb.LOG:
+            return  # bounded: under pressure, log lines give way to state
+        # Stream chunks are bounded by StreamCredit instead (put_stream waits): never dropped.
         self._pending.append(ev)
         self._events_ready.set()
 

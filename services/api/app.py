@@ -27,9 +27,11 @@ from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
 from services.api.routes.filters import FilterController
 from services.api.routes.limits import LimitController
+from services.api.routes.logs import LogController
 from services.api.routes.nats_credentials import NatsCredentialsController
 from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
+from services.api.routes.streams import StreamController
 from services.api.routes.tokens import TokenController
 from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
 from services.api.state import ApiState
@@ -80,7 +82,7 @@ def create_app(
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController, TokenController, LimitController, AuditController,
-            NatsCredentialsController, AdminController,
+            NatsCredentialsController, AdminController, LogController, StreamController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],

@@ -39,6 +39,7 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Stream
 from libs.common.tenants import Principal, Scope
+from services.dispatcher.output import OutputPublisher
 from services.dispatcher.streams import (
     WorkerConn,
     to_proto_assignment,
@@ -99,6 +100,8 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             maxsize=EVENT_QUEUE_MAX
         )
         self._publisher: asyncio.Task[None] | None = None
+        # Log lines and stream chunks: their own bounded queue and publisher (output.py).
+        self._output: OutputPublisher | None = None
         self._stopping = asyncio.Event()
         self.conns: dict[str, WorkerConn] = {}
         self.port = settings.grpc_port
@@ -121,6 +124,8 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         )
         await self._consumer.start()
         self._publisher = asyncio.create_task(self._publish_loop(), name="dispatcher-events")
+        self._output = OutputPublisher(self._js, s)
+        self._output.start()
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -158,6 +163,8 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             await self._events.put(("", "", []))  # sentinel: all queued before it gets published
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._publisher, PUBLISH_RETRY_S)
+        if self._output is not None:
+            await self._output.stop()
         for task in (self._heartbeat, self._auth_watch):
             if task is not None:
                 task.cancel()
@@ -316,6 +323,9 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 which = msg.WhichOneof("msg")
                 if which == "events":
                     batch = self._reports(conn, msg.events.events)
+                    if self._output is not None:
+                        await self._output.submit(conn.info.tenant, msg.events.events)
+                        await self._output.settled(conn.info.tenant, batch)
                     if batch:
                         await self._events.put((conn.info.worker_id, conn.info.tenant, batch))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -329,7 +339,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         for ev in events:
             report = to_report(conn.info.worker_id, ev, now)
             if report is None or report.kind in ("log", "stream"):
-                continue  # logs and stream chunks are not state: they take another path
+                continue  # logs and stream chunks are not state: OutputPublisher takes them
             batch.append(report)
         return batch
 
@@ -409,6 +419,8 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 continue
             for a in batch.assignments:
                 if a.worker_id in self.conns:
+                    if self._output is not None:
+                        self._output.directory.remember(a)
                     per_worker.setdefault(a.worker_id, ([], []))[0].append(to_proto_assignment(a))
                 else:
                     report = TaskReport(

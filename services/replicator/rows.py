@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from libs.common.log_messages import LogBatch
 from libs.common.messages import RunStateChanged, TaskStateChanged
 from libs.common.olap import Row, ch_time, run_version
 from libs.common.statuses import RUN_TERMINAL, TASK_TERMINAL
@@ -60,6 +61,25 @@ def run_row(change: RunStateChanged) -> Row:
         "duration_ms": max(0, change.ts_ms - created_ms) if terminal else -1,
         "version": run_version(change.ts_ms, change.status),
     }
+
+
+def log_rows(tenant: str, batch: LogBatch) -> list[Row]:
+    """One row per line; the tenant comes from the subject, which stream permissions guard."""
+    return [
+        {
+            "tenant": tenant,
+            "run_id": batch.run_id,
+            "task_id": batch.task_id,
+            "task_name": batch.task_name,
+            "workflow": batch.workflow,
+            "attempt": batch.attempt,
+            "seq": line.seq,
+            "ts": ch_time(line.ts_ms),
+            "level": line.level,
+            "message": line.message,
+        }
+        for line in batch.lines
+    ]
 
 
 def _stream_ms(msg: Msg) -> int:

@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from libs.common import jetstream, olap, subjects
 from libs.common.jetstream import BatchConsumer, Rejected
+from libs.common.log_messages import LOG_BATCH_DECODER
 from libs.common.messages import STATE_CHANGES_DECODER
 from libs.common.olap import OlapBackend, OlapError, Row
 from libs.common.service import Service
@@ -63,6 +64,7 @@ FEEDS = (
     # Task and run transitions travel together (one StateChanges per scheduler batch).
     Feed("replicator-changes", Stream.TASK, subjects.TASK_CHANGES_ALL, olap.TASK_EVENTS),
     Feed("replicator-match", Stream.TASK, subjects.TASK_MATCH_ALL, olap.MATCHES),
+    Feed("replicator-logs", Stream.LOG, subjects.LOGS_ALL, olap.TASK_LOGS),
 )
 
 
@@ -108,6 +110,7 @@ class ReplicatorService(Service):
             olap.EVENTS: self._on_events,
             olap.TASK_EVENTS: self._on_changes,
             olap.MATCHES: self._on_matches,
+            olap.TASK_LOGS: self._on_logs,
         }
         self._consumers = [
             BatchConsumer(
@@ -176,6 +179,19 @@ class ReplicatorService(Service):
             task_rows.extend(map(rows.task_event_row, changes.tasks))
             run_rows.extend(map(rows.run_row, changes.runs))
         await self._write({olap.TASK_EVENTS: task_rows, olap.RUNS: run_rows}, msgs)
+        return rejected
+
+    async def _on_logs(self, msgs: list[Msg]) -> Rejected:
+        out: list[Row] = []
+        rejected: Rejected = []
+        for msg in msgs:
+            try:
+                batch = LOG_BATCH_DECODER.decode(msg.data)
+            except msgspec.DecodeError as exc:
+                rejected.append((msg, f"undecodable log batch: {exc}"))
+                continue
+            out.extend(rows.log_rows(subjects.tenant_of(msg.subject), batch))
+        await self._write({olap.TASK_LOGS: out}, msgs)
         return rejected
 
     async def _on_events(self, msgs: list[Msg]) -> None:

@@ -61,6 +61,8 @@ class TenantA:
             "cron_id": self.cron_id, "scheduled_id": self.scheduled_id,
             "key": self.rate_limit_key, "token_id": self.token_id, "workflow": self.workflow,
             "version_id": self.version_ids[0],
+            # Operator routes: B's tenant token is not the operator token (refused outright).
+            "tenant_id": self.tenant,
         }
 
     def identifiers(self) -> list[str]:
@@ -76,6 +78,8 @@ class TenantA:
             ("POST", "/workflows/{name}/run/bulk"): {"runs": [{"input": {}}]},
             ("PATCH", "/filters/{filter_id}"): {"expression": "false"},
             ("PUT", "/rate-limits/{key}"): {"limit": 1},
+            ("PUT", "/admin/tenants/{tenant_id}/limits"): {"triggers_per_s": 1},
+            ("POST", "/runs/results"): {"run_ids": [self.run_id]},
             ("POST", "/workflows"): {"name": self.workflow, "tasks": [
                 {"name": "evil", "action": self.action}]},
             ("POST", "/filters"): {"workflow": self.workflow, "expression": "true"},

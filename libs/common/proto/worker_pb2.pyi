@@ -86,7 +86,7 @@ class TaskError(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("task_id", "attempt", "kind", "output", "error", "log", "chunk", "refresh_ms", "ts_ms")
+    __slots__ = ("task_id", "attempt", "kind", "output", "error", "log", "chunk", "refresh_ms", "ts_ms", "level", "seq", "chunk_type")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,9 @@ class TaskEvent(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     REFRESH_MS_FIELD_NUMBER: _ClassVar[int]
     TS_MS_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_TYPE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     attempt: int
     kind: EventKind
@@ -105,7 +108,10 @@ class TaskEvent(_message.Message):
     chunk: bytes
     refresh_ms: int
     ts_ms: int
-    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., log: _Optional[str] = ..., chunk: _Optional[bytes] = ..., refresh_ms: _Optional[int] = ..., ts_ms: _Optional[int] = ...) -> None: ...
+    level: str
+    seq: int
+    chunk_type: str
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., output: _Optional[bytes] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., log: _Optional[str] = ..., chunk: _Optional[bytes] = ..., refresh_ms: _Optional[int] = ..., ts_ms: _Optional[int] = ..., level: _Optional[str] = ..., seq: _Optional[int] = ..., chunk_type: _Optional[str] = ...) -> None: ...
 
 class TaskEvents(_message.Message):
     __slots__ = ("events",)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ratchet/v1/worker.proto\x12\nratchet.v1\"\x96\x01\n\rWorkerMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.ratchet.v1.RegisterH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.ratchet.v1.HeartbeatH\x00\x12(\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x16.ratchet.v1.TaskEventsH\x00\x42\x05\n\x03msg\"\xd2\x01\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x30\n\x06labels\x18\x04 \x03(\x0b\x32 .ratchet.v1.Register.LabelsEntry\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12$\n\x07holding\x18\x06 \x03(\x0b\x32\x13.ratchet.v1.TaskKey\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x07TaskKey\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\x1a\n\tHeartbeat\x12\r\n\x05ts_ms\x18\x01 \x01(\x03\"T\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x15\n\rnon_retryable\x18\x04 \x01(\x08\"\xc7\x01\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.ratchet.v1.EventKind\x12\x0e\n\x06output\x18\x04 \x01(\x0c\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.ratchet.v1.TaskError\x12\x0b\n\x03log\x18\x06 \x01(\t\x12\r\n\x05\x63hunk\x18\x07 \x01(\x0c\x12\x12\n\nrefresh_ms\x18\x08 \x01(\x03\x12\r\n\x05ts_ms\x18\t \x01(\x03\"3\n\nTaskEvents\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.ratchet.v1.TaskEvent\"\xa0\x01\n\x11\x44ispatcherMessage\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.ratchet.v1.RegisteredH\x00\x12.\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x17.ratchet.v1.AssignmentsH\x00\x12&\n\x07\x63\x61ncels\x18\x03 \x01(\x0b\x32\x13.ratchet.v1.CancelsH\x00\x42\x05\n\x03msg\"e\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x15\n\rdispatcher_id\x18\x03 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\x05\"\xfc\x03\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08workflow\x18\x04 \x01(\t\x12\x11\n\ttask_name\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\r\n\x05input\x18\x07 \x01(\x0c\x12\x41\n\x0eparent_outputs\x18\x08 \x03(\x0b\x32).ratchet.v1.Assignment.ParentOutputsEntry\x12:\n\nadditional\x18\t \x03(\x0b\x32&.ratchet.v1.Assignment.AdditionalEntry\x12\x12\n\ntimeout_ms\x18\n \x01(\x03\x12\x36\n\x08metadata\x18\x0b \x03(\x0b\x32$.ratchet.v1.Assignment.MetadataEntry\x12\x13\n\x0btraceparent\x18\x0c \x01(\t\x1a\x34\n\x12ParentOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x31\n\x0f\x41\x64\x64itionalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x0b\x41ssignments\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.ratchet.v1.Assignment\":\n\x06\x43\x61ncel\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\",\n\x07\x43\x61ncels\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.ratchet.v1.Cancel*\x88\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07STARTED\x10\x01\x12\r\n\tCOMPLETED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x07\n\x03LOG\x10\x04\x12\n\n\x06STREAM\x10\x05\x12\x13\n\x0fREFRESH_TIMEOUT\x10\x06\x12\r\n\tCANCELLED\x10\x07\x32U\n\nDispatcher\x12G\n\x07\x43onnect\x12\x19.ratchet.v1.WorkerMessage\x1a\x1d.ratchet.v1.DispatcherMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ratchet/v1/worker.proto\x12\nratchet.v1\"\x96\x01\n\rWorkerMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.ratchet.v1.RegisterH\x00\x12*\n\theartbeat\x18\x02 \x01(\x0b\x32\x15.ratchet.v1.HeartbeatH\x00\x12(\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x16.ratchet.v1.TaskEventsH\x00\x42\x05\n\x03msg\"\xd2\x01\n\x08Register\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\x12\r\n\x05slots\x18\x03 \x01(\x05\x12\x30\n\x06labels\x18\x04 \x03(\x0b\x32 .ratchet.v1.Register.LabelsEntry\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12$\n\x07holding\x18\x06 \x03(\x0b\x32\x13.ratchet.v1.TaskKey\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x07TaskKey\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"\x1a\n\tHeartbeat\x12\r\n\x05ts_ms\x18\x01 \x01(\x03\"T\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x15\n\rnon_retryable\x18\x04 \x01(\x08\"\xf7\x01\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.ratchet.v1.EventKind\x12\x0e\n\x06output\x18\x04 \x01(\x0c\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.ratchet.v1.TaskError\x12\x0b\n\x03log\x18\x06 \x01(\t\x12\r\n\x05\x63hunk\x18\x07 \x01(\x0c\x12\x12\n\nrefresh_ms\x18\x08 \x01(\x03\x12\r\n\x05ts_ms\x18\t \x01(\x03\x12\r\n\x05level\x18\n \x01(\t\x12\x0b\n\x03seq\x18\x0b \x01(\x03\x12\x12\n\nchunk_type\x18\x0c \x01(\t\"3\n\nTaskEvents\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.ratchet.v1.TaskEvent\"\xa0\x01\n\x11\x44ispatcherMessage\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.ratchet.v1.RegisteredH\x00\x12.\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x17.ratchet.v1.AssignmentsH\x00\x12&\n\x07\x63\x61ncels\x18\x03 \x01(\x0b\x32\x13.ratchet.v1.CancelsH\x00\x42\x05\n\x03msg\"e\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x15\n\rdispatcher_id\x18\x03 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\x05\"\xfc\x03\n\nAssignment\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08workflow\x18\x04 \x01(\t\x12\x11\n\ttask_name\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\r\n\x05input\x18\x07 \x01(\x0c\x12\x41\n\x0eparent_outputs\x18\x08 \x03(\x0b\x32).ratchet.v1.Assignment.ParentOutputsEntry\x12:\n\nadditional\x18\t \x03(\x0b\x32&.ratchet.v1.Assignment.AdditionalEntry\x12\x12\n\ntimeout_ms\x18\n \x01(\x03\x12\x36\n\x08metadata\x18\x0b \x03(\x0b\x32$.ratchet.v1.Assignment.MetadataEntry\x12\x13\n\x0btraceparent\x18\x0c \x01(\t\x1a\x34\n\x12ParentOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x31\n\x0f\x41\x64\x64itionalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\x0b\x41ssignments\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.ratchet.v1.Assignment\":\n\x06\x43\x61ncel\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\",\n\x07\x43\x61ncels\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.ratchet.v1.Cancel*\x88\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07STARTED\x10\x01\x12\r\n\tCOMPLETED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x07\n\x03LOG\x10\x04\x12\n\n\x06STREAM\x10\x05\x12\x13\n\x0fREFRESH_TIMEOUT\x10\x06\x12\r\n\tCANCELLED\x10\x07\x32U\n\nDispatcher\x12G\n\x07\x43onnect\x12\x19.ratchet.v1.WorkerMessage\x1a\x1d.ratchet.v1.DispatcherMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENT_ADDITIONALENTRY']._serialized_options = b'8\001'
   _globals['_ASSIGNMENT_METADATAENTRY']._loaded_options = None
   _globals['_ASSIGNMENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=1757
-  _globals['_EVENTKIND']._serialized_end=1893
+  _globals['_EVENTKIND']._serialized_start=1805
+  _globals['_EVENTKIND']._serialized_end=1941
   _globals['_WORKERMESSAGE']._serialized_start=40
   _globals['_WORKERMESSAGE']._serialized_end=190
   _globals['_REGISTER']._serialized_start=193
@@ -54,27 +54,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKERROR']._serialized_start=478
   _globals['_TASKERROR']._serialized_end=562
   _globals['_TASKEVENT']._serialized_start=565
-  _globals['_TASKEVENT']._serialized_end=764
-  _globals['_TASKEVENTS']._serialized_start=766
-  _globals['_TASKEVENTS']._serialized_end=817
-  _globals['_DISPATCHERMESSAGE']._serialized_start=820
-  _globals['_DISPATCHERMESSAGE']._serialized_end=980
-  _globals['_REGISTERED']._serialized_start=982
-  _globals['_REGISTERED']._serialized_end=1083
-  _globals['_ASSIGNMENT']._serialized_start=1086
-  _globals['_ASSIGNMENT']._serialized_end=1594
-  _globals['_ASSIGNMENT_PARENTOUTPUTSENTRY']._serialized_start=1442
-  _globals['_ASSIGNMENT_PARENTOUTPUTSENTRY']._serialized_end=1494
-  _globals['_ASSIGNMENT_ADDITIONALENTRY']._serialized_start=1496
-  _globals['_ASSIGNMENT_ADDITIONALENTRY']._serialized_end=1545
-  _globals['_ASSIGNMENT_METADATAENTRY']._serialized_start=1547
-  _globals['_ASSIGNMENT_METADATAENTRY']._serialized_end=1594
-  _globals['_ASSIGNMENTS']._serialized_start=1596
-  _globals['_ASSIGNMENTS']._serialized_end=1648
-  _globals['_CANCEL']._serialized_start=1650
-  _globals['_CANCEL']._serialized_end=1708
-  _globals['_CANCELS']._serialized_start=1710
-  _globals['_CANCELS']._serialized_end=1754
-  _globals['_DISPATCHER']._serialized_start=1895
-  _globals['_DISPATCHER']._serialized_end=1980
+  _globals['_TASKEVENT']._serialized_end=812
+  _globals['_TASKEVENTS']._serialized_start=814
+  _globals['_TASKEVENTS']._serialized_end=865
+  _globals['_DISPATCHERMESSAGE']._serialized_start=868
+  _globals['_DISPATCHERMESSAGE']._serialized_end=1028
+  _globals['_REGISTERED']._serialized_start=1030
+  _globals['_REGISTERED']._serialized_end=1131
+  _globals['_ASSIGNMENT']._serialized_start=1134
+  _globals['_ASSIGNMENT']._serialized_end=1642
+  _globals['_ASSIGNMENT_PARENTOUTPUTSENTRY']._serialized_start=1490
+  _globals['_ASSIGNMENT_PARENTOUTPUTSENTRY']._serialized_end=1542
+  _globals['_ASSIGNMENT_ADDITIONALENTRY']._serialized_start=1544
+  _globals['_ASSIGNMENT_ADDITIONALENTRY']._serialized_end=1593
+  _globals['_ASSIGNMENT_METADATAENTRY']._serialized_start=1595
+  _globals['_ASSIGNMENT_METADATAENTRY']._serialized_end=1642
+  _globals['_ASSIGNMENTS']._serialized_start=1644
+  _globals['_ASSIGNMENTS']._serialized_end=1696
+  _globals['_CANCEL']._serialized_start=1698
+  _globals['_CANCEL']._serialized_end=1756
+  _globals['_CANCELS']._serialized_start=1758
+  _globals['_CANCELS']._serialized_end=1802
+  _globals['_DISPATCHER']._serialized_start=1943
+  _globals['_DISPATCHER']._serialized_end=2028
 # @@protoc_insertion_point(module_scope)

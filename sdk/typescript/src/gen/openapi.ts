@@ -290,6 +290,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Search
+         * @description Log lines of this tenant's tasks containing `q`, newest first.
+         */
+        get: operations["LogsSearch"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/nats-credentials": {
         parameters: {
             query?: never;
@@ -422,6 +442,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/runs/{run_id}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * RunLogs
+         * @description The run's log lines in order (time, then task, attempt and position).
+         */
+        get: operations["RunsRunIdLogsRunLogs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/runs/{run_id}/replay": {
         parameters: {
             query?: never;
@@ -433,6 +473,27 @@ export interface paths {
         put?: never;
         /** Replay */
         post: operations["RunsRunIdReplayReplay"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/runs/{run_id}/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stream
+         * @description Every chunk the run's tasks put (`ctx.put_stream`), from the first and in order,
+         *     then an `end` event once the run ended. See the module docs for the event format.
+         */
+        get: operations["RunsRunIdStreamStream"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -816,6 +877,16 @@ export interface components {
             limit: number | null;
             name: string;
             usage: number | null;
+        };
+        /** LogLineView */
+        LogLineView: {
+            attempt: number;
+            level: string;
+            message: string;
+            run_id: string;
+            task: string;
+            ts: string;
+            workflow: string;
         };
         /** Migrated */
         Migrated: {
@@ -1874,6 +1945,48 @@ export interface operations {
             };
         };
     };
+    LogsSearch: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description substring, any case */
+                q?: string;
+                /** @description default: 7 days ago */
+                since?: string | null;
+                workflow?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LogLineView"][];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
     NatsCredentialsIssue: {
         parameters: {
             query?: never;
@@ -2166,6 +2279,46 @@ export interface operations {
             };
         };
     };
+    RunsRunIdLogsRunLogs: {
+        parameters: {
+            query?: {
+                limit?: number;
+                offset?: number;
+            };
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LogLineView"][];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
     RunsRunIdReplayReplay: {
         parameters: {
             query?: never;
@@ -2184,6 +2337,46 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Accepted"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    RunsRunIdStreamStream: {
+        parameters: {
+            query?: {
+                /** @description wait this long for a just-triggered run to exist before a 404 */
+                wait_s?: number;
+            };
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
                 };
             };
             /** @description Bad request syntax or unsupported method */

@@ -14,6 +14,9 @@ export interface TaskEvent {
   'chunk'?: (Buffer | Uint8Array | string);
   'refreshMs'?: (number | string | Long);
   'tsMs'?: (number | string | Long);
+  'level'?: (string);
+  'seq'?: (number | string | Long);
+  'chunkType'?: (string);
 }
 
 export interface TaskEvent__Output {
@@ -26,4 +29,7 @@ export interface TaskEvent__Output {
   'chunk': (Buffer);
   'refreshMs': (number);
   'tsMs': (number);
+  'level': (string);
+  'seq': (number);
+  'chunkType': (string);
 }
