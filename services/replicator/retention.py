@@ -19,6 +19,7 @@ TTL_COLUMNS: dict[str, str] = {
     olap.RUNS: "toDateTime(updated_at)",
     olap.EVENTS: "toDateTime(ts)",
     olap.MATCHES: "toDateTime(ts)",
+    olap.TASK_LOGS: "toDateTime(ts)",
     olap.TASK_STATS_1M: "minute",
 }
 

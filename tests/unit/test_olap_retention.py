@@ -52,3 +52,8 @@ async def test_zero_keeps_everything_even_after_a_ttl_was_set(backend: OlapBacke
 def test_negative_retention_is_refused() -> None:
     with pytest.raises(ValueError, match="retention_days"):
         retention.statements(-1)
+
+
+def test_every_olap_table_has_a_retention_column() -> None:
+    # A table added without one would keep growing past RATCHET_RETENTION_DAYS.
+    assert set(olap.TABLES) | {olap.TASK_STATS_1M} == set(retention.TTL_COLUMNS)
