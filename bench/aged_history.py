@@ -48,7 +48,7 @@ TASK_COLUMNS = ["tenant_id", "id", "run_id", "name", "action", "status", "attemp
                 "worker_id", "output", "priority", "queued_at", "started_at", "finished_at",
                 "not_before", "created_at"]
 ATTEMPT_COLUMNS = ["tenant_id", "task_id", "attempt", "status", "worker_id", "error",
-                   "started_at", "finished_at"]
+                   "started_at", "finished_at", "created_at"]
 HISTORY_COLUMNS = ["tenant_id", "run_id", "ts", "events"]
 
 
@@ -94,7 +94,8 @@ def pg_rows(run: Finished, tenant: str = HISTORY_TENANT) -> dict[str, list[tuple
                   0)],
         "tasks": [(tenant, task, run.run_id, "noop", f"{WORKFLOW}:noop", "SUCCEEDED", 0, 0,
                    WORKER, OUTPUT, priority, run.created, started, finished, None, run.created)],
-        "task_attempts": [(tenant, task, 0, "SUCCEEDED", WORKER, None, started, finished)],
+        "task_attempts": [(tenant, task, 0, "SUCCEEDED", WORKER, None, started, finished,
+                           run.created)],
         "run_history": [(tenant, run.run_id, ts, _JSON.encode(events).decode())
                         for ts, events in _history_events(run, task)],
     }

@@ -1,7 +1,7 @@
-"""Daily partitions of the runs and tasks tables: created ahead, dropped past retention.
+"""Daily partitions of a run's tables: created ahead, dropped past retention.
 
-Migration 050 partitions both tables by `created_at`, one partition per UTC day
-(`runs_pYYYYMMDD`, `tasks_pYYYYMMDD`, plus `*_legacy` holding what existed before it). The
+Migrations 050 and 051 partition runs, tasks, task_attempts and run_history by time, one
+partition per UTC day (`runs_pYYYYMMDD`, ..., plus `*_legacy` holding what existed before). The
 scheduler keeps DAYS_AHEAD days of partitions ready (an insert past the newest one would fail
 its batch) and, with RATCHET_RETENTION_DAYS set, drops the days that ended longer ago than
 that: dropping a table frees its space at once and costs the hot path nothing, where deleting
@@ -28,12 +28,16 @@ _LOCK = 0x52415450  # "RATP"
 # Dropping a partition locks its parent briefly; never queue the hot path behind it for long.
 _DROP_LOCK_TIMEOUT = "2s"
 
+# Partitioned by day: runs and tasks by created_at (migration 050), task_attempts by its
+# task's created_at and run_history by ts (051). A day's partitions share their suffix.
+TABLES = ("runs", "tasks", "task_attempts", "run_history")
+
 _BOUNDS = """
 SELECT c.relname AS name,
        substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz
            AS upper_bound
 FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid
-WHERE h.inhparent = 'runs'::regclass
+WHERE h.inhparent = $1::regclass
 ORDER BY upper_bound
 """
 
@@ -59,35 +63,43 @@ async def ensure(conn: asyncpg.Connection, days_ahead: int = DAYS_AHEAD) -> int:
 async def drop_expired(
     conn: asyncpg.Connection, retention_days: int, now: datetime
 ) -> tuple[list[str], list[str]]:
-    """Drop the runs and tasks partitions of days that ended `retention_days` before `now`.
+    """Drop the partitions of days that ended `retention_days` before `now`, in all TABLES.
 
-    Returns (dropped, kept because a run in them is still active), as runs partition names.
+    A day whose runs partition still holds an active run is kept in every table. Returns
+    (dropped, kept because of an active run), as partition names.
     """
     if retention_days < 1:
         raise ValueError(f"retention_days must be at least 1, got {retention_days}")
     cutoff = now - timedelta(days=retention_days)
-    dropped: list[str] = []
     kept: list[str] = []
-    for row in await conn.fetch(_BOUNDS):
+    for row in await conn.fetch(_BOUNDS, "runs"):
         name, upper = row["name"], row["upper_bound"]
         if upper is None or upper > cutoff:
             break  # ordered by bound: the rest are younger
-        suffix = name.removeprefix("runs")
         active = await conn.fetchval(
             f"SELECT EXISTS (SELECT 1 FROM {_ident(name)}"
             " WHERE status IN ('PENDING', 'RUNNING'))"
         )
         if active:
             kept.append(name)
-            continue
-        async with conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK):
+    kept_days = {name.removeprefix("runs") for name in kept}
+    dropped: list[str] = []
+    # Runs last: a crash halfway leaves attempts or history without their run, never a run
+    # without its tasks.
+    for table in reversed(TABLES):
+        for row in await conn.fetch(_BOUNDS, table):
+            name, upper = row["name"], row["upper_bound"]
+            if upper is None or upper > cutoff:
                 break
-            await conn.execute(f"SET LOCAL lock_timeout = '{_DROP_LOCK_TIMEOUT}'")
-            await conn.execute(f"DROP TABLE IF EXISTS {_ident('tasks' + suffix)}")
-            await conn.execute(f"DROP TABLE IF EXISTS {_ident(name)}")
-        dropped.append(name)
-        log.info("retention: dropped partition %s (ended %s)", name, upper.isoformat())
+            if name.removeprefix(table) in kept_days:
+                continue
+            async with conn.transaction():
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK):
+                    return dropped, kept  # another scheduler is at it
+                await conn.execute(f"SET LOCAL lock_timeout = '{_DROP_LOCK_TIMEOUT}'")
+                await conn.execute(f"DROP TABLE IF EXISTS {_ident(name)}")
+            dropped.append(name)
+            log.info("retention: dropped partition %s (ended %s)", name, upper.isoformat())
     if kept:
         log.warning("retention: kept %s, which still hold active runs", ", ".join(kept))
     return dropped, kept

@@ -99,12 +99,14 @@ task_rows AS (
 ),
 attempt_rows AS (
     INSERT INTO task_attempts (tenant_id, task_id, attempt, status, worker_id, error,
-                               started_at, finished_at)
-    SELECT t, i, a, s, w, e::jsonb, {_MS.format("st")}, {_MS.format("f")}
+                               started_at, finished_at, created_at)
+    SELECT t, i, a, s, w, e::jsonb, {_MS.format("st")}, {_MS.format("f")}, {_MS.format("c")}
     FROM unnest($31::text::text[], $32::text::text[], $33::text::int[], $34::text::text[],
-                $35::text::text[], $36::text::text[], $37::text::int8[], $38::text::int8[])
-         AS x(t, i, a, s, w, e, st, f)
-    ON CONFLICT (tenant_id, task_id, attempt) DO UPDATE SET
+                $35::text::text[], $36::text::text[], $37::text::int8[], $38::text::int8[],
+                -- the task's created_at (migration 051), numbered after the parent columns
+                $59::text::int8[])
+         AS x(t, i, a, s, w, e, st, f, c)
+    ON CONFLICT (tenant_id, task_id, attempt, created_at) DO UPDATE SET
         status = EXCLUDED.status, worker_id = EXCLUDED.worker_id,
         error = COALESCE(EXCLUDED.error, task_attempts.error),
         started_at = COALESCE(EXCLUDED.started_at, task_attempts.started_at),
@@ -237,6 +239,7 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
         *_cols(outbox, "ttb"),
         texts(published),
         *_cols(parent_rows, "ttti"),
+        ints([a.created_ms for a in fx.attempts.values()]),
     )
 
 
@@ -312,7 +315,7 @@ async def load_runs(
         " JOIN unnest($1::text[], $2::text[], $3::timestamptz[]) AS x(tn, r, c)"
         " ON t.tenant_id = x.tn AND t.run_id = x.r AND t.created_at = x.c"
         " LEFT JOIN task_attempts a ON a.tenant_id = t.tenant_id AND a.task_id = t.id"
-        " AND a.attempt = t.attempt",
+        " AND a.attempt = t.attempt AND a.created_at = t.created_at",
         [k[0] for k in runs], [k[1] for k in runs], [created[k] for k in runs],
     )
     for row in task_rows:

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from bench import aged_history
 from libs.common.messages import TriggerRun
 from libs.common.specs import TaskSpec, WorkflowSpec
 from services.api.repos.runs import RunRepo
@@ -51,20 +52,19 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 async def _history(conn: asyncpg.Connection, day: datetime) -> None:
-    """Finished runs (and their tasks) created on `day`."""
-    await conn.execute(
-        "INSERT INTO runs (tenant_id, id, workflow, version_id, status, priority, input,"
-        " created_at, finished_at)"
-        " SELECT 't', 'old' || g, 'wf', 'v', 'SUCCEEDED', 2, '\\x'::bytea, $1::timestamptz + g * interval '1 s',"
-        " $1::timestamptz + g * interval '1 s' FROM generate_series(1, $2) g", day, HISTORY_RUNS,
-    )
-    await conn.execute(
-        "INSERT INTO tasks (tenant_id, id, run_id, name, action, status, priority, created_at)"
-        " SELECT 't', 'old' || g || n, 'old' || g, n, 'wf:' || n, 'SUCCEEDED', 2,"
-        " $1::timestamptz + g * interval '1 s' FROM generate_series(1, $2) g, unnest(ARRAY['a', 'b']) n",
-        day, HISTORY_RUNS,
-    )
-    await conn.execute("ANALYZE runs; ANALYZE tasks")
+    """Finished runs created on `day`: the rows `make bench-aged` loads (every table)."""
+    tag = day.strftime("%Y%m%d")
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    for k in range(HISTORY_RUNS):
+        run = aged_history.Finished(f"old{tag}-{k}", day + timedelta(seconds=k))
+        for table, table_rows in aged_history.pg_rows(run, tenant="t").items():
+            rows.setdefault(table, []).extend(table_rows)
+    columns = {"runs": aged_history.RUN_COLUMNS, "tasks": aged_history.TASK_COLUMNS,
+               "task_attempts": aged_history.ATTEMPT_COLUMNS,
+               "run_history": aged_history.HISTORY_COLUMNS}
+    for table, table_rows in rows.items():
+        await conn.copy_records_to_table(table, records=table_rows, columns=columns[table])
+    await conn.execute("ANALYZE runs; ANALYZE tasks; ANALYZE task_attempts; ANALYZE run_history")
 
 
 async def test_hot_path_queries_use_their_indexes_and_the_runs_day(
@@ -96,7 +96,7 @@ async def test_hot_path_queries_use_their_indexes_and_the_runs_day(
     assert records is not None and len(records.tasks) == 2
     assert await repo.list_runs("t", "PENDING", None, 10)
     statements = [(q.query, q.args) for q in logged
-                  if " runs" in q.query or " tasks" in q.query]
+                  if any(f" {table}" in q.query for table in partitions.TABLES)]
     assert len(statements) >= 8
 
     async with p.acquire() as conn:
@@ -104,7 +104,7 @@ async def test_hot_path_queries_use_their_indexes_and_the_runs_day(
         for query, args in statements:
             (plan,) = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {query}", *args))
             scans = [n for n in _nodes(plan["Plan"]) if n["Node Type"] == "Seq Scan"
-                     and n.get("Relation Name", "").startswith(("runs", "tasks"))]
+                     and n.get("Relation Name", "").startswith(partitions.TABLES)]
             assert not scans, f"sequential scan of {scans[0]['Relation Name']} in: {query}"
         # Reloading a run's tasks touches the run's day only: the other days' partitions are
         # pruned at run time (never executed).
@@ -133,20 +133,22 @@ async def test_retention_drops_whole_days_but_not_one_with_an_active_run(
             )
         # Eight days later, with a week of retention: day 2 and 3 are past, day 9 is not.
         dropped, kept = await partitions.drop_expired(conn, 7, today + timedelta(days=11))
-        day = lambda n: "runs_p" + (today + timedelta(days=n)).strftime("%Y%m%d")  # noqa: E731
-        assert "runs_legacy" in dropped and day(3) in dropped
-        assert kept == [day(2)]
-        assert day(9) not in dropped
+        def day(n: int) -> str:
+            return "_p" + (today + timedelta(days=n)).strftime("%Y%m%d")
+
+        assert kept == ["runs" + day(2)]
+        for table in partitions.TABLES:  # a day goes from every table, or from none
+            assert {table + "_legacy", table + day(3)} <= set(dropped)
+            assert table + day(2) not in dropped and table + day(9) not in dropped
         left = {r["id"] for r in await conn.fetch("SELECT id FROM runs")}
         assert left == {"busy", "young"}
-        assert await conn.fetchval("SELECT count(*) FROM tasks") == 0  # legacy's went too
-        tables = {r["relname"] for r in await conn.fetch(
-            "SELECT relname FROM pg_class WHERE relname LIKE 'tasks_%'")}
-        assert "tasks_legacy" not in tables and "tasks" + day(3)[4:] not in tables
+        for table in ("tasks", "task_attempts", "run_history"):  # the legacy rows went too
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
         # Creating partitions ahead never brings a dropped day back.
         assert await partitions.ensure(conn) >= 0
-        assert day(3) not in {r["relname"] for r in await conn.fetch(
-            "SELECT relname FROM pg_class WHERE relname LIKE 'runs_p%'")}
+        names = {r["relname"] for r in await conn.fetch("SELECT relname FROM pg_class")}
+        assert not {t + day(3) for t in partitions.TABLES} & names
+        assert {t + day(2) for t in partitions.TABLES} <= names
 
 
 async def test_bad_retention_is_refused(pool: tuple[asyncpg.Pool, list[Any]]) -> None:
