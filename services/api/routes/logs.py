@@ -44,11 +44,12 @@ def _repo(api: ApiState) -> LogRepo:
 class LogController(Controller):
     """Lines from `ctx.log()` (and captured `logging` records) reach the store about a second
     after the task wrote them."""
+    guards = [requires(Scope.READ)]
 
     path = "/"
     tags = ["logs"]
 
-    @get("/runs/{run_id:str}/logs", guards=[requires(Scope.READ)])
+    @get("/runs/{run_id:str}/logs")
     async def run_logs(
         self, run_id: str, tenant: Tenant, api: Api,
         limit: int = Parameter(default=10_000, ge=1, le=100_000),
@@ -60,7 +61,7 @@ class LogController(Controller):
         rows = await _repo(api).run_logs(tenant, run_id, limit=limit, offset=offset)
         return [_view(r) for r in rows]
 
-    @get("/logs", guards=[requires(Scope.READ)])
+    @get("/logs")
     async def search(
         self, tenant: Tenant, api: Api,
         q: str = Parameter(default="", max_length=1000, description="substring, any case"),

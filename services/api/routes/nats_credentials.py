@@ -47,10 +47,11 @@ def _issuer(account: str, seed_file: str) -> natsauth.Issuer:
 
 
 class NatsCredentialsController(Controller):
+    guards = [requires(Scope.WRITE)]
     path = "/nats-credentials"
     tags = ["nats"]
 
-    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)])
+    @post("/", status_code=HTTP_201_CREATED)
     async def issue(
         self, tenant: Tenant, api: Api, data: NatsCredentialsIn | None = None
     ) -> NatsCredentials:

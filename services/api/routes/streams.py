@@ -159,10 +159,11 @@ def _chunk_event(msg: Msg) -> ServerSentEventMessage:
 
 
 class StreamController(Controller):
+    guards = [requires(Scope.READ)]
     path = "/"
     tags = ["streams"]
 
-    @get("/runs/{run_id:str}/stream", guards=[requires(Scope.READ)])
+    @get("/runs/{run_id:str}/stream")
     async def stream(
         self, run_id: str, tenant: Tenant, api: Api,
         wait_s: float = Parameter(
