@@ -15,12 +15,12 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test lint proto \
-	bench chaos bench-fairness bench-events bench-compare bench-children bench-aged soak chromium ui-screenshots \
+	bench chaos bench-fairness bench-events bench-payloads bench-compare bench-children bench-aged soak chromium ui-screenshots \
 	openapi node sdk-ts-deps sdk-ts-gen sdk-ts-test
 
 help:
 	@echo "targets: venv up down clean status env demo test lint proto"
-	@echo "         bench chaos bench-fairness bench-events bench-compare bench-children bench-aged soak"
+	@echo "         bench chaos bench-fairness bench-events bench-payloads bench-compare bench-children bench-aged soak"
 	@echo "         chromium ui-screenshots openapi sdk-ts-gen sdk-ts-deps sdk-ts-test"
 
 venv: $(STAMP)
@@ -132,6 +132,9 @@ bench-fairness: up
 
 bench-events: up
 	$(WITH_ENV) $(PY) -m bench.events
+
+bench-payloads: up
+	$(WITH_ENV) $(PY) -m bench.payloads
 
 bench-compare: up
 	$(WITH_ENV) $(PY) -m bench.compare

@@ -21,9 +21,11 @@ MAX_KEY_CHARS = 255
 MAX_EVENT_ID_CHARS = 128
 MAX_SCOPE_CHARS = 255
 # Dot-separated tokens of safe characters: no wildcards (*, >), no whitespace, no empty token.
-_KEY = re.compile(r"[A-Za-z0-9_\-:]+(\.[A-Za-z0-9_\-:]+)*")
+KEY_PATTERN = r"[A-Za-z0-9_\-:]+(\.[A-Za-z0-9_\-:]+)*"
+_KEY = re.compile(KEY_PATTERN)
 # Header values cannot carry line breaks; ids and scopes are also used inside msg-ids.
-_HEADER_SAFE = re.compile(r"[^\r\n\x00]+")
+HEADER_SAFE_PATTERN = r"[^\r\n\x00]+"
+_HEADER_SAFE = re.compile(HEADER_SAFE_PATTERN)
 
 _SCOPE = Header.SCOPE.value.lower()
 _EVENT_ID = Header.EVENT_ID.value.lower()

@@ -61,6 +61,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The largest payload accepted at all; beyond it: HTTP 413 / a PayloadTooLarge failure.
     max_payload_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
     max_request_bytes: int = 4 * 1024 * 1024
+    # The API sweeps the payload store for blobs of deleted runs and expired events: one
+    # tenant per tick, a tick every this many seconds (0 turns the sweeper off).
+    payload_gc_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # A blob younger than this is never collected (its run row may not be committed yet).
+    payload_gc_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
     worker_heartbeat_timeout_s: float = 15.0
     dispatcher_heartbeat_timeout_s: float = 15.0
     stream_max_age_s: float = 7 * 24 * 3600.0

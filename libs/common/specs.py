@@ -3,18 +3,60 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from libs.common.cronexpr import on_crons_problem
 
 Priority = Literal[1, 2, 3]
 
+# The constraints below are the ones `validate` enforces that one field can state on its own,
+# so the API's OpenAPI schema shows them (the cross-field rules stay in `validate`). Stored
+# specs all passed `validate`, so decoding them with these constraints cannot fail.
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=NAME_PATTERN,
+                           description="letters, digits, '_', '-', '.', ':'")]
+# A CEL expression: the API compiles it (400 with the position when it does not).
+Cel = Annotated[str, Meta(min_length=1, pattern=r"\S", extra_json_schema={"extra": {"format": "cel"}})]
+Cron = Annotated[str, Meta(extra_json_schema={"extra": {"format": "cron"}},
+                           description="5 fields, or 6 with seconds first (UTC)")]
+# Counts end up in PostgreSQL `integer` columns (units, max_runs, limits), hence the cap;
+# durations end up as deadlines, which a year bounds well clear of any overflow.
+INT32_MAX = 2**31 - 1
+MAX_DURATION_S = 366 * 24 * 3600
+Positive = Annotated[int, Meta(ge=1, le=INT32_MAX)]
+NonNegative = Annotated[int, Meta(ge=0, le=INT32_MAX)]
+Duration = Annotated[float, Meta(gt=0, le=MAX_DURATION_S)]
+LabelName = Annotated[str, Meta(min_length=1)]
+
+
+def _json_schema(tp: object) -> dict[str, Any]:
+    """msgspec's JSON schema of `tp`, with the OpenAPI-only `extra` keys folded in."""
+    out: dict[str, Any] = msgspec.json.schema(tp)
+    out.update(out.pop("extra", {}))
+    return out
+
+
+def _openapi(**schema: Any) -> Meta:
+    # Litestar's schema builder drops constraints nested inside list items, dict keys and
+    # unions; this restates them for the OpenAPI document (msgspec still enforces the inner
+    # ones when it decodes).
+    return Meta(extra_json_schema={"extra": schema})
+
+
+Names = Annotated[list[Name], _openapi(items=_json_schema(Name))]
+Crons = Annotated[list[Cron], _openapi(items=_json_schema(Cron))]
+Units = Annotated[NonNegative | Cel, _openapi(
+    one_of=[_json_schema(NonNegative), _json_schema(Cel)],
+    description="units taken per start: an int, or CEL over the input giving one",
+)]
+
 
 class ConcurrencySpec(msgspec.Struct, frozen=True, kw_only=True):
-    key: str
-    max_runs: int = 1
+    key: Cel
+    max_runs: Positive = 1
     strategy: Literal["GROUP_ROUND_ROBIN", "CANCEL_IN_PROGRESS", "CANCEL_NEWEST"] = (
         "GROUP_ROUND_ROBIN"
     )
@@ -29,9 +71,9 @@ class RateLimitSpec(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     key: str | None = None
-    dynamic_key: str | None = None
-    units: int | str = 1
-    limit: int | None = None
+    dynamic_key: Cel | None = None
+    units: Units = 1
+    limit: Positive | None = None
     per: Literal["second", "minute", "hour"] | None = None
 
 
@@ -40,34 +82,46 @@ class LabelSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     value: str
     required: bool = False
-    weight: int = 1
+    weight: NonNegative = 1
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    parents: list[str] = []
-    retries: int = 0
+    name: Name
+    parents: Names = []
+    retries: NonNegative = 0
     backoff_factor: float = 2.0
     backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    execution_timeout_s: float = 300.0
-    schedule_timeout_s: float = 300.0
+    backoff_max_s: Annotated[float, Meta(le=MAX_DURATION_S)] = 60.0
+    execution_timeout_s: Duration = 300.0
+    schedule_timeout_s: Duration = 300.0
     concurrency: list[ConcurrencySpec] = []
     rate_limits: list[RateLimitSpec] = []
-    desired_labels: dict[str, LabelSpec] = {}
+    desired_labels: Annotated[
+        dict[LabelName, LabelSpec], _openapi(property_names=_json_schema(LabelName))
+    ] = {}
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    tasks: list[TaskSpec]
+    """A workflow definition: a DAG of tasks.
+
+    Besides each field's own constraints: task names are unique; `parents` name tasks of this
+    workflow and form no cycle; `on_failure` / `on_success` take no parents and no task's name;
+    a rate limit has exactly one of `key` (a limit created with PUT /rate-limits/{key}, given
+    without `limit`/`per`) and `dynamic_key`; `limit` and `per` come together.
+    """
+
+    name: Name
+    # minItems is stated to the schema only: `validate` says "has no tasks" more plainly
+    # than the decoder would.
+    tasks: Annotated[list[TaskSpec], Meta(extra_json_schema={"extra": {"min_items": 1}})]
     description: str = ""
     on_events: list[str] = []
-    on_crons: list[str] = []
+    on_crons: Crons = []
     concurrency: list[ConcurrencySpec] = []
     on_failure: TaskSpec | None = None
     on_success: TaskSpec | None = None
     input_schema: dict[str, object] | None = None
-    default_priority: int = 1
+    default_priority: Annotated[int, Meta(ge=1, le=3)] = 1
     sticky: Literal["SOFT", "HARD"] | None = None
 
 

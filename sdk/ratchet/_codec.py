@@ -22,7 +22,7 @@ def dumps(value: Any) -> bytes:
     return _ENC.encode(to_builtins(value))
 
 
-def loads(raw: bytes) -> Any:
+def loads(raw: bytes | bytearray) -> Any:
     return msgspec.json.decode(raw) if raw else None
 
 

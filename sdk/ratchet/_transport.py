@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import httpx
 
+from ratchet import _payloads
 from ratchet.config import ClientConfig
 from ratchet.errors import ApiError
 
@@ -80,6 +81,46 @@ class Transport:
     async def arequest(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
         resp = await self._aclient().request(method, path, json=json, params=params)
         return decode(resp)
+
+    # payloads -----------------------------------------------------------------------
+    async def aupload(self, scope_id: str, data: bytes) -> _payloads.Ref:
+        """Store `data` through the API as a payload of `scope_id` (a run id).
+
+        Raises:
+            PayloadTooLarge: the server's limit is lower than `data` (its 413).
+        """
+        resp = await self._aclient().put(
+            f"/payloads/{scope_id}", content=data,
+            headers={"content-type": "application/octet-stream"},
+        )
+        if resp.status_code == 413:
+            extra = resp.json().get("extra") or {}
+            raise _payloads.PayloadTooLarge(int(extra.get("size", len(data))),
+                                            int(extra.get("limit", 0)))
+        body = decode(resp)
+        return _payloads.Ref(body["key"], body["sha256"], int(body["size"]))
+
+    async def adownload(self, ref: _payloads.Ref) -> bytearray:
+        """The payload `ref` names, streamed from the API (which checks its sha256)."""
+        # Written into one buffer of the announced size: no list of chunks joined at the end
+        # (which would hold the payload twice).
+        buf = bytearray(ref.size)
+        got = 0
+        async with self._aclient().stream(
+            "GET", f"/payloads/blobs/{ref.key}", params={"size": ref.size}
+        ) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                decode(resp)
+            async for chunk in resp.aiter_bytes():
+                end = got + len(chunk)
+                if end > ref.size:
+                    raise ApiError(502, f"payload {ref.key}: more than {ref.size} bytes", None)
+                buf[got:end] = chunk
+                got = end
+        if got != ref.size:
+            raise ApiError(502, f"payload {ref.key}: got {got} bytes of {ref.size}", None)
+        return buf
 
     def close(self) -> None:
         if self._sync is not None:

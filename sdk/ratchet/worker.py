@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from ratchet import _codec, _output, _tracing
+from ratchet import _codec, _output, _payloads, _tracing
 from ratchet._proto import worker_pb2 as pb
 from ratchet._proto import worker_pb2_grpc as pb_grpc
 from ratchet._transport import Transport
@@ -99,6 +99,7 @@ class Worker:
         self._idle.set()
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inline_bytes, self._max_bytes = _payloads.limits_from_env()
 
     # lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -277,8 +278,8 @@ class Worker:
         ctx = Context(
             run_id=a.run_id, task_id=a.task_id, task_name=a.task_name, workflow=a.workflow,
             attempt=a.attempt,
-            parent_outputs={k: _codec.loads(v) for k, v in a.parent_outputs.items()},
-            additional={k: _codec.loads(v) for k, v in a.additional.items()},
+            # Filled by _execute once any stored payloads are fetched.
+            parent_outputs={}, additional={},
             metadata=dict(a.metadata),
             sink=sink,
             output=_output.AttemptOutput(
@@ -302,7 +303,9 @@ class Worker:
             task = self._by_action.get(a.action)
             if task is None:
                 raise NonRetryable(f"this worker has no task {a.action!r}")
-            value = _codec.convert(_codec.loads(a.input), task.workflow.input_type)
+            ctx._parents = {k: await self._load(v) for k, v in a.parent_outputs.items()}
+            ctx._additional = {k: await self._load(v) for k, v in a.additional.items()}
+            value = _codec.convert(await self._load(a.input), task.workflow.input_type)
             if task.is_async:
                 result = await task.fn(value, ctx)
             else:
@@ -312,7 +315,7 @@ class Worker:
             if ctx.cancelled:
                 self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.CANCELLED))
             else:
-                output = _codec.dumps(result)
+                output = await self._store_output(a.run_id, _codec.dumps(result))
                 self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.COMPLETED,
                                         output=output))
         except asyncio.CancelledError:
@@ -324,7 +327,7 @@ class Worker:
                 error=pb.TaskError(
                     type=type(exc).__name__, message=str(exc),
                     traceback="".join(traceback.format_exception(exc))[-8000:],
-                    non_retryable=isinstance(exc, NonRetryable),
+                    non_retryable=isinstance(exc, NonRetryable | _payloads.PayloadTooLarge),
                 ),
             ))
         finally:
@@ -334,6 +337,26 @@ class Worker:
                 self._finished.popitem(last=False)
             if not self._running:
                 self._idle.set()
+
+    async def _load(self, raw: bytes) -> Any:
+        """A payload as JSON data: fetched from the store first when it is a reference."""
+        ref = _payloads.decode(raw)
+        if ref is None:
+            return _codec.loads(raw)
+        return _codec.loads(await self._transport.adownload(ref))
+
+    async def _store_output(self, run_id: str, output: bytes) -> bytes:
+        """The output as it travels: inline when small, else uploaded and sent as a reference.
+
+        Raises:
+            PayloadTooLarge: past the largest payload the server takes (fails the attempt for
+                good: running it again would produce the same output).
+        """
+        if len(output) > self._max_bytes:
+            raise _payloads.PayloadTooLarge(len(output), self._max_bytes)
+        if len(output) <= self._inline_bytes:
+            return output
+        return _payloads.encode(await self._transport.aupload(run_id, output))
 
     def _sink_for(self, task_id: str, attempt: int) -> Any:
         def sink(kind: str, fields: dict[str, Any]) -> None:

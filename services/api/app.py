@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
@@ -18,7 +18,15 @@ from litestar.status_codes import (
 from litestar.types import ControllerRouterHandler
 
 from libs.common.limits import LimitExceeded
+from libs.common.payloads import PayloadTooLarge
 from services.api.auth import provide_principal, provide_tenant
+from services.api.contract import (
+    ClosedStructSchemaPlugin,
+    check_json_body,
+    describe_common_errors,
+    finish_document,
+    openapi_config,
+)
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
 from services.api.routes.admin import AdminController
 from services.api.routes.analytics import AnalyticsController
@@ -29,6 +37,12 @@ from services.api.routes.filters import FilterController
 from services.api.routes.limits import LimitController
 from services.api.routes.logs import LogController
 from services.api.routes.nats_credentials import NatsCredentialsController
+from services.api.routes.payloads import (
+    ENVELOPE_BYTES,
+    PayloadController,
+    on_body_too_large,
+    on_payload_too_large,
+)
 from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
 from services.api.routes.streams import StreamController
@@ -37,7 +51,17 @@ from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
 from services.api.state import ApiState
 from services.api.ui import ui_router
 
-API_DESCRIPTION = "Ratchet: durable tasks and DAG workflows.\n\n" + VERSIONS_DOC
+ERRORS_DOC = """\
+## Errors
+
+Every error is a JSON `ErrorBody`: `status_code`, a `detail` for people and, for some, an
+`extra` for programs (the invalid fields of a 400, the `field` of a 422). Authenticate with
+`Authorization: Bearer <token>`: without a known token every operation answers 401. Request
+bodies are read with JSON's types as the schema gives them (`"5"` is not an integer). Text
+anywhere in a request cannot contain the NUL character (U+0000): it is a 400.
+"""
+
+API_DESCRIPTION = "Ratchet: durable tasks and DAG workflows.\n\n" + VERSIONS_DOC + "\n" + ERRORS_DOC
 
 _REPO_STATUS: dict[type[RepoError], int] = {
     NotFound: HTTP_404_NOT_FOUND,
@@ -77,12 +101,13 @@ def create_app(
     def provide_api() -> ApiState:
         return api
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz, WorkflowController, RunController, AnalyticsController,
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController, TokenController, LimitController, AuditController,
             NatsCredentialsController, AdminController, LogController, StreamController,
+            PayloadController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],
@@ -93,10 +118,19 @@ def create_app(
         },
         # Scope guards (services/api/auth.py) find the ApiState here.
         state=State({"api": api}),
-        exception_handlers={RepoError: _repo_error, LimitExceeded: _limit_exceeded},
-        openapi_config=OpenAPIConfig(
-            title="Ratchet API", version="0.1.0", path="/schema", description=API_DESCRIPTION,
-            use_handler_docstrings=True,
+        exception_handlers={
+            RepoError: _repo_error, LimitExceeded: _limit_exceeded,
+            PayloadTooLarge: on_payload_too_large, RequestEntityTooLarge: on_body_too_large,
+        },
+        before_request=check_json_body,
+        openapi_config=openapi_config(API_DESCRIPTION),
+        plugins=[ClosedStructSchemaPlugin()],
+        # A run input or event payload may be up to RATCHET_MAX_PAYLOAD_BYTES; the routes
+        # measure the payload itself and answer a 413 naming both numbers.
+        request_max_body_size=max(
+            api.settings.max_request_bytes, api.settings.max_payload_bytes + ENVELOPE_BYTES
         ),
-        request_max_body_size=api.settings.max_request_bytes,
     )
+    describe_common_errors(app)
+    finish_document(app)
+    return app

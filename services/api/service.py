@@ -14,6 +14,7 @@ from libs.common.olap import OlapClient
 from libs.common.service import Service
 from libs.common.settings import Settings
 from services.api.app import create_app
+from services.api.payload_gc import PayloadCollector
 from services.api.state import ApiState
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class ApiService(Service):
         self._nc: NATS | None = None
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
+        self.payload_gc: PayloadCollector | None = None
         self.port = settings.api_port
 
     async def _start(self) -> None:
@@ -42,6 +44,9 @@ class ApiService(Service):
             olap=OlapClient(s, self._nc),
         )
         await self.state.start()
+        assert self.state.payloads is not None
+        self.payload_gc = PayloadCollector(s, pool, self.state.payloads)
+        self.payload_gc.start()
         app = create_app(self.state)
         config = uvicorn.Config(
             app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off",
@@ -61,6 +66,8 @@ class ApiService(Service):
                  s.api_host, self.port)
 
     async def _stop(self) -> None:
+        if self.payload_gc is not None:
+            await self.payload_gc.stop()
         if self.state is not None:
             self.state.stopping.set()
         if self._server is not None:

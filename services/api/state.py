@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from libs.common import limits, subjects, tenants
 from libs.common.messages import STATE_CHANGES_DECODER, StateChanges
 from libs.common.olap import OlapClient
+from libs.common.payloads import PayloadStore, open_store
 from libs.common.settings import Settings
 from libs.common.statuses import RUN_TERMINAL
 from services.api.input_schema import InputValidators
@@ -46,6 +47,8 @@ class ApiState:
     change_listeners: list[Callable[[StateChanges], None]] = field(default_factory=list)
     # Set when the service begins to stop, so long-lived responses (SSE) end and let it.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Large run inputs, outputs and event payloads (services/api/routes/payloads.py).
+    payloads: PayloadStore | None = None
 
     def __post_init__(self) -> None:
         self.workflows = WorkflowRepo(self.pool)
@@ -60,6 +63,8 @@ class ApiState:
         self.usage = LimitRepo(self.pool)
         self.limits = limits.LimitCache(self.pool)
         self.rates = limits.RateLimiter()
+        if self.payloads is None:
+            self.payloads = open_store(self.settings)
 
 
     async def start(self) -> None:
@@ -71,6 +76,8 @@ class ApiState:
 
     async def stop(self) -> None:
         await self.tokens.close()
+        if self.payloads is not None:
+            await self.payloads.close()
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # type: ignore[attr-defined]

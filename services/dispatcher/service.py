@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -33,6 +34,7 @@ from libs.common.messages import (
     WorkerInfo,
     encode,
 )
+from libs.common.payloads import PayloadStore, PayloadTooLarge, encode_ref, maybe_ref, open_store
 from libs.common.proto import worker_pb2 as pb
 from libs.common.proto import worker_pb2_grpc as pb_grpc
 from libs.common.service import Service
@@ -41,6 +43,7 @@ from libs.common.subjects import Bucket, Stream
 from libs.common.tenants import Principal, Scope
 from services.dispatcher.output import OutputPublisher
 from services.dispatcher.streams import (
+    SETTLING,
     WorkerConn,
     to_proto_assignment,
     to_proto_cancel,
@@ -89,6 +92,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         self._auth_lost: dict[WorkerConn, str] = {}
         self._auth_watch: asyncio.Task[None] | None = None
         self._kv: KeyValue | None = None
+        self._store: PayloadStore | None = None
         self._server: grpc.aio.Server | None = None
         self._consumer: BatchConsumer | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -117,6 +121,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         await self._tokens.listen(self._nc)
         self._limits = limits.LimitCache(self._pool)
         self._kv = await self._js.key_value(Bucket.WORKERS.value)
+        self._store = open_store(s)
         self._consumer = BatchConsumer(
             self._js, stream=Stream.DSP, durable=f"dispatcher-{self.dispatcher_id}",
             filter_subject=subjects.dsp(self.dispatcher_id), handler=self._on_dispatch,
@@ -174,6 +179,8 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             await self._tokens.close()
         if self._pool is not None:
             await self._pool.close()
+        if self._store is not None:
+            await self._store.close()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -322,7 +329,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 conn.last_seen_ms = _now()
                 which = msg.WhichOneof("msg")
                 if which == "events":
-                    batch = self._reports(conn, msg.events.events)
+                    batch = await self._reports(conn, msg.events.events)
                     if self._output is not None:
                         await self._output.submit(conn.info.tenant, msg.events.events)
                         await self._output.settled(conn.info.tenant, batch)
@@ -333,15 +340,41 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         finally:
             conn.closed.set()
 
-    def _reports(self, conn: WorkerConn, events: Iterable[pb.TaskEvent]) -> list[TaskReport]:
+    async def _reports(
+        self, conn: WorkerConn, events: Iterable[pb.TaskEvent]
+    ) -> list[TaskReport]:
         now = _now()
         batch: list[TaskReport] = []
         for ev in events:
             report = to_report(conn.info.worker_id, ev, now)
             if report is None or report.kind in ("log", "stream"):
                 continue  # logs and stream chunks are not state: OutputPublisher takes them
+            if report.kind in SETTLING:
+                run_id = conn.runs.pop((report.task_id, report.attempt), None)
+                if report.kind == "completed" and run_id is not None:
+                    report = await self._sized(conn.info.tenant, run_id, report)
             batch.append(report)
         return batch
+
+    async def _sized(self, tenant: str, run_id: str, report: TaskReport) -> TaskReport:
+        """A completed report fit for NATS: an output past the inline limit that a client sent
+        inline (the TypeScript SDK, older SDKs) is stored here and replaced by its reference;
+        one past RATCHET_MAX_PAYLOAD_BYTES fails the attempt for good."""
+        s = self.settings
+        size = len(report.output)
+        if size <= s.payload_inline_bytes or maybe_ref(report.output) is not None:
+            return report
+        if size > s.max_payload_bytes:
+            return _too_large(report, PayloadTooLarge(size, s.max_payload_bytes))
+        assert self._store is not None
+        try:
+            ref = await self._store.put_bytes(tenant, run_id, report.output, s.max_payload_bytes)
+        except Exception as exc:
+            log.error("offloading the output of task %s failed: %r", report.task_id, exc,
+                      extra={"tenant": tenant})
+            return report  # as if inline: if NATS refuses it, the publisher isolates it
+        report.output = encode_ref(ref)
+        return report
 
     async def _publish_loop(self) -> None:
         """Publish queued worker events in batches until the empty-batch sentinel arrives."""
@@ -364,8 +397,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             # One message per tenant (the subject carries it); the msg-id is fixed here, so
             # every retry of this batch is deduplicated by the stream.
             batch = [
-                Outgoing(subjects.task_report_batch(tenant), encode(ReportBatch(reports=chunk)),
-                         f"reports:{uuid.uuid4().hex}")
+                _ReportMessage(tenant, chunk, f"reports:{uuid.uuid4().hex}")
                 for tenant, reports in per_tenant.items()
                 for chunk in _chunks(reports)
             ]
@@ -379,18 +411,59 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             if last:
                 return
 
-    async def _publish_reports(self, batch: list[Outgoing], count: int) -> bool:
-        """Keep trying through a NATS restart (same msg-ids, so the stream drops duplicates)."""
+    async def _publish_reports(self, batch: list[_ReportMessage], count: int) -> bool:
+        """Keep trying through a NATS restart (same msg-ids, so the stream drops duplicates).
+
+        A message NATS refuses for what it is (too big, rejected) is never retried as is: that
+        would hold back every report behind it, for every tenant. The batch is published
+        message by message instead, and a report that still cannot go fails its attempt.
+        """
         assert self._js is not None
         try:
-            async for attempt in retry.policy("dispatcher.publish_reports", timeout_s=PUBLISH_RETRY_S):
-                with attempt:
-                    await jetstream.publish_batch(self._js, batch)
+            await self._publish_retrying([m.outgoing() for m in batch])
         except Exception as exc:
-            log.error("dropped %d worker events after failed publishes (%r)", len(batch), exc)
-            return False
+            if retry.transient(exc):
+                log.error("dropped %d worker events after failed publishes (%r)", count, exc)
+                return False
+            try:
+                for message in batch:
+                    await self._publish_isolating(message)
+            except Exception as exc2:
+                log.error("dropped %d worker events after failed publishes (%r)", count, exc2)
+                return False
         metrics.DISPATCHER_EVENTS.inc(count)
         return True
+
+    async def _publish_retrying(self, batch: list[Outgoing]) -> None:
+        assert self._js is not None
+        async for attempt in retry.policy("dispatcher.publish_reports", timeout_s=PUBLISH_RETRY_S):
+            with attempt:
+                await jetstream.publish_batch(self._js, batch)
+
+    async def _publish_isolating(self, message: _ReportMessage) -> None:
+        """Publish one message; if NATS refuses it, split it down to the report at fault and
+        publish that report's attempt as failed (non-retryably) in its place."""
+        try:
+            await self._publish_retrying([message.outgoing()])
+            return
+        except Exception as exc:
+            if retry.transient(exc):
+                raise
+            error = exc
+        if len(message.reports) > 1:
+            for i, report in enumerate(message.reports):
+                await self._publish_isolating(
+                    _ReportMessage(message.tenant, [report], f"{message.msg_id}:{i}")
+                )
+            return
+        report = message.reports[0]
+        failed = unpublishable(report, error, message.size())
+        log.error("task %s attempt %d: %s", report.task_id, report.attempt, failed.error.message
+                  if failed.error else error, extra={"tenant": message.tenant})
+        if failed is not report:
+            await self._publish_retrying([_ReportMessage(
+                message.tenant, [failed], f"task:{report.task_id}:{report.attempt}:unpublishable",
+            ).outgoing()])
 
     async def _drop(self, conn: WorkerConn) -> None:
         worker_id = conn.info.worker_id
@@ -418,7 +491,9 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
                 rejected.append((msg, f"undecodable: {exc}"))
                 continue
             for a in batch.assignments:
-                if a.worker_id in self.conns:
+                conn = self.conns.get(a.worker_id)
+                if conn is not None:
+                    conn.track(a)
                     if self._output is not None:
                         self._output.directory.remember(a)
                     per_worker.setdefault(a.worker_id, ([], []))[0].append(to_proto_assignment(a))
@@ -481,6 +556,54 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
 
 def _now() -> int:
     return int(time.time() * 1000)
+
+
+class _ReportMessage:
+    """One ReportBatch message to publish: a tenant's reports and a fixed msg-id."""
+
+    __slots__ = ("msg_id", "reports", "tenant")
+
+    def __init__(self, tenant: str, reports: list[TaskReport], msg_id: str) -> None:
+        self.tenant = tenant
+        self.reports = reports
+        self.msg_id = msg_id
+
+    def outgoing(self) -> Outgoing:
+        return Outgoing(subjects.task_report_batch(self.tenant),
+                        encode(ReportBatch(reports=self.reports)), self.msg_id)
+
+    def size(self) -> int:
+        return len(encode(ReportBatch(reports=self.reports)))
+
+
+def unpublishable(report: TaskReport, error: Exception, size: int) -> TaskReport:
+    """What to publish in place of a report NATS refused: its attempt, failed for good.
+
+    A report that is itself a failure or a bare state change cannot be helped by shrinking it;
+    it is returned unchanged (and dropped by the caller), as retrying it would wedge the rest.
+    """
+    if report.kind not in ("completed", "failed"):
+        return report
+    if isinstance(error, nats.errors.MaxPayloadError) or "payload" in str(error).lower():
+        err = TaskError(
+            type="PayloadTooLarge", non_retryable=True,
+            message=f"this attempt's report is {size} bytes, more than NATS accepts in one "
+                    f"message ({error}); payloads above RATCHET_PAYLOAD_INLINE_BYTES must go to "
+                    "the payload store",
+        )
+    else:
+        err = TaskError(type="Unpublishable", non_retryable=True,
+                        message=f"this attempt's report could not be published: {error!r}")
+    return TaskReport(kind="failed", task_id=report.task_id, attempt=report.attempt,
+                      worker_id=report.worker_id, ts_ms=report.ts_ms, error=err)
+
+
+def _too_large(report: TaskReport, exc: PayloadTooLarge) -> TaskReport:
+    return TaskReport(
+        kind="failed", task_id=report.task_id, attempt=report.attempt,
+        worker_id=report.worker_id, ts_ms=report.ts_ms,
+        error=TaskError(type="PayloadTooLarge", message=str(exc), non_retryable=True),
+    )
 
 
 def _chunks(reports: list[TaskReport]) -> Iterator[list[TaskReport]]:

@@ -20,6 +20,13 @@ EVENT_KINDS: dict[int, str] = {
     pb.STREAM: "stream",
 }
 
+SETTLING = frozenset({"completed", "failed", "cancelled"})
+# An error's message and traceback as relayed: enough to debug, never a poison message.
+MAX_ERROR_CHARS = 16 * 1024
+# Attempts remembered per worker (their run ids, to store large outputs under): a worker holds
+# at most its slots, so this only bounds what a misbehaving one can make us keep.
+MAX_TRACKED = 100_000
+
 MAX_SLOTS = 10_000
 MAX_ACTIONS = 1_000
 MAX_HOLDING = 100_000
@@ -32,6 +39,13 @@ class WorkerConn:
     last_seen_ms: int
     session: str = field(default_factory=lambda: uuid.uuid4().hex)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # (task id, attempt) → run id of what was pushed to this worker and has not settled.
+    runs: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def track(self, a: Assignment) -> None:
+        if len(self.runs) >= MAX_TRACKED:
+            self.runs.pop(next(iter(self.runs)))
+        self.runs[(a.task_id, a.attempt)] = a.run_id
 
 
 def validate_register(reg: pb.Register) -> str | None:
@@ -92,8 +106,8 @@ def to_report(worker_id: str, ev: pb.TaskEvent, now_ms: int) -> TaskReport | Non
     if ev.HasField("error"):
         error = TaskError(
             type=ev.error.type or "Error",
-            message=ev.error.message,
-            traceback=ev.error.traceback,
+            message=_clip(ev.error.message),
+            traceback=_clip(ev.error.traceback),
             non_retryable=ev.error.non_retryable,
         )
     return TaskReport(
@@ -107,3 +121,9 @@ def to_report(worker_id: str, ev: pb.TaskEvent, now_ms: int) -> TaskReport | Non
         refresh_ms=ev.refresh_ms,
         log=ev.log,
     )
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    return text[: MAX_ERROR_CHARS // 2] + f"\n… ({len(text)} characters, clipped) …\n" + text[-MAX_ERROR_CHARS // 2 :]

@@ -9,6 +9,7 @@ stream) and the same run ids (ignored by the scheduler): an event never triggers
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -27,6 +28,15 @@ from libs.common.cel import Bindings, to_cel
 from libs.common.jetstream import Outgoing, Rejected
 from libs.common.match_messages import EventMatches, MatchBatch, MatchOutcome
 from libs.common.messages import TriggerRun, encode
+from libs.common.payloads import (
+    InvalidPayloadKey,
+    PayloadAccessDenied,
+    PayloadCorrupt,
+    PayloadNotFound,
+    PayloadStore,
+    maybe_ref,
+    open_store,
+)
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Stream, valid_tenant
@@ -111,6 +121,7 @@ class MatcherService(Service):
         self._publisher: AckedPublisher | None = None
         self._changes: Subscription | None = None
         self.rules: RuleCache | None = None
+        self._store: PayloadStore | None = None
 
     async def _start(self) -> None:
         s = self.settings
@@ -119,6 +130,7 @@ class MatcherService(Service):
         await jetstream.provision(self._js, s)
         await db.migrate(s.database_url)
         self._pool = await db.create_pool(s.database_url, max_size=4)
+        self._store = open_store(s)
         self.rules = RuleCache(self._pool, ttl_s=self._rules_ttl_s)
         self._publisher = AckedPublisher(self._nc)
         await self._publisher.start()
@@ -141,6 +153,8 @@ class MatcherService(Service):
             await self._publisher.stop()
         if self._pool is not None:
             await self._pool.close()
+        if self._store is not None:
+            await self._store.close()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -157,7 +171,7 @@ class MatcherService(Service):
         rejected: Rejected = []
         for msg in msgs:
             try:
-                parsed.append(events.parse(msg))
+                parsed.append(await self._parse(msg))
             except events.BadEvent as exc:
                 log.warning("rejecting event on %s: %s", msg.subject, exc)
                 EVENTS.labels("rejected").inc()
@@ -177,6 +191,30 @@ class MatcherService(Service):
             tally.flush()
             EVENTS.labels("matched").inc(len(parsed))
         return rejected
+
+
+    async def _parse(self, msg: Msg) -> events.Event:
+        """An EVT message as an event; a payload the API stored (its reference in the body) is
+        read back for the filters, and the run it triggers gets the reference as its input."""
+        try:
+            ref = maybe_ref(msg.data or b"")
+        except InvalidPayloadKey as exc:
+            raise events.BadEvent(str(exc)) from None
+        if ref is None:
+            return events.parse(msg)
+        assert self._store is not None
+        tenant = msg.subject.split(".")[1] if msg.subject.count(".") >= 2 else ""
+        try:
+            body = await self._store.get_bytes(tenant, ref)
+        except (PayloadAccessDenied, PayloadNotFound, PayloadCorrupt, InvalidPayloadKey) as exc:
+            raise events.BadEvent(f"event payload {ref.key}: {exc}") from None
+        stored = msg.data
+        msg.data = body
+        try:
+            event = events.parse(msg)
+        finally:
+            msg.data = stored
+        return dataclasses.replace(event, raw=stored)
 
 
 def _record_messages(records: dict[str, list[EventMatches]]) -> list[Outgoing]:

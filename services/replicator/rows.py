@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from libs.common.log_messages import LogBatch
 from libs.common.messages import RunStateChanged, TaskStateChanged
 from libs.common.olap import Row, ch_time, run_version
+from libs.common.payloads import PayloadError, maybe_ref
 from libs.common.statuses import RUN_TERMINAL, TASK_TERMINAL
 from libs.common.subjects import Header
 
@@ -97,9 +98,18 @@ def event_row(msg: Msg) -> Row | None:
     if len(parts) < 3:
         return None
     try:
-        payload = msg.data.decode()
-    except UnicodeDecodeError:
+        ref = maybe_ref(msg.data)
+    except PayloadError:
         return None
+    if ref is not None:
+        # A payload the API offloaded: OLAP keeps a marker naming the blob, never the blob
+        # itself (up to RATCHET_MAX_PAYLOAD_BYTES) in a row.
+        payload = _JSON.encode({"$ref": ref.key, "size": ref.size}).decode()
+    else:
+        try:
+            payload = msg.data.decode()
+        except UnicodeDecodeError:
+            return None
     headers = msg.headers or {}
     return {
         "tenant": parts[1],

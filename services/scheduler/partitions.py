@@ -14,9 +14,11 @@ payload GC frees the blobs of runs whose rows are gone (libs/common/payloads).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -114,6 +116,22 @@ async def maintain(
         conn, retention_days, now
     )
     return Maintenance(created, dropped, kept)
+
+
+async def maintain_every(
+    pool: asyncpg.Pool, retention_days: int, stopping: asyncio.Event, interval_s: float
+) -> None:
+    """`maintain` every `interval_s` until `stopping` is set (the scheduler's background task)."""
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=interval_s)
+        if stopping.is_set():
+            return
+        try:
+            async with pool.acquire() as conn:
+                await maintain(conn, retention_days, datetime.now(UTC))
+        except Exception as exc:  # retried next round; the days ahead leave plenty of slack
+            log.warning("partition maintenance failed: %r", exc)
 
 
 def _ident(name: str) -> str:

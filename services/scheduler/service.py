@@ -41,13 +41,15 @@ from libs.common.messages import (
     TriggerRuns,
     WorkerInfo,
 )
+from libs.common.payloads import REF_MAGIC, PayloadError, PayloadStore, maybe_ref, open_store
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
-from services.scheduler import observe, partitions, store
+from services.scheduler import observe, partitions, relay_isolation, store
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_EXEC, Engine
+from services.scheduler.engine.admission.gate import uses_cel
 from services.scheduler.fairness_store import FairnessStore
 from services.scheduler.intake import Intake, Item, Work
 from services.scheduler.model import RUN_TERMINAL
@@ -74,6 +76,7 @@ class SchedulerService(Service):
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
         self._conn: asyncpg.Connection | None = None  # the core loop's (_core_connection)
+        self._payloads: PayloadStore | None = None
         self._kv: KeyValue | None = None
         self._inbox: asyncio.Queue[Work] = asyncio.Queue(maxsize=INBOX_MAX)
         self._intake = Intake()
@@ -100,6 +103,7 @@ class SchedulerService(Service):
         await jetstream.provision(self._js, s)
         await db.migrate(s.database_url)
         self._pool = await db.create_pool(s.database_url, max_size=4)
+        self._payloads = open_store(s)
         async with self._pool.acquire() as conn:
             await partitions.maintain(conn, s.retention_days, datetime.now(UTC))
         await self._load()
@@ -110,7 +114,9 @@ class SchedulerService(Service):
             asyncio.create_task(self._core_loop(), name="scheduler-core"),
             asyncio.create_task(self._watch_workers(), name="scheduler-workers"),
             asyncio.create_task(self._sweep_stale_workers(), name="scheduler-stale"),
-            asyncio.create_task(self._maintain_partitions(), name="scheduler-partitions"),
+            asyncio.create_task(partitions.maintain_every(
+                self._pool, s.retention_days, self._stopping, PARTITION_MAINTENANCE_S,
+            ), name="scheduler-partitions"),
         ]
         self._consumers = [
             BatchConsumer(
@@ -150,6 +156,8 @@ class SchedulerService(Service):
                 await asyncio.wait_for(task, 10)
         if self._pool is not None:
             await self._pool.close()
+        if self._payloads is not None:
+            await self._payloads.close()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
@@ -161,6 +169,7 @@ class SchedulerService(Service):
             runs = await store.load_runs(conn, self._specs, "status IN ('PENDING', 'RUNNING')")
             await self._fairness.load(conn, self.engine)  # slot holders before runs
             for run in runs:
+                await self._resolve_input(run.tenant, run.id, run.input, run.spec)
                 self.engine.adopt(run)
             self.engine.release_stale_holders()
             for tenant, task_id, kind, attempt, due in await store.load_timers(conn):
@@ -365,6 +374,9 @@ class SchedulerService(Service):
             elif isinstance(msg, ReplayRun) and msg.run_id not in self.engine.runs:
                 replays.append((tenant, msg.run_id))
         specs = await self._specs.get_many(conn, version_ids) if version_ids else {}
+        for _work, tenant, msg in items:
+            if isinstance(msg, TriggerRun) and msg.version_id in specs:
+                await self._resolve_input(tenant, msg.run_id, msg.input, specs[msg.version_id])
         existing = await store.existing_runs(conn, keys)
         self.engine.note_parent_statuses(await store.run_statuses(conn, parents))
         for tenant, run_id in replays:
@@ -373,23 +385,63 @@ class SchedulerService(Service):
                     self.engine.adopt(run)
         return dict(specs), existing
 
+    async def _resolve_input(
+        self, tenant: str, run_id: str, raw: bytes, spec: WorkflowSpec
+    ) -> None:
+        """Fetch an offloaded run input the workflow's CEL keys need (concurrency groups,
+        dynamic rate-limit keys), so they see the input itself and not its reference."""
+        if not raw.startswith(REF_MAGIC) or not uses_cel(spec):
+            return
+        assert self._payloads is not None
+        ref = maybe_ref(raw)
+        if ref is None or run_id in self.engine.resolved_inputs:
+            return
+        try:
+            data = await self._payloads.get_bytes(tenant, ref)
+        except PayloadError as exc:  # gone or corrupt: the keys see an empty input
+            log.error("run %s: its input %s cannot be read (%r)", run_id, ref.key, exc,
+                      extra={"tenant": tenant})
+            return
+        self.engine.resolved_inputs[run_id] = data
+
     async def _relay(self, outgoing: list[Outgoing]) -> None:
         assert self._js is not None
         sent = 0
         try:
             for i in range(0, len(outgoing), OUTBOX_RELAY_BATCH):
                 chunk = outgoing[i : i + OUTBOX_RELAY_BATCH]
-                async for attempt in retry.policy(
-                    "scheduler.outbox_relay", timeout_s=OUTBOX_RELAY_RETRY_S, until=self._stopping
-                ):
-                    with attempt:
-                        await jetstream.publish_batch(self._js, chunk)
+                try:
+                    await self._publish_chunk(chunk)
+                except Exception as exc:
+                    if retry.transient(exc):
+                        raise
+                    # One message NATS refuses must not hold back the rest (issue 11).
+                    for item in chunk:
+                        await self._publish_isolating(item)
                 self._published.extend(o.msg_id for o in chunk)
                 sent = i + len(chunk)
         except Exception as exc:
             # Republished next step with the same msg-ids: the stream drops any duplicates.
             self._unsent = outgoing[sent:]
             log.warning("outbox relay failed (%r); %d messages pending", exc, len(self._unsent))
+
+    async def _publish_chunk(self, chunk: list[Outgoing]) -> None:
+        assert self._js is not None
+        async for attempt in retry.policy(
+            "scheduler.outbox_relay", timeout_s=OUTBOX_RELAY_RETRY_S, until=self._stopping
+        ):
+            with attempt:
+                await jetstream.publish_batch(self._js, chunk)
+
+    async def _publish_isolating(self, item: Outgoing) -> None:
+        try:
+            await self._publish_chunk([item])
+        except Exception as exc:
+            if retry.transient(exc):
+                raise
+            instead = relay_isolation.replacements(item, exc, int(time.time() * 1000))
+            if instead:
+                await self._publish_chunk(instead)
 
     async def _recover(self) -> None:
         await self._await_relay()
@@ -408,20 +460,6 @@ class SchedulerService(Service):
                     assert self._kv is not None
                     for info in await _current_workers(self._kv):
                         self._worker_events.append(("put", info))
-
-    async def _maintain_partitions(self) -> None:
-        """Partitions ahead and retention, hourly (services/scheduler/partitions.py)."""
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=PARTITION_MAINTENANCE_S)
-            if self._stopping.is_set() or self._pool is None:
-                return
-            try:
-                async with self._pool.acquire() as conn:
-                    await partitions.maintain(conn, self.settings.retention_days,
-                                              datetime.now(UTC))
-            except Exception as exc:  # retried next round; days ahead leave plenty of slack
-                log.warning("partition maintenance failed: %r", exc)
 
     # worker registry ------------------------------------------------------------------
     async def _watch_workers(self) -> None:

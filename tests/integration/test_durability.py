@@ -271,7 +271,7 @@ async def test_bad_input_errors(stack, client: Ratchet) -> None:
     async with httpx.AsyncClient(base_url=stack.api_url, headers=headers) as http:
         bad_json = await http.post("/workflows/strict-input/run", content=b"{not json")
         assert bad_json.status_code == 400
-        huge = b'{"input": {"doc_id": "' + b"x" * (stack.settings.max_request_bytes + 10) + b'"}}'
+        huge = b'{"input": {"doc_id": "' + b"x" * (stack.settings.max_payload_bytes + 10) + b'"}}'
         too_big = await http.post("/workflows/strict-input/run", content=huge)
         assert too_big.status_code == 413
     runs = await client.arequest("GET", "/runs", params={"workflow": "strict-input"})

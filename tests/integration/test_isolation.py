@@ -35,7 +35,7 @@ from libs.common import db, tenants
 from libs.common.proto import worker_pb2 as pb
 
 # Upsert by name into the caller's own namespace: B may create its own key of the same name.
-OWN_NAMESPACE = frozenset({("PUT", "/rate-limits/{key}")})
+OWN_NAMESPACE = frozenset({("PUT", "/rate-limits/{key}"), ("PUT", "/payloads/{scope_id}")})
 # Documentation, not data.
 SKIPPED_PATHS = re.compile(r"^/schema")
 
@@ -53,6 +53,8 @@ class TenantA:
     scheduled_id: str
     rate_limit_key: str
     token_id: str
+    blob_key: str
+    blob_size: int
 
     def path_values(self) -> dict[str, str]:
         """Path parameter name → A's resource of that kind."""
@@ -60,7 +62,8 @@ class TenantA:
             "run_id": self.run_id, "name": self.workflow, "filter_id": self.filter_id,
             "cron_id": self.cron_id, "scheduled_id": self.scheduled_id,
             "key": self.rate_limit_key, "token_id": self.token_id, "workflow": self.workflow,
-            "version_id": self.version_ids[0],
+            "version_id": self.version_ids[0], "scope_id": self.run_id,
+            "blob_key": self.blob_key, "size": str(self.blob_size),
             # Operator routes: B's tenant token is not the operator token (refused outright).
             "tenant_id": self.tenant,
         }
@@ -150,8 +153,10 @@ async def tenant_a(stack: Stack, http: httpx.AsyncClient) -> TenantA:
         "/scheduled", json={"workflow": workflow, "run_at": later}, headers=h))
     extra = await _ok(await http.post(
         "/tokens", json={"name": "a-extra", "scopes": ["read"]}, headers=h))
+    blob = await _ok(await http.put(f"/payloads/{run_id}", content=b"a's secret", headers=h))
     return TenantA(
         tenant=tenant, token=token, workflow=workflow, action=action,
+        blob_key=blob["key"], blob_size=blob["size"],
         version_ids=[v1["id"], v2["id"]], run_id=run_id, filter_id=flt["id"],
         cron_id=cron["id"], scheduled_id=sch["id"], rate_limit_key="llm-a",
         token_id=extra["id"],

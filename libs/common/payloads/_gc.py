@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import msgspec
 
+from libs.common.payloads._refs import PayloadRef, encode_ref, split_key
 from libs.common.payloads._store import PayloadStore, Scope
 
 EVENT_SCOPE_PREFIX = "evt-"
@@ -68,7 +69,7 @@ async def collect_garbage(
     async for scope in store.list_scopes(tenant):
         report.scanned_blobs += len(scope.blobs)
         if scope.scope_id.startswith(EVENT_SCOPE_PREFIX):
-            if expired := _keys_before(scope, event_cutoff):
+            if expired := await _unreferenced(pool, scope, event_cutoff):
                 report.deleted_event_blobs += await store.delete_many(scope.tenant, expired)
             continue
         if not _keys_before(scope, grace_cutoff):
@@ -79,6 +80,21 @@ async def collect_garbage(
     await flush()
     report.deleted_stale_uploads = await store.delete_stale_uploads(grace_cutoff)
     return report
+
+
+async def _unreferenced(pool: asyncpg.Pool, scope: Scope, cutoff: datetime) -> list[str]:
+    """An event's expired blobs, except one that a run it triggered still has as its input
+    (the matcher passes the event's reference on as the run input)."""
+    expired = [blob for blob in scope.blobs if blob.modified_at < cutoff]
+    if not expired:
+        return []
+    refs = {encode_ref(PayloadRef(b.key, split_key(b.key)[2], b.size)): b.key for b in expired}
+    rows = await pool.fetch(
+        "SELECT input FROM runs WHERE tenant_id = $1 AND input = ANY($2::bytea[])",
+        scope.tenant, list(refs),
+    )
+    used = {refs[bytes(row["input"])] for row in rows}
+    return [key for key in refs.values() if key not in used]
 
 
 def _keys_before(scope: Scope, cutoff: datetime) -> list[str]:

@@ -7,14 +7,16 @@ shapes the answers.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get
 from litestar.exceptions import ClientException
+from litestar.params import Parameter
 
 from libs.common.tenants import Scope
 from services.api.auth import Api, Tenant, requires
+from services.api.schemas import errors
 
 DEFAULT_RANGE = timedelta(hours=1)
 MAX_RANGE = timedelta(days=31)
@@ -67,6 +69,30 @@ class Throughput(msgspec.Struct):
     minutes: list[MinuteThroughput]
 
 
+# Taken as text and parsed here: Litestar's own conversion would also take a bare number
+# as a Unix time, which the documented `date-time` format does not allow.
+Instant = Annotated[str | None, Parameter(
+    schema_extra={"format": "date-time"},
+    description="ISO 8601 date and time (RFC 3339); no offset means UTC",
+)]
+
+
+def parse_instant(name: str, value: str | datetime | None) -> datetime | None:
+    """An ISO 8601 query value as a datetime; ClientException (400) when it is not one.
+
+    The dashboard calls the handlers directly with datetimes it parsed itself; those pass.
+    """
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        # fromisoformat also reads a bare date; a time range wants a date and a time.
+        if "T" not in value.upper() and " " not in value:
+            raise ValueError(value)
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ClientException(f"`{name}` must be an ISO 8601 date and time") from None
+
+
 def time_range(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
     """Default to the last hour; naive datetimes are UTC; at most MAX_RANGE wide."""
     end = _utc(until) if until is not None else datetime.now(UTC)
@@ -104,24 +130,24 @@ class AnalyticsController(Controller):
     tags = ["analytics"]
     guards = [requires(Scope.READ)]
 
-    @get("/runs")
+    @get("/runs", operation_id="getRunCounts", responses=errors(503))
     async def run_counts(
         self, api: Api, tenant: Tenant,
-        since: datetime | None = None, until: datetime | None = None,
+        since: Instant = None, until: Instant = None,
     ) -> RunCounts:
         """Runs created in the range, counted by workflow and current status."""
-        start, end = time_range(since, until)
+        start, end = time_range(parse_instant("since", since), parse_instant("until", until))
         rows = await api.analytics.run_counts(tenant, start, end)
         counts = [RunCount(workflow=r["workflow"], status=r["status"], runs=int(r["runs"])) for r in rows]
         return RunCounts(since=start.isoformat(), until=end.isoformat(), counts=counts)
 
-    @get("/tasks")
+    @get("/tasks", operation_id="getTaskLatency", responses=errors(503))
     async def task_latency(
         self, api: Api, tenant: Tenant,
-        since: datetime | None = None, until: datetime | None = None,
+        since: Instant = None, until: Instant = None,
     ) -> TaskLatencyReport:
         """Task duration and queue-wait percentiles (p50/p95/p99, ms), overall and per workflow."""
-        start, end = time_range(since, until)
+        start, end = time_range(parse_instant("since", since), parse_instant("until", until))
         overall, per_workflow = await api.analytics.task_latency(tenant, start, end)
         return TaskLatencyReport(
             since=start.isoformat(), until=end.isoformat(),
@@ -129,13 +155,13 @@ class AnalyticsController(Controller):
             workflows=[_latency(r) for r in per_workflow],
         )
 
-    @get("/throughput")
+    @get("/throughput", operation_id="getThroughput", responses=errors(503))
     async def throughput(
         self, api: Api, tenant: Tenant,
-        since: datetime | None = None, until: datetime | None = None,
+        since: Instant = None, until: Instant = None,
     ) -> Throughput:
         """Finished task attempts per minute, by outcome."""
-        start, end = time_range(since, until)
+        start, end = time_range(parse_instant("since", since), parse_instant("until", until))
         rows = await api.analytics.throughput(tenant, start, end)
         minutes = [
             MinuteThroughput(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -11,6 +10,7 @@ from litestar.params import Parameter
 
 from libs.common.tenants import Scope
 from services.api.auth import Api, Tenant, requires
+from services.api.routes.analytics import Instant, parse_instant
 
 
 class AuditView(msgspec.Struct, kw_only=True):
@@ -28,16 +28,16 @@ class AuditController(Controller):
     tags = ["audit"]
     guards = [requires(Scope.ADMIN)]
 
-    @get("/")
+    @get("/", operation_id="listAuditEntries")
     async def list_audit(
-        self, tenant: Tenant, api: Api, since: datetime | None = None,
-        action: str | None = None, limit: int = Parameter(default=100, ge=1, le=10_000),
+        self, tenant: Tenant, api: Api, since: Instant = None,
+        action: str | None = Parameter(default=None, min_length=1, max_length=100), limit: int = Parameter(default=100, ge=1, le=10_000),
     ) -> list[AuditView]:
         """Entries at or after `since` (ISO 8601), optionally of one `action` (e.g.
         run.trigger, run.cancel, run.replay, run.trigger_bulk, token.create, token.revoke,
         limits.set, filter.create, filter.update, filter.delete, cron.create, cron.delete,
         workflow.rollback)."""
-        rows = await api.audit.list_entries(tenant, since, action, limit)
+        rows = await api.audit.list_entries(tenant, parse_instant("since", since), action, limit)
         return [
             AuditView(
                 id=r["id"], ts=r["ts"].isoformat(), token_id=r["token_id"],

@@ -21,11 +21,12 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from libs.common.cronexpr import cron_problem, next_tick
-from libs.common.specs import WorkflowSpec
+from libs.common.specs import Cron, WorkflowSpec
 from libs.common.tenants import Scope
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.repos.crons import WorkflowCron
 from services.api.routes.tokens import audit_entry
+from services.api.schemas import WorkflowName, errors
 from services.api.state import ApiState
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ _JSON = msgspec.json.Encoder()
 
 
 class CronIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    workflow: str
-    expression: str
+    workflow: WorkflowName
+    expression: Cron
     input: Any = None
     metadata: dict[str, str] = {}
     name: str | None = None
@@ -55,7 +56,7 @@ class CronView(msgspec.Struct, kw_only=True):
 
 
 class ScheduledIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    workflow: str
+    workflow: WorkflowName
     run_at: datetime
     input: Any = None
     metadata: dict[str, str] = {}
@@ -107,7 +108,8 @@ class CronController(Controller):
     tags = ["crons"]
     guards = [requires(Scope.READ)]
 
-    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)])
+    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)],
+          operation_id="createCron", responses=errors(404, 409, 422))
     async def create(self, data: CronIn, tenant: Tenant, api: Api, caller: Caller) -> CronView:
         """Run a workflow on a cron schedule (UTC; 5 fields, or 6 with seconds first)."""
         problem = cron_problem(data.expression)
@@ -123,22 +125,24 @@ class CronController(Controller):
         )
         return _cron_view(row)
 
-    @get("/")
+    @get("/", operation_id="listCrons")
     async def list_crons(
         self, tenant: Tenant, api: Api, workflow: str | None = None,
         limit: int = Parameter(default=1000, ge=1, le=10_000),
     ) -> list[CronView]:
         return [_cron_view(r) for r in await api.crons.list_crons(tenant, workflow, limit)]
 
-    @get("/{cron_id:str}")
+    @get("/{cron_id:str}", operation_id="getCron", responses=errors(404))
     async def get_cron(self, cron_id: str, tenant: Tenant, api: Api) -> CronView:
         row = await api.crons.get(tenant, cron_id)
         if row is None:
             raise NotFoundException(f"cron {cron_id!r} not found")
         return _cron_view(row)
 
-    @delete("/{cron_id:str}", status_code=HTTP_204_NO_CONTENT, guards=[requires(Scope.WRITE)])
+    @delete("/{cron_id:str}", status_code=HTTP_204_NO_CONTENT, guards=[requires(Scope.WRITE)],
+            operation_id="deleteCron", responses=errors(400, 404))
     async def delete_cron(self, cron_id: str, tenant: Tenant, api: Api, caller: Caller) -> None:
+        """Delete a cron made through the API (400 for one from a workflow's on_crons)."""
         row = await api.crons.get(tenant, cron_id)
         if row is None:
             raise NotFoundException(f"cron {cron_id!r} not found")
@@ -152,7 +156,8 @@ class ScheduledController(Controller):
     tags = ["scheduled"]
     guards = [requires(Scope.READ)]
 
-    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)])
+    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)],
+          operation_id="createScheduledRun", responses=errors(404, 422))
     async def create(self, data: ScheduledIn, tenant: Tenant, api: Api) -> ScheduledView:
         """Run a workflow once at `run_at` (timezone-aware ISO-8601; a past time runs now)."""
         if data.run_at.tzinfo is None:
@@ -164,7 +169,7 @@ class ScheduledController(Controller):
         )
         return _scheduled_view(row)
 
-    @get("/")
+    @get("/", operation_id="listScheduledRuns")
     async def list_scheduled(
         self, tenant: Tenant, api: Api, workflow: str | None = None,
         limit: int = Parameter(default=1000, ge=1, le=10_000),
@@ -172,14 +177,15 @@ class ScheduledController(Controller):
         rows = await api.scheduled.list_scheduled(tenant, workflow, limit)
         return [_scheduled_view(r) for r in rows]
 
-    @get("/{scheduled_id:str}")
+    @get("/{scheduled_id:str}", operation_id="getScheduledRun", responses=errors(404))
     async def get_scheduled(self, scheduled_id: str, tenant: Tenant, api: Api) -> ScheduledView:
         row = await api.scheduled.get(tenant, scheduled_id)
         if row is None:
             raise NotFoundException(f"scheduled run {scheduled_id!r} not found")
         return _scheduled_view(row)
 
-    @delete("/{scheduled_id:str}", status_code=HTTP_204_NO_CONTENT, guards=[requires(Scope.WRITE)])
+    @delete("/{scheduled_id:str}", status_code=HTTP_204_NO_CONTENT, guards=[requires(Scope.WRITE)],
+            operation_id="deleteScheduledRun", responses=errors(404))
     async def delete_scheduled(self, scheduled_id: str, tenant: Tenant, api: Api) -> None:
         """Cancel a scheduled run that has not fired yet (a fired one is just forgotten)."""
         if not await api.scheduled.delete(tenant, scheduled_id):

@@ -20,10 +20,12 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from libs.common import events as evt
 from libs.common import subjects
 from libs.common.cel import CelError, compile_filter
+from libs.common.specs import Cel
 from libs.common.tenants import Scope
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.repos.filters import FilterFields
 from services.api.routes.tokens import audit_entry
+from services.api.schemas import EventScope, WorkflowName, errors
 from services.api.state import ApiState
 
 log = logging.getLogger(__name__)
@@ -32,18 +34,18 @@ _JSON = msgspec.json.Encoder()
 
 
 class FilterIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    workflow: str
-    expression: str
-    scope: str | None = None
+    workflow: WorkflowName
+    expression: Cel
+    scope: EventScope | None = None
     payload: Any = None
 
 
 class FilterPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Only the fields present change; `"scope": null` clears the scope."""
 
-    workflow: str | msgspec.UnsetType = msgspec.UNSET
-    expression: str | msgspec.UnsetType = msgspec.UNSET
-    scope: str | msgspec.UnsetType | None = msgspec.UNSET
+    workflow: WorkflowName | msgspec.UnsetType = msgspec.UNSET
+    expression: Cel | msgspec.UnsetType = msgspec.UNSET
+    scope: EventScope | msgspec.UnsetType | None = msgspec.UNSET
     payload: Any = msgspec.UNSET
 
 
@@ -101,7 +103,8 @@ class FilterController(Controller):
     tags = ["filters"]
     guards = [requires(Scope.READ)]
 
-    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)])
+    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE)],
+          operation_id="createFilter")
     async def create(self, data: FilterIn, tenant: Tenant, api: Api, caller: Caller) -> FilterView:
         """Create a filter. The expression sees `input`, `payload`, `metadata`, `event_key`."""
         _check(data.workflow, data.expression, data.scope)
@@ -112,21 +115,22 @@ class FilterController(Controller):
         await notify_matcher(api, tenant)
         return _view(row)
 
-    @get("/")
+    @get("/", operation_id="listFilters")
     async def list_filters(
         self, tenant: Tenant, api: Api, workflow: str | None = None,
         limit: int = Parameter(default=1000, ge=1, le=10_000),
     ) -> list[FilterView]:
         return [_view(r) for r in await api.filters.list_filters(tenant, workflow, limit)]
 
-    @get("/{filter_id:str}")
+    @get("/{filter_id:str}", operation_id="getFilter", responses=errors(404))
     async def get_filter(self, filter_id: str, tenant: Tenant, api: Api) -> FilterView:
         row = await api.filters.get(tenant, filter_id)
         if row is None:
             raise NotFoundException(f"filter {filter_id!r} not found")
         return _view(row)
 
-    @patch("/{filter_id:str}", guards=[requires(Scope.WRITE)])
+    @patch("/{filter_id:str}", guards=[requires(Scope.WRITE)], operation_id="updateFilter",
+           responses=errors(404))
     async def update(
         self, filter_id: str, data: FilterPatch, tenant: Tenant, api: Api, caller: Caller
     ) -> FilterView:
@@ -150,7 +154,8 @@ class FilterController(Controller):
         await notify_matcher(api, tenant)
         return _view(row)
 
-    @delete("/{filter_id:str}", status_code=HTTP_204_NO_CONTENT, guards=[requires(Scope.WRITE)])
+    @delete("/{filter_id:str}", status_code=HTTP_204_NO_CONTENT, guards=[requires(Scope.WRITE)],
+            operation_id="deleteFilter", responses=errors(404))
     async def delete_filter(self, filter_id: str, tenant: Tenant, api: Api, caller: Caller) -> None:
         entry = audit_entry(caller, "filter.delete", filter_id)
         if not await api.filters.delete(tenant, filter_id, entry):

@@ -36,7 +36,7 @@ class LimitController(Controller):
     tags = ["limits"]
     guards = [requires(Scope.READ)]
 
-    @get("/")
+    @get("/", operation_id="getLimits")
     async def get_limits(self, tenant: Tenant, api: Api) -> LimitsView:
         """Every limit of the tenant (null = unlimited) with its current usage."""
         current = await limits.load(api.pool, tenant)

@@ -10,9 +10,12 @@ from litestar import Controller, get
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
+from libs.common.specs import INT32_MAX
 from libs.common.tenants import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.repos.logs import LogRepo
+from services.api.routes.analytics import Instant, parse_instant
+from services.api.schemas import errors
 from services.api.state import ApiState
 
 DEFAULT_SEARCH_RANGE = timedelta(days=7)
@@ -49,11 +52,11 @@ class LogController(Controller):
     path = "/"
     tags = ["logs"]
 
-    @get("/runs/{run_id:str}/logs")
+    @get("/runs/{run_id:str}/logs", operation_id="getRunLogs", responses=errors(404, 503))
     async def run_logs(
         self, run_id: str, tenant: Tenant, api: Api,
         limit: int = Parameter(default=10_000, ge=1, le=100_000),
-        offset: int = Parameter(default=0, ge=0),
+        offset: int = Parameter(default=0, ge=0, le=INT32_MAX),
     ) -> list[LogLineView]:
         """The run's log lines in order (time, then task, attempt and position)."""
         if await api.runs.status(tenant, run_id) is None:
@@ -61,16 +64,17 @@ class LogController(Controller):
         rows = await _repo(api).run_logs(tenant, run_id, limit=limit, offset=offset)
         return [_view(r) for r in rows]
 
-    @get("/logs")
+    @get("/logs", operation_id="searchLogs", responses=errors(503))
     async def search(
         self, tenant: Tenant, api: Api,
         q: str = Parameter(default="", max_length=1000, description="substring, any case"),
-        workflow: str | None = None,
-        since: datetime | None = Parameter(default=None, description="default: 7 days ago"),
+        workflow: str | None = Parameter(default=None, min_length=1, max_length=128),
+        since: Instant = None,
         limit: int = Parameter(default=100, ge=1, le=1000),
     ) -> list[LogLineView]:
         """Log lines of this tenant's tasks containing `q`, newest first."""
-        start = datetime.now(UTC) - DEFAULT_SEARCH_RANGE if since is None else since
+        given = parse_instant("since", since)  # default: DEFAULT_SEARCH_RANGE ago
+        start = datetime.now(UTC) - DEFAULT_SEARCH_RANGE if given is None else given
         if start.tzinfo is None:
             start = start.replace(tzinfo=UTC)
         rows = await _repo(api).search(tenant, q, workflow=workflow, since=start, limit=limit)

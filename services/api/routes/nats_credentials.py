@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, post
 from litestar.exceptions import ClientException, HTTPException
 from litestar.status_codes import HTTP_201_CREATED, HTTP_503_SERVICE_UNAVAILABLE
+from msgspec import Meta
 
 from libs.common import natsauth
 from libs.common.tenants import Scope
 from services.api.auth import Api, Tenant, requires
+from services.api.schemas import errors
 
 
 class NatsCredentialsIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Lifetime in seconds; capped by the server's NATS_TENANT_CREDS_TTL_S (also the default).
-    ttl_s: float | None = None
+    ttl_s: Annotated[float, Meta(gt=0)] | None = None
 
 
 class NatsCredentials(msgspec.Struct, kw_only=True):
@@ -51,7 +54,8 @@ class NatsCredentialsController(Controller):
     path = "/nats-credentials"
     tags = ["nats"]
 
-    @post("/", status_code=HTTP_201_CREATED)
+    @post("/", status_code=HTTP_201_CREATED, operation_id="issueNatsCredentials",
+          responses=errors(503))
     async def issue(
         self, tenant: Tenant, api: Api, data: NatsCredentialsIn | None = None
     ) -> NatsCredentials:

@@ -9,28 +9,31 @@ with `burst` the key is a token bucket of `burst` units refilled at limit/per in
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import asyncpg
 import msgspec
 from litestar import Controller, get, put
 from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import Parameter
 
 from libs.common import specs
 from libs.common.cel import check_expression
 from libs.common.tenants import Scope
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.routes.tokens import audit_entry
+from services.api.schemas import errors
 
 Per = Literal["second", "minute", "hour"]
 MAX_KEY_CHARS = 256
+Key = Annotated[str, Parameter(min_length=1, max_length=MAX_KEY_CHARS)]
 
 
 class RateLimitIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    limit: int
+    limit: specs.Positive
     per: Per = "second"
-    burst: int | None = None
-    key: str | None = None  # optional echo of the path key
+    burst: specs.Positive | None = None  # a token bucket of this size
+    key: str | None = None  # optional echo of the path key: 400 when it differs
 
 
 class RateLimitView(msgspec.Struct, kw_only=True):
@@ -46,9 +49,9 @@ class RateLimitController(Controller):
     tags = ["rate-limits"]
     guards = [requires(Scope.READ)]
 
-    @put("/{key:str}", guards=[requires(Scope.WRITE)])
+    @put("/{key:str}", guards=[requires(Scope.WRITE)], operation_id="putRateLimit")
     async def put_limit(
-        self, key: str, data: RateLimitIn, tenant: Tenant, api: Api, caller: Caller
+        self, key: Key, data: RateLimitIn, tenant: Tenant, api: Api, caller: Caller
     ) -> RateLimitView:
         """Create or change a static rate-limit key."""
         if not key or len(key) > MAX_KEY_CHARS:
@@ -65,12 +68,12 @@ class RateLimitController(Controller):
             await api.rate_limits.put(tenant, key, data.limit, data.per, data.burst, entry)
         )
 
-    @get("/")
+    @get("/", operation_id="listRateLimits")
     async def list_limits(self, tenant: Tenant, api: Api) -> list[RateLimitView]:
         return [_view(r) for r in await api.rate_limits.list_limits(tenant)]
 
-    @get("/{key:str}")
-    async def get_limit(self, key: str, tenant: Tenant, api: Api) -> RateLimitView:
+    @get("/{key:str}", operation_id="getRateLimit", responses=errors(404))
+    async def get_limit(self, key: Key, tenant: Tenant, api: Api) -> RateLimitView:
         row = await api.rate_limits.get(tenant, key)
         if row is None:
             raise NotFoundException(f"rate limit {key!r} not found")

@@ -20,8 +20,10 @@ from libs.common.messages import CancelRun, ReplayRun, encode
 from libs.common.statuses import RUN_TERMINAL, RunStatus
 from libs.common.tenants import Scope
 from services.api.auth import Api, Caller, Tenant, requires
+from services.api.routes.payloads import resolve
 from services.api.routes.tokens import audit_entry
 from services.api.schemas import (
+    MAX_WAIT_S,
     Accepted,
     AttemptView,
     ChildView,
@@ -32,23 +34,16 @@ from services.api.schemas import (
     RunSummary,
     RunView,
     TaskView,
+    errors,
 )
 from services.api.state import ApiState
 
-MAX_WAIT_S = 60.0
-MAX_RESULTS = 1000
 CHILDREN_SHOWN = 100  # children listed in a run view; GET /runs?parent_run_id= has the rest
 RUN_STATUSES = frozenset(s.value for s in RunStatus)
 
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def _json(raw: bytes | None) -> Any:
-    if raw is None:
-        return None
-    return msgspec.json.decode(raw)
 
 
 async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
@@ -69,7 +64,9 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
     output: dict[str, Any] = {}
     errors: dict[str, dict[str, Any]] = {}
     for t in tasks:
-        out = _json(bytes(t["output"])) if t["output"] is not None else None
+        # Outputs above the inline limit are references: read back from the store here, so
+        # the API and the dashboard show the value either way.
+        out = await resolve(api, tenant, bytes(t["output"]) if t["output"] is not None else None)
         if t["status"] == "SUCCEEDED":
             output[t["name"]] = out
         history = by_task.get(t["id"], [])
@@ -88,7 +85,7 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
     kids, kids_count = await api.runs.children(tenant, run_id, CHILDREN_SHOWN)
     return RunView(
         id=run["id"], workflow=run["workflow"], version_id=run["version_id"],
-        status=run["status"], priority=run["priority"], input=_json(bytes(run["input"])),
+        status=run["status"], priority=run["priority"], input=await resolve(api, tenant, bytes(run["input"])),
         metadata=msgspec.json.decode(run["metadata"]), created_at=run["created_at"].isoformat(),
         finished_at=_iso(run["finished_at"]), output=output, tasks=views, errors=errors,
         parent_run_id=run["parent_run_id"], parent_task=run["parent_task"], depth=run["depth"],
@@ -106,13 +103,16 @@ class RunController(Controller):
     tags = ["runs"]
     guards = [requires(Scope.READ)]
 
-    @get("/{run_id:str}")
+    @get("/{run_id:str}", operation_id="getRun", responses=errors(404))
     async def get_run(
         self,
         run_id: str,
         tenant: Tenant,
         api: Api,
-        wait_s: float = Parameter(default=0.0, ge=0.0, le=MAX_WAIT_S, description="long-poll"),
+        wait_s: float = Parameter(
+            default=0.0, ge=0.0, le=MAX_WAIT_S,
+            description="long-poll: wait up to this long for the run to exist and finish",
+        ),
     ) -> RunView:
         """A run with its tasks, outputs and every attempt's error. `wait_s` waits for the end."""
         fut = api.waiter(run_id) if wait_s > 0 else None
@@ -138,20 +138,19 @@ class RunController(Controller):
             raise NotFoundException(f"run {run_id!r} not found")
         return view
 
-    @get("/")
+    @get("/", operation_id="listRuns")
     async def list_runs(
         self,
         tenant: Tenant,
         api: Api,
-        status: str | None = None,
+        status: RunStatus | None = None,
         workflow: str | None = None,
         limit: int = Parameter(default=50, ge=1, le=1000),
         parent_run_id: str | None = Parameter(
             default=None, description="only the child runs of this run"
         ),
     ) -> list[RunSummary]:
-        if status is not None and status not in RUN_STATUSES:
-            raise ClientException(f"status must be one of {sorted(RUN_STATUSES)}")
+        """Runs, newest first, optionally of one status, one workflow and one parent run."""
         rows = await api.runs.list_runs(tenant, status, workflow, limit, parent_run_id)
         return [
             RunSummary(
@@ -162,14 +161,13 @@ class RunController(Controller):
             for r in rows
         ]
 
-    @post("/results", status_code=HTTP_200_OK, guards=[requires(Scope.READ)])
+    @post("/results", status_code=HTTP_200_OK, guards=[requires(Scope.READ)],
+          operation_id="getRunResults")
     async def results(self, data: ResultsRequest, tenant: Tenant, api: Api) -> ResultsView:
         """The outcome of those of up to 1,000 runs that have ended. With `wait_s`, waits until
         at least one has. What an SDK gathering many child runs' results polls, instead of one
         long-poll per run."""
-        if not 1 <= len(data.run_ids) <= MAX_RESULTS:
-            raise ClientException(f"run_ids must hold 1 to {MAX_RESULTS} ids")
-        wait_s = min(max(data.wait_s, 0.0), MAX_WAIT_S)
+        wait_s = data.wait_s
         ids = list(dict.fromkeys(data.run_ids))
         futs = {rid: api.waiter(rid) for rid in ids} if wait_s > 0 else {}
         try:
@@ -191,8 +189,10 @@ class RunController(Controller):
             for rid, fut in futs.items():
                 api.forget(rid, fut)
 
-    @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    @post("/{run_id:str}/cancel", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)],
+          operation_id="cancelRun", responses=errors(404))
     async def cancel(self, run_id: str, tenant: Tenant, api: Api, caller: Caller) -> Accepted:
+        """Cancel the run's unfinished tasks (asynchronously; a finished run stays as it is)."""
         await _require_run(api, tenant, run_id)
         await api.audit.record(audit_entry(caller, "run.cancel", run_id))
         msg = CancelRun(run_id=run_id)
@@ -201,8 +201,10 @@ class RunController(Controller):
         )
         return Accepted(run_id=run_id)
 
-    @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    @post("/{run_id:str}/replay", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)],
+          operation_id="replayRun", responses=errors(400, 404))
     async def replay(self, run_id: str, tenant: Tenant, api: Api, caller: Caller) -> Accepted:
+        """Run a finished run's failed and cancelled tasks again (400 while it is unfinished)."""
         status = await _require_run(api, tenant, run_id)
         if status not in RUN_TERMINAL:
             raise ClientException(f"run {run_id!r} is {status}; only finished runs replay")
@@ -214,7 +216,7 @@ class RunController(Controller):
         )
         return Accepted(run_id=run_id)
 
-    @get("/{run_id:str}/events")
+    @get("/{run_id:str}/events", operation_id="listRunEvents", responses=errors(404))
     async def events(self, run_id: str, tenant: Tenant, api: Api) -> list[RunEventView]:
         """Every transition of the run and its tasks, in order."""
         await _require_run(api, tenant, run_id)
@@ -238,7 +240,9 @@ async def _results(api: ApiState, tenant: str, run_ids: list[str]) -> list[RunRe
     for t in tasks:
         res = out[t["run_id"]]
         if t["status"] == "SUCCEEDED":
-            res.output[t["name"]] = _json(bytes(t["output"])) if t["output"] is not None else None
+            # Children's results, as their parents read them: references resolved here too.
+            res.output[t["name"]] = await resolve(
+                api, tenant, bytes(t["output"]) if t["output"] is not None else None)
         elif t["status"] in ("FAILED", "TIMED_OUT", "CANCELLED") and t["error"]:
             res.errors[t["name"]] = msgspec.json.decode(t["error"])
     return list(out.values())

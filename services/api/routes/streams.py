@@ -39,6 +39,7 @@ from libs.common.statuses import RUN_TERMINAL
 from libs.common.subjects import Stream
 from libs.common.tenants import Scope
 from services.api.auth import Api, Tenant, requires
+from services.api.schemas import errors
 from services.api.state import ApiState
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class StreamController(Controller):
     path = "/"
     tags = ["streams"]
 
-    @get("/runs/{run_id:str}/stream")
+    @get("/runs/{run_id:str}/stream", operation_id="streamRun", responses=errors(404, 503))
     async def stream(
         self, run_id: str, tenant: Tenant, api: Api,
         wait_s: float = Parameter(

@@ -8,26 +8,30 @@ worker connected with it is disconnected with UNAUTHENTICATED.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.exceptions import ClientException, NotFoundException
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from msgspec import Meta
 
 from libs.common import tenants
 from libs.common.audit import AuditEntry
 from libs.common.tenants import Principal, Scope
 from services.api.auth import Api, Caller, Tenant, requires
+from services.api.schemas import errors
 
 MAX_NAME_CHARS = 200
 MAX_EXPIRES_IN_S = 10 * 365 * 24 * 3600
 
 
 class TokenIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    scopes: list[str]
-    expires_in_s: int | None = None  # None: never expires
+    name: Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS, pattern=r"\S",
+                              description="shown in the audit log; not blank")]
+    scopes: Annotated[list[Scope], Meta(min_length=1)]
+    # None: never expires
+    expires_in_s: Annotated[int, Meta(ge=1, le=MAX_EXPIRES_IN_S)] | None = None
 
 
 class TokenView(msgspec.Struct, kw_only=True):
@@ -74,7 +78,7 @@ class TokenController(Controller):
     tags = ["tokens"]
     guards = [requires(Scope.ADMIN)]
 
-    @post("/", status_code=HTTP_201_CREATED)
+    @post("/", status_code=HTTP_201_CREATED, operation_id="createToken")
     async def create(self, data: TokenIn, api: Api, caller: Caller) -> TokenCreated:
         """Create a token with `scopes` (admin, write, read, worker). The secret is returned
         in this response only."""
@@ -99,21 +103,22 @@ class TokenController(Controller):
             expires_at=_iso(row["expires_at"]), token=secret,
         )
 
-    @get("/")
+    @get("/", operation_id="listTokens")
     async def list_tokens(
         self, tenant: Tenant, api: Api, include_revoked: bool = False
     ) -> list[TokenView]:
         """The tenant's tokens (never their secrets)."""
         return [_view(r) for r in await api.token_repo.list_tokens(tenant, include_revoked)]
 
-    @get("/{token_id:str}")
+    @get("/{token_id:str}", operation_id="getToken", responses=errors(404))
     async def get_token(self, token_id: str, tenant: Tenant, api: Api) -> TokenView:
         row = await api.token_repo.get(tenant, token_id)
         if row is None:
             raise NotFoundException(f"token {token_id!r} not found")
         return _view(row)
 
-    @delete("/{token_id:str}", status_code=HTTP_204_NO_CONTENT)
+    @delete("/{token_id:str}", status_code=HTTP_204_NO_CONTENT, operation_id="revokeToken",
+            responses=errors(404))
     async def revoke(self, token_id: str, api: Api, caller: Caller) -> None:
         """Revoke a token: within 2 s no API or dispatcher process accepts it."""
         entry = audit_entry(caller, "token.revoke", target=token_id)

@@ -17,6 +17,7 @@ from opentelemetry.trace import SpanKind
 from libs.common import jetstream, metrics, specs, subjects, telemetry
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, encode
+from libs.common.payloads import PayloadTooLarge
 from libs.common.subjects import Header
 from libs.common.tenants import Scope
 from services.api import children
@@ -26,6 +27,7 @@ from services.api.repos.workflows import Version, VersionInfo
 from services.api.routes.crons import workflow_crons
 from services.api.routes.filters import notify_matcher
 from services.api.routes.limits import admit_triggers
+from services.api.routes.payloads import offload
 from services.api.routes.rate_limits import check_fairness
 from services.api.routes.tokens import audit_entry
 from services.api.schemas import (
@@ -36,7 +38,9 @@ from services.api.schemas import (
     RunCreated,
     RunRequest,
     VersionView,
+    WorkflowNameParam,
     WorkflowView,
+    errors,
 )
 from services.api.state import ApiState
 
@@ -73,7 +77,8 @@ class WorkflowController(Controller):
     guards = [requires(Scope.READ, Scope.WORKER)]
 
     # A worker registers the workflows it serves when it starts, so `worker` may too.
-    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE, Scope.WORKER)])
+    @post("/", status_code=HTTP_201_CREATED, guards=[requires(Scope.WRITE, Scope.WORKER)],
+          operation_id="registerWorkflow")
     async def register(self, data: specs.WorkflowSpec, tenant: Tenant, api: Api) -> RegisterResponse:
         """Register a workflow definition. A definition never seen before becomes a new, current
         version; an identical one is the same version and leaves the current one alone."""
@@ -95,25 +100,28 @@ class WorkflowController(Controller):
             current=reg.current,
         )
 
-    @get("/")
+    @get("/", operation_id="listWorkflows")
     async def list_workflows(self, tenant: Tenant, api: Api) -> list[WorkflowView]:
         return [_view(r) for r in await api.workflows.list_current(tenant)]
 
-    @get("/{name:str}")
-    async def get_workflow(self, name: str, tenant: Tenant, api: Api) -> WorkflowView:
+    @get("/{name:str}", operation_id="getWorkflow", responses=errors(404))
+    async def get_workflow(self, name: WorkflowNameParam, tenant: Tenant, api: Api) -> WorkflowView:
+        """The workflow's current version."""
         return _view(await api.workflows.get_current(tenant, name))
 
-    @get("/{name:str}/versions")
+    @get("/{name:str}/versions", operation_id="listWorkflowVersions", responses=errors(404))
     async def versions(
-        self, name: str, tenant: Tenant, api: Api,
+        self, name: WorkflowNameParam, tenant: Tenant, api: Api,
         limit: int = Parameter(default=100, ge=1, le=1000),
     ) -> list[VersionView]:
         """The workflow's versions, newest first; `current` marks the one new runs use."""
         return [_version_view(v) for v in await api.workflows.versions(tenant, name, limit)]
 
-    @post("/{name:str}/rollback", status_code=HTTP_200_OK, guards=[requires(Scope.WRITE)])
+    @post("/{name:str}/rollback", status_code=HTTP_200_OK, guards=[requires(Scope.WRITE)],
+          operation_id="rollbackWorkflow", responses=errors(404))
     async def rollback(
-        self, name: str, data: RollbackRequest, tenant: Tenant, api: Api, caller: Caller
+        self, name: WorkflowNameParam, data: RollbackRequest, tenant: Tenant, api: Api,
+        caller: Caller,
     ) -> VersionView:
         """Make a version of the workflow current: new runs (API, events, crons) start on it;
         runs already started keep theirs. 404 when the version is not one of this workflow's."""
@@ -124,9 +132,10 @@ class WorkflowController(Controller):
         await notify_matcher(api, tenant)
         return _version_view(version)
 
-    @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    @post("/{name:str}/run", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)],
+          operation_id="triggerWorkflow", responses=errors(404, 422, 429))
     async def trigger(
-        self, name: str, data: RunRequest, tenant: Tenant, api: Api, caller: Caller,
+        self, name: WorkflowNameParam, data: RunRequest, tenant: Tenant, api: Api, caller: Caller,
         traceparent: TraceParent = None,
     ) -> RunCreated:
         """Start a run on the current version of a workflow, or on `version_id` if given."""
@@ -136,6 +145,7 @@ class WorkflowController(Controller):
             await children.adopt_parents(api.runs, api.settings, tenant, [(trig, data.parent)])
         if await children.not_started(api.runs, tenant, [trig]):
             await admit_triggers(api, tenant, 1)
+            await _offload_input(api, tenant, trig)
             await api.audit.record(
                 audit_entry(caller, "run.trigger", trig.run_id, {"workflow": name}))
             with _trigger_span(tenant, name, traceparent, [trig]):
@@ -143,9 +153,11 @@ class WorkflowController(Controller):
             metrics.API_RUNS_TRIGGERED.inc()
         return RunCreated(run_id=trig.run_id, workflow=name, version_id=version.id)
 
-    @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)])
+    @post("/{name:str}/run/bulk", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)],
+          operation_id="triggerWorkflowBulk", responses=errors(404, 422, 429))
     async def trigger_bulk(
-        self, name: str, data: BulkRunRequest, tenant: Tenant, api: Api, caller: Caller,
+        self, name: WorkflowNameParam, data: BulkRunRequest, tenant: Tenant, api: Api,
+        caller: Caller,
         traceparent: TraceParent = None,
     ) -> BulkRunCreated:
         """Start many runs in one request (up to 1,000), published pipelined."""
@@ -162,6 +174,8 @@ class WorkflowController(Controller):
         fresh = await children.not_started(api.runs, tenant, trigs)
         if fresh:
             await admit_triggers(api, tenant, len(fresh))
+            for trig in fresh:
+                await _offload_input(api, tenant, trig)
             await api.audit.record(audit_entry(
                 caller, "run.trigger_bulk", name,
                 {"workflow": name, "runs": len(fresh), "run_ids": [t.run_id for t in fresh]},
@@ -197,15 +211,27 @@ async def _version(api: ApiState, tenant: str, name: str, version_id: str | None
 def _trigger(api: ApiState, name: str, version: Version, req: RunRequest) -> TriggerRun:
     if req.priority is not None and not 1 <= req.priority <= 3:
         raise ClientException("priority must be 1, 2 or 3")
+    raw = _JSON.encode(req.input if req.input is not None else {})
+    if len(raw) > api.settings.max_payload_bytes:  # the size first: a clearer answer than 422
+        raise PayloadTooLarge(len(raw), api.settings.max_payload_bytes)
     api.inputs.check(version.id, version.spec, req.input)
     return TriggerRun(
         run_id=uuid.uuid4().hex,
         workflow=name,
         version_id=version.id,
-        input=_JSON.encode(req.input if req.input is not None else {}),
+        input=raw,
         metadata=req.metadata,
         priority=req.priority,
     )
+
+
+async def _offload_input(api: ApiState, tenant: str, trig: TriggerRun) -> None:
+    """A large input goes to the payload store under the run's id (so the payloads GC frees
+    it with the run) and travels as a reference: 413 past RATCHET_MAX_PAYLOAD_BYTES.
+
+    The API offloads rather than the SDK uploading first: it has parsed and schema-checked the
+    input anyway, and every client (curl, the TypeScript SDK, old SDKs) gets the same path."""
+    trig.input = await offload(api, tenant, trig.run_id, trig.input)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from libs.common.tenants import Principal
 from services.api.routes.analytics import (
     AnalyticsController,
     RunCounts,
@@ -32,21 +33,26 @@ from services.api.schemas import RunCreated, RunRequest, WorkflowView
 from services.api.state import ApiState
 
 
-async def cancel_run(api: ApiState, tenant: str, run_id: str) -> None:
-    await RunController.cancel.fn(None, run_id=run_id, tenant=tenant, api=api)
+async def cancel_run(api: ApiState, caller: Principal, run_id: str) -> None:
+    await RunController.cancel.fn(
+        None, run_id=run_id, tenant=caller.tenant, api=api, caller=caller
+    )
 
 
-async def replay_run(api: ApiState, tenant: str, run_id: str) -> None:
-    await RunController.replay.fn(None, run_id=run_id, tenant=tenant, api=api)
+async def replay_run(api: ApiState, caller: Principal, run_id: str) -> None:
+    await RunController.replay.fn(
+        None, run_id=run_id, tenant=caller.tenant, api=api, caller=caller
+    )
 
 
 async def trigger(
-    api: ApiState, tenant: str, workflow: str, input: Any, metadata: dict[str, str],
+    api: ApiState, caller: Principal, workflow: str, input: Any, metadata: dict[str, str],
     priority: int | None,
 ) -> RunCreated:
     req = RunRequest(input=input, metadata=metadata, priority=priority)
     created: RunCreated = await WorkflowController.trigger.fn(
-        None, name=workflow, data=req, tenant=tenant, api=api, traceparent=None
+        None, name=workflow, data=req, tenant=caller.tenant, api=api, caller=caller,
+        traceparent=None,
     )
     return created
 
@@ -77,13 +83,17 @@ async def cron(api: ApiState, tenant: str, cron_id: str) -> CronView:
     return view
 
 
-async def create_cron(api: ApiState, tenant: str, data: CronIn) -> CronView:
-    view: CronView = await CronController.create.fn(None, data=data, tenant=tenant, api=api)
+async def create_cron(api: ApiState, caller: Principal, data: CronIn) -> CronView:
+    view: CronView = await CronController.create.fn(
+        None, data=data, tenant=caller.tenant, api=api, caller=caller
+    )
     return view
 
 
-async def delete_cron(api: ApiState, tenant: str, cron_id: str) -> None:
-    await CronController.delete_cron.fn(None, cron_id=cron_id, tenant=tenant, api=api)
+async def delete_cron(api: ApiState, caller: Principal, cron_id: str) -> None:
+    await CronController.delete_cron.fn(
+        None, cron_id=cron_id, tenant=caller.tenant, api=api, caller=caller
+    )
 
 
 async def scheduled(api: ApiState, tenant: str) -> list[ScheduledView]:
@@ -106,13 +116,17 @@ async def filters(api: ApiState, tenant: str) -> list[FilterView]:
     return views
 
 
-async def create_filter(api: ApiState, tenant: str, data: FilterIn) -> FilterView:
-    view: FilterView = await FilterController.create.fn(None, data=data, tenant=tenant, api=api)
+async def create_filter(api: ApiState, caller: Principal, data: FilterIn) -> FilterView:
+    view: FilterView = await FilterController.create.fn(
+        None, data=data, tenant=caller.tenant, api=api, caller=caller
+    )
     return view
 
 
-async def delete_filter(api: ApiState, tenant: str, filter_id: str) -> None:
-    await FilterController.delete_filter.fn(None, filter_id=filter_id, tenant=tenant, api=api)
+async def delete_filter(api: ApiState, caller: Principal, filter_id: str) -> None:
+    await FilterController.delete_filter.fn(
+        None, filter_id=filter_id, tenant=caller.tenant, api=api, caller=caller
+    )
 
 
 async def rate_limits(api: ApiState, tenant: str) -> list[RateLimitView]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from litestar import Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
+from libs.common.tenants import Principal
 from services.api.auth import Api
 
 COOKIE = "ratchet_session"
@@ -31,6 +32,8 @@ class LoginRequired(NotAuthorizedException):
 class UiSession:
     tenant: str
     csrf: str
+    # The token's identity: the dashboard's changes are audited under it, as the API's are.
+    principal: Principal
 
 
 def csrf_for(token: str) -> str:
@@ -39,10 +42,10 @@ def csrf_for(token: str) -> str:
 
 async def provide_session(request: Request, api: Api) -> UiSession:  # type: ignore[type-arg]
     token = request.cookies.get(COOKIE, "")
-    tenant = await api.tokens.tenant(token) if token else None
-    if tenant is None:
+    principal = await api.tokens.principal(token) if token else None
+    if principal is None:
         raise LoginRequired("log in with an API token")
-    return UiSession(tenant=tenant, csrf=csrf_for(token))
+    return UiSession(tenant=principal.tenant, csrf=csrf_for(token), principal=principal)
 
 
 async def check_csrf(request: Request, session: UiSession) -> dict[str, list[str]]:  # type: ignore[type-arg]

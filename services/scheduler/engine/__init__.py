@@ -61,6 +61,11 @@ class Engine:
         return self._m.assigner
 
     @property
+    def resolved_inputs(self) -> dict[str, bytes]:
+        """Offloaded run inputs fetched for CEL keys (run id -> JSON), until the run ends."""
+        return self._m.gate.resolved_inputs
+
+    @property
     def conc(self) -> Concurrency:
         return self._m.gate.conc
 

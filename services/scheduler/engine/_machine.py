@@ -77,6 +77,7 @@ class StateMachine:
         fx.bundle_changes()
         for run in fx.finished_runs:
             self.runs.pop(run.id, None)
+            self.gate.resolved_inputs.pop(run.id, None)
             for task in run.tasks.values():
                 self.tasks.pop(task.id, None)
         self.timers.compact_if_due(self.tasks)

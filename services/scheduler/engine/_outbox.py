@@ -57,17 +57,43 @@ def assignment(run: Run, task: Task) -> Assignment:
     )
 
 
+# One DispatchBatch stays well under NATS's default 1 MiB max payload: inputs and parents'
+# outputs above RATCHET_PAYLOAD_INLINE_BYTES travel as references, but a batch of many inline
+# ones would not fit in one message.
+DISPATCH_BATCH_BYTES = 512 * 1024
+
+
+def _weight(a: Assignment) -> int:
+    return 512 + len(a.input) + sum(len(v) for v in a.parent_outputs.values()) + sum(
+        len(v) for v in a.additional.values())
+
+
 def send_assignments(fx: Effects, by_dispatcher: dict[str, list[Assignment]]) -> None:
-    """One DispatchBatch per dispatcher for the batch's assignments."""
+    """DispatchBatches of at most DISPATCH_BATCH_BYTES per dispatcher (a single assignment
+    larger than that goes alone; if NATS refuses it, the relay fails its attempt)."""
     for dispatcher_id, items in by_dispatcher.items():
-        first = items[0]
-        fx.outbox.append(
-            Outgoing(
-                subjects.dsp(dispatcher_id),
-                encode(DispatchBatch(assignments=items)),
-                f"assign:{first.task_id}:{first.attempt}:{len(items)}",
-            )
+        chunk: list[Assignment] = []
+        size = 0
+        for a in items:
+            cost = _weight(a)
+            if chunk and size + cost > DISPATCH_BATCH_BYTES:
+                _send_chunk(fx, dispatcher_id, chunk)
+                chunk, size = [], 0
+            chunk.append(a)
+            size += cost
+        if chunk:
+            _send_chunk(fx, dispatcher_id, chunk)
+
+
+def _send_chunk(fx: Effects, dispatcher_id: str, items: list[Assignment]) -> None:
+    first = items[0]
+    fx.outbox.append(
+        Outgoing(
+            subjects.dsp(dispatcher_id),
+            encode(DispatchBatch(assignments=items)),
+            f"assign:{first.task_id}:{first.attempt}:{len(items)}",
         )
+    )
 
 
 def send_cancel(fx: Effects, task: Task, dispatcher_id: str, reason: str) -> None:

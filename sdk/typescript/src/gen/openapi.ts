@@ -14,7 +14,7 @@ export interface paths {
          * Migrate
          * @description Apply pending SQL migrations; the names of those that ran (none when up to date).
          */
-        post: operations["AdminMigrateMigrate"];
+        post: operations["migrateDatabase"];
         delete?: never;
         options?: never;
         head?: never;
@@ -32,13 +32,13 @@ export interface paths {
          * ListTenants
          * @description Every tenant with how many API tokens it has.
          */
-        get: operations["AdminTenantsListTenants"];
+        get: operations["listTenants"];
         put?: never;
         /**
          * CreateTenant
          * @description Create a tenant and its first API token (409 when the tenant exists).
          */
-        post: operations["AdminTenantsCreateTenant"];
+        post: operations["createTenant"];
         delete?: never;
         options?: never;
         head?: never;
@@ -55,9 +55,10 @@ export interface paths {
         get?: never;
         /**
          * SetLimits
-         * @description Set a tenant's limits (null: unlimited); answers every limit of the tenant.
+         * @description Set a tenant's limits (null: unlimited); answers every limit of the tenant. 404
+         *     when the tenant does not exist; 400 when the body names no limit.
          */
-        put: operations["AdminTenantsTenantIdLimitsSetLimits"];
+        put: operations["setTenantLimits"];
         post?: never;
         delete?: never;
         options?: never;
@@ -76,7 +77,7 @@ export interface paths {
          * RunCounts
          * @description Runs created in the range, counted by workflow and current status.
          */
-        get: operations["AnalyticsRunsRunCounts"];
+        get: operations["getRunCounts"];
         put?: never;
         post?: never;
         delete?: never;
@@ -96,7 +97,7 @@ export interface paths {
          * TaskLatency
          * @description Task duration and queue-wait percentiles (p50/p95/p99, ms), overall and per workflow.
          */
-        get: operations["AnalyticsTasksTaskLatency"];
+        get: operations["getTaskLatency"];
         put?: never;
         post?: never;
         delete?: never;
@@ -116,7 +117,7 @@ export interface paths {
          * Throughput
          * @description Finished task attempts per minute, by outcome.
          */
-        get: operations["AnalyticsThroughputThroughput"];
+        get: operations["getThroughput"];
         put?: never;
         post?: never;
         delete?: never;
@@ -139,7 +140,7 @@ export interface paths {
          *     limits.set, filter.create, filter.update, filter.delete, cron.create, cron.delete,
          *     workflow.rollback).
          */
-        get: operations["AuditListAudit"];
+        get: operations["listAuditEntries"];
         put?: never;
         post?: never;
         delete?: never;
@@ -156,13 +157,13 @@ export interface paths {
             cookie?: never;
         };
         /** ListCrons */
-        get: operations["CronsListCrons"];
+        get: operations["listCrons"];
         put?: never;
         /**
          * Create
          * @description Run a workflow on a cron schedule (UTC; 5 fields, or 6 with seconds first).
          */
-        post: operations["CronsCreate"];
+        post: operations["createCron"];
         delete?: never;
         options?: never;
         head?: never;
@@ -177,11 +178,14 @@ export interface paths {
             cookie?: never;
         };
         /** GetCron */
-        get: operations["CronsCronIdGetCron"];
+        get: operations["getCron"];
         put?: never;
         post?: never;
-        /** DeleteCron */
-        delete: operations["CronsCronIdDeleteCron"];
+        /**
+         * DeleteCron
+         * @description Delete a cron made through the API (400 for one from a workflow's on_crons).
+         */
+        delete: operations["deleteCron"];
         options?: never;
         head?: never;
         patch?: never;
@@ -200,7 +204,7 @@ export interface paths {
          * Push
          * @description Publish one event. Runs start asynchronously for workflows listening to its key.
          */
-        post: operations["EventsPush"];
+        post: operations["pushEvent"];
         delete?: never;
         options?: never;
         head?: never;
@@ -220,7 +224,7 @@ export interface paths {
          * PushMany
          * @description Publish up to 1,000 events in one request (pipelined). All or none are validated.
          */
-        post: operations["EventsBulkPushMany"];
+        post: operations["pushEvents"];
         delete?: never;
         options?: never;
         head?: never;
@@ -235,13 +239,13 @@ export interface paths {
             cookie?: never;
         };
         /** ListFilters */
-        get: operations["FiltersListFilters"];
+        get: operations["listFilters"];
         put?: never;
         /**
          * Create
          * @description Create a filter. The expression sees `input`, `payload`, `metadata`, `event_key`.
          */
-        post: operations["FiltersCreate"];
+        post: operations["createFilter"];
         delete?: never;
         options?: never;
         head?: never;
@@ -256,18 +260,18 @@ export interface paths {
             cookie?: never;
         };
         /** GetFilter */
-        get: operations["FiltersFilterIdGetFilter"];
+        get: operations["getFilter"];
         put?: never;
         post?: never;
         /** DeleteFilter */
-        delete: operations["FiltersFilterIdDeleteFilter"];
+        delete: operations["deleteFilter"];
         options?: never;
         head?: never;
         /**
          * Update
          * @description Change some fields of a filter; the new expression is compiled first.
          */
-        patch: operations["FiltersFilterIdUpdate"];
+        patch: operations["updateFilter"];
         trace?: never;
     };
     "/limits": {
@@ -281,7 +285,7 @@ export interface paths {
          * GetLimits
          * @description Every limit of the tenant (null = unlimited) with its current usage.
          */
-        get: operations["LimitsGetLimits"];
+        get: operations["getLimits"];
         put?: never;
         post?: never;
         delete?: never;
@@ -301,7 +305,7 @@ export interface paths {
          * Search
          * @description Log lines of this tenant's tasks containing `q`, newest first.
          */
-        get: operations["LogsSearch"];
+        get: operations["searchLogs"];
         put?: never;
         post?: never;
         delete?: never;
@@ -323,7 +327,48 @@ export interface paths {
          * Issue
          * @description Issue NATS credentials that may publish only `evt.<tenant>.>` (returned once).
          */
-        post: operations["NatsCredentialsIssue"];
+        post: operations["issueNatsCredentials"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/payloads/{scope_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Upload
+         * @description Store the request body as a payload of `scope_id` (a run id); answers its reference.
+         *     413 past RATCHET_MAX_PAYLOAD_BYTES, naming the size and the limit.
+         */
+        put: operations["uploadPayload"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/payloads/blobs/{blob_key}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Download
+         * @description Stream a payload back. 404 for an unknown key or another tenant's.
+         */
+        get: operations["downloadPayload"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -338,7 +383,7 @@ export interface paths {
             cookie?: never;
         };
         /** ListLimits */
-        get: operations["RateLimitsListLimits"];
+        get: operations["listRateLimits"];
         put?: never;
         post?: never;
         delete?: never;
@@ -355,12 +400,12 @@ export interface paths {
             cookie?: never;
         };
         /** GetLimit */
-        get: operations["RateLimitsKeyGetLimit"];
+        get: operations["getRateLimit"];
         /**
          * PutLimit
          * @description Create or change a static rate-limit key.
          */
-        put: operations["RateLimitsKeyPutLimit"];
+        put: operations["putRateLimit"];
         post?: never;
         delete?: never;
         options?: never;
@@ -375,8 +420,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** ListRuns */
-        get: operations["RunsListRuns"];
+        /**
+         * ListRuns
+         * @description Runs, newest first, optionally of one status, one workflow and one parent run.
+         */
+        get: operations["listRuns"];
         put?: never;
         post?: never;
         delete?: never;
@@ -396,7 +444,7 @@ export interface paths {
          * GetRun
          * @description A run with its tasks, outputs and every attempt's error. `wait_s` waits for the end.
          */
-        get: operations["RunsRunIdGetRun"];
+        get: operations["getRun"];
         put?: never;
         post?: never;
         delete?: never;
@@ -414,8 +462,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Cancel */
-        post: operations["RunsRunIdCancelCancel"];
+        /**
+         * Cancel
+         * @description Cancel the run's unfinished tasks (asynchronously; a finished run stays as it is).
+         */
+        post: operations["cancelRun"];
         delete?: never;
         options?: never;
         head?: never;
@@ -433,7 +484,7 @@ export interface paths {
          * Events
          * @description Every transition of the run and its tasks, in order.
          */
-        get: operations["RunsRunIdEventsEvents"];
+        get: operations["listRunEvents"];
         put?: never;
         post?: never;
         delete?: never;
@@ -453,7 +504,7 @@ export interface paths {
          * RunLogs
          * @description The run's log lines in order (time, then task, attempt and position).
          */
-        get: operations["RunsRunIdLogsRunLogs"];
+        get: operations["getRunLogs"];
         put?: never;
         post?: never;
         delete?: never;
@@ -471,8 +522,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Replay */
-        post: operations["RunsRunIdReplayReplay"];
+        /**
+         * Replay
+         * @description Run a finished run's failed and cancelled tasks again (400 while it is unfinished).
+         */
+        post: operations["replayRun"];
         delete?: never;
         options?: never;
         head?: never;
@@ -491,7 +545,7 @@ export interface paths {
          * @description Every chunk the run's tasks put (`ctx.put_stream`), from the first and in order,
          *     then an `end` event once the run ended. See the module docs for the event format.
          */
-        get: operations["RunsRunIdStreamStream"];
+        get: operations["streamRun"];
         put?: never;
         post?: never;
         delete?: never;
@@ -515,7 +569,7 @@ export interface paths {
          *     at least one has. What an SDK gathering many child runs' results polls, instead of one
          *     long-poll per run.
          */
-        post: operations["RunsResultsResults"];
+        post: operations["getRunResults"];
         delete?: never;
         options?: never;
         head?: never;
@@ -530,13 +584,13 @@ export interface paths {
             cookie?: never;
         };
         /** ListScheduled */
-        get: operations["ScheduledListScheduled"];
+        get: operations["listScheduledRuns"];
         put?: never;
         /**
          * Create
          * @description Run a workflow once at `run_at` (timezone-aware ISO-8601; a past time runs now).
          */
-        post: operations["ScheduledCreate"];
+        post: operations["createScheduledRun"];
         delete?: never;
         options?: never;
         head?: never;
@@ -551,14 +605,14 @@ export interface paths {
             cookie?: never;
         };
         /** GetScheduled */
-        get: operations["ScheduledScheduledIdGetScheduled"];
+        get: operations["getScheduledRun"];
         put?: never;
         post?: never;
         /**
          * DeleteScheduled
          * @description Cancel a scheduled run that has not fired yet (a fired one is just forgotten).
          */
-        delete: operations["ScheduledScheduledIdDeleteScheduled"];
+        delete: operations["deleteScheduledRun"];
         options?: never;
         head?: never;
         patch?: never;
@@ -575,14 +629,14 @@ export interface paths {
          * ListTokens
          * @description The tenant's tokens (never their secrets).
          */
-        get: operations["TokensListTokens"];
+        get: operations["listTokens"];
         put?: never;
         /**
          * Create
          * @description Create a token with `scopes` (admin, write, read, worker). The secret is returned
          *     in this response only.
          */
-        post: operations["TokensCreate"];
+        post: operations["createToken"];
         delete?: never;
         options?: never;
         head?: never;
@@ -597,14 +651,14 @@ export interface paths {
             cookie?: never;
         };
         /** GetToken */
-        get: operations["TokensTokenIdGetToken"];
+        get: operations["getToken"];
         put?: never;
         post?: never;
         /**
          * Revoke
          * @description Revoke a token: within 2 s no API or dispatcher process accepts it.
          */
-        delete: operations["TokensTokenIdRevoke"];
+        delete: operations["revokeToken"];
         options?: never;
         head?: never;
         patch?: never;
@@ -618,14 +672,14 @@ export interface paths {
             cookie?: never;
         };
         /** ListWorkflows */
-        get: operations["WorkflowsListWorkflows"];
+        get: operations["listWorkflows"];
         put?: never;
         /**
          * Register
          * @description Register a workflow definition. A definition never seen before becomes a new, current
          *     version; an identical one is the same version and leaves the current one alone.
          */
-        post: operations["WorkflowsRegister"];
+        post: operations["registerWorkflow"];
         delete?: never;
         options?: never;
         head?: never;
@@ -639,8 +693,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** GetWorkflow */
-        get: operations["WorkflowsNameGetWorkflow"];
+        /**
+         * GetWorkflow
+         * @description The workflow's current version.
+         */
+        get: operations["getWorkflow"];
         put?: never;
         post?: never;
         delete?: never;
@@ -663,7 +720,7 @@ export interface paths {
          * @description Make a version of the workflow current: new runs (API, events, crons) start on it;
          *     runs already started keep theirs. 404 when the version is not one of this workflow's.
          */
-        post: operations["WorkflowsNameRollbackRollback"];
+        post: operations["rollbackWorkflow"];
         delete?: never;
         options?: never;
         head?: never;
@@ -683,7 +740,7 @@ export interface paths {
          * Trigger
          * @description Start a run on the current version of a workflow, or on `version_id` if given.
          */
-        post: operations["WorkflowsNameRunTrigger"];
+        post: operations["triggerWorkflow"];
         delete?: never;
         options?: never;
         head?: never;
@@ -703,7 +760,7 @@ export interface paths {
          * TriggerBulk
          * @description Start many runs in one request (up to 1,000), published pipelined.
          */
-        post: operations["WorkflowsNameRunBulkTriggerBulk"];
+        post: operations["triggerWorkflowBulk"];
         delete?: never;
         options?: never;
         head?: never;
@@ -721,7 +778,7 @@ export interface paths {
          * Versions
          * @description The workflow's versions, newest first; `current` marks the one new runs use.
          */
-        get: operations["WorkflowsNameVersionsVersions"];
+        get: operations["listWorkflowVersions"];
         put?: never;
         post?: never;
         delete?: never;
@@ -748,6 +805,7 @@ export interface components {
             } | null;
             finished_at: string | null;
             started_at: string | null;
+            /** @description a task status, or LOST (its worker went away) */
             status: string;
             worker_id: string | null;
         };
@@ -787,6 +845,7 @@ export interface components {
         };
         /** ConcurrencySpec */
         ConcurrencySpec: {
+            /** Format: cel */
             key: string;
             /** @default 1 */
             max_runs: number;
@@ -798,12 +857,17 @@ export interface components {
         };
         /** CronIn */
         CronIn: {
+            /**
+             * Format: cron
+             * @description 5 fields, or 6 with seconds first (UTC)
+             */
             expression: string;
             input?: unknown;
             metadata?: {
                 [key: string]: string;
             };
             name?: string | null;
+            /** @description letters, digits, '_', '-', '.', ':' */
             workflow: string;
         };
         /** CronView */
@@ -821,6 +885,14 @@ export interface components {
             origin: string;
             workflow: string;
         };
+        /** ErrorBody */
+        ErrorBody: {
+            detail: string;
+            extra?: {
+                [key: string]: unknown;
+            } | unknown[] | null;
+            status_code: number;
+        };
         /** EventAccepted */
         EventAccepted: {
             event_id: string;
@@ -829,6 +901,7 @@ export interface components {
         /** EventIn */
         EventIn: {
             event_id?: string | null;
+            /** @description dot-separated tokens of letters, digits, '_', '-', ':' */
             key: string;
             metadata?: {
                 [key: string]: unknown;
@@ -838,16 +911,20 @@ export interface components {
         };
         /** FilterIn */
         FilterIn: {
+            /** Format: cel */
             expression: string;
             payload?: unknown;
             scope?: string | null;
+            /** @description letters, digits, '_', '-', '.', ':' */
             workflow: string;
         };
         /** FilterPatch */
         FilterPatch: {
+            /** Format: cel */
             expression?: string;
             payload?: unknown;
             scope?: string | null;
+            /** @description letters, digits, '_', '-', '.', ':' */
             workflow?: string;
         };
         /** FilterView */
@@ -867,6 +944,15 @@ export interface components {
             value: string;
             /** @default 1 */
             weight: number;
+        };
+        /** LimitsIn */
+        LimitsIn: {
+            events_per_s?: number | null;
+            payload_bytes?: number | null;
+            slots?: number | null;
+            triggers_per_s?: number | null;
+            unfinished_runs?: number | null;
+            workers?: number | null;
         };
         /** LimitsView */
         LimitsView: {
@@ -924,6 +1010,12 @@ export interface components {
             run_id: string;
             task_id: string;
         };
+        /** PayloadRefView */
+        PayloadRefView: {
+            key: string;
+            sha256: string;
+            size: number;
+        };
         /** Percentiles */
         Percentiles: {
             p50: number | null;
@@ -943,12 +1035,16 @@ export interface components {
         };
         /** RateLimitSpec */
         RateLimitSpec: {
+            /** Format: cel */
             dynamic_key?: string | null;
             key?: string | null;
             limit?: number | null;
             /** @enum {null|string} */
             per?: "second" | "minute" | "hour" | null;
-            /** @default 1 */
+            /**
+             * @description units taken per start: an int, or CEL over the input giving one
+             * @default 1
+             */
             units: number | string;
         };
         /** RateLimitView */
@@ -1031,13 +1127,19 @@ export interface components {
             };
             status: string;
         };
+        /**
+         * RunStatus
+         * @description Where a run stands as a whole.
+         * @enum {string}
+         */
+        RunStatus: "PENDING" | "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED";
         /** RunSummary */
         RunSummary: {
             created_at: string;
             finished_at: string | null;
             id: string;
             parent_run_id?: string | null;
-            status: string;
+            status: components["schemas"]["RunStatus"];
             workflow: string;
         };
         /** RunView */
@@ -1065,7 +1167,7 @@ export interface components {
             parent_run_id?: string | null;
             parent_task?: string | null;
             priority: number;
-            status: string;
+            status: components["schemas"]["RunStatus"];
             tasks: components["schemas"]["TaskView"][];
             version_id: string;
             workflow: string;
@@ -1078,6 +1180,7 @@ export interface components {
             };
             /** Format: date-time */
             run_at: string;
+            /** @description letters, digits, '_', '-', '.', ':' */
             workflow: string;
         };
         /** ScheduledView */
@@ -1093,6 +1196,13 @@ export interface components {
             run_id: string;
             workflow: string;
         };
+        /**
+         * Scope
+         * @description What a token may do. `admin` includes `write`, which includes `read`; `worker` stands
+         *         apart: it connects workers over gRPC and registers their workflows over REST.
+         * @enum {string}
+         */
+        Scope: "admin" | "write" | "read" | "worker";
         /** TaskLatency */
         TaskLatency: {
             duration_ms: components["schemas"]["Percentiles"];
@@ -1122,6 +1232,7 @@ export interface components {
             };
             /** @default 300 */
             execution_timeout_s: number;
+            /** @description letters, digits, '_', '-', '.', ':' */
             name: string;
             parents?: string[];
             rate_limits?: components["schemas"]["RateLimitSpec"][];
@@ -1130,6 +1241,12 @@ export interface components {
             /** @default 300 */
             schedule_timeout_s: number;
         };
+        /**
+         * TaskStatus
+         * @description Where one task of a run stands.
+         * @enum {string}
+         */
+        TaskStatus: "PENDING" | "QUEUED" | "ASSIGNED" | "RUNNING" | "SUCCEEDED" | "FAILED" | "CANCELLED" | "TIMED_OUT" | "SKIPPED";
         /** TaskView */
         TaskView: {
             attempt: number;
@@ -1140,7 +1257,7 @@ export interface components {
             output?: unknown;
             queued_at?: string | null;
             started_at?: string | null;
-            status: string;
+            status: components["schemas"]["TaskStatus"];
             worker_id?: string | null;
         };
         /** TenantCreated */
@@ -1175,8 +1292,9 @@ export interface components {
         /** TokenIn */
         TokenIn: {
             expires_in_s?: number | null;
+            /** @description shown in the audit log; not blank */
             name: string;
-            scopes: string[];
+            scopes: components["schemas"]["Scope"][];
         };
         /** TokenView */
         TokenView: {
@@ -1204,6 +1322,7 @@ export interface components {
             input_schema?: {
                 [key: string]: unknown;
             } | null;
+            /** @description letters, digits, '_', '-', '.', ':' */
             name: string;
             on_crons?: string[];
             on_events?: string[];
@@ -1215,6 +1334,7 @@ export interface components {
         };
         /** WorkflowView */
         WorkflowView: {
+            /** @description letters, digits, '_', '-', '.', ':' */
             name: string;
             spec: {
                 [key: string]: unknown;
@@ -1231,7 +1351,7 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    AdminMigrateMigrate: {
+    migrateDatabase: {
         parameters: {
             query?: never;
             header?: never;
@@ -1249,9 +1369,36 @@ export interface operations {
                     "application/json": components["schemas"]["Migrated"];
                 };
             };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
-    AdminTenantsListTenants: {
+    listTenants: {
         parameters: {
             query?: never;
             header?: never;
@@ -1269,9 +1416,36 @@ export interface operations {
                     "application/json": components["schemas"]["TenantView"][];
                 };
             };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
-    AdminTenantsCreateTenant: {
+    createTenant: {
         parameters: {
             query?: never;
             header?: never;
@@ -1293,24 +1467,63 @@ export interface operations {
                     "application/json": components["schemas"]["TenantCreated"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    AdminTenantsTenantIdLimitsSetLimits: {
+    setTenantLimits: {
         parameters: {
             query?: never;
             header?: never;
@@ -1321,9 +1534,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": {
-                    [key: string]: number | null;
-                };
+                "application/json": components["schemas"]["LimitsIn"];
             };
         };
         responses: {
@@ -1338,27 +1549,59 @@ export interface operations {
                     };
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    AnalyticsRunsRunCounts: {
+    getRunCounts: {
         parameters: {
             query?: {
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 since?: string | null;
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 until?: string | null;
             };
             header?: never;
@@ -1376,27 +1619,50 @@ export interface operations {
                     "application/json": components["schemas"]["RunCounts"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    AnalyticsTasksTaskLatency: {
+    getTaskLatency: {
         parameters: {
             query?: {
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 since?: string | null;
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 until?: string | null;
             };
             header?: never;
@@ -1414,27 +1680,50 @@ export interface operations {
                     "application/json": components["schemas"]["TaskLatencyReport"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    AnalyticsThroughputThroughput: {
+    getThroughput: {
         parameters: {
             query?: {
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 since?: string | null;
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 until?: string | null;
             };
             header?: never;
@@ -1452,28 +1741,50 @@ export interface operations {
                     "application/json": components["schemas"]["Throughput"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    AuditListAudit: {
+    listAuditEntries: {
         parameters: {
             query?: {
                 action?: string | null;
                 limit?: number;
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 since?: string | null;
             };
             header?: never;
@@ -1491,24 +1802,36 @@ export interface operations {
                     "application/json": components["schemas"]["AuditView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    CronsListCrons: {
+    listCrons: {
         parameters: {
             query?: {
                 limit?: number;
@@ -1529,24 +1852,36 @@ export interface operations {
                     "application/json": components["schemas"]["CronView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    CronsCreate: {
+    createCron: {
         parameters: {
             query?: never;
             header?: never;
@@ -1568,24 +1903,72 @@ export interface operations {
                     "application/json": components["schemas"]["CronView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run input does not fit the workflow's input_schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    CronsCronIdGetCron: {
+    getCron: {
         parameters: {
             query?: never;
             header?: never;
@@ -1605,24 +1988,45 @@ export interface operations {
                     "application/json": components["schemas"]["CronView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    CronsCronIdDeleteCron: {
+    deleteCron: {
         parameters: {
             query?: never;
             header?: never;
@@ -1640,24 +2044,45 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    EventsPush: {
+    pushEvent: {
         parameters: {
             query?: never;
             header?: never;
@@ -1679,24 +2104,56 @@ export interface operations {
                     "application/json": components["schemas"]["EventAccepted"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    EventsBulkPushMany: {
+    pushEvents: {
         parameters: {
             query?: never;
             header?: never;
@@ -1718,24 +2175,56 @@ export interface operations {
                     "application/json": components["schemas"]["BulkEventsAccepted"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersListFilters: {
+    listFilters: {
         parameters: {
             query?: {
                 limit?: number;
@@ -1756,24 +2245,36 @@ export interface operations {
                     "application/json": components["schemas"]["FilterView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersCreate: {
+    createFilter: {
         parameters: {
             query?: never;
             header?: never;
@@ -1795,24 +2296,45 @@ export interface operations {
                     "application/json": components["schemas"]["FilterView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersFilterIdGetFilter: {
+    getFilter: {
         parameters: {
             query?: never;
             header?: never;
@@ -1832,24 +2354,45 @@ export interface operations {
                     "application/json": components["schemas"]["FilterView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersFilterIdDeleteFilter: {
+    deleteFilter: {
         parameters: {
             query?: never;
             header?: never;
@@ -1867,24 +2410,45 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    FiltersFilterIdUpdate: {
+    updateFilter: {
         parameters: {
             query?: never;
             header?: never;
@@ -1908,24 +2472,54 @@ export interface operations {
                     "application/json": components["schemas"]["FilterView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    LimitsGetLimits: {
+    getLimits: {
         parameters: {
             query?: never;
             header?: never;
@@ -1943,15 +2537,33 @@ export interface operations {
                     "application/json": components["schemas"]["LimitsView"];
                 };
             };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
-    LogsSearch: {
+    searchLogs: {
         parameters: {
             query?: {
                 limit?: number;
                 /** @description substring, any case */
                 q?: string;
-                /** @description default: 7 days ago */
+                /** @description ISO 8601 date and time (RFC 3339); no offset means UTC */
                 since?: string | null;
                 workflow?: string | null;
             };
@@ -1970,24 +2582,45 @@ export interface operations {
                     "application/json": components["schemas"]["LogLineView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    NatsCredentialsIssue: {
+    issueNatsCredentials: {
         parameters: {
             query?: never;
             header?: never;
@@ -2009,24 +2642,174 @@ export interface operations {
                     "application/json": components["schemas"]["NatsCredentials"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RateLimitsListLimits: {
+    uploadPayload: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the run id (or event scope) the payload belongs to */
+                scope_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Document created, URL follows */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PayloadRefView"];
+                };
+            };
+            /** @description The request does not fit the schema, or breaks a rule the message names */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    downloadPayload: {
+        parameters: {
+            query: {
+                /** @description the payload's size, from its reference */
+                size: number;
+            };
+            header?: never;
+            path: {
+                blob_key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Stream Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description The request does not fit the schema, or breaks a rule the message names */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    listRateLimits: {
         parameters: {
             query?: never;
             header?: never;
@@ -2044,9 +2827,27 @@ export interface operations {
                     "application/json": components["schemas"]["RateLimitView"][];
                 };
             };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
-    RateLimitsKeyGetLimit: {
+    getRateLimit: {
         parameters: {
             query?: never;
             header?: never;
@@ -2066,24 +2867,45 @@ export interface operations {
                     "application/json": components["schemas"]["RateLimitView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RateLimitsKeyPutLimit: {
+    putRateLimit: {
         parameters: {
             query?: never;
             header?: never;
@@ -2107,30 +2929,51 @@ export interface operations {
                     "application/json": components["schemas"]["RateLimitView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsListRuns: {
+    listRuns: {
         parameters: {
             query?: {
                 limit?: number;
                 /** @description only the child runs of this run */
                 parent_run_id?: string | null;
-                status?: string | null;
+                status?: components["schemas"]["RunStatus"] | null;
                 workflow?: string | null;
             };
             header?: never;
@@ -2148,27 +2991,39 @@ export interface operations {
                     "application/json": components["schemas"]["RunSummary"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdGetRun: {
+    getRun: {
         parameters: {
             query?: {
-                /** @description long-poll */
+                /** @description long-poll: wait up to this long for the run to exist and finish */
                 wait_s?: number;
             };
             header?: never;
@@ -2188,24 +3043,45 @@ export interface operations {
                     "application/json": components["schemas"]["RunView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdCancelCancel: {
+    cancelRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -2225,24 +3101,45 @@ export interface operations {
                     "application/json": components["schemas"]["Accepted"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdEventsEvents: {
+    listRunEvents: {
         parameters: {
             query?: never;
             header?: never;
@@ -2262,24 +3159,45 @@ export interface operations {
                     "application/json": components["schemas"]["RunEventView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdLogsRunLogs: {
+    getRunLogs: {
         parameters: {
             query?: {
                 limit?: number;
@@ -2302,24 +3220,54 @@ export interface operations {
                     "application/json": components["schemas"]["LogLineView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdReplayReplay: {
+    replayRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -2339,24 +3287,45 @@ export interface operations {
                     "application/json": components["schemas"]["Accepted"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsRunIdStreamStream: {
+    streamRun: {
         parameters: {
             query?: {
                 /** @description wait this long for a just-triggered run to exist before a 404 */
@@ -2376,27 +3345,57 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "text/event-stream": string;
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing store is unavailable; retry later */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    RunsResultsResults: {
+    getRunResults: {
         parameters: {
             query?: never;
             header?: never;
@@ -2418,24 +3417,45 @@ export interface operations {
                     "application/json": components["schemas"]["ResultsView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    ScheduledListScheduled: {
+    listScheduledRuns: {
         parameters: {
             query?: {
                 limit?: number;
@@ -2456,24 +3476,36 @@ export interface operations {
                     "application/json": components["schemas"]["ScheduledView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    ScheduledCreate: {
+    createScheduledRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -2495,24 +3527,63 @@ export interface operations {
                     "application/json": components["schemas"]["ScheduledView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run input does not fit the workflow's input_schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    ScheduledScheduledIdGetScheduled: {
+    getScheduledRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -2532,24 +3603,45 @@ export interface operations {
                     "application/json": components["schemas"]["ScheduledView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    ScheduledScheduledIdDeleteScheduled: {
+    deleteScheduledRun: {
         parameters: {
             query?: never;
             header?: never;
@@ -2567,24 +3659,45 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    TokensListTokens: {
+    listTokens: {
         parameters: {
             query?: {
                 include_revoked?: boolean;
@@ -2604,24 +3717,36 @@ export interface operations {
                     "application/json": components["schemas"]["TokenView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    TokensCreate: {
+    createToken: {
         parameters: {
             query?: never;
             header?: never;
@@ -2643,24 +3768,45 @@ export interface operations {
                     "application/json": components["schemas"]["TokenCreated"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    TokensTokenIdGetToken: {
+    getToken: {
         parameters: {
             query?: never;
             header?: never;
@@ -2680,24 +3826,45 @@ export interface operations {
                     "application/json": components["schemas"]["TokenView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    TokensTokenIdRevoke: {
+    revokeToken: {
         parameters: {
             query?: never;
             header?: never;
@@ -2715,24 +3882,45 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsListWorkflows: {
+    listWorkflows: {
         parameters: {
             query?: never;
             header?: never;
@@ -2750,9 +3938,27 @@ export interface operations {
                     "application/json": components["schemas"]["WorkflowView"][];
                 };
             };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
-    WorkflowsRegister: {
+    registerWorkflow: {
         parameters: {
             query?: never;
             header?: never;
@@ -2774,28 +3980,50 @@ export interface operations {
                     "application/json": components["schemas"]["RegisterResponse"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameGetWorkflow: {
+    getWorkflow: {
         parameters: {
             query?: never;
             header?: never;
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -2811,28 +4039,50 @@ export interface operations {
                     "application/json": components["schemas"]["WorkflowView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameRollbackRollback: {
+    rollbackWorkflow: {
         parameters: {
             query?: never;
             header?: never;
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -2852,30 +4102,61 @@ export interface operations {
                     "application/json": components["schemas"]["VersionView"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameRunTrigger: {
+    triggerWorkflow: {
         parameters: {
             query?: never;
             header?: {
                 traceparent?: string | null;
             };
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -2895,30 +4176,81 @@ export interface operations {
                     "application/json": components["schemas"]["RunCreated"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run input does not fit the workflow's input_schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameRunBulkTriggerBulk: {
+    triggerWorkflowBulk: {
         parameters: {
             query?: never;
             header?: {
                 traceparent?: string | null;
             };
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -2938,30 +4270,81 @@ export interface operations {
                     "application/json": components["schemas"]["BulkRunCreated"];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The run input does not fit the workflow's input_schema */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After": number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
     };
-    WorkflowsNameVersionsVersions: {
+    listWorkflowVersions: {
         parameters: {
             query?: {
                 limit?: number;
             };
             header?: never;
             path: {
+                /** @description a workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -2977,19 +4360,40 @@ export interface operations {
                     "application/json": components["schemas"]["VersionView"][];
                 };
             };
-            /** @description Bad request syntax or unsupported method */
+            /** @description The request does not fit the schema, or breaks a rule the message names */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        detail: string;
-                        extra?: null | {
-                            [key: string]: unknown;
-                        } | unknown[];
-                        status_code: number;
-                    };
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };

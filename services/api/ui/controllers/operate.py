@@ -64,7 +64,7 @@ class OperatePages(Controller):
         data = FilterIn(workflow=_one(form, "workflow"), expression=_one(form, "expression"),
                         scope=_one(form, "scope") or None)
         try:
-            created = await commands.create_filter(api, session.tenant, data)
+            created = await commands.create_filter(api, session.principal, data)
         except HTTPException as exc:
             return _back("/ui/filters", f"Not created: {exc.detail}")
         return _back("/ui/filters", f"Filter {created.id} created.")
@@ -73,7 +73,7 @@ class OperatePages(Controller):
     async def delete_filter(self, filter_id: str, request: Request,  # type: ignore[type-arg]
                             session: UiSession, api: Api) -> Response[str]:
         await check_csrf(request, session)
-        await commands.delete_filter(api, session.tenant, filter_id)
+        await commands.delete_filter(api, session.principal, filter_id)
         return _back("/ui/filters", f"Filter {filter_id} deleted.")
 
     @get("/crons")
@@ -93,7 +93,7 @@ class OperatePages(Controller):
             data = CronIn(workflow=_one(form, "workflow"), expression=_one(form, "expression"),
                           name=_one(form, "name") or None, metadata=metadata,
                           input=_json_or_empty(_one(form, "input")))
-            created = await commands.create_cron(api, session.tenant, data)
+            created = await commands.create_cron(api, session.principal, data)
         except (FormError, HTTPException) as exc:
             detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
             return _back("/ui/crons", f"Not created: {detail}")
@@ -104,13 +104,13 @@ class OperatePages(Controller):
                           session: UiSession, api: Api) -> Response[str]:
         await check_csrf(request, session)
         if action == "delete":
-            await commands.delete_cron(api, session.tenant, cron_id)
+            await commands.delete_cron(api, session.principal, cron_id)
             return _back("/ui/crons", "Cron deleted.")
         if action == "trigger":
             # "Trigger now" is a normal run of the cron's workflow with the cron's input.
             cron = await commands.cron(api, session.tenant, cron_id)
             created = await commands.trigger(
-                api, session.tenant, cron.workflow, cron.input,
+                api, session.principal, cron.workflow, cron.input,
                 {**cron.metadata, "cron": cron.name}, None,
             )
             return Redirect(f"/ui/runs/{created.run_id}", status_code=303)

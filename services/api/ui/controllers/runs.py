@@ -135,9 +135,9 @@ class RunPages(Controller):
         for run_id in run_ids:
             try:
                 if action == "cancel":
-                    await commands.cancel_run(api, session.tenant, run_id)
+                    await commands.cancel_run(api, session.principal, run_id)
                 else:
-                    await commands.replay_run(api, session.tenant, run_id)
+                    await commands.replay_run(api, session.principal, run_id)
                 done += 1
             except HTTPException:  # e.g. replaying a run that is still running
                 skipped += 1
@@ -159,10 +159,10 @@ class RunPages(Controller):
                   session: UiSession, api: Api) -> Response[str]:
         await check_csrf(request, session)
         if action == "cancel":
-            await commands.cancel_run(api, session.tenant, run_id)
+            await commands.cancel_run(api, session.principal, run_id)
             notice = "Cancellation requested."
         elif action == "replay":
-            await commands.replay_run(api, session.tenant, run_id)
+            await commands.replay_run(api, session.principal, run_id)
             notice = "Replay requested: the run starts again from its first tasks."
         else:
             raise HTTPException(status_code=404, detail=f"no action {action!r}")

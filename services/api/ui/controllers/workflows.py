@@ -70,7 +70,7 @@ class WorkflowPages(Controller):
             data = read_input(view.spec.get("input_schema"), form)
             metadata = read_metadata(values.get("metadata", ""))
             priority = int(values["priority"]) if values.get("priority") else None
-            created = await commands.trigger(api, session.tenant, name, data, metadata, priority)
+            created = await commands.trigger(api, session.principal, name, data, metadata, priority)
         except FormError as exc:
             return await self._render(api, session, view, values, str(exc))
         except ValueError:

@@ -72,6 +72,10 @@ class Gate:
         self.deferred: list[Holder] = []  # holders admitted while loading, started next batch
         self._order = itertools.count()
         self._uses_cel: dict[str, bool] = {}  # version id -> does it evaluate CEL per run
+        # Run id -> the JSON of an input that travels as a payload reference, fetched from the
+        # store by the service before the engine needs it (only for runs whose workflow
+        # evaluates CEL over the input); dropped when the run ends.
+        self.resolved_inputs: dict[str, bytes] = {}
 
     # keys -----------------------------------------------------------------------------
     def activation(self, run: Run) -> dict[str, object]:
@@ -84,7 +88,7 @@ class Gate:
             uses = self._uses_cel[run.version_id] = _uses_cel(run.spec)
         if not uses:
             return _NO_ACTIVATION
-        return keys.activation(run.input, run.metadata)
+        return keys.activation(self.resolved_inputs.get(run.id, run.input), run.metadata)
 
     def order_of(self, priority: int, ms: int) -> Order:
         return (-priority, ms, next(self._order))
@@ -322,6 +326,11 @@ class Gate:
         self.conc.journal_del = set()
         fx.admissions.extend(self.limits.journal)
         self.limits.journal = []
+
+
+def uses_cel(spec: WorkflowSpec) -> bool:
+    """Whether evaluating this workflow's keys or units needs the run's input as CEL."""
+    return _uses_cel(spec)
 
 
 def _uses_cel(spec: WorkflowSpec) -> bool:
