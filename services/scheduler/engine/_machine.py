@@ -28,7 +28,6 @@ from services.scheduler.engine._conditions import Conditions
 from services.scheduler.engine._durable import Durable
 from services.scheduler.engine._recovery import mark_unreachable
 from services.scheduler.engine._timers import (
-    TIMER_BATCH,
     TIMER_DURABLE,
     TIMER_EXEC,
     TIMER_KINDS,
@@ -230,7 +229,7 @@ class StateMachine:
         self.queue(task)
 
     # timers -------------------------------------------------------------------------
-    def fire_timers(self, limit: int = TIMER_BATCH) -> int:
+    def fire_timers(self, limit: int = 1000) -> int:
         fired = 0
         for _due, tenant, task_id, kind, attempt in self.timers.pop_due(self.now_ms, limit):
             fired += 1
