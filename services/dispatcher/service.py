@@ -13,12 +13,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import asyncpg
 import grpc
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -28,7 +27,6 @@ from libs.common import db, jetstream, limits, metrics, retry, subjects, tenants
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
 from libs.common.messages import (
     DISPATCH_DECODER,
-    ReportBatch,
     TaskError,
     TaskReport,
     WorkerInfo,
@@ -40,8 +38,10 @@ from libs.common.proto import worker_pb2_grpc as pb_grpc
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Stream
-from libs.common.tenants import Principal, Scope
+from libs.common.tenants import Principal
+from services.dispatcher.auth import WorkerAuth
 from services.dispatcher.output import OutputPublisher
+from services.dispatcher.reports import ReportMessage, chunks, too_large, unpublishable
 from services.dispatcher.streams import (
     SETTLING,
     WorkerConn,
@@ -61,11 +61,6 @@ PUBLISH_RETRY_S = 120.0
 # Worker event batches waiting to be published; a full queue slows the gRPC readers down.
 EVENT_QUEUE_MAX = 256
 EVENT_PUBLISH_MAX = 2000  # reports per JetStream publish batch
-# One ReportBatch message stays well under NATS's default 1 MiB max payload.
-REPORT_BATCH_BYTES = 512 * 1024
-# How often connected workers' tokens are re-checked (expiry, and revocations whose broadcast
-# was missed): with the token cache's TTL this keeps the 2 s revocation promise.
-AUTH_RECHECK_S = 0.5
 
 
 def _server_credentials(s: Settings) -> grpc.ServerCredentials:
@@ -78,7 +73,7 @@ def _server_credentials(s: Settings) -> grpc.ServerCredentials:
     )
 
 
-class DispatcherService(Service, pb_grpc.DispatcherServicer):
+class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
     name = "dispatcher"
 
     def __init__(self, settings: Settings) -> None:
@@ -247,83 +242,6 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         if lost is not None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, lost)
 
-    # auth ---------------------------------------------------------------------------
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> tuple[str, Principal]:
-        """The caller's live token with the `worker` scope, or the call is aborted."""
-        assert self._tokens is not None
-        token = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                token = value[7:].strip()
-        principal = await self._tokens.principal(token) if token else None
-        if principal is None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "missing, unknown, revoked or expired token"
-            )
-        assert principal is not None
-        if not principal.allows(Scope.WORKER):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, "this token lacks the 'worker' scope"
-            )
-        return token, principal
-
-    async def _admit(
-        self, context: grpc.aio.ServicerContext, tenant: str, worker_id: str, slots: int
-    ) -> None:
-        """RESOURCE_EXHAUSTED when this worker would take the tenant over its workers or
-        slots limit (counted across every dispatcher, from the workers registry)."""
-        assert self._limits is not None and self._kv is not None
-        current = await self._limits.get(tenant)
-        if current.workers is None and current.slots is None:
-            return
-        workers, used = await limits.worker_usage(self._kv, tenant, exclude=worker_id)
-        over: tuple[limits.Limit, int, int] | None = None
-        if current.workers is not None and workers + 1 > current.workers:
-            over = (limits.Limit.WORKERS, current.workers, workers)
-        elif current.slots is not None and used + slots > current.slots:
-            over = (limits.Limit.SLOTS, current.slots, used)
-        if over is None:
-            return
-        limit, value, usage = over
-        context.set_trailing_metadata((
-            ("ratchet-limit", limit.value), ("ratchet-limit-value", str(value)),
-            ("ratchet-limit-usage", str(usage)), ("retry-after", "5"),
-        ))
-        await context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"over {limit.value}={value} (in use: {usage}; this worker asks for "
-            f"{1 if limit is limits.Limit.WORKERS else slots})",
-        )
-
-    def _end_unauthenticated(self, conn: WorkerConn, reason: str) -> None:
-        if conn not in self._auth_lost:
-            log.info("worker %s disconnected: %s", conn.info.worker_id, reason,
-                     extra={"tenant": conn.info.tenant, "worker_id": conn.info.worker_id})
-        self._auth_lost[conn] = reason
-        conn.closed.set()
-
-    async def _on_token_revoked(self, token_id: str) -> None:
-        for conn, (_, principal) in list(self._principals.items()):
-            if principal.token_id == token_id:
-                self._end_unauthenticated(conn, "token revoked")
-
-    async def _auth_loop(self) -> None:
-        """End the streams of workers whose token expired or was revoked meanwhile."""
-        assert self._tokens is not None
-        while not self._stopping.is_set():
-            await asyncio.sleep(AUTH_RECHECK_S)
-            for conn, (token, principal) in list(self._principals.items()):
-                if principal.expired():
-                    self._end_unauthenticated(conn, "token expired")
-                    continue
-                try:
-                    live = await self._tokens.principal(token)
-                except Exception as exc:  # PostgreSQL away: keep the worker, try again
-                    log.warning("token re-check failed: %r", exc)
-                    break
-                if live is None:
-                    self._end_unauthenticated(conn, "token revoked or expired")
-
     async def _read_worker(
         self, conn: WorkerConn, request_iterator: AsyncIterator[pb.WorkerMessage]
     ) -> None:
@@ -368,7 +286,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         if size <= s.payload_inline_bytes or maybe_ref(report.output) is not None:
             return report
         if size > s.max_payload_bytes:
-            return _too_large(report, PayloadTooLarge(size, s.max_payload_bytes))
+            return too_large(report, PayloadTooLarge(size, s.max_payload_bytes))
         assert self._store is not None
         try:
             ref = await self._store.put_bytes(tenant, run_id, report.output, s.max_payload_bytes)
@@ -400,9 +318,9 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             # One message per tenant (the subject carries it); the msg-id is fixed here, so
             # every retry of this batch is deduplicated by the stream.
             batch = [
-                _ReportMessage(tenant, chunk, f"reports:{uuid.uuid4().hex}")
+                ReportMessage(tenant, chunk, f"reports:{uuid.uuid4().hex}")
                 for tenant, reports in per_tenant.items()
-                for chunk in _chunks(reports)
+                for chunk in chunks(reports)
             ]
             if batch and not await self._publish_reports(batch, count):
                 # The outcomes are gone: end those workers' streams so the scheduler declares
@@ -414,7 +332,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             if last:
                 return
 
-    async def _publish_reports(self, batch: list[_ReportMessage], count: int) -> bool:
+    async def _publish_reports(self, batch: list[ReportMessage], count: int) -> bool:
         """Keep trying through a NATS restart (same msg-ids, so the stream drops duplicates).
 
         A message NATS refuses for what it is (too big, rejected) is never retried as is: that
@@ -443,7 +361,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
             with attempt:
                 await jetstream.publish_batch(self._js, batch)
 
-    async def _publish_isolating(self, message: _ReportMessage) -> None:
+    async def _publish_isolating(self, message: ReportMessage) -> None:
         """Publish one message; if NATS refuses it, split it down to the report at fault and
         publish that report's attempt as failed (non-retryably) in its place."""
         try:
@@ -456,7 +374,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         if len(message.reports) > 1:
             for i, report in enumerate(message.reports):
                 await self._publish_isolating(
-                    _ReportMessage(message.tenant, [report], f"{message.msg_id}:{i}")
+                    ReportMessage(message.tenant, [report], f"{message.msg_id}:{i}")
                 )
             return
         report = message.reports[0]
@@ -464,7 +382,7 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
         log.error("task %s attempt %d: %s", report.task_id, report.attempt, failed.error.message
                   if failed.error else error, extra={"tenant": message.tenant})
         if failed is not report:
-            await self._publish_retrying([_ReportMessage(
+            await self._publish_retrying([ReportMessage(
                 message.tenant, [failed], f"task:{report.task_id}:{report.attempt}:unpublishable",
             ).outgoing()])
 
@@ -575,67 +493,3 @@ class DispatcherService(Service, pb_grpc.DispatcherServicer):
 
 def _now() -> int:
     return int(time.time() * 1000)
-
-
-class _ReportMessage:
-    """One ReportBatch message to publish: a tenant's reports and a fixed msg-id."""
-
-    __slots__ = ("msg_id", "reports", "tenant")
-
-    def __init__(self, tenant: str, reports: list[TaskReport], msg_id: str) -> None:
-        self.tenant = tenant
-        self.reports = reports
-        self.msg_id = msg_id
-
-    def outgoing(self) -> Outgoing:
-        return Outgoing(subjects.task_report_batch(self.tenant),
-                        encode(ReportBatch(reports=self.reports)), self.msg_id)
-
-    def size(self) -> int:
-        return len(encode(ReportBatch(reports=self.reports)))
-
-
-def unpublishable(report: TaskReport, error: Exception, size: int) -> TaskReport:
-    """What to publish in place of a report NATS refused: its attempt, failed for good.
-
-    A report that is itself a failure or a bare state change cannot be helped by shrinking it;
-    it is returned unchanged (and dropped by the caller), as retrying it would wedge the rest.
-    """
-    if report.kind not in ("completed", "failed"):
-        return report
-    if isinstance(error, nats.errors.MaxPayloadError) or "payload" in str(error).lower():
-        err = TaskError(
-            type="PayloadTooLarge", non_retryable=True,
-            message=f"this attempt's report is {size} bytes, more than NATS accepts in one "
-                    f"message ({error}); payloads above RATCHET_PAYLOAD_INLINE_BYTES must go to "
-                    "the payload store",
-        )
-    else:
-        err = TaskError(type="Unpublishable", non_retryable=True,
-                        message=f"this attempt's report could not be published: {error!r}")
-    return TaskReport(kind="failed", task_id=report.task_id, attempt=report.attempt,
-                      worker_id=report.worker_id, ts_ms=report.ts_ms, error=err)
-
-
-def _too_large(report: TaskReport, exc: PayloadTooLarge) -> TaskReport:
-    return TaskReport(
-        kind="failed", task_id=report.task_id, attempt=report.attempt,
-        worker_id=report.worker_id, ts_ms=report.ts_ms,
-        error=TaskError(type="PayloadTooLarge", message=str(exc), non_retryable=True),
-    )
-
-
-def _chunks(reports: list[TaskReport]) -> Iterator[list[TaskReport]]:
-    """Split reports so each ReportBatch stays under REPORT_BATCH_BYTES (outputs can be big;
-    a single report larger than that goes alone, as it always did)."""
-    chunk: list[TaskReport] = []
-    size = 0
-    for r in reports:
-        cost = 128 + len(r.output) + (len(r.error.message) + len(r.error.traceback) if r.error else 0)
-        if chunk and size + cost > REPORT_BATCH_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(r)
-        size += cost
-    if chunk:
-        yield chunk
