@@ -189,6 +189,10 @@ class PostgresCluster:
             f"-p {self.port} -k {shlex.quote(str(self.socket_dir))} "
             "-c listen_addresses=127.0.0.1 -c max_connections=200"
         )
+        # Extra server options for profiling, e.g.
+        # RATCHET_PG_OPTIONS="-c shared_preload_libraries=pg_stat_statements".
+        if extra := os.environ.get("RATCHET_PG_OPTIONS", "").strip():
+            options += " " + extra
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
         while True:
