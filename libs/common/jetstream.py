@@ -209,20 +209,23 @@ class BatchConsumer:
         self.dead_lettered = 0
 
     async def start(self) -> None:
-        # BackOff length must be < max_deliver, and ack_wait covers the first redelivery.
-        backoff = self._backoff[: max(0, self._max_deliver - 1)]
+        # No server-side BackOff: with one set, nats-server takes BackOff[0] as the ack deadline
+        # of the first delivery, so any batch the handler held longer than 0.2 s was redelivered
+        # and handled twice. Every delivery gets ack_wait (the handler's batches are kept alive
+        # past it by in-progress acks); a failed message is nak'ed with its backoff delay.
         config = jsapi.ConsumerConfig(
             durable_name=self._durable,
             filter_subject=self._filter,
             ack_policy=jsapi.AckPolicy.EXPLICIT,
             ack_wait=self._ack_wait_s,
             max_deliver=self._max_deliver,
-            backoff=backoff or None,
             max_ack_pending=max(1000, self._batch_size * 4),
             deliver_policy=(
                 jsapi.DeliverPolicy.NEW if self._deliver_new else jsapi.DeliverPolicy.ALL
             ),
         )
+        # Create, or update one an earlier version made (a BackOff it had is removed).
+        await self._js.add_consumer(self._stream.value, config)
         self._sub = await self._js.pull_subscribe(
             self._filter, durable=self._durable, stream=self._stream.value, config=config
         )
@@ -297,7 +300,7 @@ class BatchConsumer:
         if not live:
             return
         try:
-            rejected = await self._handler(live)
+            rejected = await self._handle(live)
         except Exception as exc:
             if len(live) == 1:
                 await self._fail_one(live[0], exc)
@@ -312,6 +315,18 @@ class BatchConsumer:
                     await self._settle([msg], one_rejected)
             return
         await self._settle(live, rejected)
+
+    async def _handle(self, msgs: list[Msg]) -> Rejected | None:
+        """The handler's answer; a batch it holds for long (the scheduler applies a storm's
+        commands over several batches) is kept from redelivery by in-progress acks."""
+        task = asyncio.ensure_future(self._handler(msgs))
+        while True:
+            done, _ = await asyncio.wait((task,), timeout=self._ack_wait_s / 3)
+            if done:
+                return task.result()
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     async def _settle(self, msgs: list[Msg], rejected: Rejected | None) -> None:
         bad = {id(m): reason for m, reason in rejected or ()}
@@ -335,7 +350,13 @@ class BatchConsumer:
             exc,
         )
         with contextlib.suppress(Exception):
-            await msg.nak(delay=self._backoff[0] if self._backoff else None)
+            await msg.nak(delay=self._nak_delay(msg.metadata.num_delivered))
+
+    def _nak_delay(self, delivered: int) -> float | None:
+        """Seconds before a failed message comes back: the backoff step of its delivery."""
+        if not self._backoff:
+            return None
+        return self._backoff[min(max(delivered, 1), len(self._backoff)) - 1]
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         seq = msg.metadata.sequence.stream
