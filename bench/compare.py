@@ -243,9 +243,11 @@ class RatchetSide:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.all_done.wait(), WAIT_TIMEOUT_S)
         ids = list(triggered)
-        query = "SELECT id, finished_at FROM runs WHERE id = ANY($1) AND status = 'SUCCEEDED'"
+        query = ("SELECT id, finished_at FROM runs WHERE tenant_id = $2 AND id = ANY($1)"
+                 " AND status = 'SUCCEEDED'")
+        tenant = os.environ.get("RATCHET_TENANT", "dev")
         while True:
-            rows = await self.pool.fetch(query, ids)
+            rows = await self.pool.fetch(query, ids, tenant)
             if len(rows) >= n or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)

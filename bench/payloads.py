@@ -35,6 +35,7 @@ MiB = 1024 * 1024
 N_RUNS = int(os.environ.get("BENCH_PAYLOAD_RUNS", "200"))
 BULK = 8
 SLOTS = 16
+TENANT = os.environ.get("RATCHET_TENANT", "dev")  # the token's tenant (.run/env)
 BIG_BYTES = 63 * MiB
 RUN_DIR = Path(os.environ.get("RATCHET_RUN_DIR") or ".run")
 
@@ -103,13 +104,14 @@ async def _batch(r: Ratchet, pool: asyncpg.Pool, name: str, size: int, n: int) -
     deadline = time.time() + 600
     while time.time() < deadline:
         done = await pool.fetchval(
-            "SELECT count(*) FROM runs WHERE id = ANY($1) AND status IN "
-            "('SUCCEEDED', 'FAILED', 'CANCELLED')", ids)
+            "SELECT count(*) FROM runs WHERE tenant_id = $2 AND id = ANY($1) AND status IN "
+            "('SUCCEEDED', 'FAILED', 'CANCELLED')", ids, TENANT)
         if done >= len(ids):
             break
         await asyncio.sleep(0.2)  # figures come from finished_at, not from this poll
     rows = await pool.fetch(
-        "SELECT id, finished_at FROM runs WHERE id = ANY($1) AND status = 'SUCCEEDED'", ids)
+        "SELECT id, finished_at FROM runs WHERE tenant_id = $2 AND id = ANY($1)"
+        " AND status = 'SUCCEEDED'", ids, TENANT)
     if not rows:
         raise RuntimeError(f"none of the {n} runs of {size} bytes succeeded")
     lat = [(row["finished_at"].timestamp() - triggered[row["id"]]) * 1000 for row in rows]

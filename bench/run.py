@@ -20,6 +20,8 @@ from ratchet import Context, Ratchet
 N_TASKS = int(os.environ.get("BENCH_TASKS", "5000"))
 BATCH = int(os.environ.get("BENCH_BATCH", "500"))
 SLOTS = int(os.environ.get("BENCH_SLOTS", "1000"))
+# The token's tenant (`make up` writes it to .run/env): polls look runs up by primary key.
+TENANT = os.environ.get("RATCHET_TENANT", "dev")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -66,13 +68,15 @@ async def main() -> dict[str, float]:
     deadline = time.time() + 600
     while True:
         done = await pool.fetchval(
-            "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'SUCCEEDED'", ids
+            "SELECT count(*) FROM runs WHERE tenant_id = $2 AND id = ANY($1)"
+            " AND status = 'SUCCEEDED'", ids, TENANT,
         )
         if done >= len(ids) or time.time() > deadline:
             break
         await asyncio.sleep(0.5)  # throughput uses finished_at, not when this poll sees it
     rows = await pool.fetch(
-        "SELECT id, finished_at FROM runs WHERE id = ANY($1) AND status = 'SUCCEEDED'", ids
+        "SELECT id, finished_at FROM runs WHERE tenant_id = $2 AND id = ANY($1)"
+        " AND status = 'SUCCEEDED'", ids, TENANT,
     )
     await pool.close()
     result_lat = [(row["finished_at"].timestamp() - triggered[row["id"]]) * 1000 for row in rows]
