@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import runs
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -242,18 +244,16 @@ class RatchetSide:
         # Wait in-process first: polling Postgres hard would steal CPU from the system measured.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.all_done.wait(), WAIT_TIMEOUT_S)
-        ids = list(triggered)
-        query = ("SELECT id, finished_at FROM runs WHERE tenant_id = $2 AND id = ANY($1)"
-                 " AND status = 'SUCCEEDED'")
-        tenant = os.environ.get("RATCHET_TENANT", "dev")
         while True:
-            rows = await self.pool.fetch(query, ids, tenant)
-            if len(rows) >= n or time.monotonic() > deadline:
+            finished = {
+                run_id: at.timestamp()
+                for run_id, at in (await runs.finished(self.pool, triggered, t0)).items()
+            }
+            if len(finished) >= n or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
-        if len(rows) < n:
-            raise RuntimeError(f"ratchet: only {len(rows)} of {n} runs succeeded in time")
-        finished = {row["id"]: row["finished_at"].timestamp() for row in rows}
+        if len(finished) < n:
+            raise RuntimeError(f"ratchet: only {len(finished)} of {n} runs succeeded in time")
         start_ms = [(self.starts[i] - t) * 1000 for i, t in triggered.values() if i in self.starts]
         result_ms = [(finished[rid] - t) * 1000 for rid, (_, t) in triggered.items()]
         return summarize(

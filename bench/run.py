@@ -17,11 +17,11 @@ from pathlib import Path
 import asyncpg
 from ratchet import Context, Ratchet
 
+from bench import runs
+
 N_TASKS = int(os.environ.get("BENCH_TASKS", "5000"))
 BATCH = int(os.environ.get("BENCH_BATCH", "500"))
 SLOTS = int(os.environ.get("BENCH_SLOTS", "1000"))
-# The token's tenant (`make up` writes it to .run/env): polls look runs up by primary key.
-TENANT = os.environ.get("RATCHET_TENANT", "dev")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -64,34 +64,26 @@ async def main() -> dict[str, float]:
     trigger_done = time.time()
 
     pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=1, max_size=2)
-    ids = list(triggered)
     deadline = time.time() + 600
     while True:
-        done = await pool.fetchval(
-            "SELECT count(*) FROM runs WHERE tenant_id = $2 AND id = ANY($1)"
-            " AND status = 'SUCCEEDED'", ids, TENANT,
-        )
-        if done >= len(ids) or time.time() > deadline:
+        done = await runs.finished(pool, triggered, t0)
+        if len(done) >= len(triggered) or time.time() > deadline:
             break
         await asyncio.sleep(0.5)  # throughput uses finished_at, not when this poll sees it
-    rows = await pool.fetch(
-        "SELECT id, finished_at FROM runs WHERE tenant_id = $2 AND id = ANY($1)"
-        " AND status = 'SUCCEEDED'", ids, TENANT,
-    )
     await pool.close()
-    result_lat = [(row["finished_at"].timestamp() - triggered[row["id"]]) * 1000 for row in rows]
-    last_finish = max(row["finished_at"].timestamp() for row in rows)
+    result_lat = [(at.timestamp() - triggered[run_id]) * 1000 for run_id, at in done.items()]
+    last_finish = max(at.timestamp() for at in done.values())
     elapsed = last_finish - t0
     start_lat = [v * 1000 for v in starts.values()]
     await worker.astop()
     await asyncio.wait_for(worker_task, 30)
     await r.aclose()
     stats = {
-        "tasks": float(len(rows)),
+        "tasks": float(len(done)),
         "requested": float(N_TASKS),
         "elapsed_s": round(elapsed, 3),
         "trigger_s": round(trigger_done - t0, 3),
-        "tasks_per_s": round(len(rows) / elapsed, 1),
+        "tasks_per_s": round(len(done) / elapsed, 1),
         "start_p50_ms": round(pct(start_lat, 50), 2),
         "start_p95_ms": round(pct(start_lat, 95), 2),
         "start_p99_ms": round(pct(start_lat, 99), 2),
