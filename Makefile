@@ -15,12 +15,12 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test lint proto \
-	bench chaos bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children soak chromium ui-screenshots \
+	bench chaos bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children bench-aged soak chromium ui-screenshots \
 	openapi node sdk-ts-deps sdk-ts-gen sdk-ts-test
 
 help:
 	@echo "targets: venv up down clean status env demo test lint proto"
-	@echo "         bench chaos bench-fairness bench-events bench-payloads bench-compare bench-children soak"
+	@echo "         bench chaos bench-fairness bench-events bench-payloads bench-compare bench-children bench-aged soak"
 	@echo "         chromium ui-screenshots openapi sdk-ts-gen sdk-ts-deps sdk-ts-test"
 
 venv: $(STAMP)
@@ -145,6 +145,11 @@ bench-compare: up
 # Child runs: one task fans out 10,000 children (BENCH_CHILDREN) and gathers them.
 bench-children: up
 	$(WITH_ENV) $(PY) -m bench.children
+
+# Workload (c) over 1M runs of history and during a storm of 50k schedule timeouts
+# (BENCH_AGED_RUNS, BENCH_AGED_STORM; bench/aged.py).
+bench-aged: up
+	$(WITH_ENV) $(PY) -m bench.aged
 
 soak: up
 	$(WITH_ENV) $(PY) -m bench.soak

@@ -1,6 +1,7 @@
 """`make bench-events`: events through the matcher to run triggers, and CEL cost.
 
-Set-up: one tenant, 100 workflows each listening to its own key, 10 filters per workflow
+Set-up: one tenant of its own per workload (its runs, which no worker serves, are cancelled
+at the end: bench/cleanup.py), 100 workflows each listening to its own key, 10 filters per workflow
 (1,000 filters over 100 keys). The matcher runs as its own process, started the way
 production starts it (`run_service`, uvloop), with a durable consumer of its own that reads
 only the bench tenant's events. This process publishes the events straight to NATS
@@ -35,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,8 @@ from typing import Any
 import msgspec
 from nats.js import api as jsapi
 
-from libs.common import db, jetstream, subjects, tenants
+from bench.cleanup import bench_tenant, cancel_leftovers
+from libs.common import db, jetstream, subjects
 from libs.common.cel import Bindings, compile_filter, to_cel
 from libs.common.jetstream import Outgoing
 from libs.common.match_messages import MATCH_BATCH_DECODER
@@ -79,7 +80,6 @@ def _payload(i: int) -> dict[str, Any]:
 
 
 async def _setup(pool: Any, tenant: str, scoped: bool) -> list[str]:
-    await tenants.ensure_tenant(pool, tenant)
     expressions: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         for k in range(N_KEYS):
@@ -123,20 +123,22 @@ def _spawn_matcher(durable: str, filter_subject: str, log_path: Path) -> subproc
 
 async def _run_workload(settings: Any, pool: Any, js: Any, publisher: AckedPublisher,
                         scoped: bool, log_path: Path) -> dict[str, float]:
-    tenant = f"bench-evt-{uuid.uuid4().hex[:8]}"
+    tenant, _token = await bench_tenant(pool, "bench-evt")
     durable = f"bench-{tenant}"
     await _setup(pool, tenant, scoped)
     seen: set[str] = set()
     triggers = 0
+    warm_triggers = 0
     evaluations = 0
     warmed = asyncio.Event()
     done = asyncio.Event()
     last_record = 0.0
 
     async def on_record(msg: Any) -> None:
-        nonlocal triggers, evaluations, last_record
+        nonlocal triggers, warm_triggers, evaluations, last_record
         for record in MATCH_BATCH_DECODER.decode(msg.data).records:
             if record.event_id == "warm-up":
+                warm_triggers = sum(1 for o in record.outcomes if o.outcome == "matched")
                 warmed.set()
             elif record.event_id not in seen:
                 seen.add(record.event_id)
@@ -184,6 +186,10 @@ async def _run_workload(settings: Any, pool: Any, js: Any, publisher: AckedPubli
         except subprocess.TimeoutExpired:
             child.kill()
         await js.delete_consumer(Stream.EVT.value, durable)
+        # No worker serves these workflows: every triggered run would sit queued until its
+        # schedule timeout, a storm for whoever measures next.
+        left = await cancel_leftovers(pool, js, tenant, expected_runs=warm_triggers + triggers)
+        print(f"cleanup: cancelled {left} queued runs of {tenant}")
     return {
         "events": N_EVENTS, "events_per_s": N_EVENTS / elapsed, "elapsed_s": elapsed,
         "publish_per_s": N_EVENTS / published_s, "triggers": triggers,

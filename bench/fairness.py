@@ -7,6 +7,8 @@ group: throughput share, p50/p95 wait (trigger → start, measured in the task),
 fairness index over the active groups (allocations normalized by their max-min fair share:
 a trickle group fairly gets all it asks for, the flood the rest), and the observed peak
 rate of the rate-limit key (any 1 s window, from the scheduler's admission log) vs its limit.
+It runs in a tenant of its own; the flood runs still queued at the end are cancelled
+(bench/cleanup.py).
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ import json
 import os
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 from ratchet import Concurrency, Context, Ratchet, RateLimit
 
+from bench.cleanup import bench_tenant, cancel_leftovers
 from bench.run import pct
+from libs.common import db, jetstream
+from libs.common.settings import load_settings
 
 FLOOD_TASKS = int(os.environ.get("FAIR_FLOOD", "10000"))
 TRICKLE_RATE = float(os.environ.get("FAIR_TRICKLE_RATE", "10"))
@@ -59,7 +65,29 @@ def max_min_fair(demands: dict[str, float], capacity: float) -> dict[str, float]
 
 
 async def main() -> dict[str, object]:
-    r = Ratchet()
+    settings = load_settings()
+    pool = await db.create_pool(settings.database_url, max_size=2)
+    nc = await jetstream.connect(settings, "bench-fairness")
+    tenant, token = await bench_tenant(pool, "bench-fair")
+    progress = Progress()
+    try:
+        return await _measure(Ratchet(token=token), progress)
+    finally:
+        # The flood is far from served when the measurement ends: cancel what is left queued
+        # rather than leave it to time out later under someone else's bench.
+        left = await cancel_leftovers(pool, nc.jetstream(), tenant,
+                                      expected_runs=progress.triggered)
+        print(f"cleanup: cancelled {left} runs of {tenant}")
+        await nc.drain()
+        await pool.close()
+
+
+@dataclass
+class Progress:
+    triggered: int = 0  # runs accepted by the API so far
+
+
+async def _measure(r: Ratchet, progress: Progress) -> dict[str, object]:
     stamp = int(time.time())
     key = f"fair-llm-{stamp}"
     await r.rate_limits.aio_put(key, limit=LIMIT_PER_S, per="second")
@@ -82,6 +110,7 @@ async def main() -> dict[str, object]:
     worker = r.worker("fair-worker", workflows=[wf], slots=SLOTS)
     worker_task = asyncio.create_task(worker.astart())
     await worker.wait_connected(30)
+    progress.triggered += 1
     await wf.aio_run({"g": "warm", "t": time.time()}, timeout_s=60)
     starts.clear()
 
@@ -90,11 +119,13 @@ async def main() -> dict[str, object]:
         body = {"runs": [{"input": {"g": "flood", "t": time.time()}}
                          for _ in range(min(1000, FLOOD_TASKS - i))]}
         await r.arequest("POST", f"/workflows/{wf.name}/run/bulk", json=body)
+        progress.triggered += len(body["runs"])
     tick = 1.0 / TRICKLE_RATE
     nxt = time.time()
     while time.time() - t0 < DURATION_S:
         body = {"runs": [{"input": {"g": g, "t": time.time()}} for g in TRICKLE]}
         await r.arequest("POST", f"/workflows/{wf.name}/run/bulk", json=body)
+        progress.triggered += len(body["runs"])
         for g in TRICKLE:
             sent[g] += 1
         nxt += tick

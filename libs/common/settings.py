@@ -82,6 +82,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # depth 0) and how many children one task may start, over all its attempts.
     max_child_depth: int = 10
     max_children_per_task: int = 100_000
+    # Days of finished history kept in PostgreSQL and the OLAP store; 0 keeps everything.
+    # Whole daily partitions are dropped (migration 050, services/scheduler/partitions.py).
+    retention_days: Annotated[int, msgspec.Meta(ge=0)] = 0
     log_level: str = "INFO"
     otlp_endpoint: str = ""
     service_name: str = "ratchet"
@@ -120,6 +123,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 ENV_NAMES: dict[str, str] = {
     "payload_inline_bytes": "RATCHET_PAYLOAD_INLINE_BYTES",
     "max_payload_bytes": "RATCHET_MAX_PAYLOAD_BYTES",
+    "retention_days": "RATCHET_RETENTION_DAYS",
 }
 
 

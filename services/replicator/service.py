@@ -30,7 +30,7 @@ from libs.common.olap import OlapBackend, OlapError, Row
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Stream
-from services.replicator import rows
+from services.replicator import retention, rows
 from services.replicator.batcher import Batcher
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class ReplicatorService(Service):
         await jetstream.provision(self._js, s)
         self.backend = olap.open_backend(s)
         await olap.ensure_schema(self.backend)
+        await retention.apply(self.backend, s.retention_days)
         await self._backfill_if_empty()
         self._batcher = Batcher(self.backend, max_rows=self._max_rows, linger_s=self._linger_s)
         self._batcher.start()

@@ -30,6 +30,7 @@ class AttemptRow:
     error: bytes | None  # JSON
     started_ms: int | None
     finished_ms: int | None
+    created_ms: int  # the task's: task_attempts is partitioned by it (migration 051)
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
@@ -47,11 +47,12 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
-from services.scheduler import observe, relay_isolation, store
+from services.scheduler import observe, partitions, relay_isolation, store
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_EXEC, Engine
 from services.scheduler.engine.admission.gate import uses_cel
 from services.scheduler.fairness_store import FairnessStore
+from services.scheduler.intake import Intake, Item, Work
 from services.scheduler.model import RUN_TERMINAL
 
 BATCH_SUFFIX = "." + subjects.REPORT_BATCH_KIND
@@ -61,13 +62,7 @@ INBOX_MAX = 32
 OUTBOX_RELAY_BATCH = 5000
 # How long one relay keeps retrying a chunk before the next step takes over (same msg-ids).
 OUTBOX_RELAY_RETRY_S = 2.0
-
-
-@dataclass(slots=True)
-class Work:
-    kind: str  # "cmd" | "report"
-    items: list[tuple[str, object]]  # (tenant, decoded message)
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+PARTITION_MAINTENANCE_S = 3600.0
 
 
 class SchedulerService(Service):
@@ -81,9 +76,11 @@ class SchedulerService(Service):
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
+        self._conn: asyncpg.Connection | None = None  # the core loop's (_core_connection)
         self._payloads: PayloadStore | None = None
         self._kv: KeyValue | None = None
         self._inbox: asyncio.Queue[Work] = asyncio.Queue(maxsize=INBOX_MAX)
+        self._intake = Intake()
         self._worker_events: deque[tuple[str, WorkerInfo | str]] = deque()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -108,6 +105,8 @@ class SchedulerService(Service):
         await db.migrate(s.database_url)
         self._pool = await db.create_pool(s.database_url, max_size=4)
         self._payloads = open_store(s)
+        async with self._pool.acquire() as conn:
+            await partitions.maintain(conn, s.retention_days, datetime.now(UTC))
         await self._load()
         self._unsent = await store.pending_outbox(self._pool, OUTBOX_RELAY_BATCH * 20)
         self._kv = await self._js.key_value(Bucket.WORKERS.value)
@@ -116,6 +115,9 @@ class SchedulerService(Service):
             asyncio.create_task(self._core_loop(), name="scheduler-core"),
             asyncio.create_task(self._watch_workers(), name="scheduler-workers"),
             asyncio.create_task(self._sweep_stale_workers(), name="scheduler-stale"),
+            asyncio.create_task(partitions.maintain_every(
+                self._pool, s.retention_days, self._stopping, PARTITION_MAINTENANCE_S,
+            ), name="scheduler-partitions"),
         ]
         self._consumers = [
             BatchConsumer(
@@ -238,6 +240,31 @@ class SchedulerService(Service):
 
     # core loop ----------------------------------------------------------------------
     async def _core_loop(self) -> None:
+        try:
+            await self._core_loop_body()
+        finally:
+            await self._release_core_connection()
+
+    async def _core_connection(self) -> asyncpg.Connection:
+        """The core loop's own connection, kept across batches.
+
+        Handing it back to the pool after every batch made asyncpg reset it (a round trip of
+        RESET ALL and friends) — at 100 triggers/s, each its own batch, a fixed cost on every
+        task. The loop is the connection's only user, so nothing needs resetting in between.
+        """
+        assert self._pool is not None
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def _release_core_connection(self) -> None:
+        """Back to the pool (which resets it, or discards it when broken)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pool is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+
+    async def _core_loop_body(self) -> None:
         while True:
             works = await self._next_works()
             if self._stopping.is_set() and not works:
@@ -247,14 +274,16 @@ class SchedulerService(Service):
                 await self._step(works)
             except Exception as exc:
                 log.exception("batch failed; reloading state from PostgreSQL")
-                for w in works:
+                await self._release_core_connection()
+                for w in {*works, *self._intake.drop()}:
                     if not w.done.done():
                         w.done.set_exception(exc)
                 await self._recover()
 
     async def _next_works(self) -> list[Work]:
         works: list[Work] = []
-        if self._inbox.empty() and not self._worker_events and not self._unsent:
+        if (self._inbox.empty() and not self._worker_events and not self._unsent
+                and not self._intake.pending()):
             next_due = self.engine.next_timer_ms()
             timeout = 1.0 if next_due is None else max(0.0, min(1.0, (next_due - _now()) / 1000))
             getter = asyncio.ensure_future(self._inbox.get())
@@ -274,53 +303,53 @@ class SchedulerService(Service):
 
     async def _step(self, works: list[Work]) -> None:
         assert self._pool is not None
-        async with self._pool.acquire() as conn:
-            specs, existing = await self._prefetch(conn, works)
-            # Runs durable tasks wait for that are not in memory: ended, or not created yet.
-            waited_runs = await store.run_statuses(conn, self.engine.run_lookups())
-            await self._fairness.refresh_limits(conn, self.engine)
-            observe.trace_triggers(self.engine, _triggers(works), existing)
-            engine = self.engine
-            engine.begin(_now())
-            engine.runs_ended(waited_runs)
-            while self._worker_events:
-                _op, value = self._worker_events.popleft()
-                if isinstance(value, WorkerInfo):
-                    engine.worker_seen(value)
-                else:
-                    engine.worker_lost(value)
-            for work in works:
-                for tenant, msg in work.items:
-                    if isinstance(msg, TaskReport):
-                        engine.report(tenant, msg)
-                    elif isinstance(msg, TriggerRun):
-                        spec = specs.get(msg.version_id)
-                        if spec is None:
-                            log.error("trigger for unknown version %s dropped", msg.version_id,
-                                      extra={"tenant": tenant, "workflow": msg.workflow,
-                                             "run_id": msg.run_id})
-                        elif msg.run_id not in existing:
-                            engine.trigger(tenant, msg, spec)
-                    elif isinstance(msg, CancelRun):
-                        engine.cancel(tenant, msg)
-                    elif isinstance(msg, ReplayRun):
-                        engine.replay(tenant, msg)
-                    elif isinstance(msg, WaitSatisfied):
-                        engine.wait_satisfied(tenant, msg)
-            engine.fire_timers()
-            fx = engine.finish()
-            if not fx.empty() or self._published:
-                # Taken before the flush: the relay in flight keeps appending to the list.
-                published, self._published = self._published, []
-                if fx.fairness_empty() and fx.durable_empty():
-                    await store.flush(conn, fx, published)  # one statement: its own transaction
-                else:
-                    async with conn.transaction():
-                        await store.flush(conn, fx, published)
-                        await self._fairness.flush(conn, fx, engine)
-                        await store.flush_durable(conn, fx)
-            observe.after_batch(engine, fx)
-        for work in works:
+        items = self._intake.take(works)
+        conn = await self._core_connection()
+        specs, existing = await self._prefetch(conn, items)
+        # Runs durable tasks wait for that are not in memory: ended, or not created yet.
+        waited_runs = await store.run_statuses(conn, self.engine.run_lookups())
+        await self._fairness.refresh_limits(conn, self.engine)
+        observe.trace_triggers(self.engine, _triggers(items), existing)
+        engine = self.engine
+        engine.begin(_now())
+        engine.runs_ended(waited_runs)
+        while self._worker_events:
+            _op, value = self._worker_events.popleft()
+            if isinstance(value, WorkerInfo):
+                engine.worker_seen(value)
+            else:
+                engine.worker_lost(value)
+        for _work, tenant, msg in items:
+            if isinstance(msg, TaskReport):
+                engine.report(tenant, msg)
+            elif isinstance(msg, TriggerRun):
+                spec = specs.get(msg.version_id)
+                if spec is None:
+                    log.error("trigger for unknown version %s dropped", msg.version_id,
+                              extra={"tenant": tenant, "workflow": msg.workflow,
+                                     "run_id": msg.run_id})
+                elif msg.run_id not in existing:
+                    engine.trigger(tenant, msg, spec)
+            elif isinstance(msg, CancelRun):
+                engine.cancel(tenant, msg)
+            elif isinstance(msg, ReplayRun):
+                engine.replay(tenant, msg)
+            elif isinstance(msg, WaitSatisfied):
+                engine.wait_satisfied(tenant, msg)
+        engine.fire_timers()
+        fx = engine.finish()
+        if not fx.empty() or self._published:
+            # Taken before the flush: the relay in flight keeps appending to the list.
+            published, self._published = self._published, []
+            if fx.fairness_empty() and fx.durable_empty():
+                await store.flush(conn, fx, published)  # one statement: its own transaction
+            else:
+                async with conn.transaction():
+                    await store.flush(conn, fx, published)
+                    await self._fairness.flush(conn, fx, engine)
+                    await store.flush_durable(conn, fx)
+        observe.after_batch(engine, fx)
+        for work in Intake.completed(items, works):
             if not work.done.done():
                 work.done.set_result(None)
         if engine.has_run_lookups():
@@ -336,32 +365,29 @@ class SchedulerService(Service):
             self._relay_task = None
 
     async def _prefetch(
-        self, conn: asyncpg.Connection, works: list[Work]
+        self, conn: asyncpg.Connection, items: list[Item]
     ) -> tuple[dict[str, WorkflowSpec], set[str]]:
         """Look up what the batch needs from PostgreSQL before mutating anything."""
         version_ids: set[str] = set()
         keys: list[tuple[str, str]] = []
         replays: list[tuple[str, str]] = []
         parents: list[tuple[str, str]] = []  # of child triggers (engine/_children.py)
-        for work in works:
-            for tenant, msg in work.items:
-                if isinstance(msg, TriggerRun):
-                    version_ids.add(msg.version_id)
-                    parent = self.engine.parent_to_look_up(tenant, msg)
-                    if parent is not None:
-                        parents.append(parent)
-                    if msg.run_id in self._fresh_runs:
-                        self._fresh_runs.discard(msg.run_id)
-                    elif msg.run_id not in self.engine.runs:
-                        keys.append((tenant, msg.run_id))
-                elif isinstance(msg, ReplayRun) and msg.run_id not in self.engine.runs:
-                    replays.append((tenant, msg.run_id))
+        for _work, tenant, msg in items:
+            if isinstance(msg, TriggerRun):
+                version_ids.add(msg.version_id)
+                parent = self.engine.parent_to_look_up(tenant, msg)
+                if parent is not None:
+                    parents.append(parent)
+                if msg.run_id in self._fresh_runs:
+                    self._fresh_runs.discard(msg.run_id)
+                elif msg.run_id not in self.engine.runs:
+                    keys.append((tenant, msg.run_id))
+            elif isinstance(msg, ReplayRun) and msg.run_id not in self.engine.runs:
+                replays.append((tenant, msg.run_id))
         specs = await self._specs.get_many(conn, version_ids) if version_ids else {}
-        for work in works:
-            for tenant, msg in work.items:
-                if isinstance(msg, TriggerRun) and msg.version_id in specs:
-                    await self._resolve_input(tenant, msg.run_id, msg.input,
-                                              specs[msg.version_id])
+        for _work, tenant, msg in items:
+            if isinstance(msg, TriggerRun) and msg.version_id in specs:
+                await self._resolve_input(tenant, msg.run_id, msg.input, specs[msg.version_id])
         existing = await store.existing_runs(conn, keys)
         self.engine.note_parent_statuses(await store.run_statuses(conn, parents))
         for tenant, run_id in replays:
@@ -515,9 +541,9 @@ async def _current_workers(kv: KeyValue) -> list[WorkerInfo]:
     return out
 
 
-def _triggers(works: list[Work]) -> Iterator[TriggerRun]:
+def _triggers(items: list[Item]) -> Iterator[TriggerRun]:
     """Lazy: only walked when tracing is on."""
-    return (m for w in works if w.kind == "cmd" for _, m in w.items if isinstance(m, TriggerRun))
+    return (m for _, _, m in items if isinstance(m, TriggerRun))
 
 
 def _now() -> int:

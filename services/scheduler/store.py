@@ -77,7 +77,7 @@ run_rows AS (
                 -- a child run's parent (migration 030): numbered last, after the outbox's
                 $55::text::text[], $56::text::text[], $57::text::text[], $58::text::smallint[])
          AS x(t, i, w, v, s, p, inp, md, a, src, g, c, f, tp, pr, pt, pn, dp)
-    ON CONFLICT (tenant_id, id) DO UPDATE SET
+    ON CONFLICT (tenant_id, id, created_at) DO UPDATE SET
         status = EXCLUDED.status, generation = EXCLUDED.generation,
         finished_at = EXCLUDED.finished_at
 ),
@@ -92,7 +92,7 @@ task_rows AS (
                 $23::text::text[], $24::bytea[], $25::text::smallint[], $26::text::int8[],
                 $27::text::int8[], $28::text::int8[], $29::text::int8[], $30::text::int8[])
          AS x(t, i, r, n, act, s, a, fl, w, o, p, q, st, f, nb, c)
-    ON CONFLICT (tenant_id, id) DO UPDATE SET
+    ON CONFLICT (tenant_id, id, created_at) DO UPDATE SET
         status = EXCLUDED.status, attempt = EXCLUDED.attempt, failures = EXCLUDED.failures,
         worker_id = EXCLUDED.worker_id, output = EXCLUDED.output,
         queued_at = EXCLUDED.queued_at, started_at = EXCLUDED.started_at,
@@ -100,12 +100,14 @@ task_rows AS (
 ),
 attempt_rows AS (
     INSERT INTO task_attempts (tenant_id, task_id, attempt, status, worker_id, error,
-                               started_at, finished_at)
-    SELECT t, i, a, s, w, e::jsonb, {_MS.format("st")}, {_MS.format("f")}
+                               started_at, finished_at, created_at)
+    SELECT t, i, a, s, w, e::jsonb, {_MS.format("st")}, {_MS.format("f")}, {_MS.format("c")}
     FROM unnest($31::text::text[], $32::text::text[], $33::text::int[], $34::text::text[],
-                $35::text::text[], $36::text::text[], $37::text::int8[], $38::text::int8[])
-         AS x(t, i, a, s, w, e, st, f)
-    ON CONFLICT (tenant_id, task_id, attempt) DO UPDATE SET
+                $35::text::text[], $36::text::text[], $37::text::int8[], $38::text::int8[],
+                -- the task's created_at (migration 051), numbered after the parent columns
+                $59::text::int8[])
+         AS x(t, i, a, s, w, e, st, f, c)
+    ON CONFLICT (tenant_id, task_id, attempt, created_at) DO UPDATE SET
         status = EXCLUDED.status, worker_id = EXCLUDED.worker_id,
         error = COALESCE(EXCLUDED.error, task_attempts.error),
         started_at = COALESCE(EXCLUDED.started_at, task_attempts.started_at),
@@ -238,6 +240,7 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
         *_cols(outbox, "ttb"),
         texts(published),
         *_cols(parent_rows, "ttti"),
+        ints([a.created_ms for a in fx.attempts.values()]),
     )
 
 
@@ -286,6 +289,7 @@ async def load_runs(
         return []
     spec_by_id = await specs.get_many(conn, {r["version_id"] for r in run_rows})
     runs: dict[tuple[str, str], Run] = {}
+    created: dict[tuple[str, str], datetime] = {}
     for row in run_rows:
         spec = spec_by_id.get(row["version_id"])
         if spec is None:
@@ -304,12 +308,16 @@ async def load_runs(
         )
         build_run(run)
         runs[(run.tenant, run.id)] = run
+        created[(run.tenant, run.id)] = row["created_at"]
+    # A run's tasks carry its created_at: with it the lookup reaches the run's day partition
+    # only (migration 050), not every partition's index.
     task_rows = await conn.fetch(
         "SELECT t.*, a.error::text AS error FROM tasks t"
-        " JOIN unnest($1::text[], $2::text[]) AS x(tn, r) ON t.tenant_id = x.tn AND t.run_id = x.r"
+        " JOIN unnest($1::text[], $2::text[], $3::timestamptz[]) AS x(tn, r, c)"
+        " ON t.tenant_id = x.tn AND t.run_id = x.r AND t.created_at = x.c"
         " LEFT JOIN task_attempts a ON a.tenant_id = t.tenant_id AND a.task_id = t.id"
-        " AND a.attempt = t.attempt",
-        [k[0] for k in runs], [k[1] for k in runs],
+        " AND a.attempt = t.attempt AND a.created_at = t.created_at",
+        [k[0] for k in runs], [k[1] for k in runs], [created[k] for k in runs],
     )
     for row in task_rows:
         run = runs[(row["tenant_id"], row["run_id"])]

@@ -40,13 +40,13 @@ from services.scheduler.engine._children import Children
 from services.scheduler.engine._durable import Entry as DurableEntry
 from services.scheduler.engine._machine import StateMachine
 from services.scheduler.engine._recovery import Recovery
-from services.scheduler.engine._timers import TIMER_EXEC, TIMER_RETRY, TIMER_SCHED
+from services.scheduler.engine._timers import TIMER_BATCH, TIMER_EXEC, TIMER_RETRY, TIMER_SCHED
 from services.scheduler.engine.admission.concurrency import Concurrency, Holder, SemRef
 from services.scheduler.engine.admission.ratelimit import PER_MS, Admission, LimitDef, RateLimiter
 from services.scheduler.engine.assign import Assigner
 from services.scheduler.model import RUN_TERMINAL, Run, Task
 
-__all__ = ["TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "DurableEntry", "Engine"]
+__all__ = ["TIMER_BATCH", "TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "DurableEntry", "Engine"]
 
 
 class Engine:
@@ -199,7 +199,7 @@ class Engine:
                if d is not None]
         return min(due) if due else None
 
-    def fire_timers(self, limit: int = 1000) -> int:
+    def fire_timers(self, limit: int = TIMER_BATCH) -> int:
         return self._m.fire_timers(limit)
 
     # checks -------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def attempt_row(
         error=_JSON.encode(err_doc(err)) if err is not None else None,
         started_ms=task.started_ms,
         finished_ms=now_ms if (status or task.terminal) else None,
+        created_ms=task.created_ms,
     )
 
 

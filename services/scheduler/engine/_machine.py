@@ -28,6 +28,7 @@ from services.scheduler.engine._conditions import Conditions
 from services.scheduler.engine._durable import Durable
 from services.scheduler.engine._recovery import mark_unreachable
 from services.scheduler.engine._timers import (
+    TIMER_BATCH,
     TIMER_DURABLE,
     TIMER_EXEC,
     TIMER_KINDS,
@@ -229,7 +230,7 @@ class StateMachine:
         self.queue(task)
 
     # timers -------------------------------------------------------------------------
-    def fire_timers(self, limit: int = 1000) -> int:
+    def fire_timers(self, limit: int = TIMER_BATCH) -> int:
         fired = 0
         for _due, tenant, task_id, kind, attempt in self.timers.pop_due(self.now_ms, limit):
             fired += 1

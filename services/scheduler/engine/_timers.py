@@ -10,11 +10,18 @@ Entries are never removed from the heap (that would be a scan): a timer whose ta
 or moved on to another attempt is skipped when it comes due, and the heap is compacted when
 it has doubled since the last compaction. What a timer does when it fires is the state
 machine's business (`StateMachine.fire_timers`).
+
+Fairness: a batch fires a bounded number of timers, taken round-robin across tenants. Due
+timers leave the heap into one queue per tenant, and each batch takes one from each tenant
+in turn, so 50,000 schedule timeouts of one tenant coming due together neither make one
+huge batch (every other tenant's assignments wait for its commit) nor hold back another
+tenant's timers that came due a millisecond later.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterator
 
 from services.scheduler.effects import Effects, TimerKey
@@ -28,6 +35,9 @@ TIMER_SCHED = "sched"
 TIMER_DURABLE = "durable"
 TIMER_KINDS = (TIMER_EXEC, TIMER_SCHED, TIMER_RETRY)
 TIMER_COMPACT_MIN = 4096  # heap entries before the first compaction
+# Timers fired per batch at most: a storm of them is spread over batches this size, and
+# another tenant's trigger or report waits for at most one of them.
+TIMER_BATCH = 500
 
 Timer = tuple[int, str, str, str, int]  # due ms, tenant, task id, kind, attempt
 
@@ -38,20 +48,38 @@ class Timers:
         # Timers that have a row in PostgreSQL (or one being written).
         self._stored: set[TimerKey] = set()
         self._compact_at = TIMER_COMPACT_MIN
+        # Due timers not fired yet, per tenant in due order; the dict's order is the turn order.
+        self._due: dict[str, deque[Timer]] = {}
+        self._due_count = 0
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._heap) + self._due_count
 
     def next_due_ms(self) -> int | None:
+        if self._due_count:
+            return min(q[0][0] for q in self._due.values())
         return self._heap[0][0] if self._heap else None
 
     def pop_due(self, now_ms: int, limit: int) -> Iterator[Timer]:
-        """Due timers in order, at most `limit`; each is forgotten as it is handed out."""
-        fired = 0
+        """Due timers, at most `limit`, one tenant after another (each tenant's in due order);
+        each is forgotten as it is handed out."""
         heap = self._heap
-        while heap and heap[0][0] <= now_ms and fired < limit:
-            fired += 1
-            yield heapq.heappop(heap)
+        while heap and heap[0][0] <= now_ms:
+            timer = heapq.heappop(heap)
+            self._due.setdefault(timer[1], deque()).append(timer)
+            self._due_count += 1
+        fired = 0
+        while self._due and fired < limit:
+            for tenant in list(self._due):
+                if fired >= limit:
+                    break
+                queue = self._due.pop(tenant)
+                timer = queue.popleft()
+                if queue:
+                    self._due[tenant] = queue  # to the back of the turn order
+                fired += 1
+                self._due_count -= 1
+                yield timer
 
     def adopt(self, tenant: str, task_id: str, kind: str, attempt: int, due_ms: int) -> None:
         """A timer read back from PostgreSQL after a restart."""
