@@ -15,7 +15,7 @@ available: the run's `finished_at` in Ratchet, the result's arrival at the clien
 
 Knobs: COMPARE_NOOP_TASKS (10000), COMPARE_CHAINS (2000), COMPARE_RATE (100),
 COMPARE_LATENCY_S (15), COMPARE_BATCH (500), COMPARE_SLOTS (200), COMPARE_SYSTEMS
-("ratchet,celery").
+("ratchet,celery"), COMPARE_WORKLOADS ("noop,chain,latency").
 """
 
 from __future__ import annotations
@@ -554,7 +554,13 @@ async def run_interleaved(systems: set[str]) -> tuple[dict[str, Row], dict[str, 
         async def settle() -> float:
             return await side.quiesce() if side is not None else 0.0
 
+        chosen = os.environ.get("COMPARE_WORKLOADS", ",".join(WORKLOADS)).split(",")
+        unknown = set(chosen) - set(WORKLOADS)
+        if unknown:
+            raise SystemExit(f"COMPARE_WORKLOADS: unknown {sorted(unknown)}; known {list(WORKLOADS)}")
         for key, label in WORKLOADS.items():
+            if key not in chosen:
+                continue
             if key in ours:
                 settled = await settle()
                 print(f"bench-compare: {label} on ratchet (load {os.getloadavg()[0]:.2f})", flush=True)

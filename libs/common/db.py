@@ -19,13 +19,31 @@ _MIGRATION_LOCK = 0x52415443  # "RATC": one migrator at a time across processes
 CONNECT_RETRY_S = 30.0  # a service started while PostgreSQL restarts waits for it this long
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10,
+    server_settings: dict[str, str] | None = None,
+) -> asyncpg.Pool:
     """A pool whose first connections are retried (PostgreSQL may still be starting)."""
     async for attempt in retry.policy("postgres.connect", timeout_s=CONNECT_RETRY_S):
         with attempt:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, reset=_end_transaction,
+                server_settings=server_settings,
+            )
     assert pool is not None
     return pool
+
+
+async def _end_transaction(conn: asyncpg.Connection) -> None:
+    """What a connection needs before it goes back to the pool: no transaction left open.
+
+    asyncpg's default reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
+    on every release, a round trip on every request's path. No service keeps session state on
+    a pooled connection (no session advisory locks, LISTEN, cursors or SET; SET LOCAL ends with
+    its transaction), so ending an abandoned transaction is all that is left to do.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 def _migration_files() -> list[tuple[int, str, str]]:

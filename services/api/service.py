@@ -39,9 +39,13 @@ class ApiService(Service):
         await jetstream.provision(js, s)
         await db.migrate(s.database_url)
         pool = await db.create_pool(s.database_url, max_size=10)
+        # See AuditRepo.record: these commits do not wait for their WAL flush.
+        audit_pool = await db.create_pool(
+            s.database_url, max_size=4, server_settings={"synchronous_commit": "off"},
+        )
         self.state = ApiState(
             settings=s, pool=pool, nc=self._nc, js=js, tokens=tenants.TokenCache(pool),
-            olap=OlapClient(s, self._nc),
+            olap=OlapClient(s, self._nc), audit_pool=audit_pool,
         )
         await self.state.start()
         assert self.state.payloads is not None
@@ -80,6 +84,8 @@ class ApiService(Service):
             if self.state.olap is not None:
                 await self.state.olap.close()
             await self.state.pool.close()
+            if self.state.audit_pool is not None:
+                await self.state.audit_pool.close()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()

@@ -51,6 +51,8 @@ class ApiState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Large run inputs, outputs and event payloads (services/api/routes/payloads.py).
     payloads: PayloadStore | None = None
+    # Where audit entries of publish-only changes are written (AuditRepo.record); `pool` if unset.
+    audit_pool: asyncpg.Pool | None = None
 
     def __post_init__(self) -> None:
         self.workflows = WorkflowRepo(self.pool)
@@ -63,7 +65,7 @@ class ApiState:
         self.event_log = EventRepo(self.olap)
         self.worker_registry = WorkerRepo(self.pool, self.js)
         self.token_repo = TokenRepo(self.pool)
-        self.audit = AuditRepo(self.pool)
+        self.audit = AuditRepo(self.pool, self.audit_pool or self.pool)
         self.usage = LimitRepo(self.pool)
         self.limits = limits.LimitCache(self.pool)
         self.rates = limits.RateLimiter()

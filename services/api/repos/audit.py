@@ -12,13 +12,21 @@ from libs.common.audit import AuditEntry
 
 
 class AuditRepo:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, record_pool: asyncpg.Pool | None = None) -> None:
         self._pool = pool
+        self._record_pool = record_pool or pool
 
     async def record(self, entry: AuditEntry) -> None:
         """For changes that are not a database write (trigger, cancel): call it right before
-        the publish, so a change never happens unrecorded."""
-        await audit.record(self._pool, entry)
+        the publish, so a change never happens unrecorded.
+
+        On the API's audit pool these commits are asynchronous (`synchronous_commit=off`): the
+        entry is written and visible at once, but the request does not wait for its WAL flush
+        (half of a trigger's time in the API before, ~1 ms of ~1.7). Only a PostgreSQL crash in
+        the next few hundred ms can lose such an entry, which is no weaker than the published
+        message it records: JetStream does not fsync each message either.
+        """
+        await audit.record(self._record_pool, entry)
 
     async def list_entries(
         self, tenant: str, since: datetime | None, action: str | None, limit: int,
