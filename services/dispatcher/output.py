@@ -259,9 +259,11 @@ class OutputPublisher:
     async def _publish(self, subs: list[_Submission]) -> None:
         batch = [m for sub in subs for m in sub.messages]
         try:
-            async for attempt in retry.policy("dispatcher.publish_output", timeout_s=PUBLISH_RETRY_S):
-                with attempt:
-                    await jetstream.publish_batch(self._js, batch)
+            js = self._js
+            await retry.call(
+                "dispatcher.publish_output", lambda: jetstream.publish_batch(js, batch),
+                timeout_s=PUBLISH_RETRY_S,
+            )
         except Exception as exc:
             log.error("dropped %d log/stream messages after failed publishes (%r)", len(batch), exc)
         # Published or given up: either way nothing more will come of these chunks.

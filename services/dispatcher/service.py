@@ -357,9 +357,11 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
 
     async def _publish_retrying(self, batch: list[Outgoing]) -> None:
         assert self._js is not None
-        async for attempt in retry.policy("dispatcher.publish_reports", timeout_s=PUBLISH_RETRY_S):
-            with attempt:
-                await jetstream.publish_batch(self._js, batch)
+        js = self._js
+        await retry.call(
+            "dispatcher.publish_reports", lambda: jetstream.publish_batch(js, batch),
+            timeout_s=PUBLISH_RETRY_S,
+        )
 
     async def _publish_isolating(self, message: ReportMessage) -> None:
         """Publish one message; if NATS refuses it, split it down to the report at fault and

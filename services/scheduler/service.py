@@ -438,11 +438,11 @@ class SchedulerService(Service):
 
     async def _publish_chunk(self, chunk: list[Outgoing]) -> None:
         assert self._js is not None
-        async for attempt in retry.policy(
-            "scheduler.outbox_relay", timeout_s=OUTBOX_RELAY_RETRY_S, until=self._stopping
-        ):
-            with attempt:
-                await jetstream.publish_batch(self._js, chunk)
+        js = self._js
+        await retry.call(
+            "scheduler.outbox_relay", lambda: jetstream.publish_batch(js, chunk),
+            timeout_s=OUTBOX_RELAY_RETRY_S, until=self._stopping,
+        )
 
     async def _publish_isolating(self, item: Outgoing) -> None:
         try:

@@ -105,3 +105,57 @@ def test_bad_bounds_are_refused() -> None:
         retry.policy("test.bad", attempts=0)
     with pytest.raises(ValueError, match="timeout_s"):
         retry.policy("test.bad", timeout_s=-1)
+
+
+async def test_call_retries_like_the_policy_with_the_same_attempt_bound() -> None:
+    port = devstack.free_port()
+    tries = 0
+
+    async def connect() -> None:
+        nonlocal tries
+        tries += 1
+        await _connect_closed(port)
+
+    with pytest.raises(OSError):
+        await retry.call("test.call_refused", connect, attempts=4)
+    assert tries == 4
+    assert _retries("test.call_refused") == 3
+
+
+async def test_call_returns_what_succeeds_after_a_transient_failure() -> None:
+    port = devstack.free_port()
+    tries = 0
+
+    async def flaky() -> str:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            await _connect_closed(port)  # refused: transient
+        return "done"
+
+    assert await retry.call("test.call_flaky", flaky, attempts=3) == "done"
+    assert tries == 2
+    assert _retries("test.call_flaky") == 1
+
+
+async def test_call_raises_other_errors_and_a_stopped_loop_at_once() -> None:
+    tries = 0
+
+    async def broken() -> None:
+        nonlocal tries
+        tries += 1
+        raise ValueError("bad request")
+
+    with pytest.raises(ValueError):
+        await retry.call("test.call_value", broken, attempts=5)
+    stopping = asyncio.Event()
+    stopping.set()
+
+    async def refused() -> None:
+        nonlocal tries
+        tries += 1
+        await _connect_closed(devstack.free_port())
+
+    with pytest.raises(OSError):
+        await retry.call("test.call_stopping", refused, until=stopping)
+    assert tries == 2  # one attempt each
