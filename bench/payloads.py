@@ -8,9 +8,12 @@
 - One ~63 MiB round trip (the largest JSON under the 64 MiB limit): peak RSS of the stack's
   dispatcher (from `$RATCHET_RUN_DIR/pids/dispatcher.pid`) and of the worker, which runs in a
   child process of its own so its memory is not ours; both sampled every 10 ms from /proc.
+  Their RSS just before the round trip: `idle_rss_worker_mb`, `idle_rss_dispatcher_mb`.
 - Streams: `bench.streams.measure` (put→subscriber p50/p99 and chunks/s of one run).
 
 The worker is `python -m bench.payloads worker <workflow> <slots>` (same definition).
+`python -m bench.payloads big` runs only the ~63 MiB round trip (seconds instead of minutes)
+and writes `payloads-big-<stamp>.json`.
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ async def _big_round_trip(r: Ratchet, wf: Workflow, worker_pid: int) -> dict[str
     if pid_file.exists():
         pids["dispatcher"] = int(pid_file.read_text().split()[0])
     text = "b" * (BIG_BYTES - 64)
+    # What the peaks are above: the worker may hold ~2 payloads at once (issue 11).
+    idle_mb = {name: _rss_mb(pid) for name, pid in pids.items()}
     with RssSampler(pids) as rss:
         t0 = time.time()
         out = await wf.aio_run({"text": text}, timeout_s=300)
@@ -137,15 +142,37 @@ async def _big_round_trip(r: Ratchet, wf: Workflow, worker_pid: int) -> dict[str
         "big_round_trip_s": round(elapsed, 2),
         "peak_rss_dispatcher_mb": round(rss.peak_mb.get("dispatcher", 0.0), 1),
         "peak_rss_worker_mb": round(rss.peak_mb["worker"], 1),
+        "idle_rss_dispatcher_mb": round(idle_mb.get("dispatcher", 0.0), 1),
+        "idle_rss_worker_mb": round(idle_mb["worker"], 1),
     }
+
+
+async def _start_worker(name: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.payloads", "worker", name, str(SLOTS))
+
+
+async def big_only() -> dict[str, Any]:
+    """Only the ~63 MiB round trip, after one small run that warms the worker up."""
+    r = Ratchet()
+    name = f"bench-payloads-big-{int(time.time())}"
+    wf = define(r, name)
+    worker = await _start_worker(name)
+    try:
+        await wf.aio_run({"text": "warm"}, timeout_s=60)
+        big = await _big_round_trip(r, wf, worker.pid)
+    finally:
+        worker.terminate()
+        await asyncio.wait_for(worker.wait(), 30)
+        await r.aclose()
+    return {**big, "big_payload_bytes": BIG_BYTES}
 
 
 async def main() -> dict[str, Any]:
     r = Ratchet()
     name = f"bench-payloads-{int(time.time())}"
     wf = define(r, name)
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.payloads", "worker", name, str(SLOTS))
+    worker = await _start_worker(name)
     pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=1, max_size=2)
     try:
         await wf.aio_run({"text": "warm"}, timeout_s=60)
@@ -170,10 +197,10 @@ async def main() -> dict[str, Any]:
     }
 
 
-def run() -> None:
-    stats: dict[str, Any] = asyncio.run(main())
+def run(big: bool = False) -> None:
+    stats: dict[str, Any] = asyncio.run(big_only() if big else main())
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path("bench/results") / f"payloads-{stamp}.json"
+    out = Path("bench/results") / f"payloads-{'big-' if big else ''}{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(stats, indent=2) + "\n")
     print(json.dumps(stats, indent=2))
@@ -184,4 +211,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "worker":
         worker_main(sys.argv[2], int(sys.argv[3]))
     else:
-        run()
+        run(big=sys.argv[1:] == ["big"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from ratchet.errors import ApiError
 
 # Assignments carry whole inputs and parent outputs; gRPC's 4 MiB default is too small.
 GRPC_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# A payload upload's body goes to the socket this much at a time (see `_slices`).
+UPLOAD_SLICE_BYTES = 1024 * 1024
 
 
 class Transport:
@@ -90,8 +93,11 @@ class Transport:
             PayloadTooLarge: the server's limit is lower than `data` (its 413).
         """
         resp = await self._aclient().put(
-            f"/payloads/{scope_id}", content=data,
-            headers={"content-type": "application/octet-stream"},
+            f"/payloads/{scope_id}", content=_slices(data),
+            # Announced, so the body goes out with a length rather than chunked encoding
+            # (and the server can refuse an oversized one before reading it).
+            headers={"content-type": "application/octet-stream",
+                     "content-length": str(len(data))},
         )
         if resp.status_code == 413:
             extra = resp.json().get("extra") or {}
@@ -161,6 +167,19 @@ class Transport:
 
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.config.token}"),)
+
+
+async def _slices(data: bytes) -> AsyncIterator[bytes]:
+    """`data` as a request body, one slice at a time.
+
+    Handed to httpx whole, a body reaches asyncio's socket transport in one write, and the
+    transport keeps the part the socket did not take at once by slicing it off (a copy) and
+    appending that to its write buffer (another): a 64 MiB output's JSON was then in memory
+    three times. A slice at a time, the transport buffers at most one slice before the writer
+    waits.
+    """
+    for start in range(0, len(data), UPLOAD_SLICE_BYTES):
+        yield data[start : start + UPLOAD_SLICE_BYTES]
 
 
 def _read(path: str) -> bytes | None:

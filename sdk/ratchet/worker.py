@@ -324,17 +324,15 @@ class Worker:
                 raise NonRetryable(f"this worker has no task {a.action!r}")
             ctx._parents = {k: await self._load(v) for k, v in a.parent_outputs.items()}
             ctx._additional = {k: await self._load(v) for k, v in a.additional.items()}
-            value = _codec.convert(await self._load(a.input), task.workflow.input_type)
-            if task.is_async:
-                result = await task.fn(value, ctx)
-            else:
-                loop = asyncio.get_running_loop()
-                call = contextvars.copy_context().run
-                result = await loop.run_in_executor(self._executor, call, task.fn, value, ctx)
+            result = await self._call(task, a, ctx)
             if ctx.cancelled:
                 self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.CANCELLED))
             else:
-                output = await self._store_output(a.run_id, _codec.dumps(result))
+                encoded = _codec.dumps(result)
+                # Only the JSON is needed now. Let go of the value (and of the input, which
+                # `_call` kept to itself) so a large output is held once while it uploads.
+                del result
+                output = await self._store_output(a.run_id, encoded)
                 self._emit(pb.TaskEvent(task_id=a.task_id, attempt=a.attempt, kind=pb.COMPLETED,
                                         output=output))
         except asyncio.CancelledError:
@@ -357,11 +355,23 @@ class Worker:
             if not self._running:
                 self._idle.set()
 
+    async def _call(self, task: Task[Any], a: pb.Assignment, ctx: Context) -> Any:
+        """The task's result for the assignment's input. The input lives in this frame only,
+        so it is freed on return unless the result holds on to it."""
+        value = _codec.convert(await self._load(a.input), task.workflow.input_type)
+        if task.is_async:
+            return await task.fn(value, ctx)
+        loop = asyncio.get_running_loop()
+        call = contextvars.copy_context().run
+        return await loop.run_in_executor(self._executor, call, task.fn, value, ctx)
+
     async def _load(self, raw: bytes) -> Any:
         """A payload as JSON data: fetched from the store first when it is a reference."""
         ref = _payloads.decode(raw)
         if ref is None:
             return _codec.loads(raw)
+        # The downloaded JSON is only an argument here: it is freed as soon as it is decoded,
+        # so the payload is in memory twice at most (buffer and value), and only meanwhile.
         return _codec.loads(await self._transport.adownload(ref))
 
     async def _store_output(self, run_id: str, output: bytes) -> bytes:
