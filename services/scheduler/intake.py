@@ -10,6 +10,10 @@ committed, so a crash in between loses nothing: the messages are redelivered.
 
 Reports are never held back: they free worker slots and settle tasks, and holding them
 would delay the very assignments this protects.
+
+Timers take turns with messages (`TimerTurn`): while a storm of timeouts fills every batch
+with its share, a batch that carries messages fires none, so a trigger's batch commits only
+its own rows and not a hundred timeouts' as well.
 """
 
 from __future__ import annotations
@@ -92,3 +96,29 @@ class Intake:
         held = self.held_works()
         self._backlog.clear()
         return held
+
+
+class TimerTurn:
+    """Whether the next batch fires due timers.
+
+    Normally every batch does. But once a batch fired its full share (`limit`: a storm is
+    coming due), the next batch that carries messages fires none: its commit, which the
+    messages' assignments wait for, then writes only their rows. The batch after it fires
+    timers again whatever it carries, so a storm loses at most every other batch to messages
+    and a timer is late by at most one batch of messages.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._storm = False  # the last batch that fired timers fired its full share
+        self._skipped = False  # and the batch after it fired none
+
+    def fires(self, carries_messages: bool) -> bool:
+        if carries_messages and self._storm and not self._skipped:
+            self._skipped = True
+            return False
+        self._skipped = False
+        return True
+
+    def fired(self, count: int) -> None:
+        self._storm = count >= self._limit

@@ -49,10 +49,10 @@ from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
 from services.scheduler import observe, partitions, relay_isolation, store
 from services.scheduler.cron import CronTicker
-from services.scheduler.engine import TIMER_EXEC, Engine
+from services.scheduler.engine import TIMER_BATCH, TIMER_EXEC, Engine
 from services.scheduler.engine.admission.gate import uses_cel
 from services.scheduler.fairness_store import FairnessStore
-from services.scheduler.intake import Intake, Item, Work
+from services.scheduler.intake import Intake, Item, TimerTurn, Work
 from services.scheduler.model import RUN_TERMINAL
 
 BATCH_SUFFIX = "." + subjects.REPORT_BATCH_KIND
@@ -81,6 +81,7 @@ class SchedulerService(Service):
         self._kv: KeyValue | None = None
         self._inbox: asyncio.Queue[Work] = asyncio.Queue(maxsize=INBOX_MAX)
         self._intake = Intake()
+        self._timer_turn = TimerTurn(TIMER_BATCH)
         self._worker_events: deque[tuple[str, WorkerInfo | str]] = deque()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -336,7 +337,8 @@ class SchedulerService(Service):
                 engine.replay(tenant, msg)
             elif isinstance(msg, WaitSatisfied):
                 engine.wait_satisfied(tenant, msg)
-        engine.fire_timers()
+        if self._timer_turn.fires(bool(items)):
+            self._timer_turn.fired(engine.fire_timers())
         fx = engine.finish()
         if not fx.empty() or self._published:
             # Taken before the flush: the relay in flight keeps appending to the list.

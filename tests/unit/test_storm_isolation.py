@@ -14,7 +14,7 @@ import pytest
 from libs.common.messages import CancelRun, TaskError, TaskReport, TriggerRun, WorkerInfo
 from libs.common.specs import TaskSpec, WorkflowSpec
 from services.scheduler.engine import TIMER_BATCH, Engine
-from services.scheduler.intake import Intake, Work
+from services.scheduler.intake import Intake, TimerTurn, Work
 from services.scheduler.model import TaskStatus
 
 T0 = 1_000_000
@@ -130,3 +130,57 @@ def test_budget_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Intake(budget=0)
 
+
+
+def test_during_a_timeout_storm_batches_with_messages_commit_no_timeouts() -> None:
+    """The service's turn-taking (TimerTurn): while a's storm fills batches, every other batch
+    that carries b's messages fires no timer, so b's trigger commits without a's timeouts,
+    and the storm still ends within twice as many batches as it needs alone."""
+    eng = Engine()
+    eng.begin(T0)
+    for i in range(STORM):
+        _trigger(eng, "a", SLOW, f"a{i}")
+    eng.worker_seen(WorkerInfo(worker_id="wb", tenant="b", name="wb", dispatcher_id="d",
+                               actions=["quick:t"], slots=10_000, labels={}, heartbeat_ms=T0))
+    eng.finish()
+
+    turn = TimerTurn(TIMER_BATCH)
+    timed_out = 0
+    skipped = 0
+    batches = 0
+    while timed_out < STORM:
+        batches += 1
+        assert batches <= 2 * (STORM // TIMER_BATCH + 1)
+        eng.begin(T0 + 1100 + batches)
+        _trigger(eng, "b", QUICK, f"b{batches}")  # b has a message in every batch
+        fired = turn.fires(carries_messages=True)
+        if fired:
+            turn.fired(eng.fire_timers())
+        fx = eng.finish()
+        now_out = sum(1 for r in fx.finished_runs if r.tenant == "a")
+        timed_out += now_out
+        assert eng.runs[f"b{batches}"].tasks["t"].status == TaskStatus.ASSIGNED
+        assert now_out <= TIMER_BATCH
+        if not fired:
+            skipped += 1
+            assert now_out == 0
+    assert skipped >= STORM // TIMER_BATCH - 1  # b's batches went without a's timeouts
+    # once the storm is over, a batch with messages fires what is due again
+    assert turn.fires(carries_messages=True)
+
+
+def test_timer_turns_skip_at_most_every_other_batch() -> None:
+    turn = TimerTurn(limit=10)
+    assert turn.fires(carries_messages=True)  # no storm: timers fire with messages
+    turn.fired(3)
+    assert turn.fires(carries_messages=True)
+    turn.fired(10)  # a full share: a storm
+    assert turn.fires(carries_messages=False)  # nothing else waits: timers go on
+    turn.fired(10)
+    assert not turn.fires(carries_messages=True)  # messages go alone
+    assert turn.fires(carries_messages=True)  # then timers again, messages or not
+    turn.fired(10)
+    assert not turn.fires(carries_messages=True)
+    assert turn.fires(carries_messages=False)
+    turn.fired(4)  # the storm is over
+    assert turn.fires(carries_messages=True)
