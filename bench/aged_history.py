@@ -149,6 +149,21 @@ async def ensure_workflow(conn: asyncpg.Connection) -> None:
     )
 
 
+async def settle(pool: asyncpg.Pool) -> None:
+    """Leave PostgreSQL as a stack that grew its history over days would be, not one that
+    took it in a minute: vacuumed (autovacuum would otherwise start on the new rows during the
+    measurement), analyzed, and with the load's dirty pages checkpointed (else the checkpoint
+    it sets off writes them out while the latencies are taken, and every commit waits on the
+    disk behind it). CHECKPOINT needs a superuser or pg_checkpoint; without, it is skipped."""
+    async with pool.acquire() as conn:
+        for table in ("runs", "tasks", "task_attempts", "run_history"):
+            await conn.execute(f"VACUUM (ANALYZE) {table}")
+        try:
+            await conn.execute("CHECKPOINT")
+        except asyncpg.InsufficientPrivilegeError:
+            print("bench-aged: no CHECKPOINT privilege; the load's writes may show", flush=True)
+
+
 async def load(
     pool: asyncpg.Pool, backend: OlapBackend | None, total: int, days: float,
     chunk: int = 50_000,
@@ -162,6 +177,7 @@ async def load(
         )
     now = datetime.now(UTC)
     added = 0
+    olap_loaded: set[str] = set()
     for first in range(have, total, chunk):
         runs = list(finished_runs(first, min(chunk, total - first), total, days, now))
         tables: dict[str, list[tuple[Any, ...]]] = {}
@@ -180,10 +196,13 @@ async def load(
         if backend is not None:
             for table, orows in olap_tables.items():
                 await backend.insert(table, orows)
+                olap_loaded.add(table)
         added += len(runs)
         print(f"bench-aged: history {first + len(runs):,}/{total:,} runs", flush=True)
     if added:
-        async with pool.acquire() as conn:
-            await conn.execute("ANALYZE runs; ANALYZE tasks; ANALYZE task_attempts")
+        await settle(pool)
+        if backend is not None:  # the parts of many inserts merged now, not while measuring
+            for table in sorted(olap_loaded):
+                await backend.execute(f"OPTIMIZE TABLE {table} FINAL")
     return {"history_runs": float(max(have, total)), "history_added": float(added),
             "history_load_s": round(time.perf_counter() - t0, 1)}

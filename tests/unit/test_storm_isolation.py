@@ -184,3 +184,66 @@ def test_timer_turns_skip_at_most_every_other_batch() -> None:
     assert turn.fires(carries_messages=False)
     turn.fired(4)  # the storm is over
     assert turn.fires(carries_messages=True)
+
+
+def _worker(tenant: str, action: str, slots: int) -> WorkerInfo:
+    return WorkerInfo(worker_id=f"w{tenant}", tenant=tenant, name=f"w{tenant}", dispatcher_id="d",
+                      actions=[action], slots=slots, labels={}, heartbeat_ms=T0)
+
+
+def test_timers_of_finished_tasks_do_not_use_up_a_batch() -> None:
+    """After a burst the heap is mostly entries of tasks that finished: they are skipped
+    without counting against the batch's share, so a live timeout behind them still fires."""
+    eng = Engine()
+    eng.begin(T0)
+    eng.worker_seen(_worker("a", "quick:t", 1000))
+    burst = 3 * TIMER_BATCH
+    for i in range(burst):
+        _trigger(eng, "a", QUICK, f"a{i}")
+    # No worker serves c's task: it times out after 350 s, after a's entries came due.
+    late = WorkflowSpec(name="late", tasks=[TaskSpec(name="t", schedule_timeout_s=350.0)])
+    _trigger(eng, "c", late, "c1")
+    eng.finish()
+    eng.begin(T0 + 10)
+    for i in range(burst):
+        task = eng.runs[f"a{i}"].tasks["t"]
+        eng.report("a", TaskReport(kind="completed", task_id=task.id, attempt=task.attempt,
+                                   worker_id="wa", ts_ms=T0 + 10, output=b"1"))
+    eng.finish()
+    # Past every timeout of a's tasks (execution and schedule, 300 s by default) and c's.
+    eng.begin(T0 + 400_000)
+    assert eng.fire_timers(limit=1) == 1
+    fx = eng.finish()
+    assert [r.id for r in fx.finished_runs] == ["c1"]
+
+
+def test_a_refreshed_deadline_keeps_its_stored_timer() -> None:
+    """The entry of the deadline before a refresh comes due first: it neither times the task
+    out nor deletes the stored row, which now holds the refreshed deadline."""
+    spec = WorkflowSpec(name="long", tasks=[TaskSpec(name="t", execution_timeout_s=1.0)])
+    eng = Engine()
+    eng.begin(T0)
+    eng.worker_seen(_worker("a", "long:t", 1))
+    _trigger(eng, "a", spec, "r1")
+    eng.finish()
+    task = eng.runs["r1"].tasks["t"]
+    eng.begin(T0 + 500)
+    eng.report("a", TaskReport(kind="started", task_id=task.id, attempt=0, worker_id="wa",
+                               ts_ms=T0 + 500))
+    eng.report("a", TaskReport(kind="refresh", task_id=task.id, attempt=0, worker_id="wa",
+                               ts_ms=T0 + 500, refresh_ms=5_000))
+    fx = eng.finish()
+    key = ("a", task.id, "exec")
+    assert key in fx.timers_put
+
+    eng.begin(T0 + 2_000)  # the first deadline has passed, the refreshed one has not
+    assert eng.fire_timers() == 0
+    fx = eng.finish()
+    assert key not in fx.timers_del
+    assert task.status == TaskStatus.RUNNING
+
+    eng.begin(T0 + 6_000)
+    assert eng.fire_timers() == 1
+    fx = eng.finish()
+    assert key in fx.timers_del
+    assert task.status == TaskStatus.TIMED_OUT

@@ -231,31 +231,46 @@ class StateMachine:
 
     # timers -------------------------------------------------------------------------
     def fire_timers(self, limit: int = TIMER_BATCH) -> int:
+        """Fire at most `limit` due timers that still have work; returns how many.
+
+        Stale entries (their task finished, moved on to another attempt or had its deadline
+        refreshed: most of the heap after a burst) are skipped without counting, since they
+        write nothing, and without touching the stored row, which by then holds the task's
+        current timer."""
         fired = 0
-        for _due, tenant, task_id, kind, attempt in self.timers.pop_due(self.now_ms, limit):
-            fired += 1
-            self.timers.drop(self.fx, (tenant, task_id, kind))
+        for due, tenant, task_id, kind, attempt in self.timers.pop_due(self.now_ms):
             task = self.tasks.get(task_id)
-            if kind == TIMER_DURABLE and task is not None:
+            if task is None:
+                continue
+            if kind == TIMER_DURABLE:
                 self.durable.fire(task, attempt)  # `attempt` holds the log position here
+            elif task.attempt != attempt:
                 continue
-            if task is None or task.attempt != attempt:
-                continue
-            if kind == TIMER_RETRY and task.status == TaskStatus.QUEUED:
-                if task.not_before_ms is not None and task.not_before_ms <= self.now_ms:
-                    task.not_before_ms = None
-                    self.fx.touch_task(task)
-                    self.enqueue(task)
-            elif kind == TIMER_EXEC and task.status in IN_FLIGHT:
-                if task.deadline_ms is not None and task.deadline_ms <= self.now_ms:
-                    self._timeout(task)
-            elif kind == TIMER_SCHED and task.status == TaskStatus.QUEUED:
-                limit_ms = int(task.spec.schedule_timeout_s * 1000)
-                if task.queued_ms is not None and task.queued_ms + limit_ms <= self.now_ms:
-                    err = TaskError(type="ScheduleTimeout", message="queued too long", non_retryable=True)
-                    self.settle(task, TaskStatus.TIMED_OUT, err)
-                    self.after_failure(task)
+            elif kind == TIMER_EXEC and task.deadline_ms is not None and due < task.deadline_ms:
+                continue  # a deadline since refreshed: the stored row holds the new one
+            else:
+                self.timers.drop(self.fx, (tenant, task_id, kind))
+                self._fire(task, kind)
+            fired += 1
+            if fired >= limit:
+                break
         return fired
+
+    def _fire(self, task: Task, kind: str) -> None:
+        if kind == TIMER_RETRY and task.status == TaskStatus.QUEUED:
+            if task.not_before_ms is not None and task.not_before_ms <= self.now_ms:
+                task.not_before_ms = None
+                self.fx.touch_task(task)
+                self.enqueue(task)
+        elif kind == TIMER_EXEC and task.status in IN_FLIGHT:
+            if task.deadline_ms is not None and task.deadline_ms <= self.now_ms:
+                self._timeout(task)
+        elif kind == TIMER_SCHED and task.status == TaskStatus.QUEUED:
+            limit_ms = int(task.spec.schedule_timeout_s * 1000)
+            if task.queued_ms is not None and task.queued_ms + limit_ms <= self.now_ms:
+                err = TaskError(type="ScheduleTimeout", message="queued too long", non_retryable=True)
+                self.settle(task, TaskStatus.TIMED_OUT, err)
+                self.after_failure(task)
 
     def _timeout(self, task: Task) -> None:
         err = TaskError(
