@@ -1,31 +1,15 @@
-"""JSON structured logs that carry tenant/workflow/run/task/attempt ids from context."""
+"""JSON structured logs: one JSON object per line, with the record's `extra` fields."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextvars import ContextVar
 from typing import Any
 
 import msgspec
 
-_CONTEXT: ContextVar[dict[str, object] | None] = ContextVar("ratchet_log_context", default=None)
-
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
-
-
-@contextlib.contextmanager
-def log_context(**ids: object) -> Iterator[None]:
-    """Attach ids (tenant, workflow, run_id, task_id, attempt...) to logs inside the block."""
-    current = _CONTEXT.get() or {}
-    token = _CONTEXT.set({**current, **{k: v for k, v in ids.items() if v is not None}})
-    try:
-        yield
-    finally:
-        _CONTEXT.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,9 +26,6 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        ctx = _CONTEXT.get()
-        if ctx:
-            doc.update(ctx)
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and not key.startswith("_"):
                 doc[key] = value

@@ -189,11 +189,6 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     durable_slots: int = 1000  # durable tasks that may wait at once without a regular slot
 
 
-class DispatcherInfo(msgspec.Struct, kw_only=True):
-    dispatcher_id: str
-    heartbeat_ms: int
-
-
 ENCODER = msgspec.msgpack.Encoder()
 COMMAND_DECODER = msgspec.msgpack.Decoder(Command)
 REPORT_DECODER = msgspec.msgpack.Decoder(TaskReport)
