@@ -9,7 +9,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from libs.common import nats_compat, retry, subjects
 from libs.common.settings import Settings
@@ -34,8 +34,9 @@ CONNECT_RETRY_S = 30.0  # a service started just before NATS waits for it this l
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
-    """nats.connect keyword arguments for the credentials and TLS in `settings`."""
-    opts: dict[str, Any] = {}
+    """nats.connect keyword arguments: the servers (NATS_URL, comma-separated for a cluster),
+    the credentials and TLS in `settings`."""
+    opts: dict[str, Any] = {"servers": settings.nats_servers}
     if settings.nats_creds:
         if not Path(settings.nats_creds).is_file():
             raise ValueError(f"NATS_CREDS={settings.nats_creds!r} is not a readable file")
@@ -62,7 +63,6 @@ async def connect(settings: Settings, name: str) -> NATS:
     async for attempt in retry.policy(f"nats.connect.{name}", timeout_s=CONNECT_RETRY_S):
         with attempt:
             nc = await nats.connect(
-                settings.nats_url,
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.2,
@@ -72,8 +72,25 @@ async def connect(settings: Settings, name: str) -> NATS:
     return nc
 
 
+# The server's answers to more replicas than it can place.
+_CANNOT_PLACE = {
+    10074: "not clustered",  # "replicas > 1 not supported in non-clustered mode"
+    10023: "insufficient resources",  # fewer cluster nodes up than replicas asked for
+}
+_AUTO_REPLICAS = 3
+
+
 async def provision(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update every stream and KV bucket. Safe to run from every process."""
+    """Create or update every stream and KV bucket. Safe to run from every process.
+
+    Each gets NATS_REPLICAS replicas. With NATS_REPLICAS=0 (the default) the server decides:
+    3 where it can place them (a cluster of 3 or more nodes up), else 1: asking for 3 is the
+    question, so a single server answers the first stream with "not clustered" and the rest
+    are made with 1. An existing stream or bucket with another replica count is scaled to the
+    wanted one; where the server refuses, it keeps the count it has (a warning says so), and
+    auto mode never scales one down because a node is away.
+    """
+    replicas = settings.nats_replicas or _AUTO_REPLICAS
     for stream, subs in subjects.STREAM_SUBJECTS.items():
         work_queue = stream in WORK_QUEUE_STREAMS
         config = jsapi.StreamConfig(
@@ -87,22 +104,80 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
             duplicate_window=settings.dedupe_window_s,
             max_msg_size=8 * 1024 * 1024,
         )
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            # Exists with different settings (another version): update in place.
-            await js.update_stream(config)
+        replicas = await _with_replicas(
+            _ensure_stream, js, config, stream.value, replicas, settings
+        )
     for bucket, ttl in (
         (Bucket.WORKERS, None),
         (Bucket.DISPATCHERS, None),
         (Bucket.LEASES, None),
     ):
-        try:
-            await js.key_value(bucket.value)
-        except (NotFoundError, BadRequestError, Exception):
-            await js.create_key_value(
-                jsapi.KeyValueConfig(bucket=bucket.value, history=1, ttl=ttl)
+        kv_config = jsapi.KeyValueConfig(bucket=bucket.value, history=1, ttl=ttl)
+        replicas = await _with_replicas(
+            _ensure_bucket, js, kv_config, f"KV_{bucket.value}", replicas, settings
+        )
+
+
+async def _with_replicas(
+    ensure: Callable[[JetStreamContext, Any, int], Awaitable[None]],
+    js: JetStreamContext,
+    config: Any,
+    stream: str,
+    replicas: int,
+    settings: Settings,
+) -> int:
+    """`ensure` the stream with `replicas`, or with what the server can place; returns the
+    replica count to ask for next."""
+    try:
+        await ensure(js, config, replicas)
+        return replicas
+    except APIError as exc:
+        why = _CANNOT_PLACE.get(exc.err_code or 0)
+        if why is None or replicas == 1:
+            raise
+        current = await _current_replicas(js, stream)
+    if settings.nats_replicas:
+        if current is None:
+            raise RuntimeError(
+                f"NATS_REPLICAS={replicas}: NATS cannot create stream {stream} with {replicas} "
+                f"replicas ({why})"
             )
+        log.warning("stream %s keeps %d replica(s): NATS refused NATS_REPLICAS=%d (%s)",
+                    stream, current, replicas, why)
+        await ensure(js, config, current)
+        return replicas
+    if why != _CANNOT_PLACE[10074]:
+        log.warning("NATS cannot place %d replicas of %s (%s): it gets %d",
+                    replicas, stream, why, current or 1)
+    await ensure(js, config, current or 1)
+    return 1
+
+
+async def _current_replicas(js: JetStreamContext, stream: str) -> int | None:
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return None
+    return info.config.num_replicas or 1
+
+
+async def _ensure_stream(js: JetStreamContext, config: jsapi.StreamConfig, replicas: int) -> None:
+    config = replace(config, num_replicas=replicas)
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # Exists with different settings (another version, another replica count): update.
+        await js.update_stream(config)
+
+
+async def _ensure_bucket(js: JetStreamContext, config: jsapi.KeyValueConfig, replicas: int) -> None:
+    info_config = None
+    with contextlib.suppress(NotFoundError):
+        info_config = (await js.stream_info(f"KV_{config.bucket}")).config
+    if info_config is None:
+        await js.create_key_value(replace(config, replicas=replicas))
+    elif (info_config.num_replicas or 1) != replicas:
+        await js.update_stream(replace(info_config, num_replicas=replicas))
 
 
 def _max_age(stream: Stream, settings: Settings) -> float | None:

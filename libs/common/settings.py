@@ -12,7 +12,12 @@ import msgspec
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Process-wide configuration. Every field maps to an upper-case env var."""
 
+    # One server, or several comma-separated (the nodes of a cluster): the client connects to
+    # one of them and fails over to the others.
     nats_url: str = "nats://127.0.0.1:4222"
+    # Replicas of every stream and KV bucket; 0 = 3 when the server is part of a cluster that
+    # can place them, else 1 (libs.common.jetstream.provision).
+    nats_replicas: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
     # NATS client auth, one of: a .creds file (user JWT + seed), user/password, or a token.
     nats_creds: str = ""
     nats_user: str = ""
@@ -119,6 +124,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # Settings users set next to their SDK variables carry the RATCHET_ prefix (the documented
+    @property
+    def nats_servers(self) -> list[str]:
+        """NATS_URL split into its servers."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
 # contract); every other field reads its upper-cased name.
 ENV_NAMES: dict[str, str] = {
     "payload_inline_bytes": "RATCHET_PAYLOAD_INLINE_BYTES",

@@ -23,7 +23,7 @@ a runner would replace here is about 40 lines of Popen + pid file + liveness che
 """
 
 from tools.devstack.binaries import ensure_binaries, find_binary
-from tools.devstack.natsserver import NatsServer
+from tools.devstack.natsserver import NatsServer, sync_interval
 from tools.devstack.postgres import PostgresCluster
 from tools.devstack.procs import (
     DevStackError,
@@ -53,6 +53,7 @@ __all__ = [
     "port_open",
     "read_pid_file",
     "run_blocking",
+    "sync_interval",
     "tail",
     "terminate_pid",
     "wait_until",

@@ -1,10 +1,13 @@
-"""A private `nats-server -js` for `make up` and the test fixtures."""
+"""A private `nats-server -js` for `make up` and the test fixtures: one server, or one node of a
+cluster (`make up` with NATS_NODES=3 runs three of these with routes to each other)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,27 @@ from tools.devstack.procs import (
     wait_until,
     write_pid_file,
 )
+
+SYNC_ALWAYS = "always"
+SYNC_DEFAULT = "default"
+_DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
+CLUSTER_NAME = "ratchet"
+
+
+def sync_interval(policy: str) -> str | None:
+    """The `jetstream { sync_interval }` value for a NATS_SYNC policy; None keeps the server's.
+
+    `always` fsyncs every write before it is acknowledged; `default` (or empty) leaves the
+    server's own policy (an fsync every 2 minutes); a duration (`10s`, `500ms`) fsyncs that often.
+    """
+    value = policy.strip().lower()
+    if value in ("", SYNC_DEFAULT):
+        return None
+    if value == SYNC_ALWAYS or _DURATION.match(value):
+        return value
+    raise DevStackError(
+        f"NATS_SYNC={policy!r}: expected {SYNC_ALWAYS!r}, {SYNC_DEFAULT!r} or a duration like 10s"
+    )
 
 
 async def _jetstream_ready(url: str, options: dict[str, Any]) -> bool:
@@ -59,6 +83,13 @@ class NatsServer:
     `tls_cert`/`tls_key`: serve TLS only (`tls_ca` also makes the server verify client
     certificates); `probe`: nats.connect keyword arguments (credentials, ssl context) the
     readiness check needs once auth or TLS is on.
+
+    `sync`: the JetStream `sync_interval` (see `sync_interval`; None = the server's default).
+    `monitor_port`: serve the HTTP monitoring endpoints (/varz, /healthz) there.
+    A cluster node: `server_name`, its own `cluster_port` and `routes` (the cluster ports of
+    every node, its own included; nats-server skips that one). A node cannot answer JetStream
+    requests until a majority of the cluster is up, so start every node with `launch()`, then
+    `wait_ready()` on each.
     """
 
     def __init__(
@@ -73,6 +104,11 @@ class NatsServer:
         tls_key: str | os.PathLike[str] | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
         probe: dict[str, Any] | None = None,
+        sync: str | None = None,
+        monitor_port: int = 0,
+        server_name: str | None = None,
+        cluster_port: int = 0,
+        routes: Sequence[int] = (),
     ) -> None:
         self.store_dir = Path(store_dir).absolute()
         self.port = port
@@ -87,6 +123,13 @@ class NatsServer:
         )
         self.tls_ca = Path(tls_ca).absolute() if tls_ca else None
         self.probe = probe or {}
+        self.sync = sync
+        self.monitor_port = monitor_port
+        self.server_name = server_name
+        self.cluster_port = cluster_port
+        self.routes = tuple(routes)
+        if bool(cluster_port) != bool(server_name):
+            raise DevStackError("a nats-server cluster node needs both a server name and a port")
         self.pid: int | None = None
         self.adopted = False
         self.binary: str | None = None  # None when adopted
@@ -128,39 +171,66 @@ class NatsServer:
             lambda: _jetstream_ready(self.url, self.probe), 10.0
         )
 
-    def _write_config(self) -> Path | None:
-        """The config file for -c: the auth fragment and the tls block (None without either)."""
-        if self.auth_conf is None and self.tls is None:
-            return None
-        parts = ["# Written by tools.devstack on every start.\n"]
+    def config_text(self) -> str | None:
+        """The config file for -c (None when the command-line flags say everything)."""
+        parts: list[str] = []
+        if self.server_name:
+            parts.append(f"server_name: {self.server_name}\n")
         if self.auth_conf is not None:
             parts.append(self.auth_conf.read_text())
+        if self.sync is not None:
+            # store_dir stays the -sd flag: the server refuses it in both places.
+            parts.append(f"jetstream {{\n  sync_interval: {self.sync}\n}}\n")
+        if self.cluster_port:
+            routes = "\n".join(f"    nats-route://127.0.0.1:{port}" for port in self.routes)
+            parts.append(
+                f"cluster {{\n  name: {CLUSTER_NAME}\n  listen: 127.0.0.1:{self.cluster_port}\n"
+                f"  routes: [\n{routes}\n  ]\n}}\n"
+            )
         if self.tls is not None:
             lines = [f'  cert_file: "{self.tls[0]}"', f'  key_file: "{self.tls[1]}"']
             if self.tls_ca is not None:
                 lines += [f'  ca_file: "{self.tls_ca}"', "  verify: true"]
             parts.append("tls {\n" + "\n".join(lines) + "\n}\n")
+        if not parts:
+            return None
+        return "\n".join(["# Written by tools.devstack on every start.\n", *parts])
+
+    def _write_config(self) -> Path | None:
+        text = self.config_text()
+        if text is None:
+            return None
         conf = self.store_dir.parent / f"{self.store_dir.name}.conf"
-        conf.write_text("\n".join(parts))
+        conf.write_text(text)
         return conf
 
     def start(self, timeout: float = 30.0) -> str:
         """Start (or adopt the already running) server; return its URL once JetStream answers."""
+        self.launch()
+        self.wait_ready(timeout)
+        return self.url
+
+    def launch(self) -> None:
+        """Start the process (or adopt the running one) without waiting for JetStream."""
         pid = self.running_pid()
         if pid is not None:
             port = self._port_of(pid_cmdline(pid)) or self.port
             if port:
                 self.pid, self.port, self.adopted = pid, port, True
-                wait_until(self.ready, timeout, f"NATS JetStream on {self.url}", interval=0.1)
-                return self.url
+                return
         binary = self.binary = ensure_binaries(("nats-server",))["nats-server"]
         if not self.port:
             self.port = free_port()
         elif not port_is_free(self.port):
             raise DevStackError(f"port {self.port} for nats-server is already in use")
+        for what, port in (("cluster", self.cluster_port), ("monitoring", self.monitor_port)):
+            if port and not port_is_free(port):
+                raise DevStackError(f"{what} port {port} for nats-server is already in use")
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         cmd = [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)]
+        if self.monitor_port:
+            cmd += ["-m", str(self.monitor_port)]
         conf = self._write_config()
         if conf is not None:
             cmd += ["-c", str(conf)]
@@ -174,10 +244,13 @@ class NatsServer:
             )
         self.pid, self.adopted = self._proc.pid, False
         write_pid_file(self.pid_file, self._proc.pid)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until JetStream answers on this server; stop a server we started if it never does."""
         proc = self._proc
 
         def up() -> bool:
-            if proc.poll() is not None:
+            if proc is not None and proc.poll() is not None:
                 raise DevStackError(
                     f"nats-server exited with {proc.returncode}; see {self.log_file}:\n"
                     + tail(self.log_file)
@@ -187,9 +260,9 @@ class NatsServer:
         try:
             wait_until(up, timeout, f"NATS JetStream on {self.url}", interval=0.05)
         except BaseException:
-            self.stop()
+            if not self.adopted:
+                self.stop()
             raise
-        return self.url
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (then SIGKILL after `timeout`) the server, whether started or adopted."""

@@ -5,13 +5,15 @@
 `up` starts, in the background and idempotently: NATS JetStream (unless NATS_URL is set),
 a private PostgreSQL cluster (unless DATABASE_URL is set), runs migrations, ensures tenant `dev`
 with a stable token, then the services that exist (replicator, scheduler, matcher, dispatcher,
-api), waiting for each one's /healthz. State lives under `.run/`:
+api), waiting for each one's /healthz. How many of each (and NATS_NODES, NATS_SYNC): see
+tools/devstack/layout.py. `status --json` lists every process with its ports. State lives under
+`.run/` (RATCHET_RUN_DIR names another directory):
 
     .run/env              KEY=value lines (RATCHET_API_URL, RATCHET_GRPC_ADDR, RATCHET_TOKEN, ...)
-    .run/ports.json       ports chosen once and reused by later `up`s
+    .run/ports.json       ports chosen once and reused by later `up`s, and the last counts
     .run/pids/<name>.pid  one per process
     .run/logs/<name>.log  stdout+stderr of each process
-    .run/nats/ .run/pg/   NATS file store, PostgreSQL data directory
+    .run/nats/ .run/pg/   NATS file store (.run/nats-cluster/<node>/ per cluster node), PostgreSQL
     .run/data/            DATA_DIR of the services
 """
 
@@ -28,111 +30,39 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tools.devstack import procs
+from tools.devstack import layout, procs
+from tools.devstack.layout import Instance, NatsNode
 from tools.devstack.natsserver import NatsServer
 from tools.devstack.postgres import PostgresCluster
+from tools.devstack.rundir import (
+    DATA,
+    ENV_FILE,
+    LOGS,
+    NATS_AUTH,
+    PIDS,
+    ROOT,
+    RUN,
+    VENV_PY,
+    log_file,
+    pick_port,
+    pid_file,
+    python,
+    read_env_file,
+    read_ports,
+    say,
+    service_pid,
+    write_env_file,
+    write_ports,
+)
 
 if TYPE_CHECKING:
     from libs.common.natsauth_setup import AuthLayout
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# RATCHET_RUN_DIR lets tests (the chaos suite) run a second, private stack.
-RUN = Path(os.environ.get("RATCHET_RUN_DIR") or ROOT / ".run").resolve()
-PIDS = RUN / "pids"
-LOGS = RUN / "logs"
-DATA = RUN / "data"
-ENV_FILE = RUN / "env"
-NATS_AUTH = RUN / "nats-auth"
-PORTS_FILE = RUN / "ports.json"
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-
-SERVICES_START = ("replicator", "scheduler", "matcher", "dispatcher", "api")
-SERVICES_STOP = ("api", "dispatcher", "matcher", "scheduler", "replicator")
-ALL = (*SERVICES_START, "postgres", "nats")
 TENANT = "dev"
 HEALTH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
-
-
-def say(msg: str) -> None:
-    print(f"stack: {msg}", flush=True)
-
-
-def python() -> str:
-    return str(VENV_PY) if VENV_PY.exists() else sys.executable
-
-
-def pid_file(name: str) -> Path:
-    return PIDS / f"{name}.pid"
-
-
-def log_file(name: str) -> Path:
-    return LOGS / f"{name}.log"
-
-
-# ---------------------------------------------------------------------------------- state
-
-
-def read_env_file() -> dict[str, str]:
-    values: dict[str, str] = {}
-    try:
-        text = ENV_FILE.read_text()
-    except OSError:
-        return values
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip().strip("'\"")
-    return values
-
-
-def write_env_file(values: dict[str, str]) -> None:
-    RUN.mkdir(parents=True, exist_ok=True)
-    body = "".join(f"{key}={value}\n" for key, value in values.items())
-    tmp = ENV_FILE.with_name("env.tmp")
-    tmp.write_text(body)
-    tmp.replace(ENV_FILE)
-
-
-def read_ports() -> dict[str, int]:
-    try:
-        raw = json.loads(PORTS_FILE.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int)}
-
-
-def write_ports(ports: dict[str, int]) -> None:
-    RUN.mkdir(parents=True, exist_ok=True)
-    tmp = PORTS_FILE.with_name("ports.json.tmp")
-    tmp.write_text(json.dumps(ports, indent=2, sort_keys=True) + "\n")
-    tmp.replace(PORTS_FILE)
-
-
-def service_pid(name: str) -> int | None:
-    """Pid of the live `services.<name>` process recorded in its pid file."""
-    pid = procs.read_pid_file(pid_file(name))
-    if pid is None or not procs.pid_alive(pid):
-        return None
-    argv = procs.pid_cmdline(pid)
-    if argv is not None and f"services.{name}" not in argv:
-        return None  # pid reused by an unrelated process
-    return pid
-
-
-def pick_port(ports: dict[str, int], key: str, running: bool) -> int:
-    """The stable port for `key`; a new one when unset or (while ours is down) taken by others."""
-    port = ports.get(key)
-    if port is None or (not running and not procs.port_is_free(port)):
-        if port is not None:
-            say(f"port {port} for {key} is taken by another process; choosing a new one")
-        port = procs.free_port()
-        ports[key] = port
-    return port
 
 
 # ---------------------------------------------------------------------------------- up
@@ -145,21 +75,57 @@ def nats_auth() -> AuthLayout:
     return ensure_layout(NATS_AUTH)
 
 
-def start_nats(ports: dict[str, int], auth: AuthLayout) -> str:
-    server = NatsServer(
-        RUN / "nats", pid_file=pid_file("nats"), log_file=log_file("nats"),
-        auth_conf=auth.server_conf, probe={"user_credentials": str(auth.tools_creds)},
-    )
-    running = server.is_running()
-    server.port = pick_port(ports, "nats", running)
-    url = server.start()
-    ports["nats"] = server.port
-    origin = "already running" if server.adopted else f"started from {server.binary}"
-    say(f"nats {origin} at {url} (pid {server.pid})")
-    if server.adopted and "-c" not in (procs.pid_cmdline(server.pid or 0) or ["-c"]):
-        say("WARNING: this nats-server was started without auth (by an older `make up`); "
-            "`make down && make up` turns auth on")
-    return url
+def nats_server(node: NatsNode, **kwargs: Any) -> NatsServer:
+    return NatsServer(node.store, pid_file=pid_file(node.name), log_file=log_file(node.name),
+                      **kwargs)
+
+
+def all_nats_nodes() -> list[NatsNode]:
+    """The single server's and every possible cluster node's names (for stop and status)."""
+    return [*layout.nats_nodes(RUN, 1), *layout.nats_nodes(RUN, layout.MAX_INSTANCES)]
+
+
+def start_nats(ports: dict[str, int], auth: AuthLayout, count: int, sync: str | None) -> str:
+    """Start (or adopt) `count` nats-servers, clustered when more than one; return NATS_URL."""
+    nodes = layout.nats_nodes(RUN, count)
+    others = [n.name for n in all_nats_nodes()
+              if n not in nodes and nats_server(n).is_running()]
+    if others:
+        raise procs.DevStackError(
+            f"NATS runs as {', '.join(others)}, not the {count} node(s) NATS_NODES asks for: "
+            "`make down` first (the cluster's stores are separate from the single server's)"
+        )
+    servers = [nats_server(n, auth_conf=auth.server_conf, sync=sync,
+                           probe={"user_credentials": str(auth.tools_creds)}) for n in nodes]
+    for node, server in zip(nodes, servers, strict=True):
+        running = server.is_running()
+        server.port = pick_port(ports, node.client_key, running)
+        server.monitor_port = pick_port(ports, node.monitor_key, running)
+        if count > 1:
+            server.server_name = node.name
+            server.cluster_port = pick_port(ports, node.cluster_key, running)
+    for server in servers:
+        server.routes = tuple(s.cluster_port for s in servers if count > 1)
+        server.launch()
+    for node, server in zip(nodes, servers, strict=True):
+        server.wait_ready()
+        ports[node.client_key] = server.port
+        origin = "already running" if server.adopted else f"started from {server.binary}"
+        say(f"{node.name} {origin} at {server.url} (pid {server.pid})")
+        conf = server.store_dir.parent / f"{server.store_dir.name}.conf"
+        if server.adopted and (not conf.exists() or conf.read_text() != server.config_text()):
+            say(f"WARNING: {node.name} runs an older config (auth, NATS_SYNC or cluster): "
+                "`make down && make up` applies the current one")
+    return layout.nats_url(ports, nodes)
+
+
+def stop_nats() -> None:
+    for node in all_nats_nodes():
+        server = nats_server(node)
+        if server.is_running():
+            server.stop(STOP_TIMEOUT_S)
+            say(f"{node.name} stopped")
+        pid_file(node.name).unlink(missing_ok=True)
 
 
 def start_postgres(ports: dict[str, int]) -> str:
@@ -179,7 +145,7 @@ def start_postgres(ports: dict[str, int]) -> str:
 def admin(database_url: str, *args: str) -> str:
     env = {**os.environ, "DATABASE_URL": database_url}
     result = subprocess.run(
-        [python(), "-m", "libs.common.admin", *args],
+        [python(), "-m", "tools.admin", *args],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -210,13 +176,14 @@ def fail_service(name: str, pid: int | None, why: str) -> None:
     raise SystemExit(1)
 
 
-def start_service(name: str, env: dict[str, str], metrics_port: int) -> None:
-    pid = service_pid(name)
+def start_service(inst: Instance, env: dict[str, str], metrics_port: int) -> None:
+    name = inst.name
+    pid = service_pid(inst)
     if pid is None:
         LOGS.mkdir(parents=True, exist_ok=True)
         with open(log_file(name), "ab") as log:
             proc = subprocess.Popen(
-                [python(), "-m", f"services.{name}"],
+                [python(), "-m", f"services.{inst.role}"],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -244,7 +211,25 @@ def start_service(name: str, env: dict[str, str], metrics_port: int) -> None:
     say(f"{name} {state} (pid {pid}, metrics :{metrics_port})")
 
 
+def stop_service(inst: Instance) -> None:
+    pid = service_pid(inst)
+    if pid is not None:
+        killed = procs.terminate_pid(pid, STOP_TIMEOUT_S)
+        if killed:
+            procs.terminate_pid(pid, 1.0, group=True)
+        say(f"{inst.name} stopped (pid {pid}{', SIGKILLed' if killed else ''})")
+    pid_file(inst.name).unlink(missing_ok=True)
+
+
+def every_instance() -> list[Instance]:
+    """Every instance `up` could have started, in stop order (api first, replicator last)."""
+    return layout.instances({r: layout.MAX_INSTANCES for r in layout.ROLES})[::-1]
+
+
 def cmd_up() -> int:
+    counts = layout.role_counts()
+    node_count = layout.nats_node_count()
+    sync = layout.nats_sync()
     for d in (RUN, PIDS, LOGS, DATA):
         d.mkdir(parents=True, exist_ok=True)
     ports = read_ports()
@@ -260,8 +245,9 @@ def cmd_up() -> int:
         say(f"using NATS_URL from the environment: {nats_url}")
     else:
         auth = nats_auth()
-        nats_url = start_nats(ports, auth)
+        nats_url = start_nats(ports, auth, node_count, sync)
         ports["managed_nats"] = 1
+        ports["nats_nodes"] = node_count
     write_ports(ports)
 
     ext_db = os.environ.get("DATABASE_URL", "")
@@ -284,14 +270,26 @@ def cmd_up() -> int:
     # Kept across `up`s like the tenant token, so a shell that sourced .run/env stays valid.
     operator_token = old_env.get("RATCHET_OPERATOR_TOKEN") or "op_" + secrets.token_urlsafe(32)
 
-    present = [s for s in SERVICES_START if (ROOT / "services" / s / "__main__.py").exists()]
-    api_port = pick_port(ports, "api", service_pid("api") is not None)
-    grpc_port = pick_port(ports, "grpc", service_pid("dispatcher") is not None)
-    metrics = {s: pick_port(ports, f"metrics_{s}", service_pid(s) is not None) for s in present}
+    present = {r for r in layout.ROLES if (ROOT / "services" / r / "__main__.py").exists()}
+    wanted = [i for i in layout.instances(counts) if i.role in present]
+    for inst in every_instance():
+        if inst.role in present and inst not in wanted and service_pid(inst) is not None:
+            say(f"{inst.name}: more than {layout.COUNT_ENV[inst.role]}={counts[inst.role]}")
+            stop_service(inst)
+    for inst in wanted:
+        running = service_pid(inst) is not None
+        pick_port(ports, inst.metrics_key, running)
+        if inst.role == "dispatcher":
+            pick_port(ports, inst.grpc_key, running)
+        elif inst.role == "api":
+            pick_port(ports, inst.api_key, running)
+    for role in layout.ROLES:
+        ports[f"count_{role}"] = counts[role]
     write_ports(ports)
+    apis = [i for i in wanted if i.role == "api"]
     values = {
-        "RATCHET_API_URL": f"http://127.0.0.1:{api_port}",
-        "RATCHET_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
+        "RATCHET_API_URL": f"http://127.0.0.1:{ports[apis[0].api_key]}" if apis else "",
+        "RATCHET_GRPC_ADDR": layout.grpc_addr(ports, [i for i in wanted if i.role == "dispatcher"]),
         "RATCHET_TOKEN": token,
         "RATCHET_TENANT": TENANT,
         "RATCHET_OPERATOR_TOKEN": operator_token,
@@ -299,6 +297,8 @@ def cmd_up() -> int:
         "DATABASE_URL": database_url,
     }
     if auth is not None:
+        # Streams and buckets get one replica per node, up to 3 (libs.common.jetstream.provision).
+        values["NATS_REPLICAS"] = str(layout.replicas(node_count))
         # For tools run with this env (bench, debugging): full access on the dev stack.
         values["NATS_CREDS"] = str(auth.tools_creds)
     write_env_file(values)
@@ -307,20 +307,19 @@ def cmd_up() -> int:
         **os.environ,
         "NATS_URL": nats_url,
         "DATABASE_URL": database_url,
-        "API_PORT": str(api_port),
         "RATCHET_OPERATOR_TOKEN": operator_token,
-        "GRPC_PORT": str(grpc_port),
-        "DISPATCHER_ID": os.environ.get("DISPATCHER_ID", "dispatcher-1"),
         "DATA_DIR": str(DATA),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         "PYTHONUNBUFFERED": "1",
     }
-    for name in present:
-        env = {**base, "METRICS_PORT": str(metrics[name])}
+    if auth is not None:
+        base["NATS_REPLICAS"] = values["NATS_REPLICAS"]
+    for inst in wanted:
+        env = {**base, **layout.instance_env(inst, counts[inst.role], ports)}
         if auth is not None:
-            env.update(auth.service_env(name))  # its own credentials, not the tools' ones
-        start_service(name, env, metrics[name])
-    missing = [s for s in SERVICES_START if s not in present]
+            env.update(auth.service_env(inst.role))  # its own credentials, not the tools' ones
+        start_service(inst, env, ports[inst.metrics_key])
+    missing = [r for r in layout.ROLES if r not in present]
     if missing:
         say(f"not started (no services/<name>/__main__.py yet): {', '.join(missing)}")
     say(f"up; environment in {ENV_FILE}")
@@ -331,24 +330,14 @@ def cmd_up() -> int:
 
 
 def cmd_down() -> int:
-    for name in SERVICES_STOP:
-        pid = service_pid(name)
-        if pid is not None:
-            killed = procs.terminate_pid(pid, STOP_TIMEOUT_S)
-            if killed:
-                procs.terminate_pid(pid, 1.0, group=True)
-            say(f"{name} stopped (pid {pid}{', SIGKILLed' if killed else ''})")
-        pid_file(name).unlink(missing_ok=True)
+    for inst in every_instance():
+        stop_service(inst)
     cluster = PostgresCluster(RUN / "pg", pid_file=pid_file("postgres"))
     if cluster.is_running():
         cluster.stop(STOP_TIMEOUT_S)
         say("postgres stopped")
     pid_file("postgres").unlink(missing_ok=True)
-    nats = NatsServer(RUN / "nats", pid_file=pid_file("nats"))
-    if nats.is_running():
-        nats.stop(STOP_TIMEOUT_S)
-        say("nats stopped")
-    pid_file("nats").unlink(missing_ok=True)
+    stop_nats()
     return 0
 
 
@@ -360,25 +349,58 @@ def cmd_clean() -> int:
     return 0
 
 
-def cmd_status() -> int:
-    env = read_env_file()
+def status_rows() -> list[dict[str, Any]]:
+    """Every process of the stack: the ones `up` was asked for, and any other still running."""
     ports = read_ports()
-    for name in ALL:
-        if name == "postgres":
-            pid = PostgresCluster(RUN / "pg").running_pid()
-        elif name == "nats":
-            pid = NatsServer(RUN / "nats", pid_file=pid_file("nats")).running_pid()
-        else:
-            pid = service_pid(name)
-        if pid is not None:
-            state = f"running  pid {pid}"
-        elif pid_file(name).exists():
+    rows: list[dict[str, Any]] = []
+
+    def row(role: str, index: int, name: str, pid: int | None, port_keys: dict[str, str]) -> None:
+        rows.append({
+            "role": role, "index": index, "name": name, "pid": pid, "alive": pid is not None,
+            "stale_pid_file": pid is None and pid_file(name).exists(),
+            "ports": {kind: ports[key] for kind, key in port_keys.items() if key in ports},
+        })
+
+    counts = {r: ports.get(f"count_{r}", 1) for r in layout.ROLES}
+    for inst in every_instance()[::-1]:
+        pid = service_pid(inst)
+        if inst.index > counts[inst.role] and pid is None:
+            continue
+        keys = {"metrics": inst.metrics_key}
+        if inst.role == "dispatcher":
+            keys["grpc"] = inst.grpc_key
+        elif inst.role == "api":
+            keys["api"] = inst.api_key
+        row(inst.role, inst.index, inst.name, pid, keys)
+    row("postgres", 1, "postgres", PostgresCluster(RUN / "pg").running_pid(),
+        {"client": "postgres"})
+    wanted = layout.nats_nodes(RUN, ports.get("nats_nodes", 1))
+    for node in all_nats_nodes():
+        pid = nats_server(node).running_pid()
+        if node not in wanted and pid is None:
+            continue
+        index = int(node.name.rpartition("-")[2]) if "-" in node.name else 1
+        row("nats", index, node.name, pid, {
+            "client": node.client_key, "cluster": node.cluster_key, "monitor": node.monitor_key,
+        })
+    return rows
+
+
+def cmd_status(as_json: bool = False) -> int:
+    rows = status_rows()
+    if as_json:
+        print(json.dumps({"run_dir": str(RUN), "processes": rows}, indent=2))
+        return 0
+    for r in rows:
+        if r["alive"]:
+            state = f"running  pid {r['pid']}"
+        elif r["stale_pid_file"]:
             state = "dead     (stale pid file)"
         else:
             state = "stopped"
-        port = ports.get(name) or ports.get(f"metrics_{name}")
-        extra = f"  port {port}" if port and pid is not None else ""
-        print(f"{name:<11} {state}{extra}")
+        ports = " ".join(f"{kind} {port}" for kind, port in r["ports"].items())
+        print(f"{r['name']:<13} {state}{'  ' + ports if ports and r['alive'] else ''}")
+    env = read_env_file()
     if env:
         print(f"env: {ENV_FILE} (RATCHET_API_URL={env.get('RATCHET_API_URL')})")
     return 0
@@ -395,6 +417,7 @@ def cmd_env() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("up", "down", "clean", "status", "env"))
+    parser.add_argument("--json", action="store_true", help="status: one JSON document")
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     if (
@@ -408,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "up": cmd_up,
         "down": cmd_down,
         "clean": cmd_clean,
-        "status": cmd_status,
+        "status": lambda: cmd_status(args.json),
         "env": cmd_env,
     }
     try:
