@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.common import jetstream, subjects, tenants
+from libs.common import jetstream, subjects, tokens
 from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRuns, encode
 
@@ -27,7 +27,7 @@ ACTIVE = "status IN ('PENDING', 'RUNNING')"
 async def bench_tenant(pool: asyncpg.Pool | asyncpg.Connection, prefix: str) -> tuple[str, str]:
     """A fresh tenant `<prefix>-<random>` and a token for it."""
     tenant = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    token = await tenants.ensure_tenant(pool, tenant)
+    token = await tokens.ensure_tenant(pool, tenant)
     return tenant, token
 
 

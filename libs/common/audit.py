@@ -13,7 +13,7 @@ import msgspec
 
 _JSON = msgspec.json.Encoder()
 
-OPERATOR = "operator"  # the actor of changes made with `python -m libs.common.admin`
+OPERATOR = "operator"  # the actor of changes made with `python -m tools.admin`
 
 
 class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):

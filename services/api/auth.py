@@ -20,7 +20,7 @@ from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.types import Guard
 
 from libs.common.limits import Limit
-from libs.common.tenants import Principal, Scope
+from libs.common.tokens import Principal, Scope
 from services.api.state import ApiState
 
 TOKEN_COOKIE = "ratchet_token"

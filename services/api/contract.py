@@ -14,11 +14,6 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request
-
-# Litestar's own schema builder for msgspec Structs (and how it reads a field's Meta); only
-# this module reaches into them, and tests/integration/test_schema.py fails if an upgrade
-# changes what they produce.
-from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
@@ -31,11 +26,14 @@ from litestar.openapi.spec import (
     Schema,
     SecurityScheme,
 )
-from litestar.plugins.core._msgspec import kwarg_definition_from_field
 from litestar.response import ServerSentEvent
 from litestar.routes import HTTPRoute
 from litestar.typing import FieldDefinition
 
+# Litestar's own schema builder for msgspec Structs (and how it reads a field's Meta) are
+# private to Litestar: litestar_compat holds that access (and says what it relies on);
+# tests/integration/test_schema.py fails if an upgrade changes what they produce.
+from services.api.litestar_compat import StructSchemaPlugin, kwarg_definition_from_field
 from services.api.schemas import errors
 
 BEARER = "bearerAuth"

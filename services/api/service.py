@@ -9,7 +9,7 @@ import logging
 import uvicorn
 from nats.aio.client import Client as NATS
 
-from libs.common import db, jetstream, tenants
+from libs.common import db, jetstream, tokens
 from libs.common.olap import OlapClient
 from libs.common.service import Service
 from libs.common.settings import Settings
@@ -44,7 +44,7 @@ class ApiService(Service):
             s.database_url, max_size=4, server_settings={"synchronous_commit": "off"},
         )
         self.state = ApiState(
-            settings=s, pool=pool, nc=self._nc, js=js, tokens=tenants.TokenCache(pool),
+            settings=s, pool=pool, nc=self._nc, js=js, tokens=tokens.TokenCache(pool),
             olap=OlapClient(s, self._nc), audit_pool=audit_pool,
         )
         await self.state.start()

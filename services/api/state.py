@@ -12,12 +12,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from libs.common import limits, subjects, tenants
+from libs.common import limits, subjects
 from libs.common.messages import STATE_CHANGES_DECODER, StateChanges
 from libs.common.olap import OlapClient
 from libs.common.payloads import PayloadStore, open_store
 from libs.common.settings import Settings
 from libs.common.statuses import RUN_TERMINAL
+from libs.common.tokens import TokenCache
 from services.api.input_schema import InputValidators
 from services.api.repos.analytics import AnalyticsRepo
 from services.api.repos.audit import AuditRepo
@@ -39,7 +40,7 @@ class ApiState:
     pool: asyncpg.Pool
     nc: NATS
     js: JetStreamContext
-    tokens: tenants.TokenCache
+    tokens: TokenCache
     olap: OlapClient | None = None
     waiters: dict[str, set[asyncio.Future[str]]] = field(default_factory=dict)
     inputs: InputValidators = field(default_factory=InputValidators)

@@ -10,8 +10,8 @@ import logging
 import grpc
 from nats.js.kv import KeyValue
 
-from libs.common import limits, tenants
-from libs.common.tenants import Principal, Scope
+from libs.common import limits, tokens
+from libs.common.tokens import Principal, Scope
 from services.dispatcher.streams import WorkerConn
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ AUTH_RECHECK_S = 0.5
 class WorkerAuth:
     """Mixed into DispatcherService, which owns the state declared here."""
 
-    _tokens: tenants.TokenCache | None
+    _tokens: tokens.TokenCache | None
     _limits: limits.LimitCache | None
     _kv: KeyValue | None
     _principals: dict[WorkerConn, tuple[str, Principal]]

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from libs.common import db, jetstream, limits, metrics, retry, subjects, tenants
+from libs.common import db, jetstream, limits, metrics, retry, subjects, tokens
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
 from libs.common.messages import (
     DISPATCH_DECODER,
@@ -38,7 +38,7 @@ from libs.common.proto import worker_pb2_grpc as pb_grpc
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Stream
-from libs.common.tenants import Principal
+from libs.common.tokens import Principal
 from services.dispatcher.auth import WorkerAuth
 from services.dispatcher.output import OutputPublisher
 from services.dispatcher.reports import ReportMessage, chunks, too_large, unpublishable
@@ -82,7 +82,7 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
-        self._tokens: tenants.TokenCache | None = None
+        self._tokens: tokens.TokenCache | None = None
         self._limits: limits.LimitCache | None = None
         # Each connected worker's token, and the streams to end as UNAUTHENTICATED.
         self._principals: dict[WorkerConn, tuple[str, Principal]] = {}
@@ -113,7 +113,7 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
         self._js = self._nc.jetstream()
         await jetstream.provision(self._js, s)
         self._pool = await db.create_pool(s.database_url, max_size=2)
-        self._tokens = tenants.TokenCache(self._pool)
+        self._tokens = tokens.TokenCache(self._pool)
         self._tokens.on_revoke(self._on_token_revoked)
         await self._tokens.listen(self._nc)
         self._limits = limits.LimitCache(self._pool)

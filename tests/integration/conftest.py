@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from ratchet import Ratchet, Worker
 
-from libs.common import db, tenants
+from libs.common import db, tokens
 from libs.common.settings import Settings, load_settings
 from services.api.service import ApiService
 from services.dispatcher.service import DispatcherService
@@ -67,7 +67,7 @@ async def tenant(stack: Stack) -> str:
     tenant_id = "t" + uuid.uuid4().hex[:12]
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
-        token = await tenants.ensure_tenant(pool, tenant_id)
+        token = await tokens.ensure_tenant(pool, tenant_id)
     finally:
         await pool.close()
     stack.tokens = getattr(stack, "tokens", {})  # type: ignore[attr-defined]

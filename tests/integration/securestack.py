@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from libs.common import db, tenants
+from libs.common import db, tokens
 from libs.common.natsauth_setup import AuthLayout
 from libs.common.settings import Settings, load_settings
 from services.api.service import ApiService
@@ -41,7 +41,7 @@ class SecureStack:
         tenant = "t" + uuid.uuid4().hex[:12]
         pool = await db.create_pool(self.api.settings.database_url, max_size=1)
         try:
-            token = await tenants.ensure_tenant(pool, tenant)
+            token = await tokens.ensure_tenant(pool, tenant)
         finally:
             await pool.close()
         return tenant, token

@@ -232,11 +232,11 @@ async def test_parent_filter_and_parent_links_stay_within_the_tenant(
     await ref.aio_result(30)
     assert len(await client.runs.aio_list(parent_run_id=ref.run_id)) == 1
 
-    from libs.common import db, tenants  # another tenant, made like the fixture makes one
+    from libs.common import db, tokens  # another tenant, made like the fixture makes one
 
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
-        token = await tenants.ensure_tenant(pool, "other-" + ref.run_id[:12])
+        token = await tokens.ensure_tenant(pool, "other-" + ref.run_id[:12])
     finally:
         await pool.close()
     other = Ratchet(token=token, api_url=stack.api_url, grpc_addr=stack.grpc_addr)

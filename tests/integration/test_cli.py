@@ -29,7 +29,7 @@ from ratchet.cli._common import CliError, Exit
 from ratchet.cli._tokens import parse_duration_s, parse_limit
 from ratchet.resources import Runs
 
-from libs.common import db, tenants
+from libs.common import db, tokens
 from services.api.service import ApiService
 from services.matcher.service import MatcherService
 from services.replicator.service import ReplicatorService
@@ -285,7 +285,7 @@ async def test_other_tenants_runs_are_not_found(
 
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
-        other = await tenants.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
+        other = await tokens.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
     finally:
         await pool.close()
     other_env = cli_env(stack.api_url, other)

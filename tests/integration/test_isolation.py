@@ -31,7 +31,7 @@ import pytest
 from conftest import Stack, eventually
 from raw_worker import RawWorker
 
-from libs.common import db, tenants
+from libs.common import db, tokens
 from libs.common.proto import worker_pb2 as pb
 
 # Upsert by name into the caller's own namespace: B may create its own key of the same name.
@@ -102,7 +102,7 @@ async def _new_tenant(stack: Stack) -> tuple[str, str]:
     tenant_id = "t" + uuid.uuid4().hex[:12]
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
-        return tenant_id, await tenants.ensure_tenant(pool, tenant_id)
+        return tenant_id, await tokens.ensure_tenant(pool, tenant_id)
     finally:
         await pool.close()
 

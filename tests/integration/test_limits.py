@@ -13,8 +13,9 @@ import pytest
 from conftest import Stack, eventually
 from raw_worker import RawWorker
 
-from libs.common import admin, db, limits
+from libs.common import db, limits
 from libs.common.limits import Limit
+from tools import admin
 
 
 @pytest.fixture

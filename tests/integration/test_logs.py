@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from ratchet import Context, Ratchet
 
-from libs.common import db, tenants
+from libs.common import db, tokens
 from services.replicator.service import ReplicatorService
 from tests.integration.conftest import Stack, eventually
 
@@ -55,7 +55,7 @@ async def _logs(client: Ratchet, run_id: str, count: int) -> list[dict[str, Any]
 async def _other_tenant(stack: Stack) -> dict[str, str]:
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
-        token = await tenants.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
+        token = await tokens.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
     finally:
         await pool.close()
     return {"authorization": f"Bearer {token}"}

@@ -325,12 +325,12 @@ async def test_input_over_the_limit_is_a_413_naming_size_and_limit(
 async def test_payloads_are_tenant_prefixed_and_private(
     stack: Stack, tenant: str, http: httpx.AsyncClient
 ) -> None:
-    from libs.common import db, tenants
+    from libs.common import db, tokens
 
     other = "t" + uuid.uuid4().hex[:12]
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
-        other_token = await tenants.ensure_tenant(pool, other)
+        other_token = await tokens.ensure_tenant(pool, other)
     finally:
         await pool.close()
     data = _blob(3 * MiB, tenant).encode()

@@ -13,7 +13,7 @@ import nats
 import pytest
 from ratchet import Context, Ratchet
 
-from libs.common import db, olap, tenants
+from libs.common import db, olap, tokens
 from libs.common.subjects import Header, evt
 from services.replicator.service import ReplicatorService
 from tests.integration.conftest import Stack, eventually
@@ -125,7 +125,7 @@ async def test_analytics_endpoints_are_tenant_scoped(
     await eventually(replicated)
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
-        other_token = await tenants.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
+        other_token = await tokens.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
     finally:
         await pool.close()
     mine = {"authorization": f"Bearer {stack.tokens[tenant]}"}  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from ratchet import ApiError, Context, Ratchet
 
-from libs.common import db, tenants
+from libs.common import db, tokens
 from tests.integration.conftest import Stack, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -127,7 +127,7 @@ async def test_stream_is_tenant_scoped(
     await ref.aio_result(30)
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
-        other_token = await tenants.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
+        other_token = await tokens.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
     finally:
         await pool.close()
     other = Ratchet(token=other_token, api_url=stack.api_url, grpc_addr=stack.grpc_addr)

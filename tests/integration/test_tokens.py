@@ -14,14 +14,14 @@ import pytest
 from conftest import Stack, eventually
 from raw_worker import RawWorker
 
-from libs.common import tenants
+from libs.common import tokens
 from libs.common.settings import Settings
 from services.api.app import create_app
 from services.api.auth import declared_scopes
 from services.api.service import ApiService
 
 # Revocation and expiry must reach every process within this long.
-REVOKE_DEADLINE_S = tenants.REVOKE_WITHIN_S
+REVOKE_DEADLINE_S = tokens.REVOKE_WITHIN_S
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -231,9 +231,9 @@ async def test_unknown_or_missing_token_is_401(stack: Stack, http: httpx.AsyncCl
 async def test_existing_tokens_keep_every_scope(stack: Stack, tenant: str) -> None:
     conn = await asyncpg.connect(stack.settings.database_url)
     try:
-        token = await tenants.ensure_tenant(conn, tenant)
-        principal = await tenants.principal_for_token(conn, token)
+        token = await tokens.ensure_tenant(conn, tenant)
+        principal = await tokens.principal_for_token(conn, token)
     finally:
         await conn.close()
     assert principal is not None and principal.tenant == tenant
-    assert principal.scopes == frozenset(tenants.ALL_SCOPES)
+    assert principal.scopes == frozenset(tokens.ALL_SCOPES)

@@ -17,7 +17,7 @@ import pytest
 from conftest import Stack, WorkerFactory, eventually
 from ratchet import ApiError, Context, Ratchet
 
-from libs.common import db, tenants
+from libs.common import db, tokens
 from services.matcher.service import MatcherService
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -248,7 +248,7 @@ async def test_tenants_cannot_see_or_roll_back_each_others_versions(
     a2 = await _register(client, _spec(name, "two"))
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
-        token_b = await tenants.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
+        token_b = await tokens.ensure_tenant(pool, "t" + uuid.uuid4().hex[:12])
     finally:
         await pool.close()
     headers = {"authorization": f"Bearer {token_b}"}

@@ -25,7 +25,7 @@ from pathlib import Path
 from playwright.async_api import Browser, async_playwright
 from ratchet import Ratchet, Workflow
 
-from libs.common import db, limits, tenants
+from libs.common import db, limits, tokens
 from libs.common.limits import Limit
 from libs.common.service import Service
 from libs.common.settings import load_settings
@@ -145,7 +145,7 @@ async def private_stack(base: Path) -> AsyncIterator[PrivateStack]:
         for svc in services:
             await svc.start()
         pool = await db.create_pool(dsn, max_size=1)
-        token = await tenants.ensure_tenant(pool, "demo")
+        token = await tokens.ensure_tenant(pool, "demo")
         await limits.store(pool, "demo", {Limit.UNFINISHED_RUNS: 500, Limit.WORKERS: 4,
                                           Limit.TRIGGERS_PER_S: 200})
         await pool.close()

@@ -9,7 +9,7 @@ import pytest
 from playwright.async_api import Page, expect
 from ratchet import Ratchet
 
-from libs.common import db, tenants
+from libs.common import db, tokens
 from tests.integration.conftest import Stack, eventually
 from tests.ui import seed
 
@@ -215,7 +215,7 @@ async def test_another_tenant_sees_none_of_these_runs(
     pool = await db.create_pool(stack.settings.database_url, max_size=1)
     try:
         other = "t" + ref.run_id[:12]
-        other_token = await tenants.ensure_tenant(pool, other)
+        other_token = await tokens.ensure_tenant(pool, other)
     finally:
         await pool.close()
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.common import tenants
+from libs.common import tokens
 from libs.common.subjects import valid_tenant
 from services.api.repos.errors import Conflict, Invalid
 
@@ -29,7 +29,7 @@ class TenantRepo:
                 # Handing out another token for an existing tenant would be a silent
                 # privilege grant; the operator asks for one on purpose instead.
                 raise Conflict(f"tenant {tenant_id!r} already exists")
-            return await tenants.ensure_tenant(conn, tenant_id)
+            return await tokens.ensure_tenant(conn, tenant_id)
 
     async def list_tenants(self) -> list[Any]:
         return list(await self._pool.fetch(

@@ -7,9 +7,9 @@ from datetime import datetime
 
 import asyncpg
 
-from libs.common import audit, tenants
+from libs.common import audit, tokens
 from libs.common.audit import AuditEntry
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 
 _COLUMNS = "id, name, scopes, created_at, expires_at, revoked_at"
 
@@ -23,12 +23,12 @@ class TokenRepo:
         entry: AuditEntry,
     ) -> tuple[str, asyncpg.Record]:
         """Store a new token; returns (secret, row). Only the secret's hash is kept."""
-        secret = tenants.new_token()
+        secret = tokens.new_token()
         async with self._pool.acquire() as conn, conn.transaction():
             row: asyncpg.Record = await conn.fetchrow(
                 "INSERT INTO api_tokens (token_hash, tenant_id, id, name, scopes, expires_at)"
                 f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
-                tenants.hash_token(secret), tenant, tenants.new_token_id(), name,
+                tokens.hash_token(secret), tenant, tokens.new_token_id(), name,
                 [s.value for s in scopes], expires_at,
             )
             await audit.record(conn, _with_target(entry, row["id"]))

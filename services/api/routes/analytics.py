@@ -14,7 +14,7 @@ from litestar import Controller, get
 from litestar.exceptions import ClientException
 from litestar.params import Parameter
 
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.schemas import errors
 

@@ -8,7 +8,7 @@ import msgspec
 from litestar import Controller, get
 from litestar.params import Parameter
 
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.routes.analytics import Instant, parse_instant
 

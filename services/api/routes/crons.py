@@ -22,7 +22,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from libs.common.cronexpr import cron_problem, next_tick
 from libs.common.specs import Cron, WorkflowSpec
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.repos.crons import WorkflowCron
 from services.api.routes.tokens import audit_entry

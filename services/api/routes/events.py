@@ -22,7 +22,7 @@ from libs.common import jetstream, subjects
 from libs.common.jetstream import Outgoing
 from libs.common.payloads import event_scope
 from libs.common.subjects import Header
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.routes.limits import admit_events
 from services.api.routes.payloads import offload

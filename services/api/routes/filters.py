@@ -21,7 +21,7 @@ from libs.common import events as evt
 from libs.common import subjects
 from libs.common.cel import CelError, compile_filter
 from libs.common.specs import Cel
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.repos.filters import FilterFields
 from services.api.routes.tokens import audit_entry

@@ -1,6 +1,6 @@
 """Per-tenant limits: `GET /limits` shows each limit against current usage (`read` scope).
 
-Limits are set by the operator (`python -m libs.common.admin set-limits TENANT ...`), not
+Limits are set by the operator (`python -m tools.admin set-limits TENANT ...`), not
 through this API: a tenant must not raise its own. The `admit_*` helpers are what the trigger
 and event routes call before publishing; over a limit they raise `LimitExceeded`, which
 app.py turns into 429 with `Retry-After` and the limit's name.
@@ -14,7 +14,7 @@ from litestar import Controller, get
 from libs.common import limits
 from libs.common.limits import Limit, LimitExceeded
 from libs.common.subjects import Bucket
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.state import ApiState
 

@@ -11,7 +11,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from libs.common.specs import INT32_MAX
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.repos.logs import LogRepo
 from services.api.routes.analytics import Instant, parse_instant

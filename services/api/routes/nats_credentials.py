@@ -19,7 +19,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_503_SERVICE_UNAVAILABLE
 from msgspec import Meta
 
 from libs.common import natsauth
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.schemas import errors
 

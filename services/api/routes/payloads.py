@@ -33,7 +33,7 @@ from libs.common.payloads import (
     encode_ref,
     maybe_ref,
 )
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.schemas import errors
 from services.api.state import ApiState

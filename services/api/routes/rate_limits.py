@@ -19,7 +19,7 @@ from litestar.params import Parameter
 
 from libs.common import specs
 from libs.common.cel import check_expression
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.routes.tokens import audit_entry
 from services.api.schemas import errors

@@ -18,7 +18,7 @@ from libs.common.db import HISTORY_DECODER
 from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, ReplayRun, encode
 from libs.common.statuses import RUN_TERMINAL, RunStatus
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.routes.payloads import resolve
 from services.api.routes.tokens import audit_entry

@@ -37,7 +37,7 @@ from libs.common import subjects
 from libs.common.log_messages import STREAM_CHUNK_DECODER, StreamChunk
 from libs.common.statuses import RUN_TERMINAL
 from libs.common.subjects import Stream
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.schemas import errors
 from services.api.state import ApiState

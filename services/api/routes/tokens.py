@@ -1,7 +1,7 @@
 """API tokens (`admin` scope): create (the secret is shown once), list, revoke.
 
 A revocation is committed, then broadcast so every API and dispatcher process drops the token
-at once (their caches re-check within `tenants.CACHE_TTL_S` should the broadcast be lost); a
+at once (their caches re-check within `tokens.CACHE_TTL_S` should the broadcast be lost); a
 worker connected with it is disconnected with UNAUTHENTICATED.
 """
 
@@ -16,9 +16,9 @@ from litestar.exceptions import ClientException, NotFoundException
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from msgspec import Meta
 
-from libs.common import tenants
+from libs.common import tokens
 from libs.common.audit import AuditEntry
-from libs.common.tenants import Principal, Scope
+from libs.common.tokens import Principal, Scope
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.schemas import errors
 
@@ -86,7 +86,7 @@ class TokenController(Controller):
         if not name or len(name) > MAX_NAME_CHARS:
             raise ClientException(f"name must be 1-{MAX_NAME_CHARS} characters")
         try:
-            scopes = tenants.parse_scopes(data.scopes)
+            scopes = tokens.parse_scopes(data.scopes)
         except ValueError as exc:
             raise ClientException(str(exc)) from exc
         expires_at = None
@@ -125,4 +125,4 @@ class TokenController(Controller):
         if not await api.token_repo.revoke(caller.tenant, token_id, entry):
             raise NotFoundException(f"token {token_id!r} not found")
         api.tokens.forget(token_id)
-        await tenants.announce_revoked(api.nc, token_id)
+        await tokens.announce_revoked(api.nc, token_id)

@@ -19,7 +19,7 @@ from libs.common.jetstream import Outgoing
 from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, encode
 from libs.common.payloads import PayloadTooLarge
 from libs.common.subjects import Header
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api import children
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.input_schema import schema_problem

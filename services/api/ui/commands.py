@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from libs.common.tenants import Principal
+from libs.common.tokens import Principal
 from services.api.routes.analytics import (
     AnalyticsController,
     RunCounts,

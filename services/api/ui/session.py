@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from litestar import Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
-from libs.common.tenants import Principal, Scope
+from libs.common.tokens import Principal, Scope
 from services.api.auth import TOKEN_COOKIE, Api, authenticate, bearer_token
 
 COOKIE = TOKEN_COOKIE

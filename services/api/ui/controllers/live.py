@@ -34,7 +34,7 @@ from services.api.ui.views import RunPage, run_logs, run_page, status_class
 
 KEEPALIVE_S = 15.0
 # How often a stream re-checks its token besides the revocation broadcast: revocation and
-# expiry must end a session within 2 s (tenants.REVOKE_WITHIN_S) even if the broadcast is lost.
+# expiry must end a session within 2 s (tokens.REVOKE_WITHIN_S) even if the broadcast is lost.
 CHECK_S = 0.5
 # After a change of a run, its log is read again this long after (seconds): lines reach the
 # log store about a second after a task writes them. Two reads, then none until the next change.

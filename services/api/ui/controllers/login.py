@@ -9,7 +9,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect
 
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api
 from services.api.ui.render import page
 from services.api.ui.session import COOKIE, COOKIE_MAX_AGE_S, NO_READ, UiSession, check_csrf

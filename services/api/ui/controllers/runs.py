@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect
 
-from libs.common.tenants import Scope
+from libs.common.tokens import Scope
 from services.api.auth import Api
 from services.api.repos import RepoError
 from services.api.repos.runs import MAX_MATCHING, RunFilter, RunRow

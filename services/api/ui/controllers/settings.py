@@ -15,7 +15,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect
 
-from libs.common.tenants import ALL_SCOPES, Scope
+from libs.common.tokens import ALL_SCOPES, Scope
 from services.api.auth import Api
 from services.api.routes.tokens import TokenCreated, TokenIn
 from services.api.ui import commands

@@ -1,13 +1,17 @@
 """Operator commands.
 
-    python -m libs.common.admin migrate
-    python -m libs.common.admin ensure-tenant ID [--token T]
-    python -m libs.common.admin limits ID                      # show
-    python -m libs.common.admin set-limits ID [--unfinished-runs N] [--triggers-per-s X]
+    python -m tools.admin migrate
+    python -m tools.admin ensure-tenant ID [--token T]
+    python -m tools.admin limits ID                      # show
+    python -m tools.admin set-limits ID [--unfinished-runs N] [--triggers-per-s X]
         [--events-per-s X] [--payload-bytes N] [--workers N] [--slots N]   # "none" = unlimited
 
 Limits are the operator's to set (tenants only read theirs, `GET /limits`); each change is
 written to the tenant's audit log as done by "operator".
+
+This talks to PostgreSQL directly (`DATABASE_URL`), from a checkout of the repository: `make up`
+uses it, and it is not in the service image. Without database access, an operator does the same
+through the API's operator endpoints (`ratchet admin ...`, services/api/routes/admin.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import sys
 
 import msgspec
 
-from libs.common import db, limits, tenants
+from libs.common import db, limits, tokens
 from libs.common.limits import Limit
 from libs.common.settings import load_settings
 
@@ -64,7 +68,7 @@ async def _main(argv: list[str] | None = None) -> int:
     pool = await db.create_pool(settings.database_url, max_size=1)
     try:
         if args.cmd == "ensure-tenant":
-            token = await tenants.ensure_tenant(pool, args.tenant, args.token)
+            token = await tokens.ensure_tenant(pool, args.tenant, args.token)
             print(f"RATCHET_TENANT={args.tenant}")
             print(f"RATCHET_TOKEN={token}")
         elif args.cmd == "limits":

@@ -1,4 +1,4 @@
-"""Tenants and API tokens: a token belongs to exactly one tenant and carries scopes.
+"""API tokens and their scopes: a token belongs to exactly one tenant and carries scopes.
 
 Secrets are stored as sha256 hashes only. Every API and dispatcher process keeps a small cache
 of token → principal; revocation reaches those caches two ways, so it holds within
@@ -19,6 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 
 import asyncpg
+from cachetools import TTLCache
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -137,11 +138,6 @@ async def principal_for_token(
     )
 
 
-async def tenant_for_token(conn: asyncpg.Pool | asyncpg.Connection, token: str) -> str | None:
-    principal = await principal_for_token(conn, token)
-    return principal.tenant if principal is not None else None
-
-
 async def announce_revoked(nc: NATS, token_id: str) -> None:
     """Tell every API and dispatcher process to forget the token now (best effort: their cache
     TTL is the safety net)."""
@@ -165,33 +161,30 @@ class TokenCache:
         self, pool: asyncpg.Pool, max_entries: int = 10_000, ttl_s: float = CACHE_TTL_S
     ) -> None:
         self._pool = pool
-        self._cache: dict[str, tuple[float, Principal]] = {}
-        self._max = max_entries
-        self._ttl_s = ttl_s
+        # cachetools.TTLCache rather than a dict: bounded (a flood of distinct tokens cannot
+        # grow the process), each entry expires ttl_s after it was cached (the revocation
+        # safety net), and a full cache evicts the least recently used entry instead of
+        # forgetting every caller at once.
+        self._cache: TTLCache[str, Principal] = TTLCache(
+            maxsize=max_entries, ttl=ttl_s, timer=time.monotonic
+        )
         self._sub: Subscription | None = None
         self._listeners: list[RevokeListener] = []
 
     async def principal(self, token: str) -> Principal | None:
         key = hash_token(token)
         hit = self._cache.get(key)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self._ttl_s and not hit[1].expired():
-            return hit[1]
+        if hit is not None and not hit.expired():
+            return hit
         self._cache.pop(key, None)
         principal = await principal_for_token(self._pool, token)
         if principal is not None:
-            if len(self._cache) >= self._max:
-                self._cache.clear()
-            self._cache[key] = (now, principal)
+            self._cache[key] = principal
         return principal
 
-    async def tenant(self, token: str) -> str | None:
-        principal = await self.principal(token)
-        return principal.tenant if principal is not None else None
-
     def forget(self, token_id: str) -> None:
-        for key in [k for k, (_, p) in self._cache.items() if p.token_id == token_id]:
-            del self._cache[key]
+        for key in [k for k, p in self._cache.items() if p.token_id == token_id]:
+            self._cache.pop(key, None)
 
     def on_revoke(self, listener: RevokeListener) -> None:
         """Call `listener(token_id)` after each revocation broadcast (e.g. to end streams)."""
