@@ -120,3 +120,32 @@ def valid_tenant(tenant: str) -> bool:
 CMD_RUN_ALL = "cmd.*.run.>"
 # The matcher tells the scheduler that an event satisfied a durable wait (messages.WaitSatisfied).
 CMD_WAIT_VERB = "run.wait"
+
+
+# Scheduler partitions (docs/scaling.md). The CMD and TASK streams rewrite the subjects of
+# commands and worker reports as they store them, inserting the tenant's partition after the
+# tenant: `cmd.<tenant>.<verb>` is kept as `cmd.<tenant>.<p>.<verb>` and
+# `task.<tenant>.report.<kind>` as `task.<tenant>.report.<p>.<kind>`. The server computes
+# <p> (FNV-1a of the tenant token, modulo the count), so publishers never need to know the
+# partition count: it is fixed in the stream configuration when the stream is created, and
+# libs/common/partitions.py computes the same function for the scheduler's own use.
+CMD_PARTITION_SOURCE = "cmd.*.>"
+REPORT_PARTITION_SOURCE = "task.*.report.>"
+
+
+def cmd_partition_dest(count: int) -> str:
+    return "cmd.{{wildcard(1)}}.{{partition(" + str(count) + ",1)}}.>"
+
+
+def report_partition_dest(count: int) -> str:
+    return "task.{{wildcard(1)}}.report.{{partition(" + str(count) + ",1)}}.>"
+
+
+def cmd_partition(partition: int) -> str:
+    """Filter of one partition's stored commands (CMD stream)."""
+    return f"cmd.*.{partition}.>"
+
+
+def reports_partition(partition: int) -> str:
+    """Filter of one partition's stored worker reports (TASK stream)."""
+    return f"task.*.report.{partition}.>"
