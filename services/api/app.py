@@ -76,7 +76,10 @@ def _repo_error(_: Request, exc: Exception) -> Response[dict[str, object]]:  # t
     status = next(
         (code for cls, code in _REPO_STATUS.items() if isinstance(exc, cls)), HTTP_400_BAD_REQUEST
     )
-    return Response({"status_code": status, "detail": str(exc)}, status_code=status)
+    body: dict[str, object] = {"status_code": status, "detail": str(exc)}
+    if isinstance(exc, RepoError) and exc.extra is not None:
+        body["extra"] = exc.extra
+    return Response(body, status_code=status)
 
 
 def _limit_exceeded(_: Request, exc: Exception) -> Response[dict[str, object]]:  # type: ignore[type-arg]

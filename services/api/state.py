@@ -50,7 +50,7 @@ class ApiState:
     change_listeners: list[Callable[[StateChanges], None]] = field(default_factory=list)
     # Set when the service begins to stop, so long-lived responses (SSE) end and let it.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    # Large run inputs, outputs and event payloads (services/api/routes/payloads.py).
+    # Large run inputs, outputs and event payloads (services/api/actions/offload.py).
     payloads: PayloadStore | None = None
     # Where audit entries of publish-only changes are written (AuditRepo.record); `pool` if unset.
     audit_pool: asyncpg.Pool | None = None
@@ -73,6 +73,11 @@ class ApiState:
         if self.payloads is None:
             self.payloads = open_store(self.settings)
 
+    @property
+    def store(self) -> PayloadStore:
+        """The payload store (`payloads`, opened when the state is created if not given)."""
+        assert self.payloads is not None, "ApiState opens its payload store when created"
+        return self.payloads
 
     async def start(self) -> None:
         await self.tokens.listen(self.nc)

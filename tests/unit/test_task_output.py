@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from ratchet import _output, _sse
+from ratchet import _output
 
 from libs.common import olap
 from libs.common.log_messages import LOG_BATCH_DECODER, STREAM_CHUNK_DECODER, LogBatch, LogLine
@@ -18,8 +18,8 @@ from libs.common.messages import Assignment
 from libs.common.olap import ChdbBackend, ClickHouseBackend, OlapBackend
 from libs.common.proto import worker_pb2 as pb
 from libs.common.settings import load_settings
+from services.api.actions.stream import chunk_payload
 from services.api.repos.logs import RUN_LOGS_SQL, SEARCH_SQL, like_pattern
-from services.api.routes.streams import chunk_payload
 from services.dispatcher.output import AttemptDirectory, OutputPublisher
 from services.replicator import rows
 
@@ -73,20 +73,6 @@ def test_stream_credit_blocks_until_released() -> None:
     credit.release(1)
     thread.join(30)
     assert got.is_set()
-
-
-def test_sse_parsing_yields_typed_chunks_and_needs_the_end() -> None:
-    lines = [
-        ": keepalive", "",
-        "event: chunk", "id: 1", 'data: {"type":"text","data":"hi","task":"t","attempt":0,"seq":0}', "",
-        "event: chunk", 'data: {"type":"bytes","data":"AP8="}', "",
-        "event: chunk", 'data: {"type":"json","data":{"k":1}}', "",
-        "event: end", 'data: {"status":"SUCCEEDED"}', "",
-        "event: chunk", 'data: {"type":"text","data":"after the end"}', "",
-    ]
-    assert list(_sse.iterate(iter(lines))) == ["hi", b"\x00\xff", {"k": 1}]
-    with pytest.raises(ConnectionError):
-        list(_sse.iterate(iter(lines[:6])))
 
 
 # --- dispatcher ----------------------------------------------------------------------------

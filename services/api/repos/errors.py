@@ -1,14 +1,22 @@
 """Domain errors the repositories raise; app.py turns each into its HTTP status.
 
-Repositories know nothing of HTTP: a write that must abort inside its transaction (an unknown
-version, a name already taken) raises one of these and the transaction rolls back.
+Repositories and actions (services/api/actions/) know nothing of HTTP: a write that must
+abort inside its transaction (an unknown version, a name already taken) raises one of these and
+the transaction rolls back; an action refusing a request raises one too.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RepoError(Exception):
-    """Base class; the message is shown to the caller as the response detail."""
+    """Base class; the message is shown to the caller as the response detail, and `extra`
+    (when given) as the body's `extra`, for programs (e.g. a CEL error's position)."""
+
+    def __init__(self, message: str, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.extra = extra
 
 
 class NotFound(RepoError):

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 from litestar import Controller, get
 from litestar.params import Parameter
 
 from libs.common.tokens import Scope
+from services.api.actions.analytics import parse_instant
 from services.api.auth import Api, Tenant, requires
-from services.api.routes.analytics import Instant, parse_instant
-
-
-class AuditView(msgspec.Struct, kw_only=True):
-    id: int
-    ts: str
-    token_id: str | None
-    token_name: str | None
-    action: str
-    target: str | None
-    detail: Any
+from services.api.schemas.analytics import Instant
+from services.api.schemas.logs import AuditView
 
 
 class AuditController(Controller):

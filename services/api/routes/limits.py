@@ -1,34 +1,18 @@
 """Per-tenant limits: `GET /limits` shows each limit against current usage (`read` scope).
 
-Limits are set by the operator (`python -m tools.admin set-limits TENANT ...`), not
-through this API: a tenant must not raise its own. The `admit_*` helpers are what the trigger
-and event routes call before publishing; over a limit they raise `LimitExceeded`, which
-app.py turns into 429 with `Retry-After` and the limit's name.
+Limits are set by the operator (`python -m libs.common.admin set-limits TENANT ...`), not
+through this API: a tenant must not raise its own. Admitting triggers and events under them is
+`services.api.actions.admission`.
 """
 
 from __future__ import annotations
 
-import msgspec
 from litestar import Controller, get
 
-from libs.common import limits
-from libs.common.limits import Limit, LimitExceeded
-from libs.common.subjects import Bucket
 from libs.common.tokens import Scope
+from services.api.actions import admission
 from services.api.auth import Api, Tenant, requires
-from services.api.state import ApiState
-
-UNFINISHED_RETRY_AFTER_S = 5
-
-
-class LimitUsage(msgspec.Struct, kw_only=True):
-    name: str
-    limit: float | None  # None: unlimited
-    usage: float | None  # None: a rate, measured per process (see docs/security.md)
-
-
-class LimitsView(msgspec.Struct, kw_only=True):
-    limits: list[LimitUsage]
+from services.api.schemas.limits import LimitsView
 
 
 class LimitController(Controller):
@@ -39,37 +23,4 @@ class LimitController(Controller):
     @get("/", operation_id="getLimits")
     async def get_limits(self, tenant: Tenant, api: Api) -> LimitsView:
         """Every limit of the tenant (null = unlimited) with its current usage."""
-        current = await limits.load(api.pool, tenant)
-        kv = await api.js.key_value(Bucket.WORKERS.value)
-        workers, slots = await limits.worker_usage(kv, tenant)
-        usage: dict[Limit, float | None] = {
-            Limit.UNFINISHED_RUNS: await api.usage.unfinished_runs(tenant),
-            Limit.TRIGGERS_PER_S: None,
-            Limit.EVENTS_PER_S: None,
-            Limit.PAYLOAD_BYTES: None,
-            Limit.WORKERS: workers,
-            Limit.SLOTS: slots,
-        }
-        return LimitsView(limits=[
-            LimitUsage(name=name.value, limit=current.get(name), usage=value)
-            for name, value in usage.items()
-        ])
-
-
-async def admit_triggers(api: ApiState, tenant: str, count: int) -> None:
-    """Refuse `count` new runs over triggers_per_s or unfinished_runs (all or none)."""
-    current = await api.limits.get(tenant)
-    if current.unfinished_runs is not None:
-        unfinished = await api.usage.unfinished_runs(tenant)
-        if unfinished + count > current.unfinished_runs:
-            raise LimitExceeded(
-                Limit.UNFINISHED_RUNS, current.unfinished_runs, UNFINISHED_RETRY_AFTER_S,
-                f"{unfinished} unfinished runs; {count} more would go over "
-                f"{Limit.UNFINISHED_RUNS.value}={current.unfinished_runs}",
-            )
-    api.rates.take(tenant, Limit.TRIGGERS_PER_S, current.triggers_per_s, count)
-
-
-async def admit_events(api: ApiState, tenant: str, count: int) -> None:
-    current = await api.limits.get(tenant)
-    api.rates.take(tenant, Limit.EVENTS_PER_S, current.events_per_s, count)
+        return await admission.usage(api, tenant)

@@ -6,9 +6,8 @@ tenant (the token says which, so a key is always tenant-prefixed) and answers th
 use both for outputs and inputs above `RATCHET_PAYLOAD_INLINE_BYTES`; neither route ever holds
 a whole body in memory.
 
-`offload` and `resolve` are what the other routes use: a run input (or event payload) above the
-inline limit is stored and replaced by its encoded reference; a reference read back from a row
-is turned into the JSON value it stands for.
+Offloading a large run input or event payload on the request path, and reading a reference
+back, is `services.api.actions.offload`.
 """
 
 from __future__ import annotations
@@ -28,15 +27,11 @@ from libs.common.payloads import (
     PayloadAccessDenied,
     PayloadNotFound,
     PayloadRef,
-    PayloadStore,
     PayloadTooLarge,
-    encode_ref,
-    maybe_ref,
 )
 from libs.common.tokens import Scope
 from services.api.auth import Api, Tenant, requires
 from services.api.schemas import errors
-from services.api.state import ApiState
 
 # What libs/common/payloads accepts as a scope (a run id, or an event's scope).
 ScopeIdParam = Annotated[str, Parameter(
@@ -55,11 +50,6 @@ class PayloadRefView(msgspec.Struct, kw_only=True):
     key: str
     sha256: str
     size: int
-
-
-def store_of(api: ApiState) -> PayloadStore:
-    assert api.payloads is not None, "ApiState opens its payload store when created"
-    return api.payloads
 
 
 def too_large(size: int, limit: int, what: str = "payload") -> Response[dict[str, Any]]:
@@ -88,31 +78,6 @@ def on_body_too_large(request: Request[Any, Any, Any], _: Exception) -> Response
     return too_large(size, limit, "request body")
 
 
-async def offload(api: ApiState, tenant: str, scope_id: str, raw: bytes) -> bytes:
-    """`raw` JSON as it should travel: itself when small, else its stored reference.
-
-    Raises:
-        PayloadTooLarge: above RATCHET_MAX_PAYLOAD_BYTES (answered as a 413).
-    """
-    limit = api.settings.max_payload_bytes
-    if len(raw) > limit:
-        raise PayloadTooLarge(len(raw), limit)
-    if len(raw) <= api.settings.payload_inline_bytes:
-        return raw
-    ref = await store_of(api).put_bytes(tenant, scope_id, raw, limit)
-    return encode_ref(ref)
-
-
-async def resolve(api: ApiState, tenant: str, raw: bytes | None) -> Any:
-    """The JSON value a stored column holds, fetching it from the store if it is a reference."""
-    if raw is None:
-        return None
-    ref = maybe_ref(raw)
-    if ref is not None:
-        raw = await store_of(api).get_bytes(tenant, ref)
-    return msgspec.json.decode(raw) if raw else None
-
-
 class PayloadController(Controller):
     path = "/payloads"
     tags = ["payloads"]
@@ -134,7 +99,7 @@ class PayloadController(Controller):
         if announced.isdigit() and int(announced) > limit:
             raise PayloadTooLarge(int(announced), limit)
         try:
-            ref = await store_of(api).put_stream(tenant, scope_id, _body(request), limit)
+            ref = await api.store.put_stream(tenant, scope_id, _body(request), limit)
         except InvalidPayloadKey as exc:
             raise ClientException(str(exc)) from None
         return PayloadRefView(key=ref.key, sha256=ref.sha256, size=ref.size)
@@ -150,7 +115,7 @@ class PayloadController(Controller):
         try:
             sha = key.rsplit("/", 1)[-1]
             ref = PayloadRef(key, sha, size)
-            store = store_of(api)
+            store = api.store
             chunks = store.open(tenant, ref)
             first = await anext(chunks, b"")  # fails here, before the 200, if it cannot open
         except (InvalidPayloadKey, PayloadAccessDenied, PayloadNotFound):

@@ -1,13 +1,11 @@
-"""The dashboard's writes, and the reads it shows as the REST API does, through the REST
-API's own handlers.
+"""The dashboard's writes, and the reads it shows as the REST API does, through the actions
+the REST routes call (services/api/actions/).
 
-Each function calls the function behind a REST endpoint (`handler.fn`) with the session's
-principal, so a button in the browser publishes exactly the command, with the same validation,
-msg-id and audit entry (naming the token), that the same request to the REST API would; and a
-page lists what the REST API lists. The handlers' guards do not run on this path: pages check
-the scope first (`session.require_scope`). The handlers stay the one place each change is
-written — moving their bodies into shared functions would only add a layer both call. Errors
-are the handlers' own HTTP exceptions (their `detail` is shown to the user).
+A button in the browser runs the same action, with the same validation, msg-id and audit entry
+(naming the session's token), that the same request to the REST API would; and a page lists
+the same views the REST API returns. Pages check the scope first (`session.require_scope`), as
+the routes' guards do. Refusals are the actions' domain errors (`RepoError`, `LimitExceeded`,
+`PayloadTooLarge`, the 422 `InputInvalid`); the dashboard shows their message.
 """
 
 from __future__ import annotations
@@ -16,45 +14,25 @@ from datetime import datetime
 from typing import Any
 
 from libs.common.tokens import Principal
-from services.api.routes.analytics import (
-    AnalyticsController,
-    RunCounts,
-    TaskLatencyReport,
-    Throughput,
-)
-from services.api.routes.crons import (
-    CronController,
-    CronIn,
-    CronView,
-    ScheduledController,
-    ScheduledView,
-)
-from services.api.routes.filters import FilterController, FilterIn, FilterView
-from services.api.routes.limits import LimitController, LimitsView
-from services.api.routes.rate_limits import RateLimitController, RateLimitView
-from services.api.routes.runs import RunController
-from services.api.routes.tokens import TokenController, TokenCreated, TokenIn, TokenView
-from services.api.routes.workflows import WorkflowController
-from services.api.schemas import (
-    RollbackRequest,
-    RunCreated,
-    RunRequest,
-    VersionView,
-    WorkflowView,
-)
+from services.api.actions import admission
+from services.api.actions import analytics as analytics_actions
+from services.api.actions import crons as cron_actions
+from services.api.actions import filters as filter_actions
+from services.api.actions import rate_limits as rate_limit_actions
+from services.api.actions import tokens as token_actions
+from services.api.actions import trigger as trigger_actions
+from services.api.actions import workflows as workflow_actions
+from services.api.actions.cancel import cancel_run
+from services.api.actions.replay import replay_run
+from services.api.schemas import RunCreated, RunRequest, VersionView, WorkflowView
+from services.api.schemas.analytics import RunCounts, TaskLatencyReport, Throughput
+from services.api.schemas.crons import CronIn, CronView, ScheduledView
+from services.api.schemas.filters import FilterIn, FilterView
+from services.api.schemas.limits import LimitsView, RateLimitView
+from services.api.schemas.tokens import TokenCreated, TokenIn, TokenView
 from services.api.state import ApiState
 
-
-async def cancel_run(api: ApiState, caller: Principal, run_id: str) -> None:
-    await RunController.cancel.fn(
-        None, run_id=run_id, tenant=caller.tenant, api=api, caller=caller
-    )
-
-
-async def replay_run(api: ApiState, caller: Principal, run_id: str) -> None:
-    await RunController.replay.fn(
-        None, run_id=run_id, tenant=caller.tenant, api=api, caller=caller
-    )
+__all__ = ["cancel_run", "replay_run"]  # re-exported: the runs pages call them as commands.*
 
 
 async def trigger(
@@ -62,138 +40,86 @@ async def trigger(
     priority: int | None,
 ) -> RunCreated:
     req = RunRequest(input=input, metadata=metadata, priority=priority)
-    created: RunCreated = await WorkflowController.trigger.fn(
-        None, name=workflow, data=req, tenant=caller.tenant, api=api, caller=caller,
-        traceparent=None,
-    )
-    return created
+    return await trigger_actions.trigger_run(api, caller, workflow, req)
 
 
 async def rollback(api: ApiState, caller: Principal, workflow: str, version_id: str) -> VersionView:
-    view: VersionView = await WorkflowController.rollback.fn(
-        None, name=workflow, data=RollbackRequest(version_id=version_id), tenant=caller.tenant,
-        api=api, caller=caller,
-    )
-    return view
+    return await workflow_actions.rollback(api, caller, workflow, version_id)
 
 
 async def versions(api: ApiState, tenant: str, workflow: str) -> list[VersionView]:
-    views: list[VersionView] = await WorkflowController.versions.fn(
-        None, name=workflow, tenant=tenant, api=api, limit=1000
-    )
-    return views
+    return await workflow_actions.versions(api, tenant, workflow, limit=1000)
 
 
 async def workflows(api: ApiState, tenant: str) -> list[WorkflowView]:
-    views: list[WorkflowView] = await WorkflowController.list_workflows.fn(
-        None, tenant=tenant, api=api
-    )
-    return views
+    return await workflow_actions.list_workflows(api, tenant)
 
 
 async def workflow(api: ApiState, tenant: str, name: str) -> WorkflowView:
-    view: WorkflowView = await WorkflowController.get_workflow.fn(
-        None, name=name, tenant=tenant, api=api
-    )
-    return view
+    return await workflow_actions.get_workflow(api, tenant, name)
 
 
 async def crons(api: ApiState, tenant: str) -> list[CronView]:
-    views: list[CronView] = await CronController.list_crons.fn(
-        None, tenant=tenant, api=api, workflow=None, limit=1000
-    )
-    return views
+    return await cron_actions.list_crons(api, tenant)
 
 
 async def cron(api: ApiState, tenant: str, cron_id: str) -> CronView:
-    view: CronView = await CronController.get_cron.fn(None, cron_id=cron_id, tenant=tenant, api=api)
-    return view
+    return await cron_actions.get_cron(api, tenant, cron_id)
 
 
 async def create_cron(api: ApiState, caller: Principal, data: CronIn) -> CronView:
-    view: CronView = await CronController.create.fn(
-        None, data=data, tenant=caller.tenant, api=api, caller=caller
-    )
-    return view
+    return await cron_actions.create_cron(api, caller, data)
 
 
 async def delete_cron(api: ApiState, caller: Principal, cron_id: str) -> None:
-    await CronController.delete_cron.fn(
-        None, cron_id=cron_id, tenant=caller.tenant, api=api, caller=caller
-    )
+    await cron_actions.delete_cron(api, caller, cron_id)
 
 
 async def scheduled(api: ApiState, tenant: str) -> list[ScheduledView]:
-    views: list[ScheduledView] = await ScheduledController.list_scheduled.fn(
-        None, tenant=tenant, api=api, workflow=None, limit=1000
-    )
-    return views
+    return await cron_actions.list_scheduled(api, tenant)
 
 
 async def delete_scheduled(api: ApiState, tenant: str, scheduled_id: str) -> None:
-    await ScheduledController.delete_scheduled.fn(
-        None, scheduled_id=scheduled_id, tenant=tenant, api=api
-    )
+    await cron_actions.delete_scheduled(api, tenant, scheduled_id)
 
 
 async def filters(api: ApiState, tenant: str) -> list[FilterView]:
-    views: list[FilterView] = await FilterController.list_filters.fn(
-        None, tenant=tenant, api=api, workflow=None, limit=1000
-    )
-    return views
+    return await filter_actions.list_filters(api, tenant)
 
 
 async def create_filter(api: ApiState, caller: Principal, data: FilterIn) -> FilterView:
-    view: FilterView = await FilterController.create.fn(
-        None, data=data, tenant=caller.tenant, api=api, caller=caller
-    )
-    return view
+    return await filter_actions.create_filter(api, caller, data)
 
 
 async def delete_filter(api: ApiState, caller: Principal, filter_id: str) -> None:
-    await FilterController.delete_filter.fn(
-        None, filter_id=filter_id, tenant=caller.tenant, api=api, caller=caller
-    )
+    await filter_actions.delete_filter(api, caller, filter_id)
 
 
 async def rate_limits(api: ApiState, tenant: str) -> list[RateLimitView]:
-    views: list[RateLimitView] = await RateLimitController.list_limits.fn(
-        None, tenant=tenant, api=api
-    )
-    return views
+    return await rate_limit_actions.list_rate_limits(api, tenant)
 
 
 async def analytics(
     api: ApiState, tenant: str, since: datetime | None, until: datetime | None
 ) -> tuple[RunCounts, TaskLatencyReport, Throughput]:
-    a = AnalyticsController
-    counts: RunCounts = await a.run_counts.fn(None, api=api, tenant=tenant, since=since, until=until)
-    latency: TaskLatencyReport = await a.task_latency.fn(
-        None, api=api, tenant=tenant, since=since, until=until
+    return (
+        await analytics_actions.run_counts(api, tenant, since, until),
+        await analytics_actions.task_latency(api, tenant, since, until),
+        await analytics_actions.throughput(api, tenant, since, until),
     )
-    through: Throughput = await a.throughput.fn(
-        None, api=api, tenant=tenant, since=since, until=until
-    )
-    return counts, latency, through
 
 
 async def limits(api: ApiState, tenant: str) -> LimitsView:
-    view: LimitsView = await LimitController.get_limits.fn(None, tenant=tenant, api=api)
-    return view
+    return await admission.usage(api, tenant)
 
 
 async def tokens(api: ApiState, tenant: str) -> list[TokenView]:
-    views: list[TokenView] = await TokenController.list_tokens.fn(
-        None, tenant=tenant, api=api, include_revoked=True
-    )
-    return views
+    return await token_actions.list_tokens(api, tenant, include_revoked=True)
 
 
 async def create_token(api: ApiState, caller: Principal, data: TokenIn) -> TokenCreated:
-    created: TokenCreated = await TokenController.create.fn(None, data=data, api=api,
-                                                            caller=caller)
-    return created
+    return await token_actions.create_token(api, caller, data)
 
 
 async def revoke_token(api: ApiState, caller: Principal, token_id: str) -> None:
-    await TokenController.revoke.fn(None, token_id=token_id, api=api, caller=caller)
+    await token_actions.revoke_token(api, caller, token_id)

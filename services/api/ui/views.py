@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
-from litestar.exceptions import NotFoundException
 
 from libs.common.specs import WorkflowSpec
 from libs.common.statuses import RUN_TERMINAL
+from services.api.actions import logs as log_actions
+from services.api.actions.runs import history, load_run
 from services.api.repos import NotFound, RepoError
-from services.api.routes.logs import LogController, LogLineView
-from services.api.routes.runs import RunController, load_run
 from services.api.schemas import RunEventView, RunView, TaskView
+from services.api.schemas.logs import LogLineView
 from services.api.state import ApiState
 from services.api.ui.live import wait_for_run
 from services.api.ui.svg import STATUS_CLASS, DagNode, dag_svg
@@ -133,7 +133,7 @@ async def run_page(
         if await wait_for_run(api, tenant, run_id, exists, wait_s):
             run = await load_run(api, tenant, run_id)
     if run is None:
-        raise NotFoundException(f"run {run_id!r} not found")
+        raise NotFound(f"run {run_id!r} not found")
     spec: WorkflowSpec | None = None
     try:  # the definition the run was started from (versions are immutable)
         spec = (await api.workflows.version(tenant, run.workflow, run.version_id)).spec
@@ -146,21 +146,17 @@ async def run_page(
         run = msgspec.structs.replace(
             run, tasks=sorted(run.tasks, key=lambda t: order.get(t.name, len(order)))
         )
-    history: list[RunEventView] = await RunController.events.fn(
-        None, run_id=run_id, tenant=tenant, api=api
-    )
+    events = await history(api, tenant, run_id)
     logs, logs_error = await run_logs(api, tenant, run_id)
     bars, span = _timeline(run)
-    return RunPage(run=run, dag=_dag(run, spec), timeline=bars, history=history, span_s=span,
+    return RunPage(run=run, dag=_dag(run, spec), timeline=bars, history=events, span_s=span,
                    finished=run.status in RUN_TERMINAL, logs=logs, logs_error=logs_error)
 
 
 async def run_logs(api: ApiState, tenant: str, run_id: str) -> tuple[list[LogLineView], str | None]:
     """The run's log lines as GET /runs/{id}/logs returns them, or why there are none."""
     try:
-        lines: list[LogLineView] = await LogController.run_logs.fn(
-            None, run_id=run_id, tenant=tenant, api=api, limit=LOG_LINES, offset=0
-        )
+        lines = await log_actions.run_logs(api, tenant, run_id, LOG_LINES)
     except RepoError as exc:
         return [], str(exc)
     return lines, None

@@ -9,7 +9,7 @@ from litestar.exceptions import HTTPException
 
 from services.api.auth import Api
 from services.api.repos import RepoError
-from services.api.routes.analytics import MinuteThroughput
+from services.api.schemas.analytics import MinuteThroughput
 from services.api.ui import commands
 from services.api.ui.render import page
 from services.api.ui.session import UiSession

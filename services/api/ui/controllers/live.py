@@ -18,14 +18,13 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Literal
 
-import msgspec
 from litestar import Controller, Request, get
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from services.api.actions.runs import CHILDREN_SHOWN
+from services.api.actions.stream import Chunk, End, run_chunks
 from services.api.auth import Api
-from services.api.routes.runs import CHILDREN_SHOWN
-from services.api.routes.streams import run_events
 from services.api.state import ApiState
 from services.api.ui.live import Broadcaster, Subscription
 from services.api.ui.render import macro
@@ -164,7 +163,7 @@ class LiveStreams(Controller):
     async def chunks(self, run_id: str, request: Request, session: UiSession,  # type: ignore[type-arg]
                      api: Api) -> ServerSentEvent:
         """The run page's stream panel: the chunks of GET /runs/{id}/stream (the same
-        generator, so the same order, from the first) as HTML to append, then `stream-end`.
+        reader, actions.stream.run_chunks, so the same order, from the first) as HTML to append, then `stream-end`.
 
         After a dropped connection the browser reconnects with Last-Event-ID; chunks up to it
         are skipped, so none is shown twice."""
@@ -179,21 +178,23 @@ class LiveStreams(Controller):
             _ChunkStreams.open += 1
             count = 0
             try:
-                async for message in run_events(api, session.tenant, run_id):
-                    if message.event == "chunk" and message.id is not None:
-                        if int(message.id) <= seen:
+                async for item in run_chunks(api, session.tenant, run_id):
+                    if isinstance(item, Chunk):
+                        if item.seq <= seen:
+                            continue
+                        if item.payload is None:
+                            yield ServerSentEventMessage(
+                                comment=f"skipped undecodable chunk {item.seq}")
                             continue
                         count += 1
-                        chunk = msgspec.json.decode(str(message.data))
-                        yield ServerSentEventMessage(event="chunk", id=message.id,
-                                                     data=macro(PARTS, "chunk", chunk))
-                    elif message.event == "end":
-                        status = msgspec.json.decode(str(message.data))["status"]
+                        yield ServerSentEventMessage(event="chunk", id=str(item.seq),
+                                                     data=macro(PARTS, "chunk", item.payload))
+                    elif isinstance(item, End):
                         # After a reconnect this connection saw only part of the chunks.
                         yield ServerSentEventMessage(event="stream-end", data=macro(
-                            PARTS, "stream_end", status, None if seen else count))
+                            PARTS, "stream_end", item.status, None if seen else count))
                     else:
-                        yield message
+                        yield ServerSentEventMessage(comment="keepalive")
             finally:
                 _ChunkStreams.open -= 1
 

@@ -12,10 +12,10 @@ from litestar.response import Redirect
 
 from libs.common.tokens import Scope
 from services.api.auth import Api
-from services.api.repos import RepoError
+from services.api.repos import Invalid, RepoError
 from services.api.repos.events import EventRow
-from services.api.routes.crons import CronIn
-from services.api.routes.filters import FilterIn
+from services.api.schemas.crons import CronIn
+from services.api.schemas.filters import FilterIn
 from services.api.ui import commands
 from services.api.ui.forms import FormError, read_metadata
 from services.api.ui.render import page
@@ -68,8 +68,8 @@ class OperatePages(Controller):
                         scope=_one(form, "scope") or None)
         try:
             created = await commands.create_filter(api, session.principal, data)
-        except HTTPException as exc:
-            return _back("/ui/filters", f"Not created: {exc.detail}")
+        except Invalid as exc:
+            return _back("/ui/filters", f"Not created: {exc}")
         return _back("/ui/filters", f"Filter {created.id} created.")
 
     @post("/filters/{filter_id:str}/delete")
@@ -99,7 +99,7 @@ class OperatePages(Controller):
                           name=_one(form, "name") or None, metadata=metadata,
                           input=_json_or_empty(_one(form, "input")))
             created = await commands.create_cron(api, session.principal, data)
-        except (FormError, HTTPException) as exc:
+        except (FormError, Invalid, HTTPException) as exc:  # HTTPException: the 422 InputInvalid
             detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
             return _back("/ui/crons", f"Not created: {detail}")
         return _back("/ui/crons", f"Cron {created.name} created; next run {created.next_due_at}.")

@@ -10,17 +10,18 @@ from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect
 
+from libs.common.statuses import RunStatus
 from libs.common.tokens import Scope
 from services.api.auth import Api
 from services.api.repos import RepoError
 from services.api.repos.runs import MAX_MATCHING, RunFilter, RunRow
-from services.api.routes.runs import RUN_STATUSES
 from services.api.ui import commands
 from services.api.ui.render import page
 from services.api.ui.session import UiSession, check_csrf, require_scope
 from services.api.ui.views import run_page, status_class
 
 SOURCES = ("api", "event", "cron", "schedule", "child")
+RUN_STATUSES = frozenset(s.value for s in RunStatus)
 # How long a run page waits for a run that was triggered a moment ago to be stored.
 NEW_RUN_WAIT_S = 5.0
 FILTER_FIELDS = ("status", "workflow", "since", "until", "meta", "source", "event", "parent")
@@ -144,7 +145,7 @@ class RunPages(Controller):
                 else:
                     await commands.replay_run(api, session.principal, run_id)
                 done += 1
-            except HTTPException:  # e.g. replaying a run that is still running
+            except (HTTPException, RepoError):  # e.g. replaying a run that is still running
                 skipped += 1
         verb = "cancel" if action == "cancel" else "replay"
         notice = f"Asked to {verb} {done} run(s)" + (f"; {skipped} skipped" if skipped else "")

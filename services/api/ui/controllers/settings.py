@@ -17,7 +17,8 @@ from litestar.response import Redirect
 
 from libs.common.tokens import ALL_SCOPES, Scope
 from services.api.auth import Api
-from services.api.routes.tokens import TokenCreated, TokenIn
+from services.api.repos import Invalid
+from services.api.schemas.tokens import TokenCreated, TokenIn
 from services.api.ui import commands
 from services.api.ui.render import page
 from services.api.ui.session import UiSession, check_csrf, require_scope
@@ -66,10 +67,8 @@ class SettingsPages(Controller):
             return await _render(api, session, None, "", None, error=f"Not created: {exc}")
         try:
             created = await commands.create_token(api, session.principal, data)
-        except HTTPException as exc:
-            if exc.status_code >= 500:
-                raise
-            return await _render(api, session, None, "", None, error=f"Not created: {exc.detail}")
+        except Invalid as exc:
+            return await _render(api, session, None, "", None, error=f"Not created: {exc}")
         # Rendered in the response to the POST, never put in a URL: this page is the only
         # time the secret is shown.
         return await _render(api, session, None, "", None, created=created)

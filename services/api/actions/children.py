@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import uuid
 
-from litestar.exceptions import ClientException, NotFoundException
-
 from libs.common.messages import TriggerRun
 from libs.common.settings import Settings
 from libs.common.statuses import RunStatus
+from services.api.repos.errors import Invalid, NotFound
 from services.api.repos.runs import RunRepo
 from services.api.schemas import ParentRef
 
@@ -34,41 +33,42 @@ def child_run_id(parent: ParentRef) -> str:
 async def adopt_parents(
     runs: RunRepo, settings: Settings, tenant: str, trigs: list[tuple[TriggerRun, ParentRef]]
 ) -> None:
-    """Turn triggers into child triggers of their parents, or raise a 4xx naming the problem.
+    """Turn triggers into child triggers of their parents, or refuse them naming the problem
+    (`Invalid`: 400; `NotFound`: 404).
 
     The parent lookup is one query per distinct parent task (a bulk spawn has one).
     """
     seen: dict[tuple[str, str], tuple[int, str, str]] = {}
     for trig, parent in trigs:
         if parent.index < 0:
-            raise ClientException("parent.index must be >= 0")
+            raise Invalid("parent.index must be >= 0")
         if parent.key is not None and not 1 <= len(parent.key) <= 255:
-            raise ClientException("parent.key must be 1 to 255 characters")
+            raise Invalid("parent.key must be 1 to 255 characters")
         ident = (parent.run_id, parent.task_id)
         found = seen.get(ident)
         if found is None:
             found = await runs.parent_task(tenant, parent.run_id, parent.task_id)
             if found is None:
-                raise NotFoundException(
+                raise NotFound(
                     f"parent task {parent.task_id!r} of run {parent.run_id!r} not found"
                 )
             seen[ident] = found
         depth, task_name, status = found
         if depth + 1 > settings.max_child_depth:
-            raise ClientException(
+            raise Invalid(
                 f"child depth limit reached: run {parent.run_id} is at depth {depth} and "
                 f"max_child_depth is {settings.max_child_depth}",
                 extra={"limit": "max_child_depth", "value": settings.max_child_depth},
             )
         if parent.index >= settings.max_children_per_task:
-            raise ClientException(
+            raise Invalid(
                 f"fan-out limit reached: task {task_name!r} of run {parent.run_id} may start "
                 f"at most max_children_per_task={settings.max_children_per_task} children",
                 extra={"limit": "max_children_per_task",
                        "value": settings.max_children_per_task},
             )
         if status == RunStatus.CANCELLED.value:
-            raise ClientException(f"parent run {parent.run_id} was cancelled")
+            raise Invalid(f"parent run {parent.run_id} was cancelled")
         trig.run_id = child_run_id(parent)
         trig.source = SOURCE
         trig.parent_run_id = parent.run_id
