@@ -1,24 +1,27 @@
 """Reading a run's stream: Server-Sent Events from `GET /runs/{id}/stream` → chunks.
 
-Each `chunk` event carries {"task", "attempt", "seq", "type", "data"}; the type says how the
-task's chunk comes back: "text" → str, "json" → the decoded value, "bytes" → bytes (base64 on
-the wire). An `end` event closes the stream once the run ended and every chunk was sent.
+The SSE framing (fields, multi-line data, comments used as keepalives) is parsed by httpx-sse;
+this module only gives the events their meaning. Each `chunk` event carries {"task",
+"attempt", "seq", "type", "data"}; the type says how the task's chunk comes back: "text" →
+str, "json" → the decoded value, "bytes" → bytes (base64 on the wire). An `end` event closes
+the stream once the run ended and every chunk was sent; a stream that closes before it raises
+ConnectionError. There is no automatic reconnect: the server replays every chunk from the
+first to each new subscriber, so a caller that reconnects simply reads the stream again.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
 
 from ratchet import _codec
 
-
-@dataclass(slots=True)
-class Event:
-    kind: str = "message"
-    data: list[str] = field(default_factory=list)
+_CLOSED_EARLY = "the run's stream closed before its end event"
 
 
 def decode_chunk(payload: dict[str, Any]) -> Any:
@@ -31,59 +34,27 @@ def decode_chunk(payload: dict[str, Any]) -> Any:
     return str(data)
 
 
-class _Parser:
-    """Incremental SSE parsing (the subset the API sends: event, data, id, comments)."""
-
-    def __init__(self) -> None:
-        self._event = Event()
-
-    def feed(self, line: str) -> Event | None:
-        if line == "":
-            event, self._event = self._event, Event()
-            return event if event.data else None
-        if line.startswith(":"):
-            return None  # a keepalive comment
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            self._event.kind = value
-        elif name == "data":
-            self._event.data.append(value)
-        return None
+def _chunk(event: ServerSentEvent) -> Any:
+    return decode_chunk(_codec.loads(event.data.encode()))
 
 
-def _handle(event: Event) -> tuple[bool, Any]:
-    """(ended, chunk-or-None) for one complete event."""
-    if event.kind == "end":
-        return True, None
-    if event.kind == "chunk":
-        return False, decode_chunk(_codec.loads("\n".join(event.data).encode()))
-    return False, None
-
-
-def iterate(lines: Iterator[str]) -> Iterator[Any]:
-    parser = _Parser()
-    for line in lines:
-        event = parser.feed(line)
-        if event is None:
-            continue
-        ended, chunk = _handle(event)
-        if ended:
+def iterate(response: httpx.Response) -> Iterator[Any]:
+    """The chunks of an open `text/event-stream` response, until its `end` event."""
+    for event in EventSource(response).iter_sse():
+        if event.event == "end":
             return
-        if event.kind == "chunk":
-            yield chunk
-    raise ConnectionError("the run's stream closed before its end event")
+        if event.event == "chunk":
+            yield _chunk(event)
+    raise ConnectionError(_CLOSED_EARLY)
 
 
-async def aiterate(lines: AsyncIterator[str]) -> AsyncIterator[Any]:
-    parser = _Parser()
-    async for line in lines:
-        event = parser.feed(line)
-        if event is None:
-            continue
-        ended, chunk = _handle(event)
-        if ended:
-            return
-        if event.kind == "chunk":
-            yield chunk
-    raise ConnectionError("the run's stream closed before its end event")
+async def aiterate(response: httpx.Response) -> AsyncIterator[Any]:
+    """`iterate` for an `httpx.AsyncClient` response."""
+    # aclosing: leaving at the `end` event closes httpx-sse's generator now, not at GC.
+    async with contextlib.aclosing(EventSource(response).aiter_sse()) as events:
+        async for event in events:
+            if event.event == "end":
+                return
+            if event.event == "chunk":
+                yield _chunk(event)
+    raise ConnectionError(_CLOSED_EARLY)

@@ -95,7 +95,7 @@ class Runs(_Resource):
             if resp.status_code >= 400:
                 resp.read()
                 _transport_decode(resp)
-            yield from _sse.iterate(resp.iter_lines())
+            yield from _sse.iterate(resp)
 
     async def aio_stream(
         self, run_id: str, *, appear_wait_s: float = STREAM_APPEAR_WAIT_S
@@ -108,7 +108,7 @@ class Runs(_Resource):
             if resp.status_code >= 400:
                 await resp.aread()
                 _transport_decode(resp)
-            async for chunk in _sse.aiterate(resp.aiter_lines()):
+            async for chunk in _sse.aiterate(resp):
                 yield chunk
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
 import inspect
 from collections.abc import Callable
@@ -123,17 +125,53 @@ class Task(Generic[R]):
         attempt: int = 0,
         additional: dict[str, Any] | None = None,
     ) -> Any:
-        """Run the function locally without a server, for unit tests."""
+        """Run the function locally without a server, for unit tests.
+
+        Works from plain code and from inside a running event loop (an async pytest test):
+        there this call must still block, so an async task runs on a loop of its own in a
+        worker thread. In async code, `await task.aio_mock_run(...)` runs it on the caller's
+        loop instead.
+        """
+        result = self._mock_call(input, parent_outputs, attempt, additional)
+        if not inspect.isawaitable(result):
+            return result
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(_await(result))
+        context = contextvars.copy_context()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ratchet-mock") as pool:
+            return pool.submit(context.run, asyncio.run, _await(result)).result()
+
+    async def aio_mock_run(
+        self,
+        input: Any = None,
+        parent_outputs: dict[str, Any] | None = None,
+        *,
+        attempt: int = 0,
+        additional: dict[str, Any] | None = None,
+    ) -> Any:
+        """`mock_run` for async code: an async task runs on the caller's event loop."""
+        result = self._mock_call(input, parent_outputs, attempt, additional)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    def _mock_call(
+        self,
+        input: Any,
+        parent_outputs: dict[str, Any] | None,
+        attempt: int,
+        additional: dict[str, Any] | None,
+    ) -> Any:
+        """Call the function with a serverless context: its result, or the awaitable."""
         ctx = (DurableContext if self.options.durable else Context)(
             run_id="mock-run", task_id="mock-task", task_name=self.name,
             workflow=self.workflow.name, attempt=attempt,
             parent_outputs=dict(parent_outputs or {}), additional=additional,
         )
         value = _codec.convert(_codec.to_builtins(input) if input is not None else {}, self.workflow.input_type)
-        result = self.fn(value, ctx)
-        if inspect.isawaitable(result):
-            return asyncio.run(_await(result))
-        return result
+        return self.fn(value, ctx)
 
 
 async def _await(awaitable: Any) -> Any:
