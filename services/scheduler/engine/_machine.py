@@ -4,7 +4,7 @@ Every transition is fenced by (state, attempt): a duplicated, reordered or late 
 finds the task in another state or attempt and changes nothing. Handlers only mutate the
 in-memory model and record Effects; the service writes them in one transaction.
 
-The lifecycle (DESIGN §3): PENDING → QUEUED → ASSIGNED → RUNNING → one of SUCCEEDED,
+The lifecycle (docs/design.md §3): PENDING → QUEUED → ASSIGNED → RUNNING → one of SUCCEEDED,
 FAILED, CANCELLED, TIMED_OUT; hooks that do not run end SKIPPED. A failure with retries left
 goes back to QUEUED with a retry time. A QUEUED task passes admission (admission/gate.py)
 before it reaches the assigner's ready queues.
