@@ -1,48 +1,46 @@
-"""What one batch changed: rows to write and messages to relay, flushed in one transaction."""
+"""What one batch changed: rows to write and messages to relay, flushed in one transaction.
+
+The engine fills an `Effects` while it applies a batch (engine/); persistence writes it in
+the batch's transaction (persistence/batch.py). Its rows are the records of records.py.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from libs.common import subjects
 from libs.common.jetstream import Outgoing
 from libs.common.messages import RunStateChanged, StateChanges, TaskStateChanged, encode
 from services.scheduler.model import Run, Task
+from services.scheduler.records import (
+    Admission,
+    AttemptRow,
+    Entry,
+    HistoryRow,
+    HolderRow,
+    SemRef,
+    TimerKey,
+)
 
-if TYPE_CHECKING:  # the engine package imports this module: annotations only
-    from services.scheduler.engine._durable import DurableWrites
-    from services.scheduler.engine.admission.concurrency import HolderRow, SemRef
-    from services.scheduler.engine.admission.ratelimit import Admission
-
-TimerKey = tuple[str, str, str]  # (tenant, task_id, kind)
 # Transitions per StateChanges message: a few hundred bytes each, well under NATS's 1 MB.
 CHANGES_PER_MESSAGE = 500
 
 
 @dataclass(slots=True)
-class AttemptRow:
-    tenant: str
-    task_id: str
-    attempt: int
-    status: str
-    worker_id: str | None
-    error: bytes | None  # JSON
-    started_ms: int | None
-    finished_ms: int | None
-    created_ms: int  # the task's: task_attempts is partitioned by it (migration 051)
+class DurableWrites:
+    """What one batch changed in the durable tables (engine/_durable.py decides them,
+    persistence/durable.py writes them)."""
 
+    entries: dict[tuple[str, str, int], Entry] = field(default_factory=dict)
+    # (tenant, task id, position, index, key, scope, expression, registered ms)
+    event_put: list[tuple[str, str, int, int, str, str | None, str, int]] = field(
+        default_factory=list
+    )
+    event_del: set[tuple[str, str, int]] = field(default_factory=set)
+    reset: set[tuple[str, str]] = field(default_factory=set)  # (tenant, task id): log dropped
 
-@dataclass(slots=True)
-class HistoryRow:
-    tenant: str
-    run_id: str
-    task_id: str | None
-    task_name: str | None
-    attempt: int | None
-    kind: str
-    detail: bytes | None  # JSON
-    ts_ms: int
+    def empty(self) -> bool:
+        return not (self.entries or self.event_put or self.event_del or self.reset)
 
 
 @dataclass(slots=True)

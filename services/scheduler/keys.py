@@ -15,6 +15,7 @@ import msgspec
 from celpy import celtypes
 
 from libs.common.cel import EvaluationError, compile_expression, to_cel
+from libs.common.specs import WorkflowSpec
 
 _JSON = msgspec.json.Encoder()
 MAX_KEY_CHARS = 256
@@ -85,3 +86,18 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return float(value)
     return str(value)
+
+
+def uses_cel(spec: WorkflowSpec) -> bool:
+    """Whether evaluating this workflow's keys or units needs the run's input as CEL."""
+    if spec.concurrency:
+        return True
+    for task in [*spec.tasks, spec.on_failure, spec.on_success]:
+        if task is None:
+            continue
+        if task.concurrency:
+            return True
+        for rl in task.rate_limits:
+            if rl.dynamic_key is not None or isinstance(rl.units, str):
+                return True
+    return False

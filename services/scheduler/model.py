@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from libs.common.messages import TaskError
 from libs.common.specs import TaskSpec, WorkflowSpec
@@ -20,10 +19,7 @@ from libs.common.statuses import RUN_TERMINAL, RunStatus, TaskStatus
 from libs.common.statuses import TASK_FAILED_LIKE as FAILED_LIKE
 from libs.common.statuses import TASK_IN_FLIGHT as IN_FLIGHT
 from libs.common.statuses import TASK_TERMINAL as TERMINAL
-
-if TYPE_CHECKING:  # the engine package imports this model: annotations only
-    from services.scheduler.engine.admission.concurrency import SemRef
-    from services.scheduler.engine.admission.ratelimit import Need
+from services.scheduler.records import Need, SemRef
 
 __all__ = [
     "FAILED_LIKE",

@@ -47,13 +47,15 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
-from services.scheduler import observe, partitions, relay_isolation, store
+from services.scheduler import observe, relay_isolation
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_BATCH, TIMER_EXEC, Engine
-from services.scheduler.engine.admission.gate import uses_cel
-from services.scheduler.fairness_store import FairnessStore
 from services.scheduler.intake import Intake, Item, TimerTurn, Work
+from services.scheduler.keys import uses_cel
 from services.scheduler.model import RUN_TERMINAL
+from services.scheduler.persistence import durable, retention, store
+from services.scheduler.persistence.batch import write_batch
+from services.scheduler.persistence.fairness import FairnessStore
 
 BATCH_SUFFIX = "." + subjects.REPORT_BATCH_KIND
 log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ class SchedulerService(Service):
         self._pool = await db.create_pool(s.database_url, max_size=4)
         self._payloads = open_store(s)
         async with self._pool.acquire() as conn:
-            await partitions.maintain(conn, s.retention_days, datetime.now(UTC))
+            await retention.maintain(conn, s.retention_days, datetime.now(UTC))
         await self._load()
         self._unsent = await store.pending_outbox(self._pool, OUTBOX_RELAY_BATCH * 20)
         self._kv = await self._js.key_value(Bucket.WORKERS.value)
@@ -116,7 +118,7 @@ class SchedulerService(Service):
             asyncio.create_task(self._core_loop(), name="scheduler-core"),
             asyncio.create_task(self._watch_workers(), name="scheduler-workers"),
             asyncio.create_task(self._sweep_stale_workers(), name="scheduler-stale"),
-            asyncio.create_task(partitions.maintain_every(
+            asyncio.create_task(retention.maintain_every(
                 self._pool, s.retention_days, self._stopping, PARTITION_MAINTENANCE_S,
             ), name="scheduler-partitions"),
         ]
@@ -181,7 +183,7 @@ class SchedulerService(Service):
                 if kind == TIMER_EXEC and task.attempt == attempt:
                     task.deadline_ms = due
                 self.engine.adopt_timer(tenant, task_id, kind, attempt, due)
-            for entry in await store.load_durable(conn):
+            for entry in await durable.load(conn):
                 self.engine.restore_durable(entry)
         log.info("loaded %d active runs", len(self.engine.runs))
 
@@ -343,13 +345,7 @@ class SchedulerService(Service):
         if not fx.empty() or self._published:
             # Taken before the flush: the relay in flight keeps appending to the list.
             published, self._published = self._published, []
-            if fx.fairness_empty() and fx.durable_empty():
-                await store.flush(conn, fx, published)  # one statement: its own transaction
-            else:
-                async with conn.transaction():
-                    await store.flush(conn, fx, published)
-                    await self._fairness.flush(conn, fx, engine)
-                    await store.flush_durable(conn, fx)
+            await write_batch(conn, fx, published, self._fairness, engine.limits.defs)
         observe.after_batch(engine, fx)
         for work in Intake.completed(items, works):
             if not work.done.done():

@@ -14,8 +14,8 @@ import msgspec
 from bench import aged_history as h
 from libs.common.messages import RunStateChanged, TaskReport, TriggerRun, WorkerInfo
 from services.replicator import rows as olap_rows
-from services.scheduler import store
 from services.scheduler.engine import Engine
+from services.scheduler.persistence import store
 
 
 def _normalized(value: Any) -> Any:

@@ -19,8 +19,8 @@ from bench import aged_history
 from libs.common.messages import TriggerRun
 from libs.common.specs import TaskSpec, WorkflowSpec
 from services.api.repos.runs import RunRepo
-from services.scheduler import partitions, store
 from services.scheduler.engine import Engine
+from services.scheduler.persistence import retention, store
 
 SPEC = WorkflowSpec(name="wf", tasks=[TaskSpec(name="a"), TaskSpec(name="b", parents=["a"])])
 HISTORY_RUNS = 3000
@@ -96,7 +96,7 @@ async def test_hot_path_queries_use_their_indexes_and_the_runs_day(
     assert records is not None and len(records.tasks) == 2
     assert await repo.list_runs("t", "PENDING", None, 10)
     statements = [(q.query, q.args) for q in logged
-                  if any(f" {table}" in q.query for table in partitions.TABLES)]
+                  if any(f" {table}" in q.query for table in retention.TABLES)]
     assert len(statements) >= 8
 
     async with p.acquire() as conn:
@@ -104,7 +104,7 @@ async def test_hot_path_queries_use_their_indexes_and_the_runs_day(
         for query, args in statements:
             (plan,) = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {query}", *args))
             scans = [n for n in _nodes(plan["Plan"]) if n["Node Type"] == "Seq Scan"
-                     and n.get("Relation Name", "").startswith(partitions.TABLES)]
+                     and n.get("Relation Name", "").startswith(retention.TABLES)]
             assert not scans, f"sequential scan of {scans[0]['Relation Name']} in: {query}"
         # Reloading a run's tasks touches the run's day only: the other days' partitions are
         # pruned at run time (never executed).
@@ -132,12 +132,12 @@ async def test_retention_drops_whole_days_but_not_one_with_an_active_run(
                 run_id, status, today + timedelta(days=day),
             )
         # Eight days later, with a week of retention: day 2 and 3 are past, day 9 is not.
-        dropped, kept = await partitions.drop_expired(conn, 7, today + timedelta(days=11))
+        dropped, kept = await retention.drop_expired(conn, 7, today + timedelta(days=11))
         def day(n: int) -> str:
             return "_p" + (today + timedelta(days=n)).strftime("%Y%m%d")
 
         assert kept == ["runs" + day(2)]
-        for table in partitions.TABLES:  # a day goes from every table, or from none
+        for table in retention.TABLES:  # a day goes from every table, or from none
             assert {table + "_legacy", table + day(3)} <= set(dropped)
             assert table + day(2) not in dropped and table + day(9) not in dropped
         left = {r["id"] for r in await conn.fetch("SELECT id FROM runs")}
@@ -145,14 +145,14 @@ async def test_retention_drops_whole_days_but_not_one_with_an_active_run(
         for table in ("tasks", "task_attempts", "run_history"):  # the legacy rows went too
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
         # Creating partitions ahead never brings a dropped day back.
-        assert await partitions.ensure(conn) >= 0
+        assert await retention.ensure(conn) >= 0
         names = {r["relname"] for r in await conn.fetch("SELECT relname FROM pg_class")}
-        assert not {t + day(3) for t in partitions.TABLES} & names
-        assert {t + day(2) for t in partitions.TABLES} <= names
+        assert not {t + day(3) for t in retention.TABLES} & names
+        assert {t + day(2) for t in retention.TABLES} <= names
 
 
 async def test_bad_retention_is_refused(pool: tuple[asyncpg.Pool, list[Any]]) -> None:
     p, _ = pool
     async with p.acquire() as conn:
         with pytest.raises(ValueError, match="retention_days"):
-            await partitions.drop_expired(conn, 0, datetime.now(UTC))
+            await retention.drop_expired(conn, 0, datetime.now(UTC))

@@ -1,6 +1,6 @@
 """Two schedulers deciding for the same rate-limit key cannot push it over its limit: the
 starts each records are re-checked in PostgreSQL, under a lock on the key, against what ANY
-scheduler committed (services/scheduler/fairness_store.py)."""
+scheduler committed (services/scheduler/persistence/fairness.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 
 from services.scheduler.effects import Effects
 from services.scheduler.engine import Engine
-from services.scheduler.engine.admission.rate_limit_recheck import RateLimitConflict
-from services.scheduler.engine.admission.ratelimit import Admission
-from services.scheduler.fairness_store import FairnessStore
+from services.scheduler.persistence.fairness import FairnessStore
+from services.scheduler.persistence.rate_limit_recheck import RateLimitConflict
+from services.scheduler.records import Admission
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -30,7 +30,7 @@ async def _record(conn: asyncpg.Connection, store: FairnessStore, engine: Engine
     fx = Effects()
     fx.admissions = adms
     async with conn.transaction():
-        await store.flush(conn, fx, engine)
+        await store.flush(conn, fx, engine.limits.defs)
 
 
 async def test_two_schedulers_share_one_window(database_url: str) -> None:

@@ -1,5 +1,5 @@
-"""The array literals the scheduler's flush binds (services/scheduler/store.py): PostgreSQL must
-read back exactly the values encoded, whatever the text holds."""
+"""The array literals the scheduler's flush binds (services/scheduler/persistence/literals.py):
+PostgreSQL must read back exactly the values encoded, whatever the text holds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncpg
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from services.scheduler.store import ints, texts
+from services.scheduler.persistence.literals import ints, texts
 
 # Text PostgreSQL can store: anything but NUL (and lone surrogates, which are not UTF-8).
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))

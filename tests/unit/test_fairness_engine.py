@@ -22,13 +22,12 @@ from services.scheduler.engine import Engine
 from services.scheduler.engine.admission.ratelimit import (
     PASS_TTL_MS,
     PER_MS,
-    LimitDef,
-    Need,
     RateLimiter,
     Waiter,
 )
 from services.scheduler.engine.assign import Assigner
 from services.scheduler.model import IN_FLIGHT, Task, TaskStatus
+from services.scheduler.records import LimitDef, Need
 
 T0 = 1_000_000
 

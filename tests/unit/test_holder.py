@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.scheduler.engine.admission.concurrency import Holder
+from services.scheduler.records import Holder
 
 ident = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
 

@@ -2,14 +2,17 @@
 in-memory runs and tasks, and says what to write and send for each batch.
 
 `Engine` is the one entry point (the service, the tests and the benches use nothing else
-of the engine's internals); behind it, one module per job:
+of the engine's internals). It is a one-way door: behind it, one module per job, and each
+helper receives only the collaborators it uses — the run and task tables, the batch's clock
+and effects sink (`_batch.py`), the timer heap, the assigner — plus, as callbacks, the few
+state-machine transitions it may cause. No helper imports the state machine, and the engine
+imports neither asyncpg nor persistence (pyproject.toml's import-linter contracts):
 
 - `_machine.py`      the task / run state machine: every transition, fenced by state and
                      attempt, and the assignment of admitted tasks to free worker slots;
 - `admission/`       what a run or task must pass before it starts: concurrency keys
-                     (`concurrency.py`), rate limits (`ratelimit.py`), the engine-side
-                     gate over both (`gate.py`), and the PostgreSQL re-check of rate-limit
-                     starts across schedulers (`rate_limit_recheck.py`);
+                     (`concurrency.py`), rate limits (`ratelimit.py`) and the engine-side
+                     gate over both (`gate.py`);
 - `assign.py`        ready queues and worker slots (`fairqueue.py`: their turn-taking);
 - `_timers.py`       timeouts and retry times (a heap in memory, some rows in PostgreSQL);
 - `_recovery.py`     reloading after a restart, reconciling with (re)registered and lost
@@ -18,10 +21,15 @@ of the engine's internals); behind it, one module per job:
 - `_conditions.py`   DAG conditions (wait_for, skip_if, cancel_if);
 - `_outbox.py`       assignments, cancellations and state transitions to publish;
 - `_history.py`      run history and attempt rows;
-- `_children.py`     child runs: the parent → children index and the cancel cascade.
+- `_children.py`     child runs: the parent → children index and the cancel cascade;
+- `_batch.py`        the batch being applied: its clock and its Effects.
+
+The data these share with persistence (durable log entries, concurrency holders, rate-limit
+starts, history rows, timer kinds) are plain records in `services/scheduler/records.py`.
 
 A batch: `begin(now_ms)`, then any of the handlers, `fire_timers()`, and `finish()`, which
-returns the batch's Effects for the service to write in one transaction.
+returns the batch's Effects for the service to write in one transaction
+(persistence/batch.py).
 """
 
 from __future__ import annotations
@@ -37,25 +45,36 @@ from libs.common.messages import (
 from libs.common.specs import WorkflowSpec
 from services.scheduler.effects import Effects
 from services.scheduler.engine._children import Children
-from services.scheduler.engine._durable import Entry as DurableEntry
 from services.scheduler.engine._machine import StateMachine
 from services.scheduler.engine._recovery import Recovery
-from services.scheduler.engine._timers import TIMER_BATCH, TIMER_EXEC, TIMER_RETRY, TIMER_SCHED
-from services.scheduler.engine.admission.concurrency import Concurrency, Holder, SemRef
-from services.scheduler.engine.admission.ratelimit import PER_MS, Admission, LimitDef, RateLimiter
+from services.scheduler.engine._timers import TIMER_BATCH
+from services.scheduler.engine.admission.concurrency import Concurrency
+from services.scheduler.engine.admission.ratelimit import PER_MS, RateLimiter
 from services.scheduler.engine.assign import Assigner
 from services.scheduler.model import RUN_TERMINAL, Run, Task
+from services.scheduler.records import (
+    TIMER_EXEC,
+    TIMER_RETRY,
+    TIMER_SCHED,
+    Admission,
+    Entry,
+    Holder,
+    LimitDef,
+    SemRef,
+)
 
-__all__ = ["TIMER_BATCH", "TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "DurableEntry", "Engine"]
+__all__ = ["TIMER_BATCH", "TIMER_EXEC", "TIMER_RETRY", "TIMER_SCHED", "Engine"]
 
 
 class Engine:
     """The scheduler's decisions for the runs it owns, one batch at a time."""
 
     def __init__(self) -> None:
-        self._m = StateMachine()
-        self._recovery = Recovery(self._m)
-        self._children = Children(self._m)
+        m = self._m = StateMachine()
+        self._recovery = Recovery(
+            m.batch, m.runs, m.tasks, m.assigner, m.timers, m.gate, requeue_lost=m.requeue_lost,
+        )
+        self._children = Children(m.runs, cancel=m.cancel)
 
     # state, read by the service, metrics and tests -----------------------------------
     @property
@@ -90,11 +109,11 @@ class Engine:
 
     @property
     def now_ms(self) -> int:
-        return self._m.now_ms
+        return self._m.batch.now_ms
 
     @now_ms.setter
     def now_ms(self, value: int) -> None:
-        self._m.now_ms = value
+        self._m.batch.now_ms = value
 
     # batch lifecycle ----------------------------------------------------------------
     def begin(self, now_ms: int) -> None:
@@ -128,7 +147,7 @@ class Engine:
     def adopt_timer(self, tenant: str, task_id: str, kind: str, attempt: int, due_ms: int) -> None:
         self._recovery.adopt_timer(tenant, task_id, kind, attempt, due_ms)
 
-    def restore_durable(self, entry: DurableEntry) -> None:
+    def restore_durable(self, entry: Entry) -> None:
         """A durable log entry read back after the runs (see _durable.py)."""
         self._m.durable.restore(entry)
 

@@ -20,16 +20,13 @@ A parent that fails or succeeds leaves its children running: a child started wit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from libs.common import subjects
 from libs.common.jetstream import Outgoing
 from libs.common.messages import CancelRun, CancelRuns, TriggerRun, encode
 from services.scheduler.effects import Effects
 from services.scheduler.model import RUN_TERMINAL, Run, RunStatus
-
-if TYPE_CHECKING:
-    from services.scheduler.engine._machine import StateMachine
 
 # Run ids per CancelRuns message: ~35 bytes each, so ~35 KB, well under NATS's max payload.
 CASCADE_CHUNK = 1000
@@ -38,8 +35,9 @@ CASCADE_CHUNK = 1000
 class Children:
     """The parent → active children index of the engine's runs, and the cancel cascade."""
 
-    def __init__(self, machine: StateMachine) -> None:
-        self._m = machine
+    def __init__(self, runs: dict[str, Run], *, cancel: Callable[[str, CancelRun], None]) -> None:
+        self._runs = runs
+        self._cancel = cancel  # the state machine's cancel command
         self._kids: dict[str, set[str]] = {}
         # Statuses of parents no longer in memory, looked up for the current batch only.
         self._gone_parents: dict[str, str] = {}
@@ -56,7 +54,7 @@ class Children:
     # before a batch: what the service must look up -----------------------------------
     def parent_to_look_up(self, tenant: str, cmd: TriggerRun) -> tuple[str, str] | None:
         """(tenant, parent run id) when `cmd` starts a child whose parent is not in memory."""
-        if cmd.parent_run_id is None or cmd.parent_run_id in self._m.runs:
+        if cmd.parent_run_id is None or cmd.parent_run_id in self._runs:
             return None
         return tenant, cmd.parent_run_id
 
@@ -66,18 +64,18 @@ class Children:
     # during a batch ---------------------------------------------------------------------
     def triggered(self, tenant: str, cmd: TriggerRun) -> None:
         """After a trigger: link the child, and cancel it if its parent already was."""
-        run = self._m.runs.get(cmd.run_id)
+        run = self._runs.get(cmd.run_id)
         if run is None or run.tenant != tenant or run.parent_run_id is None:
             return
         self.link(run)
-        parent = self._m.runs.get(run.parent_run_id)
+        parent = self._runs.get(run.parent_run_id)
         if parent is not None and parent.tenant == tenant:
             status = parent.status.value
         else:
             status = self._gone_parents.get(run.parent_run_id, "")
         if status == RunStatus.CANCELLED.value and run.status not in RUN_TERMINAL:
             reason = f"parent run {run.parent_run_id} was cancelled"
-            self._m.cancel(tenant, CancelRun(run_id=run.id, reason=reason))
+            self._cancel(tenant, CancelRun(run_id=run.id, reason=reason))
 
     # after a batch ----------------------------------------------------------------------
     def after_batch(self, fx: Effects) -> None:
@@ -94,7 +92,7 @@ class Children:
             if run.status == RunStatus.CANCELLED:
                 kids = self._kids.pop(run.id, None)
                 if kids:
-                    self._cascade(fx, run, sorted(k for k in kids if k in self._m.runs))
+                    self._cascade(fx, run, sorted(k for k in kids if k in self._runs))
         self._gone_parents = {}
 
     def _cascade(self, fx: Effects, run: Run, kids: list[str]) -> None:

@@ -20,18 +20,17 @@ map always; `metadata`, the run's metadata. One that fails to evaluate does not 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
 from libs.common.cel import CelError, compile_expression, to_cel
 from libs.common.messages import TaskError
 from libs.common.specs import ConditionSpec, EventCondition, ParentOutputCondition, SleepCondition
-from services.scheduler.engine._durable import DONE, Durable
+from services.scheduler.engine._durable import Durable
 from services.scheduler.model import Run, Task, TaskStatus
-
-if TYPE_CHECKING:
-    from services.scheduler.engine._machine import StateMachine
+from services.scheduler.records import DONE
 
 _JSON = msgspec.json.Decoder()
 
@@ -42,9 +41,23 @@ def cond_position(index: int) -> int:
 
 
 class Conditions:
-    def __init__(self, machine: StateMachine, durable: Durable) -> None:
-        self._m = machine
-        self._durable = durable
+    """The DAG conditions of the engine's tasks, looked at as each becomes ready."""
+
+    def __init__(
+        self,
+        runs: dict[str, Run],
+        durable: Durable,
+        *,
+        end_task: Callable[[Task, TaskStatus, TaskError], None],
+        skip: Callable[[Task], None],
+        queue: Callable[[Task], None],
+    ) -> None:
+        self._runs = runs
+        self._durable = durable  # wait_for conditions live in the task's durable log
+        # The transitions a condition causes (the state machine's).
+        self._end_task = end_task  # cancel_if held: end it, cancel its dependants
+        self._skip = skip  # skip_if held: end it SKIPPED, its dependants go on
+        self._queue = queue  # every wait_for condition held
         self._cleared: set[str] = set()  # tasks whose conditions are settled: queue as usual
 
     def intercept(self, task: Task) -> bool:
@@ -52,17 +65,14 @@ class Conditions:
         spec = task.spec
         if task.id in self._cleared or not (spec.wait_for or spec.skip_if or spec.cancel_if):
             return False
-        m = self._m
-        run = m.runs[task.run_id]
+        run = self._runs[task.run_id]
         if any(self._holds(run, task, c) for c in spec.cancel_if):
             err = TaskError(type="ConditionCancelled", message="a cancel_if condition held",
                             non_retryable=True)
-            m.settle(task, TaskStatus.CANCELLED, err)
-            m.after_failure(task)
+            self._end_task(task, TaskStatus.CANCELLED, err)
             return True
         if any(self._holds(run, task, c) for c in spec.skip_if):
-            m.settle(task, TaskStatus.SKIPPED, None)
-            m._after_success(task)  # dependants go on as after a success
+            self._skip(task)  # dependants go on as after a success
             return True
         if not spec.wait_for:
             self._cleared.add(task.id)
@@ -83,7 +93,7 @@ class Conditions:
             if e is None or e.status != DONE:
                 return
         self._cleared.add(task.id)
-        self._m.queue(task)
+        self._queue(task)
 
     def forget(self, tasks: list[Task]) -> None:
         for task in tasks:

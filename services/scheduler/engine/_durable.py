@@ -3,9 +3,9 @@
 A durable task's code calls waits (`aio_sleep_for`, `aio_wait_for_event`, `aio_wait_any`) and
 memoized reads (`aio_now`); each call has a position (its index among the task's calls). The
 worker reports each one (a "wait" report carrying a `DurableStep`), and this module keeps the
-task's log: position → kind, spec, status, result, deadline. PostgreSQL has the durable copy
-(`durable_log`, migration 040); the matcher reads the event conditions of pending waits
-(`durable_event_waits`) and answers with `WaitSatisfied` commands.
+task's log: position → kind, spec, status, result, deadline (a `records.Entry`). PostgreSQL
+has the durable copy (`durable_log`, migration 040); the matcher reads the event conditions
+of pending waits (`durable_event_waits`) and answers with `WaitSatisfied` commands.
 
 Slots: a task that reaches a pending wait is *parked*: its regular slot is given back and it
 counts against the worker's `durable_slots` instead (while those are all taken it simply
@@ -24,45 +24,21 @@ Positions below zero belong to a DAG task's `wait_for` conditions (`_conditions.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from libs.common.cel import check_expression
-from libs.common.messages import DurableStep, TaskReport, WaitSatisfied, WakeTask
+from libs.common.messages import DurableStep, TaskReport, WaitSatisfied, WakeTask, WorkerInfo
+from services.scheduler.effects import DurableWrites
 from services.scheduler.engine import _outbox
-from services.scheduler.engine._timers import TIMER_DURABLE
-from services.scheduler.model import IN_FLIGHT, Task, TaskStatus
-
-if TYPE_CHECKING:
-    from libs.common.messages import WorkerInfo
-    from services.scheduler.engine._machine import StateMachine
+from services.scheduler.engine._batch import Batch
+from services.scheduler.engine._timers import Timers
+from services.scheduler.engine.assign import Assigner
+from services.scheduler.model import IN_FLIGHT, Run, Task, TaskStatus
+from services.scheduler.records import DONE, PENDING, TIMER_DURABLE, Entry
 
 Wake = tuple[str, int, int, bytes]  # task id, attempt, position, result
-PENDING = "pending"
-DONE = "done"
 MAX_CONDITIONS = 100  # per wait: a wait_any over more is a mistake, not a workload
-
-
-@dataclass(slots=True, eq=False)
-class Entry:
-    """One position of a durable task's log."""
-
-    tenant: str
-    task_id: str
-    run_id: str
-    position: int
-    kind: str  # wait | now | cond
-    spec: bytes
-    status: str
-    result: bytes | None
-    registered_ms: int
-    deadline_ms: int | None = None
-    waiting_attempt: int | None = None  # the attempt parked here (or owed a wake-up)
-    conds: list[dict[str, Any]] = field(default_factory=list)
-
-    def step(self) -> DurableStep:
-        return DurableStep(position=self.position, kind=self.kind, spec=self.spec,
-                           result=self.result or b"", done=self.status == DONE)
 
 
 class BadWait(ValueError):
@@ -101,25 +77,30 @@ def error_result(kind: str, message: str) -> bytes:
     return json.dumps({"error": kind, "message": message}).encode()
 
 
-@dataclass(slots=True)
-class DurableWrites:
-    """What one batch changed in the durable tables (flushed by store.flush_durable)."""
-
-    entries: dict[tuple[str, str, int], Entry] = field(default_factory=dict)
-    # (tenant, task id, position, index, key, scope, expression, registered ms)
-    event_put: list[tuple[str, str, int, int, str, str | None, str, int]] = field(
-        default_factory=list
-    )
-    event_del: set[tuple[str, str, int]] = field(default_factory=set)
-    reset: set[tuple[str, str]] = field(default_factory=set)  # (tenant, task id): log dropped
-
-    def empty(self) -> bool:
-        return not (self.entries or self.event_put or self.event_del or self.reset)
-
-
 class Durable:
-    def __init__(self, machine: StateMachine) -> None:
-        self._m = machine
+    """The durable logs of the engine's tasks, their parked attempts and owed wake-ups."""
+
+    def __init__(
+        self,
+        batch: Batch,
+        runs: dict[str, Run],
+        tasks: dict[str, Task],
+        timers: Timers,
+        assigner: Assigner,
+        *,
+        requeue_lost: Callable[[Task], None],
+        attempt_stopped: Callable[[str, int, str | None], None],
+        condition_met: Callable[[Task], None],
+    ) -> None:
+        self._batch = batch
+        self._runs = runs
+        self._tasks = tasks
+        self._timers = timers
+        self._assigner = assigner
+        # What a wait's outcome asks of the state machine and the admission gate.
+        self._requeue_lost = requeue_lost  # a parked attempt's worker is gone
+        self._attempt_stopped = attempt_stopped  # ... and its concurrency slots go with it
+        self._condition_met = condition_met  # a DAG wait_for condition held (_conditions.py)
         self.logs: dict[str, dict[int, Entry]] = {}
         # worker id -> attempts parked there (task id, attempt), holding no regular slot
         self.parked: dict[str, set[tuple[str, int]]] = {}
@@ -150,7 +131,7 @@ class Durable:
                conds: list[dict[str, Any]]) -> Entry:
         """A new pending wait (or DAG condition): store it, arm its timer, publish its
         event conditions to the matcher."""
-        now = self._m.now_ms
+        now = self._batch.now_ms
         deadlines = [d for c in conds if (d := cond_deadline(c, now)) is not None]
         e = Entry(task.tenant, task.id, task.run_id, position, kind, spec, PENDING, None, now,
                   min(deadlines) if deadlines else None, None, conds)
@@ -172,13 +153,13 @@ class Durable:
                 continue
             run_id = str(c["run"])
             self.run_waiters.setdefault(run_id, set()).add((e.task_id, e.position, i))
-            if run_id not in self._m.runs:
+            if run_id not in self._runs:
                 self.run_lookups.add((e.tenant, run_id))
 
     def run_ended(self, run_id: str, status: str) -> None:
         """A waited-on run ended (in this batch, or found ended by a lookup)."""
         for task_id, position, index in sorted(self.run_waiters.pop(run_id, ())):
-            task = self._m.tasks.get(task_id)
+            task = self._tasks.get(task_id)
             e = self.entry(task_id, position)
             if task is not None and e is not None and e.status == PENDING:
                 self.complete(task, e, fired(index, json.dumps({"status": status}).encode()))
@@ -190,7 +171,7 @@ class Durable:
 
     def _arm(self, e: Entry) -> None:
         if e.deadline_ms is not None:
-            self._m.timers.set_memory(e.tenant, e.task_id, TIMER_DURABLE, e.position, e.deadline_ms)
+            self._timers.set_memory(e.tenant, e.task_id, TIMER_DURABLE, e.position, e.deadline_ms)
 
     def _touch(self, e: Entry) -> None:
         self.writes.entries[(e.tenant, e.task_id, e.position)] = e
@@ -214,7 +195,7 @@ class Durable:
         if step.kind == "now":
             if e is None:
                 e = Entry(task.tenant, task.id, task.run_id, step.position, "now", step.spec,
-                          DONE, step.result or b"null", self._m.now_ms)
+                          DONE, step.result or b"null", self._batch.now_ms)
                 self.logs.setdefault(task.id, {})[step.position] = e
                 self._touch(e)
             return
@@ -234,7 +215,7 @@ class Durable:
 
     def _park(self, task: Task) -> None:
         worker_id = task.worker_id or ""
-        worker = self._m.assigner.workers.get(worker_id)
+        worker = self._assigner.workers.get(worker_id)
         parked = self.parked.setdefault(worker_id, set())
         capacity = worker.info.durable_slots if worker is not None else 0
         if (task.id, task.attempt) in parked:
@@ -244,13 +225,13 @@ class Durable:
             if len(parked) >= capacity:
                 return  # no durable slot free: it keeps its regular one while it waits
         parked.add((task.id, task.attempt))
-        self._m.assigner.release(worker_id, task.id, task.attempt)
+        self._assigner.release(worker_id, task.id, task.attempt)
 
     def _purge(self, worker_id: str) -> None:
         """Forget parked attempts that ended or moved on (timed out, cancelled)."""
         parked = self.parked.get(worker_id, set())
         for task_id, attempt in list(parked):
-            task = self._m.tasks.get(task_id)
+            task = self._tasks.get(task_id)
             if task is None or task.attempt != attempt or task.status not in IN_FLIGHT:
                 parked.discard((task_id, attempt))
 
@@ -260,7 +241,7 @@ class Durable:
         e = self.entry(task.id, position)
         if e is None or e.status != PENDING or e.deadline_ms is None:
             return
-        if e.deadline_ms > self._m.now_ms:
+        if e.deadline_ms > self._batch.now_ms:
             self._arm(e)  # re-armed later (a restart re-reads it): not due yet
             return
         index = min(
@@ -270,7 +251,7 @@ class Durable:
         self.complete(task, e, fired(index))
 
     def satisfied(self, tenant: str, msg: WaitSatisfied) -> None:
-        task = self._m.tasks.get(msg.task_id)
+        task = self._tasks.get(msg.task_id)
         if task is None or task.tenant != tenant or task.terminal:
             return
         e = self.entry(task.id, msg.position)
@@ -285,7 +266,7 @@ class Durable:
         if any("event" in c for c in e.conds):
             self.writes.event_del.add((e.tenant, e.task_id, e.position))
         if e.position < 0:
-            self._m.conditions.entry_done(task)
+            self._condition_met(task)
             return
         if (task.status == TaskStatus.RUNNING and e.waiting_attempt == task.attempt
                 and task.worker_id):
@@ -305,7 +286,7 @@ class Durable:
             and other.waiting_attempt == task.attempt
             for other in self.logs.get(task.id, {}).values()
         )
-        if (worker_id in self._m.assigner.workers and key not in self.restored.get(worker_id, ())
+        if (worker_id in self._assigner.workers and key not in self.restored.get(worker_id, ())
                 and (still_waiting or key not in self.parked.get(worker_id, ()))):
             self._send_wake(task, position, result)
         else:
@@ -314,7 +295,7 @@ class Durable:
     def send_wakes(self) -> None:
         """Send queued wake-ups: parked attempts as regular slots free up on their workers."""
         for worker_id, queue in list(self.wakes.items()):
-            worker = self._m.assigner.workers.get(worker_id)
+            worker = self._assigner.workers.get(worker_id)
             if worker is None:
                 continue  # not seen since a restart yet, or lost (worker_lost drops the queue)
             parked = self.parked.get(worker_id, set())
@@ -323,7 +304,7 @@ class Durable:
             for item in queue:
                 task_id, attempt, position, result = item
                 key = (task_id, attempt)
-                task = self._m.tasks.get(task_id)
+                task = self._tasks.get(task_id)
                 if task is None or task.attempt != attempt or task.status != TaskStatus.RUNNING:
                     parked.discard(key)
                     continue
@@ -335,7 +316,7 @@ class Durable:
                         keep.append(item)
                         continue
                     parked.discard(key)
-                    self._m.assigner.hold(worker_id, task_id, attempt)
+                    self._assigner.hold(worker_id, task_id, attempt)
                 self._send_wake(task, position, result)
             if keep:
                 self.wakes[worker_id] = keep
@@ -343,12 +324,12 @@ class Durable:
                 del self.wakes[worker_id]
 
     def _send_wake(self, task: Task, position: int, result: bytes) -> None:
-        worker = self._m.assigner.workers.get(task.worker_id or "")
+        worker = self._assigner.workers.get(task.worker_id or "")
         if worker is None:  # only reached through _deliver / send_wakes, which check
             return
         wake = WakeTask(tenant=task.tenant, worker_id=task.worker_id or "", task_id=task.id,
                         attempt=task.attempt, position=position, result=result)
-        _outbox.send_wake(self._m.fx, wake, worker.info.dispatcher_id, self._m.now_ms)
+        _outbox.send_wake(self._batch.fx, wake, worker.info.dispatcher_id, self._batch.now_ms)
         e = self.entry(task.id, position)
         if e is not None and e.waiting_attempt == task.attempt:
             e.waiting_attempt = None  # delivered: a restart must not wake it again
@@ -357,22 +338,21 @@ class Durable:
     # workers ----------------------------------------------------------------------------
     def worker_lost(self, worker_id: str) -> None:
         """Its parked attempts hold no slot, so recovery did not see them: requeue them."""
-        m = self._m
         self.wakes.pop(worker_id, None)
         self.restored.pop(worker_id, None)  # still in its held slots: recovery requeued them
         for task_id, attempt in sorted(self.parked.pop(worker_id, set())):
-            task = m.tasks.get(task_id)
+            task = self._tasks.get(task_id)
             if (task is not None and task.status in IN_FLIGHT and task.attempt == attempt
                     and task.worker_id == worker_id):
-                m.requeue_lost(task)
-            m.gate.attempt_stopped(task_id, attempt, worker_id)
+                self._requeue_lost(task)
+            self._attempt_stopped(task_id, attempt, worker_id)
 
     def worker_seen(self, info: WorkerInfo, new_session: bool) -> None:
         """A worker registered anew: parked attempts it no longer holds were lost with it."""
         for task_id, attempt in sorted(self.restored.pop(info.worker_id, set())):
-            task = self._m.tasks.get(task_id)
+            task = self._tasks.get(task_id)
             if task is not None and task.attempt == attempt and task.status == TaskStatus.RUNNING:
-                self._m.assigner.release(info.worker_id, task_id, attempt)
+                self._assigner.release(info.worker_id, task_id, attempt)
                 self.parked.setdefault(info.worker_id, set()).add((task_id, attempt))
         if not new_session:
             return
@@ -380,15 +360,15 @@ class Durable:
         parked = self.parked.get(info.worker_id, set())
         lost: list[tuple[str, int]] = []
         for key in sorted(parked - holding):
-            task = self._m.tasks.get(key[0])
+            task = self._tasks.get(key[0])
             if task is not None and task.attempt == key[1] and task.status in IN_FLIGHT:
                 # Started after this registration: its `holding` could not list it.
                 if task.started_ms is None or task.started_ms >= info.registered_ms:
                     continue
-                self._m.requeue_lost(task)
+                self._requeue_lost(task)
             lost.append(key)
             parked.discard(key)
-            self._m.gate.attempt_stopped(key[0], key[1], info.worker_id)
+            self._attempt_stopped(key[0], key[1], info.worker_id)
         queue = self.wakes.get(info.worker_id)
         if queue:
             queue[:] = [w for w in queue if (w[0], w[1]) not in lost]
@@ -404,7 +384,6 @@ class Durable:
             del w.entries[key]
         w.event_put = [row for row in w.event_put if row[1] != task.id]
         w.reset.add((task.tenant, task.id))
-        self._m.conditions.forget([task])
 
     def forget(self, tasks: list[Task]) -> None:
         """The run finished: drop its logs from memory (PostgreSQL keeps them)."""
@@ -419,14 +398,13 @@ class Durable:
     # after a restart ----------------------------------------------------------------------
     def restore(self, e: Entry) -> None:
         """An entry read back from PostgreSQL (tasks and workers' slots are loaded first)."""
-        m = self._m
         if e.kind != "now":
             try:
                 e.conds = parse_conds(e.spec)
             except BadWait:
                 e.conds = []
         self.logs.setdefault(e.task_id, {})[e.position] = e
-        task = m.tasks.get(e.task_id)
+        task = self._tasks.get(e.task_id)
         if task is None:
             return
         if e.status == PENDING:

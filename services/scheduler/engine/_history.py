@@ -1,6 +1,6 @@
 """What the engine records for people to read back: run history and per-attempt rows.
 
-History is append-only (one row per event of a run, stored per batch by store.flush); an
+History is append-only (one row per event of a run, stored per batch by persistence/); an
 attempt row is the outcome of one try of a task. Both are only collected into the batch's
 Effects here, never written directly.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 import msgspec
 
 from libs.common.messages import TaskError
-from services.scheduler.effects import AttemptRow, Effects, HistoryRow
+from services.scheduler.effects import Effects
 from services.scheduler.model import Run, Task
+from services.scheduler.records import AttemptRow, HistoryRow
 
 _JSON = msgspec.json.Encoder()
 

@@ -24,18 +24,11 @@ from libs.common.specs import WorkflowSpec
 from services.scheduler.backoff import retry_delay_s
 from services.scheduler.effects import Effects
 from services.scheduler.engine import _history, _outbox
+from services.scheduler.engine._batch import Batch
 from services.scheduler.engine._conditions import Conditions
 from services.scheduler.engine._durable import Durable
 from services.scheduler.engine._recovery import mark_unreachable
-from services.scheduler.engine._timers import (
-    TIMER_BATCH,
-    TIMER_DURABLE,
-    TIMER_EXEC,
-    TIMER_KINDS,
-    TIMER_RETRY,
-    TIMER_SCHED,
-    Timers,
-)
+from services.scheduler.engine._timers import TIMER_BATCH, Timers
 from services.scheduler.engine.admission.gate import Gate
 from services.scheduler.engine.assign import Assigner, Worker, preference
 from services.scheduler.model import (
@@ -49,6 +42,13 @@ from services.scheduler.model import (
     build_run,
     descendants,
 )
+from services.scheduler.records import (
+    TIMER_DURABLE,
+    TIMER_EXEC,
+    TIMER_KINDS,
+    TIMER_RETRY,
+    TIMER_SCHED,
+)
 
 SETTLING_REPORTS = frozenset({"completed", "failed", "cancelled"})
 
@@ -57,20 +57,29 @@ class StateMachine:
     """The in-memory runs and tasks of this scheduler, and the transitions between states."""
 
     def __init__(self) -> None:
+        # The tables and the clock every helper shares; each helper gets the ones it uses,
+        # and the transitions it may cause as callbacks, never the machine itself.
         self.runs: dict[str, Run] = {}
         self.tasks: dict[str, Task] = {}
+        self.batch = Batch()  # the clock and the effects sink
         self.assigner = Assigner()
         self.timers = Timers()
-        self.fx = Effects()
-        self.now_ms = 0
-        self.gate = Gate(self)
-        self.durable = Durable(self)  # durable tasks' logs and parked attempts
-        self.conditions = Conditions(self, self.durable)  # wait_for / skip_if / cancel_if
+        self.gate = Gate(
+            self.batch, self.runs, self.tasks, self.assigner,
+            start_ready=self.start_ready, end_run=self.end_run, end_task=self.end_task,
+        )
+        self.durable = Durable(  # durable tasks' logs and parked attempts
+            self.batch, self.runs, self.tasks, self.timers, self.assigner,
+            requeue_lost=self.requeue_lost, attempt_stopped=self.gate.attempt_stopped,
+            condition_met=self._condition_met,
+        )
+        self.conditions = Conditions(  # wait_for / skip_if / cancel_if
+            self.runs, self.durable, end_task=self.end_task, skip=self.skip, queue=self.queue,
+        )
 
     # batch lifecycle ----------------------------------------------------------------
     def begin(self, now_ms: int) -> None:
-        self.now_ms = now_ms
-        self.fx = Effects()
+        self.batch.begin(now_ms)
 
     def finish(self) -> Effects:
         """Assign free slots, then hand over the batch's effects."""
@@ -78,8 +87,8 @@ class StateMachine:
         self.gate.unpark_rate_limited()
         self.durable.send_wakes()  # woken durable tasks take free slots before new tasks
         self.assign()
-        self.gate.journal(self.fx)
-        fx = self.fx
+        fx = self.batch.fx
+        self.gate.journal(fx)
         fx.bundle_changes()
         for run in fx.finished_runs:
             self.runs.pop(run.id, None)
@@ -90,8 +99,7 @@ class StateMachine:
             self.conditions.forget(list(run.tasks.values()))
         self.timers.compact_if_due(self.tasks)
         fx.durable = self.durable.take_writes()
-        self.fx = Effects()
-        return fx
+        return self.batch.take()
 
     # commands -----------------------------------------------------------------------
     def trigger(self, tenant: str, cmd: TriggerRun, spec: WorkflowSpec) -> None:
@@ -107,7 +115,7 @@ class StateMachine:
             status=RunStatus.PENDING,
             priority=max(1, min(3, priority)),
             input=cmd.input,
-            created_ms=self.now_ms,
+            created_ms=self.batch.now_ms,
             metadata=dict(cmd.metadata),
             additional=dict(cmd.additional),
             source=cmd.source,
@@ -121,8 +129,8 @@ class StateMachine:
         self.runs[run.id] = run
         for task in run.tasks.values():
             self.tasks[task.id] = task
-            self.fx.touch_task(task)
-        self.fx.touch_run(run)
+            self.batch.fx.touch_task(task)
+        self.batch.fx.touch_run(run)
         self.history(run, None, "run.created", {"source": cmd.source})
         self.announce_run(run)
         self.gate.admit_run(run)
@@ -151,7 +159,7 @@ class StateMachine:
         run.generation += 1
         run.status = RunStatus.RUNNING
         run.finished_ms = None
-        self.fx.touch_run(run)
+        self.batch.fx.touch_run(run)
         self.history(run, None, "run.replayed", {"tasks": sorted(redo)})
         for task in run.tasks.values():
             if task.name in redo or task.role != "task":
@@ -164,7 +172,8 @@ class StateMachine:
                 task.finished_ms = None
                 task.sem_refs = task.needs = None
                 self.durable.reset(task)  # a replay starts durable tasks on a fresh log
-                self.fx.touch_task(task)
+                self.conditions.forget([task])
+                self.batch.fx.touch_task(task)
         for name in redo:
             task = run.tasks[name]
             task.pending_parents = sum(
@@ -190,14 +199,14 @@ class StateMachine:
         if kind == "started":
             if task.status == TaskStatus.ASSIGNED:
                 task.status = TaskStatus.RUNNING
-                task.started_ms = rep.ts_ms or self.now_ms
-                self.fx.touch_task(task)
+                task.started_ms = rep.ts_ms or self.batch.now_ms
+                self.batch.fx.touch_task(task)
                 self.attempt_row(task, None)
                 self.emit_state(task)
                 run = self.runs[task.run_id]
                 if run.status == RunStatus.PENDING:
                     run.status = RunStatus.RUNNING
-                    self.fx.touch_run(run)
+                    self.batch.fx.touch_run(run)
                     self.announce_run(run)
         elif kind == "completed":
             if task.status in IN_FLIGHT:
@@ -215,9 +224,9 @@ class StateMachine:
             self.durable.on_wait(task, rep)
         elif kind == "refresh":
             if task.status in IN_FLIGHT and rep.refresh_ms > 0:
-                task.deadline_ms = self.now_ms + rep.refresh_ms
-                self.timers.set_stored(self.fx, task, TIMER_EXEC, task.deadline_ms)
-                self.fx.touch_task(task)
+                task.deadline_ms = self.batch.now_ms + rep.refresh_ms
+                self.timers.set_stored(self.batch.fx, task, TIMER_EXEC, task.deadline_ms)
+                self.batch.fx.touch_task(task)
 
     def requeue_lost(self, task: Task) -> None:
         """The attempt never ran to an end on its worker: queue the next one, no retry spent."""
@@ -238,7 +247,7 @@ class StateMachine:
         write nothing, and without touching the stored row, which by then holds the task's
         current timer."""
         fired = 0
-        for due, tenant, task_id, kind, attempt in self.timers.pop_due(self.now_ms):
+        for due, tenant, task_id, kind, attempt in self.timers.pop_due(self.batch.now_ms):
             task = self.tasks.get(task_id)
             if task is None:
                 continue
@@ -249,7 +258,7 @@ class StateMachine:
             elif kind == TIMER_EXEC and task.deadline_ms is not None and due < task.deadline_ms:
                 continue  # a deadline since refreshed: the stored row holds the new one
             else:
-                self.timers.drop(self.fx, (tenant, task_id, kind))
+                self.timers.drop(self.batch.fx, (tenant, task_id, kind))
                 self._fire(task, kind)
             fired += 1
             if fired >= limit:
@@ -258,16 +267,16 @@ class StateMachine:
 
     def _fire(self, task: Task, kind: str) -> None:
         if kind == TIMER_RETRY and task.status == TaskStatus.QUEUED:
-            if task.not_before_ms is not None and task.not_before_ms <= self.now_ms:
+            if task.not_before_ms is not None and task.not_before_ms <= self.batch.now_ms:
                 task.not_before_ms = None
-                self.fx.touch_task(task)
+                self.batch.fx.touch_task(task)
                 self.enqueue(task)
         elif kind == TIMER_EXEC and task.status in IN_FLIGHT:
-            if task.deadline_ms is not None and task.deadline_ms <= self.now_ms:
+            if task.deadline_ms is not None and task.deadline_ms <= self.batch.now_ms:
                 self._timeout(task)
         elif kind == TIMER_SCHED and task.status == TaskStatus.QUEUED:
             limit_ms = int(task.spec.schedule_timeout_s * 1000)
-            if task.queued_ms is not None and task.queued_ms + limit_ms <= self.now_ms:
+            if task.queued_ms is not None and task.queued_ms + limit_ms <= self.batch.now_ms:
                 err = TaskError(type="ScheduleTimeout", message="queued too long", non_retryable=True)
                 self.settle(task, TaskStatus.TIMED_OUT, err)
                 self.after_failure(task)
@@ -290,7 +299,7 @@ class StateMachine:
             delay_ms = int(retry_delay_s(task.spec, task.failures) * 1000)
             task.attempt += 1
             task.worker_id = None
-            self.queue(task, not_before_ms=self.now_ms + delay_ms)
+            self.queue(task, not_before_ms=self.batch.now_ms + delay_ms)
             return
         final = TaskStatus.TIMED_OUT if timed_out else TaskStatus.FAILED
         self.settle(task, final, err)
@@ -335,7 +344,7 @@ class StateMachine:
         for hook in run.tasks.values():
             if hook.role != "task" and hook.status == TaskStatus.PENDING:
                 hook.status = TaskStatus.SKIPPED
-                self.fx.touch_task(hook)
+                self.batch.fx.touch_task(hook)
         if not failed:
             run.status = RunStatus.SUCCEEDED
         elif all(t.status == TaskStatus.CANCELLED for t in failed) or all(
@@ -344,11 +353,11 @@ class StateMachine:
             run.status = RunStatus.CANCELLED
         else:
             run.status = RunStatus.FAILED
-        run.finished_ms = self.now_ms
-        self.fx.touch_run(run)
+        run.finished_ms = self.batch.now_ms
+        self.batch.fx.touch_run(run)
         self.history(run, None, f"run.{run.status.lower()}", None)
         self.announce_run(run)
-        self.fx.finished_runs.append(run)
+        self.batch.fx.finished_runs.append(run)
         self.durable.run_ended(run.id, run.status.value)  # durable tasks awaiting this run
         self.gate.release_run_if_idle(run.id)
 
@@ -370,13 +379,13 @@ class StateMachine:
             return  # first readiness of a task with DAG conditions: see _conditions.py
         task.status = TaskStatus.QUEUED
         task.stage = ""
-        task.queued_ms = self.now_ms
+        task.queued_ms = self.batch.now_ms
         task.not_before_ms = not_before_ms
         task.deadline_ms = None
-        self.fx.touch_task(task)
+        self.batch.fx.touch_task(task)
         self.emit_state(task)
-        self.timers.set_queued(task, self.now_ms)
-        if not_before_ms is None or not_before_ms <= self.now_ms:
+        self.timers.set_queued(task, self.batch.now_ms)
+        if not_before_ms is None or not_before_ms <= self.batch.now_ms:
             task.not_before_ms = None
             self.enqueue(task)
 
@@ -384,18 +393,19 @@ class StateMachine:
         """The task may start now: it goes through admission to the ready queues."""
         self.gate.enter(task)
 
-    def to_ready(self, task: Task, *, keep_seq: bool = False) -> None:
-        """Admitted: hand the task to the assigner's ready queues."""
-        run = self.runs[task.run_id]
-        pinned = run.sticky_worker if run.spec.sticky == "HARD" and run.sticky_worker else ""
-        task.stage = "ready"
-        self.assigner.enqueue(task, pinned=pinned, keep_seq=keep_seq)
-
-    def reject(self, task: Task, kind: str, message: str, *, cancel: bool = False) -> None:
-        """End a task that may never run (a bad key, an impossible rate-limit need)."""
-        err = TaskError(type=kind, message=message, non_retryable=True)
-        self.settle(task, TaskStatus.CANCELLED if cancel else TaskStatus.FAILED, err)
+    def end_task(self, task: Task, status: TaskStatus, err: TaskError) -> None:
+        """End a task that will not run (or run on): its dependants can never run either."""
+        self.settle(task, status, err)
         self.after_failure(task)
+
+    def skip(self, task: Task) -> None:
+        """End a task SKIPPED: its dependants go on as after a success."""
+        self.settle(task, TaskStatus.SKIPPED, None)
+        self._after_success(task)
+
+    def _condition_met(self, task: Task) -> None:
+        """A wait_for condition of `task` held (its durable log entry completed)."""
+        self.conditions.entry_done(task)
 
     def settle(self, task: Task, status: TaskStatus, err: TaskError | None) -> None:
         """Move the task to a terminal status."""
@@ -405,13 +415,13 @@ class StateMachine:
             self.gate.release_queued(task)
         task.stage = ""
         task.status = status
-        task.finished_ms = self.now_ms
+        task.finished_ms = self.batch.now_ms
         task.deadline_ms = None
         if err is not None:
             task.last_error = err
-        self.fx.touch_task(task)
+        self.batch.fx.touch_task(task)
         for kind in TIMER_KINDS:
-            self.timers.drop(self.fx, (task.tenant, task.id, kind))
+            self.timers.drop(self.batch.fx, (task.tenant, task.id, kind))
         self.attempt_row(task, err)
         self.emit_state(task)
 
@@ -421,7 +431,7 @@ class StateMachine:
             return
         worker = self.assigner.workers.get(task.worker_id)
         if worker is not None:
-            _outbox.send_cancel(self.fx, task, worker.info.dispatcher_id, reason)
+            _outbox.send_cancel(self.batch.fx, task, worker.info.dispatcher_id, reason)
 
     # assignment ---------------------------------------------------------------------
     def assign(self) -> None:
@@ -435,30 +445,30 @@ class StateMachine:
             task.status = TaskStatus.ASSIGNED
             task.stage = ""
             task.worker_id = worker.info.worker_id
-            task.assigned_ms = self.now_ms
+            task.assigned_ms = self.batch.now_ms
             if run.spec.sticky and run.sticky_worker is None:
                 run.sticky_worker = task.worker_id
             self.gate.note_executing(run, task)
-            task.deadline_ms = self.now_ms + int(task.spec.execution_timeout_s * 1000)
-            self.fx.touch_task(task)
-            self.timers.drop(self.fx, (task.tenant, task.id, TIMER_SCHED))
-            self.timers.set_stored(self.fx, task, TIMER_EXEC, task.deadline_ms)
+            task.deadline_ms = self.batch.now_ms + int(task.spec.execution_timeout_s * 1000)
+            self.batch.fx.touch_task(task)
+            self.timers.drop(self.batch.fx, (task.tenant, task.id, TIMER_SCHED))
+            self.timers.set_stored(self.batch.fx, task, TIMER_EXEC, task.deadline_ms)
             self.emit_state(task)
             assignment = _outbox.assignment(run, task)
             if task.spec.durable:
                 assignment.durable_log = self.durable.log_for(task)
             by_dispatcher.setdefault(worker.info.dispatcher_id, []).append(assignment)
-        _outbox.send_assignments(self.fx, by_dispatcher)
+        _outbox.send_assignments(self.batch.fx, by_dispatcher)
 
     def _score(self, task: Task, worker: Worker) -> int | None:
         return preference(self.runs[task.run_id], task, worker)
 
     # records ------------------------------------------------------------------------
     def history(self, run: Run, task: Task | None, kind: str, detail: object) -> None:
-        _history.record(self.fx, self.now_ms, run, task, kind, detail)
+        _history.record(self.batch.fx, self.batch.now_ms, run, task, kind, detail)
 
     def attempt_row(self, task: Task, err: TaskError | None, status: str | None = None) -> None:
-        _history.attempt_row(self.fx, self.now_ms, task, err, status)
+        _history.attempt_row(self.batch.fx, self.batch.now_ms, task, err, status)
 
     def emit_state(self, task: Task) -> None:
         """Record the task's new state: a history row and a transition on the stream."""
@@ -467,7 +477,7 @@ class StateMachine:
             run, task, f"task.{task.status.lower()}",
             _history.err_doc(task.last_error) if task.status in FAILED_LIKE and task.last_error else None,
         )
-        _outbox.task_changed(self.fx, self.now_ms, run, task)
+        _outbox.task_changed(self.batch.fx, self.batch.now_ms, run, task)
 
     def announce_run(self, run: Run) -> None:
-        _outbox.run_changed(self.fx, self.now_ms, run)
+        _outbox.run_changed(self.batch.fx, self.batch.now_ms, run)

@@ -13,23 +13,41 @@ gives back all its attempts. Either way the attempts are requeued, fenced by att
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from libs.common.messages import WorkerInfo
 from services.scheduler import keys
-from services.scheduler.engine.admission.concurrency import Arrival, Holder, SemRef
-from services.scheduler.engine.admission.gate import run_holder, task_holder
-from services.scheduler.engine.admission.ratelimit import Admission
+from services.scheduler.engine._batch import Batch
+from services.scheduler.engine._timers import Timers
+from services.scheduler.engine.admission.concurrency import Arrival
+from services.scheduler.engine.admission.gate import Gate, run_holder, task_holder
 from services.scheduler.engine.assign import Assigner
 from services.scheduler.model import IN_FLIGHT, RUN_TERMINAL, Run, Task, TaskStatus
-
-if TYPE_CHECKING:
-    from services.scheduler.engine._machine import StateMachine
+from services.scheduler.records import Admission, Holder, SemRef
 
 
 class Recovery:
-    def __init__(self, machine: StateMachine) -> None:
-        self._m = machine
+    """Puts runs, slots and timers read back from PostgreSQL into the engine's tables, and
+    reconciles them with what workers say they hold."""
+
+    def __init__(
+        self,
+        batch: Batch,
+        runs: dict[str, Run],
+        tasks: dict[str, Task],
+        assigner: Assigner,
+        timers: Timers,
+        gate: Gate,
+        *,
+        requeue_lost: Callable[[Task], None],
+    ) -> None:
+        self._batch = batch
+        self._runs = runs
+        self._tasks = tasks
+        self._assigner = assigner
+        self._timers = timers
+        self._gate = gate
+        self._requeue_lost = requeue_lost  # the state machine's: an attempt lost on its worker
 
     # loading --------------------------------------------------------------------------
     def adopt(self, run: Run) -> None:
@@ -38,16 +56,16 @@ class Recovery:
         Call `restore_*` first: holders and executing attempts read back from PostgreSQL
         decide which runs and tasks already own their concurrency slots.
         """
-        m, gate = self._m, self._m.gate
-        m.runs[run.id] = run
+        gate = self._gate
+        self._runs[run.id] = run
         if run.sticky_worker is None and run.spec.sticky:
             started = [t for t in run.tasks.values() if t.worker_id and t.started_ms]
             if started:
                 run.sticky_worker = min(started, key=lambda t: t.started_ms or 0).worker_id
         for task in run.tasks.values():
-            m.tasks[task.id] = task
+            self._tasks[task.id] = task
             if task.status in IN_FLIGHT and task.worker_id is not None:
-                m.assigner.hold(task.worker_id, task.id, task.attempt)
+                self._assigner.hold(task.worker_id, task.id, task.attempt)
         if run.status in RUN_TERMINAL:
             return  # loaded for a replay: admitted again by the replay itself
         act = gate.activation(run)
@@ -73,7 +91,7 @@ class Recovery:
                 self._adopt_task(run, task, act)
 
     def _adopt_task(self, run: Run, task: Task, act: dict[str, object]) -> None:
-        m, gate = self._m, self._m.gate
+        gate = self._gate
         try:
             gate.prepare_task(run, task, act)
         except keys.KeyError_:
@@ -82,11 +100,11 @@ class Recovery:
             gate.executing.setdefault((task.id, task.attempt), (task.tenant, run.id, task.worker_id))
             gate.exec_by_run.setdefault(run.id, set()).add((task.id, task.attempt))
         if task.status == TaskStatus.QUEUED and task.queued_ms is not None:
-            m.timers.set_queued(task, m.now_ms, adopted=True)
+            self._timers.set_queued(task, self._batch.now_ms, adopted=True)
         if task.status == TaskStatus.QUEUED and task.not_before_ms is None and run.admitted:
             holder = task_holder(task)
             if not task.sem_refs or gate.conc.holds(holder):
-                m.to_ready(task)
+                gate.to_ready(task)
             else:
                 task.stage = "sem"
                 outcome, _ = gate.conc.arrive(
@@ -97,7 +115,7 @@ class Recovery:
                     gate.deferred.append(holder)
 
     def restore_holder(self, holder: Holder, refs: list[SemRef]) -> None:
-        gate = self._m.gate
+        gate = self._gate
         gate.conc.restore(holder, refs, gate.restore_order())
         if holder.run_id is not None:
             gate.run_holders[holder.run_id] = holder
@@ -105,28 +123,28 @@ class Recovery:
     def restore_executing(
         self, tenant: str, task_id: str, attempt: int, run_id: str, worker_id: str
     ) -> None:
-        gate = self._m.gate
+        gate = self._gate
         gate.executing[(task_id, attempt)] = (tenant, run_id, worker_id)
         gate.exec_by_run.setdefault(run_id, set()).add((task_id, attempt))
-        self._m.assigner.hold(worker_id, task_id, attempt)
+        self._assigner.hold(worker_id, task_id, attempt)
 
     def restore_admission(self, adm: Admission) -> None:
-        self._m.gate.limits.restore(adm)
+        self._gate.limits.restore(adm)
 
     def release_stale_holders(self) -> None:
         """After loading: free holders nothing can release any more (leak safety net)."""
-        m, gate = self._m, self._m.gate
+        gate = self._gate
         stale: list[Holder] = []
         for holder, entity in gate.conc.entities.items():
             if not entity.held:
                 continue
             if holder.run_id is not None:
-                run = m.runs.get(holder.run_id)
+                run = self._runs.get(holder.run_id)
                 if (run is None or run.status in RUN_TERMINAL) and not gate.exec_by_run.get(holder.run_id):
                     stale.append(holder)
                 continue
             task_id = holder.task_id or ""
-            task = m.tasks.get(task_id)
+            task = self._tasks.get(task_id)
             live = (
                 task is not None and task.attempt == holder.attempt
                 and (task.status == TaskStatus.QUEUED or task.status in IN_FLIGHT)
@@ -139,11 +157,11 @@ class Recovery:
                 gate.run_holders.pop(holder.run_id, None)
 
     def adopt_timer(self, tenant: str, task_id: str, kind: str, attempt: int, due_ms: int) -> None:
-        self._m.timers.adopt(tenant, task_id, kind, attempt, due_ms)
+        self._timers.adopt(tenant, task_id, kind, attempt, due_ms)
 
     # workers --------------------------------------------------------------------------
     def worker_seen(self, info: WorkerInfo) -> None:
-        assigner = self._m.assigner
+        assigner = self._assigner
         known = assigner.workers.get(info.worker_id)
         new_session = bool(info.session) and (known is None or known.info.session != info.session)
         assigner.upsert_worker(info)
@@ -157,11 +175,10 @@ class Recovery:
         instead of waiting for the execution timeout. Attempts assigned after the
         registration are left alone: they may still be in flight to the new stream.
         """
-        m = self._m
         holding = {(t, a) for t, a in info.holding}
-        worker = m.assigner.workers[info.worker_id]
+        worker = self._assigner.workers[info.worker_id]
         for task_id, attempt in sorted(worker.inflight - holding):
-            task = m.tasks.get(task_id)
+            task = self._tasks.get(task_id)
             if (
                 task is None
                 or task.worker_id != info.worker_id
@@ -172,24 +189,23 @@ class Recovery:
             since = task.started_ms if task.status == TaskStatus.RUNNING else task.assigned_ms
             if since is None or since >= info.registered_ms:
                 continue
-            m.assigner.release(info.worker_id, task_id, attempt)
-            m.requeue_lost(task)
-            m.gate.attempt_stopped(task_id, attempt, info.worker_id)  # never ran: free its keys
+            self._assigner.release(info.worker_id, task_id, attempt)
+            self._requeue_lost(task)
+            self._gate.attempt_stopped(task_id, attempt, info.worker_id)  # never ran: free its keys
 
     def worker_lost(self, worker_id: str) -> None:
-        m = self._m
-        held = m.assigner.remove_worker(worker_id)
+        held = self._assigner.remove_worker(worker_id)
         for task_id, attempt in sorted(held):
-            task = m.tasks.get(task_id)
+            task = self._tasks.get(task_id)
             if (
                 task is not None
                 and task.status in IN_FLIGHT
                 and task.worker_id == worker_id
                 and task.attempt == attempt
             ):
-                m.requeue_lost(task)
+                self._requeue_lost(task)
         for task_id, attempt in sorted(held):
-            m.gate.attempt_stopped(task_id, attempt, worker_id)
+            self._gate.attempt_stopped(task_id, attempt, worker_id)
 
 
 def mark_unreachable(assigner: Assigner, task: Task) -> None:

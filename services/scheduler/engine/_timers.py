@@ -1,8 +1,8 @@
 """The engine's timers: one heap in memory, a few of them also kept in PostgreSQL.
 
-Kinds: an execution timeout (TIMER_EXEC) is stored, because the assignment time it follows
-from is not; a queued task's schedule timeout (TIMER_SCHED) and its retry time (TIMER_RETRY)
-follow from the task row (queued_at, not_before) and its spec, so they live in memory only
+Kinds (named in records.py): an execution timeout (TIMER_EXEC) is stored, because the
+assignment time it follows from is not; a queued task's schedule timeout (TIMER_SCHED) and
+its retry time (TIMER_RETRY) follow from the task row (queued_at, not_before) and its spec, so they live in memory only
 and are set again when a run is adopted after a restart. Only timers with a stored row are
 deleted from PostgreSQL, which spares the flush three index probes for every settled task.
 
@@ -24,16 +24,10 @@ import heapq
 from collections import deque
 from collections.abc import Iterator
 
-from services.scheduler.effects import Effects, TimerKey
+from services.scheduler.effects import Effects
 from services.scheduler.model import Task
+from services.scheduler.records import TIMER_DURABLE, TIMER_RETRY, TIMER_SCHED, TimerKey
 
-TIMER_RETRY = "retry"
-TIMER_EXEC = "exec"
-TIMER_SCHED = "sched"
-# A durable wait's deadline (engine/_durable.py): memory only, re-armed from the durable log
-# after a restart; its entry carries the log position where others carry the attempt.
-TIMER_DURABLE = "durable"
-TIMER_KINDS = (TIMER_EXEC, TIMER_SCHED, TIMER_RETRY)
 TIMER_COMPACT_MIN = 4096  # heap entries before the first compaction
 # Timers fired per batch at most: a storm of them is spread over batches this size, and
 # another tenant's trigger or report waits for at most one of them (with the service's

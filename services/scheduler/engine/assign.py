@@ -75,9 +75,6 @@ class Assigner:
             queue = self._queues[(task.tenant, task.action, pinned)] = FairQueue()
         queue.push(task.priority, task.group, task.queue_seq, task)
 
-    def queued_count(self) -> int:
-        return sum(len(q) for q in self._queues.values())
-
     def _head(self, key: QueueKey) -> Task | None:
         """The task whose turn it is in queue `key`; stale entries met on the way go."""
         queue = self._queues.get(key)

@@ -4,7 +4,8 @@ A holder (`Holder`) is a whole run, for workflow-level keys — one holder per r
 across its replays — or one attempt of a task, for task-level keys. A holder may need
 several keys; it is admitted only when every one of them has room, and it then holds all of
 them until `release`. PostgreSQL stores a holder as text ("r:<run id>:-" or
-"t:<task id>:<attempt>"); `Holder.parse` and `Holder.format` are the only conversions.
+"t:<task id>:<attempt>"); `Holder.parse` and `Holder.format` (records.py) are the only
+conversions.
 
 Waiting holders sit in ONE key's wait heap at a time — the first key found full — ordered by
 priority then arrival, so a key serves its waiters FIFO within a priority. When a key frees
@@ -30,75 +31,13 @@ import heapq
 from dataclasses import dataclass, field
 from enum import Enum
 
-import msgspec
+from services.scheduler.records import Holder, HolderRow, SemId, SemRef
 
 GRR = "GROUP_ROUND_ROBIN"
 CANCEL_IN_PROGRESS = "CANCEL_IN_PROGRESS"
 CANCEL_NEWEST = "CANCEL_NEWEST"
 
 Order = tuple[int, int, int]  # (-priority, arrival ms, tie-break counter)
-SemId = tuple[str, str]  # (tenant, key)
-
-_RUN_MARK = "r"
-_TASK_MARK = "t"
-_NO_ATTEMPT = "-"
-
-
-class Holder(msgspec.Struct, frozen=True):
-    """Who holds (or waits for) concurrency slots: a run, or one attempt of a task.
-
-    A msgspec Struct: hashed and compared in C, which matters because holders key the
-    semaphores' dicts and are looked up several times per task.
-    """
-
-    run_id: str | None = None  # set for a run's workflow-level holder
-    task_id: str | None = None  # set, with `attempt`, for a task attempt's holder
-    attempt: int = 0
-
-    @classmethod
-    def of_run(cls, run_id: str) -> Holder:
-        return cls(run_id=run_id)
-
-    @classmethod
-    def of_task(cls, task_id: str, attempt: int) -> Holder:
-        return cls(task_id=task_id, attempt=attempt)
-
-    def format(self) -> str:
-        """The text stored in PostgreSQL (concurrency_holders.holder)."""
-        if self.run_id is not None:
-            return f"{_RUN_MARK}:{self.run_id}:{_NO_ATTEMPT}"
-        return f"{_TASK_MARK}:{self.task_id}:{self.attempt}"
-
-    @classmethod
-    def parse(cls, text: str) -> Holder:
-        """Read back what `format` wrote; anything else is a ValueError."""
-        mark, sep, rest = text.partition(":")
-        ident, sep2, attempt = rest.rpartition(":")
-        if sep and sep2 and ident:
-            if mark == _RUN_MARK and attempt == _NO_ATTEMPT:
-                return cls.of_run(ident)
-            if mark == _TASK_MARK and attempt.isdigit():
-                return cls.of_task(ident, int(attempt))
-        raise ValueError(
-            f"not a concurrency holder: {text!r} (expected 'r:<run id>:-' or 't:<task id>:<attempt>')"
-        )
-
-
-HolderRow = tuple[str, str, Holder]  # (tenant, key, holder): one concurrency_holders row
-
-
-@dataclass(frozen=True, slots=True)
-class SemRef:
-    """One concurrency key a holder needs: `key` is already namespaced and evaluated."""
-
-    tenant: str
-    key: str
-    max_runs: int
-    strategy: str
-
-    @property
-    def id(self) -> SemId:
-        return (self.tenant, self.key)
 
 
 @dataclass(slots=True, eq=False)

@@ -10,39 +10,28 @@ Two gates, in this order:
 Keys and units are CEL over the run input, evaluated once per run / task (keys.py). A slot is
 held until the attempt has really stopped on its worker (`executing`), not merely until the
 task settled, so the limit also covers work still winding down. Decisions are journaled into
-the batch's Effects and persisted by fairness_store.py; rate-limit starts are re-checked
-against every scheduler's starts in PostgreSQL by rate_limit_recheck.py.
+the batch's Effects; persistence/fairness.py writes them in the batch transaction, where
+persistence/rate_limit_recheck.py re-checks rate-limit starts against every scheduler's.
+
+The gate decides; the transitions it causes (start a run's ready tasks, end a run or a task
+that may never start) are the state machine's, handed to it as callbacks.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from libs.common.messages import CancelRun, TaskError
-from libs.common.specs import WorkflowSpec
+from libs.common.messages import TaskError
 from services.scheduler import keys
 from services.scheduler.effects import Effects
-from services.scheduler.engine.admission.concurrency import (
-    GRR,
-    Arrival,
-    Concurrency,
-    Holder,
-    Order,
-    SemRef,
-)
-from services.scheduler.engine.admission.ratelimit import (
-    PER_MS,
-    LimitDef,
-    Need,
-    RateLimiter,
-    Waiter,
-)
+from services.scheduler.engine import _history
+from services.scheduler.engine._batch import Batch
+from services.scheduler.engine.admission.concurrency import GRR, Arrival, Concurrency, Order
+from services.scheduler.engine.admission.ratelimit import PER_MS, RateLimiter, Waiter
+from services.scheduler.engine.assign import Assigner, Worker
 from services.scheduler.model import IN_FLIGHT, RUN_TERMINAL, Run, Task, TaskStatus
-
-if TYPE_CHECKING:
-    from services.scheduler.engine._machine import StateMachine
-    from services.scheduler.engine.assign import Worker
+from services.scheduler.records import Holder, LimitDef, Need, SemRef
 
 _NO_ACTIVATION: dict[str, object] = {}
 _USES_CEL_MAX = 4096  # workflow versions remembered by the "does it use CEL" cache
@@ -59,8 +48,27 @@ def task_holder(task: Task) -> Holder:
 
 
 class Gate:
-    def __init__(self, machine: StateMachine) -> None:
-        self._m = machine
+    """Concurrency and rate-limit admission of the engine's runs and tasks."""
+
+    def __init__(
+        self,
+        batch: Batch,
+        runs: dict[str, Run],
+        tasks: dict[str, Task],
+        assigner: Assigner,
+        *,
+        start_ready: Callable[[Run], None],
+        end_run: Callable[[Run, TaskStatus, TaskError], None],
+        end_task: Callable[[Task, TaskStatus, TaskError], None],
+    ) -> None:
+        self._batch = batch
+        self._runs = runs
+        self._tasks = tasks
+        self._assigner = assigner  # admitted tasks go to its ready queues
+        # The transitions admission decides (the state machine's).
+        self._start_ready = start_ready  # a run got its slots: queue its ready tasks
+        self._end_run = end_run  # a run may never start (a bad key, CANCEL_NEWEST, evicted)
+        self._end_task = end_task  # a task may never start, or is evicted
         self.conc = Concurrency()
         self.limits = RateLimiter()
         # Attempts assigned to a worker and not yet settled by it, for tasks under
@@ -85,7 +93,7 @@ class Gate:
         if uses is None:
             if len(self._uses_cel) > _USES_CEL_MAX:
                 self._uses_cel.clear()
-            uses = self._uses_cel[run.version_id] = _uses_cel(run.spec)
+            uses = self._uses_cel[run.version_id] = keys.uses_cel(run.spec)
         if not uses:
             return _NO_ACTIVATION
         return keys.activation(self.resolved_inputs.get(run.id, run.input), run.metadata)
@@ -137,17 +145,16 @@ class Gate:
     # concurrency ------------------------------------------------------------------------
     def admit_run(self, run: Run) -> None:
         """Pass the workflow-level concurrency gate, then queue the tasks that are ready."""
-        m = self._m
         try:
             self.prepare_run(run, self.activation(run))
         except keys.KeyError_ as exc:
-            m.end_run(run, TaskStatus.FAILED, TaskError(
+            self._end_run(run, TaskStatus.FAILED, TaskError(
                 type="ConcurrencyKeyError", message=str(exc), non_retryable=True))
             return
         holder = run_holder(run)
         if not run.sem_refs or self.conc.holds(holder):
             run.admitted = True
-            m.start_ready(run)
+            self._start_ready(run)
             return
         run.admitted = False
         self.run_holders[run.id] = holder
@@ -155,83 +162,101 @@ class Gate:
             holder, run.sem_refs, self.order_of(run.priority, run.created_ms)
         )
         if outcome == Arrival.REJECTED:
-            m.end_run(run, TaskStatus.CANCELLED, TaskError(
+            self._end_run(run, TaskStatus.CANCELLED, TaskError(
                 type="Cancelled", message="concurrency limit reached (CANCEL_NEWEST)"))
         elif outcome == Arrival.ADMITTED:
             run.admitted = True
-            m.start_ready(run)
+            self._start_ready(run)
         else:
-            m.history(run, None, "run.waiting_for_concurrency", None)
+            self._history(run, "run.waiting_for_concurrency")
         self._evict(evict)
 
     def enter(self, task: Task) -> None:
         """The task may start now: pass its task-level concurrency gate, then get ready."""
-        m = self._m
-        run = m.runs[task.run_id]
+        run = self._runs[task.run_id]
         if task.sem_refs is None or task.needs is None:
             try:
                 self.prepare_task(run, task, self.activation(run))
             except keys.KeyError_ as exc:
-                m.reject(task, "KeyError", str(exc))
+                self._reject(task, "KeyError", str(exc))
                 return
         for need in task.needs or ():
             if not self.limits.fits_ever(task.tenant, need):
-                m.reject(task, "RateLimitExceeded", f"task needs {need.units} units of"
-                         f" rate limit {need.key!r}, more than it can ever grant")
+                self._reject(task, "RateLimitExceeded", f"task needs {need.units} units of"
+                             f" rate limit {need.key!r}, more than it can ever grant")
                 return
         if not task.sem_refs:
-            m.to_ready(task)
+            self.to_ready(task)
             return
         holder = task_holder(task)
         task.stage = "sem"
         outcome, evict = self.conc.arrive(
-            holder, task.sem_refs, self.order_of(task.priority, task.queued_ms or m.now_ms)
+            holder, task.sem_refs,
+            self.order_of(task.priority, task.queued_ms or self._batch.now_ms),
         )
         if outcome == Arrival.REJECTED:
-            m.reject(task, "Cancelled", "concurrency limit reached (CANCEL_NEWEST)", cancel=True)
+            self._reject(task, "Cancelled", "concurrency limit reached (CANCEL_NEWEST)",
+                         cancel=True)
             return
         if outcome == Arrival.ADMITTED:
-            m.to_ready(task)
+            self.to_ready(task)
         self._evict(evict)
+
+    def to_ready(self, task: Task, *, keep_seq: bool = False) -> None:
+        """Admitted: hand the task to the assigner's ready queues."""
+        run = self._runs[task.run_id]
+        pinned = run.sticky_worker if run.spec.sticky == "HARD" and run.sticky_worker else ""
+        task.stage = "ready"
+        self._assigner.enqueue(task, pinned=pinned, keep_seq=keep_seq)
+
+    def _reject(self, task: Task, kind: str, message: str, *, cancel: bool = False) -> None:
+        """End a task that may never run (a bad key, an impossible rate-limit need)."""
+        err = TaskError(type=kind, message=message, non_retryable=True)
+        self._end_task(task, TaskStatus.CANCELLED if cancel else TaskStatus.FAILED, err)
+
+    def _history(self, run: Run, kind: str) -> None:
+        _history.record(self._batch.fx, self._batch.now_ms, run, None, kind, None)
 
     def _evict(self, holders: list[Holder]) -> None:
         """CANCEL_IN_PROGRESS: cancel the oldest holders so the newcomer gets their slots."""
-        m = self._m
         reason = "cancelled for a newer run (CANCEL_IN_PROGRESS)"
         for holder in holders:
             if holder.run_id is not None:
-                run = m.runs.get(holder.run_id)
+                run = self._runs.get(holder.run_id)
                 if run is not None and run.status not in RUN_TERMINAL:
-                    m.cancel(run.tenant, CancelRun(run_id=run.id, reason=reason))
+                    # As a cancel command would: say why, then end what has not ended.
+                    _history.record(self._batch.fx, self._batch.now_ms, run, None,
+                                    "run.cancel_requested", {"reason": reason})
+                    self._end_run(run, TaskStatus.CANCELLED,
+                                  TaskError(type="Cancelled", message=reason))
                 continue
-            task = m.tasks.get(holder.task_id or "")
+            task = self._tasks.get(holder.task_id or "")
             if task is not None and not task.terminal and task.attempt == holder.attempt:
-                m.settle(task, TaskStatus.CANCELLED, TaskError(type="Cancelled", message=reason))
-                m.after_failure(task)
+                self._end_task(task, TaskStatus.CANCELLED,
+                               TaskError(type="Cancelled", message=reason))
             else:
                 self.admitted(self.conc.release(holder))
 
     def admitted(self, holders: list[Holder]) -> None:
         """Holders that just got their slots: start them, or give back what nobody uses."""
-        m = self._m
         while holders:
             holder = holders.pop()
             if holder.run_id is not None:
-                run = m.runs.get(holder.run_id)
+                run = self._runs.get(holder.run_id)
                 if run is not None and run.status not in RUN_TERMINAL:
                     if not run.admitted:
                         run.admitted = True
-                        m.history(run, None, "run.admitted", None)
-                        m.start_ready(run)
+                        self._history(run, "run.admitted")
+                        self._start_ready(run)
                     continue
                 self.run_holders.pop(holder.run_id, None)
             else:
-                task = m.tasks.get(holder.task_id or "")
+                task = self._tasks.get(holder.task_id or "")
                 if (
                     task is not None and task.attempt == holder.attempt
                     and task.status == TaskStatus.QUEUED and task.stage == "sem"
                 ):
-                    m.to_ready(task)
+                    self.to_ready(task)
                     continue
             holders.extend(self.conc.release(holder))
 
@@ -254,11 +279,10 @@ class Gate:
             key = (task.id, task.attempt)
             self.executing[key] = (task.tenant, run.id, task.worker_id)
             self.exec_by_run.setdefault(run.id, set()).add(key)
-            self._m.fx.exec_put[(task.tenant, task.id, task.attempt)] = (run.id, task.worker_id)
+            self._batch.fx.exec_put[(task.tenant, task.id, task.attempt)] = (run.id, task.worker_id)
 
     def attempt_stopped(self, task_id: str, attempt: int, worker_id: str | None) -> None:
         """An attempt has settled on its worker (or the worker is gone): free its slots."""
-        m = self._m
         key = (task_id, attempt)
         running = self.executing.get(key)
         if running is not None:
@@ -266,15 +290,16 @@ class Gate:
             if worker_id and on_worker != worker_id:
                 return  # a report from elsewhere: the attempt may still run where it was sent
             del self.executing[key]
-            m.fx.exec_put.pop((tenant, task_id, attempt), None)
-            m.fx.exec_del.add((tenant, task_id, attempt))
+            fx = self._batch.fx
+            fx.exec_put.pop((tenant, task_id, attempt), None)
+            fx.exec_del.add((tenant, task_id, attempt))
             by_run = self.exec_by_run.get(run_id)
             if by_run is not None:
                 by_run.discard(key)
                 if not by_run:
                     del self.exec_by_run[run_id]
             self.release_run_if_idle(run_id)
-        task = m.tasks.get(task_id)
+        task = self._tasks.get(task_id)
         if task is not None and task.attempt == attempt and (
             task.status == TaskStatus.QUEUED or task.status in IN_FLIGHT
         ):
@@ -286,7 +311,7 @@ class Gate:
         holder = self.run_holders.get(run_id)
         if holder is None or self.exec_by_run.get(run_id):
             return
-        run = self._m.runs.get(run_id)
+        run = self._runs.get(run_id)
         if run is not None and run.status not in RUN_TERMINAL:
             return
         del self.run_holders[run_id]
@@ -298,22 +323,21 @@ class Gate:
         if not task.needs:
             return True
         waiter = Waiter(task.id, task.attempt, task.priority, task.group, task.queue_seq)
-        if self.limits.take_or_park(task.tenant, task.needs, self._m.now_ms, waiter):
+        if self.limits.take_or_park(task.tenant, task.needs, self._batch.now_ms, waiter):
             return True
         task.stage = "rate"
         return False
 
     def _rate_parked(self, task_id: str, attempt: int) -> bool:
-        task = self._m.tasks.get(task_id)
+        task = self._tasks.get(task_id)
         return (
             task is not None and task.attempt == attempt
             and task.status == TaskStatus.QUEUED and task.stage == "rate"
         )
 
     def unpark_rate_limited(self) -> None:
-        m = self._m
-        for task_id, _attempt in self.limits.due(m.now_ms, self._rate_parked):
-            m.to_ready(m.tasks[task_id], keep_seq=True)
+        for task_id, _attempt in self.limits.due(self._batch.now_ms, self._rate_parked):
+            self.to_ready(self._tasks[task_id], keep_seq=True)
 
     # bookkeeping ------------------------------------------------------------------------
     def journal(self, fx: Effects) -> None:
@@ -326,23 +350,3 @@ class Gate:
         self.conc.journal_del = set()
         fx.admissions.extend(self.limits.journal)
         self.limits.journal = []
-
-
-def uses_cel(spec: WorkflowSpec) -> bool:
-    """Whether evaluating this workflow's keys or units needs the run's input as CEL."""
-    return _uses_cel(spec)
-
-
-def _uses_cel(spec: WorkflowSpec) -> bool:
-    """Whether evaluating this workflow's keys or units needs the run's input as CEL."""
-    if spec.concurrency:
-        return True
-    for task in [*spec.tasks, spec.on_failure, spec.on_success]:
-        if task is None:
-            continue
-        if task.concurrency:
-            return True
-        for rl in task.rate_limits:
-            if rl.dynamic_key is not None or isinstance(rl.units, str):
-                return True
-    return False

@@ -38,8 +38,8 @@ with a line are paced: an idle key still lets a burst of `limit` start at once.
 None of this changes what the window admits: a start is still only allowed when the log
 says it fits.
 
-Admissions are journaled and written in the batch's transaction (`fairness_store`), and
-read back on start, so a restart neither forgets recent starts nor double-counts them.
+Admissions are journaled and written in the batch's transaction (persistence/fairness.py),
+and read back on start, so a restart neither forgets recent starts nor double-counts them.
 """
 
 from __future__ import annotations
@@ -50,31 +50,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.scheduler.engine.fairqueue import FairQueue
+from services.scheduler.records import Admission, LimitDef, LimitId, Need
 
 PER_MS = {"second": 1_000, "minute": 60_000, "hour": 3_600_000}
 UNKNOWN_RECHECK_MS = 500
 RELEASE_GAP_MS = 25  # releases from one line are at least this far apart (batching)
 PASS_TTL_MS = 1_000  # how long units stay kept for a task released from a line
 PACE_BURST_MS = 50  # a line releases limit/per, with at most this much of it at once
-
-LimitId = tuple[str, str]  # (tenant, key)
-
-
-@dataclass(frozen=True, slots=True)
-class LimitDef:
-    limit: int
-    per_ms: int
-    burst: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Need:
-    """Units of one key a task takes when it starts (key and units evaluated at enqueue)."""
-
-    key: str
-    units: int
-    dynamic: LimitDef | None = None  # limit/per declared inline for a dynamic key
-
 
 @dataclass(slots=True, eq=False)
 class _Window:
@@ -95,16 +77,6 @@ class _Bucket:
         if now_ms > self.last_ms:
             self.tokens = min(capacity, self.tokens + (now_ms - self.last_ms) * d.limit / d.per_ms)
             self.last_ms = now_ms
-
-
-@dataclass(slots=True)
-class Admission:
-    tenant: str
-    key: str
-    ts_ms: int
-    units: int
-    task_id: str
-    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,9 +344,6 @@ class RateLimiter:
         if short > 0:
             at = max(at, now_ms + int(short * d.per_ms / d.limit) + 1)
         return max(at, now_ms + RELEASE_GAP_MS)
-
-    def parked_count(self) -> int:
-        return sum(len(line.queue) for line in self._lines.values())
 
     # restore --------------------------------------------------------------------------
     def restore(self, adm: Admission) -> None:

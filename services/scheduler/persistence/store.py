@@ -1,10 +1,13 @@
-"""PostgreSQL persistence for the scheduler: load active state, flush a batch's effects."""
+"""The runs' tables in PostgreSQL: load the active runs, write a batch's effects.
+
+Runs, tasks, attempts, history, stored timers and the outbox. The batch's durable log rows
+are durable.py's, its fair-scheduling rows fairness.py's; batch.py writes all three in the
+batch's one transaction.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -14,19 +17,13 @@ from libs.common.jetstream import Outgoing
 from libs.common.messages import TaskError
 from libs.common.specs import WorkflowSpec
 from services.scheduler.effects import Effects
-from services.scheduler.engine._durable import Entry as DurableEntry
 from services.scheduler.model import Run, RunStatus, Task, TaskStatus, build_run
+from services.scheduler.persistence.literals import MS, columns, ints, ms, texts
 
 _ADDITIONAL = msgspec.msgpack.Decoder(dict[str, bytes])
 _ENC = msgspec.msgpack.Encoder()
 _ERR = msgspec.json.Decoder(TaskError)
-
-
 _HISTORY = msgspec.json.Encoder()
-
-
-def ms(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp() * 1000)
 
 
 class SpecCache:
@@ -55,20 +52,14 @@ class SpecCache:
 # waits for between being triggered and being dispatched. Empty arrays write nothing.
 # Rows are unique per batch (Effects keys them), so no ON CONFLICT touches a row twice, and
 # the timers deleted and upserted in one batch are disjoint (Effects.put_timer/del_timer).
-#
-# Columns travel as array *literals* in one text parameter each (`$1::text` cast to the array
-# type, which PostgreSQL parses in C), and times as epoch milliseconds. Binding Python lists
-# costs asyncpg about 0.3-0.5 µs per element (isinstance checks against collections.abc for
-# each one) and 1.1 µs per datetime; a batch carries ~140 elements per task. Only bytea
-# columns are still bound as lists.
-_MS = "to_timestamp({}::float8 / 1000)"
+# Columns are bound as array literals (literals.py).
 _FLUSH = f"""
 WITH
 run_rows AS (
     INSERT INTO runs (tenant_id, id, workflow, version_id, status, priority, input, metadata,
                       additional, source, generation, created_at, finished_at, traceparent,
                       parent_run_id, parent_task_id, parent_task, depth)
-    SELECT t, i, w, v, s, p, inp, md::jsonb, a, src, g, {_MS.format("c")}, {_MS.format("f")}, tp,
+    SELECT t, i, w, v, s, p, inp, md::jsonb, a, src, g, {MS.format("c")}, {MS.format("f")}, tp,
            pr, pt, pn, dp
     FROM unnest($1::text::text[], $2::text::text[], $3::text::text[], $4::text::text[],
                 $5::text::text[], $6::text::smallint[], $7::bytea[], $8::text::text[],
@@ -85,8 +76,8 @@ task_rows AS (
     INSERT INTO tasks (tenant_id, id, run_id, name, action, status, attempt, failures,
                        worker_id, output, priority, queued_at, started_at, finished_at,
                        not_before, created_at)
-    SELECT t, i, r, n, act, s, a, fl, w, o, p, {_MS.format("q")}, {_MS.format("st")},
-           {_MS.format("f")}, {_MS.format("nb")}, {_MS.format("c")}
+    SELECT t, i, r, n, act, s, a, fl, w, o, p, {MS.format("q")}, {MS.format("st")},
+           {MS.format("f")}, {MS.format("nb")}, {MS.format("c")}
     FROM unnest($15::text::text[], $16::text::text[], $17::text::text[], $18::text::text[],
                 $19::text::text[], $20::text::text[], $21::text::int[], $22::text::int[],
                 $23::text::text[], $24::bytea[], $25::text::smallint[], $26::text::int8[],
@@ -101,7 +92,7 @@ task_rows AS (
 attempt_rows AS (
     INSERT INTO task_attempts (tenant_id, task_id, attempt, status, worker_id, error,
                                started_at, finished_at, created_at)
-    SELECT t, i, a, s, w, e::jsonb, {_MS.format("st")}, {_MS.format("f")}, {_MS.format("c")}
+    SELECT t, i, a, s, w, e::jsonb, {MS.format("st")}, {MS.format("f")}, {MS.format("c")}
     FROM unnest($31::text::text[], $32::text::text[], $33::text::int[], $34::text::text[],
                 $35::text::text[], $36::text::text[], $37::text::int8[], $38::text::int8[],
                 -- the task's created_at (migration 051), numbered after the parent columns
@@ -115,7 +106,7 @@ attempt_rows AS (
 ),
 history_rows AS (
     INSERT INTO run_history (tenant_id, run_id, ts, events)
-    SELECT t, r, {_MS.format("ts")}, ev::json
+    SELECT t, r, {MS.format("ts")}, ev::json
     FROM unnest($39::text::text[], $40::text::text[], $41::text::int8[], $42::text::text[])
          WITH ORDINALITY AS x(t, r, ts, ev, n)
     ORDER BY n
@@ -127,7 +118,7 @@ timers_gone AS (
 ),
 timers_set AS (
     INSERT INTO timers (tenant_id, task_id, kind, attempt, due_at)
-    SELECT t, i, k, a, {_MS.format("d")}
+    SELECT t, i, k, a, {MS.format("d")}
     FROM unnest($46::text::text[], $47::text::text[], $48::text::text[], $49::text::int[],
                 $50::text::int8[]) AS x(t, i, k, a, d)
     ON CONFLICT (tenant_id, task_id, kind) DO UPDATE SET
@@ -145,38 +136,6 @@ outbox_sent AS (
 )
 SELECT 1
 """
-
-
-def texts(values: Sequence[str | None]) -> str:
-    """A PostgreSQL text[] literal: every element quoted, NULL for None."""
-    if not values:
-        return "{}"
-    if None not in values:
-        body = '","'.join(values)  # type: ignore[arg-type]  # no None, checked above
-        # Quotes and backslashes must be escaped; ids, names, states and most JSON have none.
-        if "\\" not in body and body.count('"') == 2 * (len(values) - 1):
-            return '{"' + body + '"}'
-    return "{" + ",".join(
-        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        for v in values
-    ) + "}"
-
-
-def ints(values: Sequence[int | None]) -> str:
-    """A PostgreSQL integer array literal (int, bigint or smallint), NULL for None."""
-    if None not in values:
-        return "{" + ",".join(map(str, values)) + "}"
-    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
-
-
-def _cols(rows: Sequence[tuple[Any, ...]], kinds: str) -> list[Any]:
-    """Row tuples → one parameter per column: `t` a text[] literal, `i` an integer array literal
-    (times are epoch ms), `b` a list (bytea[] is bound as is)."""
-    out: list[Any] = []
-    for i, kind in enumerate(kinds):
-        column = [r[i] for r in rows]
-        out.append(texts(column) if kind == "t" else ints(column) if kind == "i" else column)
-    return out
 
 
 async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> None:
@@ -231,15 +190,15 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
     outbox = [(o.msg_id, o.subject, o.payload) for o in fx.outbox]
     await conn.execute(
         _FLUSH,
-        *_cols(run_rows, "tttttibtbtiiit"),
-        *_cols(task_rows, "ttttttiitbiiiiii"),
-        *_cols(attempt_rows, "ttitttii"),
-        *_cols(history_rows, "ttit"),
-        *_cols(gone, "ttt"),
-        *_cols(due, "tttii"),
-        *_cols(outbox, "ttb"),
+        *columns(run_rows, "tttttibtbtiiit"),
+        *columns(task_rows, "ttttttiitbiiiiii"),
+        *columns(attempt_rows, "ttitttii"),
+        *columns(history_rows, "ttit"),
+        *columns(gone, "ttt"),
+        *columns(due, "tttii"),
+        *columns(outbox, "ttb"),
         texts(published),
-        *_cols(parent_rows, "ttti"),
+        *columns(parent_rows, "ttti"),
         ints([a.created_ms for a in fx.attempts.values()]),
     )
 
@@ -355,85 +314,5 @@ async def load_timers(conn: asyncpg.Connection) -> list[tuple[str, str, str, int
     rows = await conn.fetch("SELECT tenant_id, task_id, kind, attempt, due_at FROM timers")
     return [
         (r["tenant_id"], r["task_id"], r["kind"], r["attempt"], ms(r["due_at"]) or 0)
-        for r in rows
-    ]
-
-
-# Durable tasks (engine/_durable.py): the batch's log entries and the event conditions the
-# matcher reads, in one statement like _FLUSH.
-_FLUSH_DURABLE = f"""
-WITH
-log_rows AS (
-    INSERT INTO durable_log (tenant_id, task_id, position, run_id, kind, spec, status, result,
-                             deadline_at, registered_at, waiting_attempt)
-    SELECT t, i, p, r, k, sp, st, res, {_MS.format("d")}, {_MS.format("reg")}, w
-    FROM unnest($1::text::text[], $2::text::text[], $3::text::int[], $4::text::text[],
-                $5::text::text[], $6::bytea[], $7::text::text[], $8::bytea[], $9::text::int8[],
-                $10::text::int8[], $11::text::int[])
-         AS x(t, i, p, r, k, sp, st, res, d, reg, w)
-    ON CONFLICT (tenant_id, task_id, position) DO UPDATE SET
-        status = EXCLUDED.status, result = EXCLUDED.result,
-        waiting_attempt = EXCLUDED.waiting_attempt
-),
-waits_gone AS (
-    DELETE FROM durable_event_waits w
-    USING unnest($12::text::text[], $13::text::text[], $14::text::int[]) AS x(a, b, c)
-    WHERE w.tenant_id = x.a AND w.task_id = x.b AND w.position = x.c
-)
-INSERT INTO durable_event_waits (tenant_id, task_id, position, idx, key, scope, expression,
-                                 registered_at)
-SELECT t, i, p, n, k, s, e, {_MS.format("reg")}
-FROM unnest($15::text::text[], $16::text::text[], $17::text::int[], $18::text::int[],
-            $19::text::text[], $20::text::text[], $21::text::text[], $22::text::int8[])
-     AS x(t, i, p, n, k, s, e, reg)
-ON CONFLICT DO NOTHING
-"""
-
-
-async def flush_durable(conn: asyncpg.Connection, fx: Effects) -> None:
-    """Write the batch's durable rows (call inside the batch's transaction)."""
-    writes = fx.durable
-    if writes is None or writes.empty():
-        return
-    if writes.reset:  # replayed runs: their durable tasks start on a fresh log
-        await conn.execute(
-            "WITH gone AS (DELETE FROM durable_event_waits w USING unnest($1::text[], $2::text[])"
-            " AS x(t, i) WHERE w.tenant_id = x.t AND w.task_id = x.i)"
-            " DELETE FROM durable_log l USING unnest($1::text[], $2::text[]) AS x(t, i)"
-            " WHERE l.tenant_id = x.t AND l.task_id = x.i",
-            [k[0] for k in writes.reset], [k[1] for k in writes.reset],
-        )
-    entries = [
-        (e.tenant, e.task_id, e.position, e.run_id, e.kind, e.spec, e.status, e.result,
-         e.deadline_ms, e.registered_ms, e.waiting_attempt)
-        for e in writes.entries.values()
-    ]
-    # An event condition recorded and completed in the same batch is never written.
-    put = [w for w in writes.event_put if (w[0], w[1], w[2]) not in writes.event_del]
-    await conn.execute(
-        _FLUSH_DURABLE,
-        *_cols(entries, "ttittbtbiii"),
-        *_cols(list(writes.event_del), "tti"),
-        *_cols(put, "ttiittti"),
-    )
-
-
-async def load_durable(conn: asyncpg.Connection) -> list[DurableEntry]:
-    """The logs of every task that has not ended, in position order."""
-    rows = await conn.fetch(
-        "SELECT l.tenant_id, l.task_id, l.run_id, l.position, l.kind, l.spec, l.status,"
-        " l.result, l.deadline_at, l.registered_at, l.waiting_attempt FROM durable_log l"
-        " JOIN tasks t ON t.tenant_id = l.tenant_id AND t.id = l.task_id"
-        " WHERE t.status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT', 'SKIPPED')"
-        " ORDER BY l.tenant_id, l.task_id, l.position"
-    )
-    return [
-        DurableEntry(
-            tenant=r["tenant_id"], task_id=r["task_id"], run_id=r["run_id"],
-            position=r["position"], kind=r["kind"], spec=bytes(r["spec"]), status=r["status"],
-            result=bytes(r["result"]) if r["result"] is not None else None,
-            registered_ms=ms(r["registered_at"]) or 0, deadline_ms=ms(r["deadline_at"]),
-            waiting_attempt=r["waiting_attempt"],
-        )
         for r in rows
     ]

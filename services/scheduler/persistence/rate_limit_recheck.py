@@ -1,8 +1,8 @@
 """The PostgreSQL re-check of rate-limit starts: no window may hold more than its limit,
 counting the starts of EVERY scheduler, not only this one's.
 
-The in-memory window (ratelimit.py) decides. Today one scheduler process owns all tenants
-(DESIGN §6 plans tenant shards leased in JetStream KV; a tenant — and so each of its
+The in-memory window (engine/admission/ratelimit.py) decides. Today one scheduler process
+owns all tenants (docs/design.md §6: schedulers split the tenants into leased partitions; a tenant — and so each of its
 rate-limit keys — then has exactly one owner at a time). As a guard against two schedulers
 deciding for the same key at once (a lease handover, a split brain), the batch transaction
 records its starts here and re-checks the sliding window in PostgreSQL before committing: it
@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from services.scheduler.engine.admission.ratelimit import Admission, LimitDef, LimitId
+from services.scheduler.records import Admission, LimitDef, LimitId
 
 HORIZON = timedelta(hours=1, minutes=5)  # longest window, plus clock slack
 PRUNE_EVERY_S = 60.0

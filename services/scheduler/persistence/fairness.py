@@ -1,28 +1,48 @@
-"""PostgreSQL persistence of fair-scheduling state (see 004_fairness.sql).
+"""Fair-scheduling state in PostgreSQL (see 004_fairness.sql): rate-limit definitions and
+starts, concurrency holders, attempts still executing.
 
-`flush` runs inside the scheduler's batch transaction, so holders, executing attempts and
-rate-limit starts commit atomically with the task transitions that caused them; `load`
-reads them back before runs are adopted after a restart.
+`flush` runs inside the scheduler's batch transaction (batch.py), so holders, executing
+attempts and rate-limit starts commit atomically with the task transitions that caused them;
+`load` reads them back before runs are adopted after a restart.
 
 Rate-limit starts are recorded and re-checked against every scheduler's starts by
-engine/admission/rate_limit_recheck.py, in the same transaction. Concurrency holders are
-stored as text; `Holder.format` / `Holder.parse` convert them, here and nowhere else.
+rate_limit_recheck.py, in the same transaction. Concurrency holders are stored as text;
+`Holder.format` / `Holder.parse` (records.py) convert them, here and nowhere else.
+
+What is read back goes to whoever restores it (the engine) through the small protocols
+below, so this module needs nothing of the engine.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Protocol
 
 import asyncpg
 
 from services.scheduler.effects import Effects
-from services.scheduler.engine import Engine
-from services.scheduler.engine.admission.concurrency import Holder, SemRef
-from services.scheduler.engine.admission.rate_limit_recheck import HORIZON, RateLimitRecheck
-from services.scheduler.engine.admission.ratelimit import Admission
+from services.scheduler.persistence.rate_limit_recheck import HORIZON, RateLimitRecheck
+from services.scheduler.records import Admission, Holder, LimitDef, LimitId, SemRef
 
 REFRESH_EVERY_S = 0.25
+
+
+class LimitSink(Protocol):
+    def define_limit(self, tenant: str, key: str, limit: int, per: str, burst: int | None) -> None:
+        """A rate limit defined (or changed) through the API."""
+
+
+class FairnessSink(LimitSink, Protocol):
+    """Takes fair-scheduling state read back after a restart (the engine does)."""
+
+    def restore_admission(self, adm: Admission) -> None: ...
+
+    def restore_holder(self, holder: Holder, refs: list[SemRef]) -> None: ...
+
+    def restore_executing(
+        self, tenant: str, task_id: str, attempt: int, run_id: str, worker_id: str
+    ) -> None: ...
 
 
 class FairnessStore:
@@ -31,7 +51,7 @@ class FairnessStore:
         self._last_refresh = 0.0
         self._recheck = RateLimitRecheck()
 
-    async def load(self, conn: asyncpg.Connection, engine: Engine) -> None:
+    async def load(self, conn: asyncpg.Connection, engine: FairnessSink) -> None:
         """Restore definitions, recent starts, holders and executing attempts."""
         self._limits_seen = None
         await self.refresh_limits(conn, engine, force=True)
@@ -62,7 +82,7 @@ class FairnessStore:
             )
 
     async def refresh_limits(
-        self, conn: asyncpg.Connection, engine: Engine, *, force: bool = False
+        self, conn: asyncpg.Connection, engine: LimitSink, *, force: bool = False
     ) -> None:
         """Pick up rate-limit definitions changed through the API (at most 4 times a second)."""
         now = time.monotonic()
@@ -86,10 +106,13 @@ class FairnessStore:
         if self._limits_seen is None:
             self._limits_seen = datetime.fromtimestamp(0, UTC)
 
-    async def flush(self, conn: asyncpg.Connection, fx: Effects, engine: Engine) -> None:
-        """Write the batch's fair-scheduling effects (inside the batch transaction)."""
+    async def flush(
+        self, conn: asyncpg.Connection, fx: Effects, limits: dict[LimitId, LimitDef]
+    ) -> None:
+        """Write the batch's fair-scheduling effects (inside the batch transaction);
+        `limits` are the definitions its rate-limit starts are re-checked against."""
         if fx.admissions:
-            await self._recheck.record_starts(conn, fx.admissions, engine.limits.defs)
+            await self._recheck.record_starts(conn, fx.admissions, limits)
         if fx.holders_del:
             keys = list(fx.holders_del)
             await conn.execute(

@@ -1,4 +1,6 @@
-"""Daily partitions of a run's tables: created ahead, dropped past retention.
+"""Retention: the daily PostgreSQL table partitions of a run's tables, created ahead and
+dropped once past retention. (Table partitions only: a *scheduler* partition, the share of
+tenants one scheduler owns, is another thing altogether.)
 
 Migrations 050 and 051 partition runs, tasks, task_attempts and run_history by time, one
 partition per UTC day (`runs_pYYYYMMDD`, ..., plus `*_legacy` holding what existed before). The
