@@ -1,8 +1,8 @@
 """How the SDK reaches a Ratchet server: the REST API over HTTP and the dispatcher over gRPC.
 
-One `Transport` per tenant holds the token, both addresses, the pooled HTTP clients and the
-record of which workflow definitions it already registered. Workflows, workers and the REST
-resources all talk through it, so none of them needs the `Ratchet` client object.
+One `Transport` per tenant holds the token, the API and dispatcher addresses, the pooled HTTP
+clients and the record of which workflow definitions it already registered. Workflows, workers
+and the REST resources all talk through it, so none of them needs the `Ratchet` client object.
 """
 
 from __future__ import annotations
@@ -151,19 +151,26 @@ class Transport:
             self._registered[spec["name"]] = spec
 
     # gRPC ---------------------------------------------------------------------------
-    def grpc_channel(self) -> grpc.aio.Channel:
-        """A new channel to the dispatcher (the caller closes it)."""
+    @property
+    def grpc_addrs(self) -> tuple[str, ...]:
+        """Every dispatcher a worker may connect to (see `ClientConfig.grpc_addr`)."""
+        return self.config.grpc_addrs
+
+    def grpc_channel(self, addr: str | None = None) -> grpc.aio.Channel:
+        """A new channel to the dispatcher at `addr` (default: the first listed); the caller
+        closes it. Every address gets the same TLS settings."""
+        target = addr or self.config.grpc_addrs[0]
         options = [("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES)]
         c = self.config
         if not c.grpc_tls:
-            return grpc.aio.insecure_channel(c.grpc_addr, options=options)
+            return grpc.aio.insecure_channel(target, options=options)
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(c.tls_ca),
             private_key=_read(c.tls_key),
             certificate_chain=_read(c.tls_cert),
         )
-        return grpc.aio.secure_channel(c.grpc_addr, credentials, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.config.token}"),)

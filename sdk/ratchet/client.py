@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from ratchet._output import DEFAULT_LOG_MAX_CHARS, DEFAULT_LOG_MAX_LINES
@@ -23,13 +23,17 @@ from ratchet.workflow import DurableTaskFn, Task, TaskFn, Workflow
 
 
 class Ratchet:
-    """Client for one tenant. Reads RATCHET_TOKEN, RATCHET_API_URL, RATCHET_GRPC_ADDR."""
+    """Client for one tenant. Reads RATCHET_TOKEN, RATCHET_API_URL, RATCHET_GRPC_ADDR.
+
+    `grpc_addr` may list several dispatchers (`"a:7077,b:7077"` or a list): workers fail
+    over between them.
+    """
 
     def __init__(
         self,
         token: str | None = None,
         api_url: str | None = None,
-        grpc_addr: str | None = None,
+        grpc_addr: str | Sequence[str] | None = None,
         *,
         timeout_s: float = 75.0,
     ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -17,6 +18,9 @@ class ClientConfig:
     dispatcher, instead of the system's), `RATCHET_TLS_CERT` / `RATCHET_TLS_KEY` (a client
     certificate, for dispatchers that require mutual TLS), and `RATCHET_GRPC_TLS` (on when a CA,
     a client certificate or an https API URL is configured; set it to override).
+
+    `grpc_addr` may name several dispatchers, comma-separated (`a:7077,b:7077`): a worker
+    connects to one of them and moves to another when its stream drops (`grpc_addrs`).
     """
 
     token: str
@@ -31,13 +35,20 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("RATCHET_TLS_CERT and RATCHET_TLS_KEY must be set together")
+        if not self.grpc_addrs:
+            raise ValueError("RATCHET_GRPC_ADDR names no dispatcher address")
+
+    @property
+    def grpc_addrs(self) -> tuple[str, ...]:
+        """The dispatcher addresses, in the order given."""
+        return parse_addrs(self.grpc_addr)
 
     @classmethod
     def resolve(
         cls,
         token: str | None = None,
         api_url: str | None = None,
-        grpc_addr: str | None = None,
+        grpc_addr: str | Sequence[str] | None = None,
     ) -> ClientConfig:
         api = (api_url or os.environ.get("RATCHET_API_URL", "http://127.0.0.1:8080")).rstrip("/")
         tls_ca = os.environ.get("RATCHET_TLS_CA", "")
@@ -45,7 +56,9 @@ class ClientConfig:
         return cls(
             token=token or os.environ.get("RATCHET_TOKEN", ""),
             api_url=api,
-            grpc_addr=grpc_addr or os.environ.get("RATCHET_GRPC_ADDR", "127.0.0.1:7077"),
+            grpc_addr=",".join(parse_addrs(
+                grpc_addr or os.environ.get("RATCHET_GRPC_ADDR", "127.0.0.1:7077")
+            )),
             tls_ca=tls_ca,
             tls_cert=tls_cert,
             tls_key=os.environ.get("RATCHET_TLS_KEY", ""),
@@ -53,6 +66,13 @@ class ClientConfig:
                 "RATCHET_GRPC_TLS", bool(tls_ca or tls_cert or api.startswith("https://"))
             ),
         )
+
+
+def parse_addrs(raw: str | Sequence[str]) -> tuple[str, ...]:
+    """Dispatcher addresses from `a:7077,b:7077` or a list of them: stripped, empties and
+    repeats dropped, order kept."""
+    parts = raw.split(",") if isinstance(raw, str) else [p for item in raw for p in item.split(",")]
+    return tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
 
 
 def _flag(name: str, default: bool) -> bool:

@@ -1,4 +1,11 @@
-"""The worker: one gRPC stream to a dispatcher, running assigned tasks within `slots`."""
+"""The worker: one gRPC stream to a dispatcher, running assigned tasks within `slots`.
+
+With several dispatcher addresses (`RATCHET_GRPC_ADDR=a:7077,b:7077`) a worker starts at a
+random one, so a fleet spreads over them, and when its stream drops or an address does not
+answer it moves on to the next, registering again under the same name and worker id. Tasks
+keep running meanwhile; the registration tells the new dispatcher what the worker still holds,
+and what the scheduler requeued in between (attempt + 1) fences the old attempt's late report.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import random
 import signal
 import threading
 import time
@@ -32,6 +40,10 @@ MAX_PENDING_EVENTS = 50_000
 # Stream chunks a worker holds unsent; past this put_stream waits (chunks are never dropped).
 STREAM_CREDIT_CHUNKS = 2_000
 RECONNECT_MAX_S = 5.0
+RECONNECT_MIN_S = 0.1
+# A dispatcher that accepts the connection but does not answer the registration (a half-dead
+# process, a black-holed address) is given up on after this, for the next address.
+REGISTER_TIMEOUT_S = 10.0
 _SETTLING = frozenset({pb.COMPLETED, pb.FAILED, pb.CANCELLED})
 FINISHED_MEMORY = 20_000  # attempts remembered to drop redelivered assignments
 _KIND = {
@@ -87,6 +99,12 @@ class Worker:
         self.log_max_chars = log_max_chars
         self.worker_id = ""
         self.tenant = ""
+        addrs = transport.grpc_addrs
+        # The order addresses are tried in: from a random one on, wrapping around.
+        self.dispatcher_addrs: tuple[str, ...] = _rotated(addrs, random.randrange(len(addrs)))
+        # The address of the dispatcher this worker is registered with; "" between streams.
+        self.dispatcher_addr = ""
+        self._sessions = 0  # registrations so far
         self._by_action: dict[str, Task[Any]] = {
             t.action: t for wf in self.workflows for t in wf.all_tasks()
         }
@@ -132,21 +150,33 @@ class Worker:
             await self._transport.aregister(wf.spec())
         if self.capture_logging:
             _output.install_capture()
-        backoff = 0.1
+        addrs = self.dispatcher_addrs
+        index, failures, backoff = 0, 0, RECONNECT_MIN_S
         try:
             while not self._stop.is_set():
+                addr = addrs[index]
+                sessions = self._sessions
                 try:
-                    await self._session()
-                    backoff = 0.1
+                    await self._session(addr)
                 except (grpc.aio.AioRpcError, OSError) as exc:
                     code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
                     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
                         raise
-                    log.warning("worker stream dropped (%s); reconnecting", code or exc)
-                if not self._stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), backoff)
+                    log.warning("worker stream to dispatcher %s dropped (%s); reconnecting to %s",
+                                addr, code or repr(exc), addrs[(index + 1) % len(addrs)])
+                if self._stop.is_set():
+                    break
+                # Whether the stream dropped or never came up, that dispatcher may be gone: the
+                # next attempt goes to the next address. Waits grow only once every address
+                # failed in a row, so a live dispatcher is found without delay.
+                index = (index + 1) % len(addrs)
+                if self._sessions != sessions:
+                    failures, backoff = 0, RECONNECT_MIN_S
+                failures += 1
+                if failures > len(addrs):
                     backoff = min(RECONNECT_MAX_S, backoff * 2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
         finally:
             await self._cancel_all()
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -194,23 +224,25 @@ class Worker:
             await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
 
     # the stream ---------------------------------------------------------------------
-    async def _session(self) -> None:
-        async with self._transport.grpc_channel() as channel:
+    async def _session(self, addr: str) -> None:
+        async with self._transport.grpc_channel(addr) as channel:
             stub = pb_grpc.DispatcherStub(channel)
             call = stub.Connect(metadata=self._transport.grpc_metadata())
-            await call.write(pb.WorkerMessage(register=pb.Register(
-                name=self.name, actions=sorted(self._by_action), slots=self.slots,
-                labels=self.labels, worker_id=self.worker_id, holding=self._holding(),
-                durable_slots=self.durable_slots,
-            )))
-            first = await call.read()
-            if first is grpc.aio.EOF or first.WhichOneof("msg") != "registered":
-                raise OSError("dispatcher closed the stream during registration")
+            try:
+                # TimeoutError is an OSError: the caller moves on to the next address.
+                async with asyncio.timeout(REGISTER_TIMEOUT_S):
+                    first = await self._register(call)
+            except BaseException:
+                call.cancel()
+                raise
             self.worker_id = first.registered.worker_id
             self.tenant = first.registered.tenant
             interval_s = max(0.2, first.registered.heartbeat_interval_ms / 1000)
+            self.dispatcher_addr = addr
+            self._sessions += 1
             self._connected.set()
-            log.info("worker %s registered as %s", self.name, self.worker_id,
+            log.info("worker %s registered as %s with dispatcher %s at %s", self.name,
+                     self.worker_id, first.registered.dispatcher_id, addr,
                      extra={"tenant": self.tenant, "worker_id": self.worker_id})
             writer = asyncio.create_task(self._write_loop(call, interval_s))
             try:
@@ -228,12 +260,26 @@ class Worker:
                     self._on_message(msg)
             finally:
                 self._connected.clear()
+                self.dispatcher_addr = ""
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await writer
                 with contextlib.suppress(Exception):
                     await call.done_writing()
                 call.cancel()
+
+    async def _register(self, call: Any) -> pb.DispatcherMessage:
+        """Send the registration (same name and worker id on every stream, and the attempts
+        still held) and read the dispatcher's answer."""
+        await call.write(pb.WorkerMessage(register=pb.Register(
+            name=self.name, actions=sorted(self._by_action), slots=self.slots,
+            labels=self.labels, worker_id=self.worker_id, holding=self._holding(),
+            durable_slots=self.durable_slots,
+        )))
+        first = await call.read()
+        if first is grpc.aio.EOF or first.WhichOneof("msg") != "registered":
+            raise OSError("dispatcher closed the stream during registration")
+        return first  # type: ignore[no-any-return]
 
     async def _write_loop(self, call: Any, interval_s: float) -> None:
         next_beat = time.monotonic()
@@ -408,6 +454,11 @@ class Worker:
         # Stream chunks are bounded by StreamCredit instead (put_stream waits): never dropped.
         self._pending.append(ev)
         self._events_ready.set()
+
+
+def _rotated(addrs: tuple[str, ...], start: int) -> tuple[str, ...]:
+    """`addrs` from `start` on, wrapping around."""
+    return addrs[start:] + addrs[:start]
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

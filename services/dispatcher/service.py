@@ -21,6 +21,7 @@ import grpc
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from libs.common import db, jetstream, limits, metrics, retry, subjects, tokens
@@ -392,15 +393,29 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
         worker_id = conn.info.worker_id
         if self.conns.get(worker_id) is conn:
             del self.conns[worker_id]
+            # Only the entry this dispatcher wrote last: if the worker already registered with
+            # another dispatcher, deleting its entry would declare the live worker lost.
             with contextlib.suppress(Exception):
                 assert self._kv is not None
-                await self._kv.delete(worker_id)
+                if conn.revision:
+                    await self._kv.delete(worker_id, last=conn.revision)
             log.info("worker disconnected", extra={"tenant": conn.info.tenant, "worker_id": worker_id})
 
     async def _put_entry(self, conn: WorkerConn) -> None:
+        """Write the worker's registry entry: unconditionally when it registers (it may move
+        here from another dispatcher), then only over this dispatcher's own last write.
+
+        Raises:
+            KeyWrongLastSequenceError: the entry changed since (another dispatcher took the
+                worker, or the scheduler declared it lost): this stream is superseded.
+        """
         assert self._kv is not None
         conn.info.heartbeat_ms = _now()
-        await self._kv.put(conn.info.worker_id, encode(conn.info))
+        value = encode(conn.info)
+        if conn.revision:
+            conn.revision = await self._kv.update(conn.info.worker_id, value, last=conn.revision)
+        else:
+            conn.revision = await self._kv.put(conn.info.worker_id, value)
 
     # JetStream ----------------------------------------------------------------------
     async def _on_dispatch(self, msgs: list[Msg]) -> Rejected:
@@ -489,8 +504,17 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
                                 extra={"tenant": conn.info.tenant, "worker_id": conn.info.worker_id})
                     conn.closed.set()
                     continue
-                with contextlib.suppress(Exception):
+                try:
                     await self._put_entry(conn)
+                except KeyWrongLastSequenceError:
+                    # The worker reconnected elsewhere (or was declared lost): end this stream
+                    # rather than route its assignments here. It re-registers if still alive.
+                    log.warning("worker %s has a newer registration: closing this stream",
+                                conn.info.worker_id, extra={"tenant": conn.info.tenant,
+                                                            "worker_id": conn.info.worker_id})
+                    conn.closed.set()
+                except Exception:  # NATS hiccup: the next refresh tries again
+                    continue
 
 
 def _now() -> int:

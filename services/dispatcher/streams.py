@@ -52,6 +52,10 @@ class WorkerConn:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     # (task id, attempt) → run id of what was pushed to this worker and has not settled.
     runs: dict[tuple[str, int], str] = field(default_factory=dict)
+    # Revision of the worker's registry entry as this dispatcher last wrote it (0: not yet).
+    # Refreshes and the final delete are conditional on it, so once the worker registered
+    # with another dispatcher this one can neither overwrite nor delete that entry.
+    revision: int = 0
 
     def track(self, a: Assignment) -> None:
         if len(self.runs) >= MAX_TRACKED:

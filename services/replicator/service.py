@@ -32,6 +32,7 @@ from libs.common.settings import Settings
 from libs.common.subjects import Stream
 from services.replicator import retention, rows
 from services.replicator.batcher import Batcher
+from services.replicator.lock import DataDirLock
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,16 @@ class ReplicatorService(Service):
         self._query_sub: Subscription | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # Embedded mode only: this process owns the chDB directory (lock.py).
+        self._lock: DataDirLock | None = (
+            None if settings.clickhouse_url else DataDirLock(settings.data_path)
+        )
 
     # lifecycle ----------------------------------------------------------------------
     async def _start(self) -> None:
         s = self.settings
+        if self._lock is not None:
+            self._lock.acquire()  # first: a refused replicator has touched nothing
         self._nc = await jetstream.connect(s, "replicator")
         self._js = self._nc.jetstream()
         await jetstream.provision(self._js, s)
@@ -148,6 +155,8 @@ class ReplicatorService(Service):
                 await self._lag_task
         if self.backend is not None:
             await self.backend.close()
+        if self._lock is not None:
+            self._lock.release()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()

@@ -2,6 +2,8 @@
  * The worker: one bidirectional gRPC stream to a dispatcher (proto/ratchet/v1/worker.proto),
  * running assigned tasks within `slots`. Behaves like the Python SDK's worker: register with
  * the attempts it still holds, heartbeat, batch task events, reconnect with backoff, drain on stop.
+ * With several dispatcher addresses (`a:7077,b:7077`) it starts at a random one and moves to the
+ * next whenever a stream drops or an address does not answer, under the same name and worker id.
  */
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
@@ -49,6 +51,11 @@ const SETTLING = new Set<string>([EventKind.COMPLETED, EventKind.FAILED, EventKi
 
 let dispatcherCtor: ProtoGrpcType["ratchet"]["v1"]["Dispatcher"] | undefined;
 
+/** Dispatcher addresses from `a:7077,b:7077`: trimmed, empties and repeats dropped, order kept. */
+export function parseAddrs(raw: string): string[] {
+  return [...new Set(raw.split(",").map((a) => a.trim()).filter((a) => a.length > 0))];
+}
+
 function dispatcherClient(addr: string): DispatcherClient {
   if (dispatcherCtor === undefined) {
     const definition = protoLoader.loadSync(PROTO_FILE, LOADER_OPTIONS);
@@ -91,6 +98,10 @@ export class Worker {
   readonly labels: Record<string, string>;
   workerId = "";
   tenant = "";
+  /** The order dispatcher addresses are tried in: from a random one on, wrapping around. */
+  readonly dispatcherAddrs: readonly string[];
+  /** The address of the dispatcher this worker is registered with; "" between streams. */
+  dispatcherAddr = "";
   readonly #host: WorkerHost;
   readonly #workflows: Workflow<any>[];
   readonly #byAction = new Map<string, Task<any, any>>();
@@ -105,6 +116,7 @@ export class Worker {
   #stopping = false;
   #loop: Promise<void> | undefined;
   #outage = false; // a drop was reported and no session registered since
+  #sessions = 0; // registrations so far
   // Callbacks woken by state changes: registration, stop requests, running set emptied.
   #onConnected = new Set<() => void>();
   #onStop = new Set<() => void>();
@@ -120,6 +132,10 @@ export class Worker {
     this.#workflows = [...options.workflows];
     this.#handleSignals = options.handleSignals ?? true;
     this.#logger = options.logger ?? console;
+    const addrs = parseAddrs(host.config.grpcAddr);
+    if (addrs.length === 0) throw new Error("RATCHET_GRPC_ADDR names no dispatcher address");
+    const start = Math.floor(Math.random() * addrs.length);
+    this.dispatcherAddrs = [...addrs.slice(start), ...addrs.slice(0, start)];
     for (const wf of this.#workflows) {
       for (const task of wf.allTasks()) {
         // Tasks declared without a function run on some other worker: not advertised here.
@@ -199,25 +215,38 @@ export class Worker {
       process.on("SIGINT", onSignal);
       process.on("SIGTERM", onSignal);
     }
+    const addrs = this.dispatcherAddrs;
+    let index = 0;
+    let failures = 0;
     let backoff = RECONNECT_MIN_MS;
     try {
       while (!this.#stopping) {
+        const addr = addrs[index]!;
+        const sessions = this.#sessions;
         try {
-          await this.#connect();
-          backoff = RECONNECT_MIN_MS;
+          await this.#connect(addr);
         } catch (err) {
           const code = (err as { code?: unknown }).code;
           if (typeof code === "number" && FATAL.has(code)) throw err;
-          // Say it once per outage, not once per attempt while the dispatcher is away.
+          // Say it once per outage, not once per attempt while the dispatchers are away.
           if (!this.#stopping && !this.#outage) {
             this.#outage = true;
-            this.#logger.warn(`ratchet worker ${this.name}: stream dropped (${String(err)}); reconnecting`);
+            this.#logger.warn(
+              `ratchet worker ${this.name}: stream to ${addr} dropped (${String(err)}); reconnecting`,
+            );
           }
         }
-        if (!this.#stopping) {
-          await this.#sleepUnlessStopped(backoff);
-          backoff = Math.min(RECONNECT_MAX_MS, backoff * 2);
+        if (this.#stopping) break;
+        // Whether the stream dropped or never came up, that dispatcher may be gone: try the next
+        // address. Waits grow only once every address failed in a row.
+        index = (index + 1) % addrs.length;
+        if (this.#sessions !== sessions) {
+          failures = 0;
+          backoff = RECONNECT_MIN_MS;
         }
+        failures += 1;
+        if (failures > addrs.length) backoff = Math.min(RECONNECT_MAX_MS, backoff * 2);
+        await this.#sleepUnlessStopped(backoff);
       }
     } finally {
       process.off("SIGINT", onSignal);
@@ -253,8 +282,8 @@ export class Worker {
   // the stream -----------------------------------------------------------------------------
 
   /** One session: register, then serve until the stream drops (rejects) or stop() (resolves). */
-  #connect(): Promise<void> {
-    const client = dispatcherClient(this.#host.config.grpcAddr);
+  #connect(addr: string): Promise<void> {
+    const client = dispatcherClient(addr);
     const metadata = new grpc.Metadata();
     metadata.set("authorization", `Bearer ${this.#host.config.token}`);
     const call = client.Connect(metadata);
@@ -267,7 +296,10 @@ export class Worker {
         settled = true;
         clearInterval(heartbeat);
         this.#onStop.delete(onStop);
-        if (this.#session === session) this.#session = undefined;
+        if (this.#session === session) {
+          this.#session = undefined;
+          this.dispatcherAddr = "";
+        }
         call.end();
         call.cancel();
         client.close();
@@ -292,6 +324,8 @@ export class Worker {
         session.registered = true;
         this.#outage = false;
         this.#session = session;
+        this.dispatcherAddr = addr;
+        this.#sessions += 1;
         const intervalMs = Math.max(200, msg.registered.heartbeatIntervalMs);
         heartbeat = setInterval(() => call.write({ heartbeat: { tsMs: Date.now() } }), intervalMs);
         for (const wake of [...this.#onConnected]) wake();
