@@ -20,6 +20,7 @@ import pytest
 from conftest import Stack, eventually
 from nats.aio.msg import Msg
 from ratchet import Context, Ratchet, Worker
+from test_tls import make_pki
 
 from libs.common.jetstream import Rejected
 from libs.common.settings import Settings
@@ -184,6 +185,54 @@ async def test_worker_skips_a_dead_first_address(
         for w, _ in run_workers:
             await w.astop(drain_timeout_s=5)
         await dispatcher.stop()
+        await client.aclose()
+        client.close()
+
+
+async def test_failover_keeps_mutual_tls(
+    stack: Stack, tenant: str, run_workers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    for name, value in (("RATCHET_TLS_CA", pki.ca), ("RATCHET_TLS_CERT", pki.client_cert),
+                        ("RATCHET_TLS_KEY", pki.client_key)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("RATCHET_GRPC_TLS", raising=False)
+    secured = [
+        DispatcherService(_settings(
+            stack, dispatcher_id=f"tls-{uuid.uuid4().hex[:8]}", grpc_port=0,
+            grpc_tls_cert=str(pki.server_cert), grpc_tls_key=str(pki.server_key),
+            grpc_tls_client_ca=str(pki.ca),
+        ))
+        for _ in range(2)
+    ]
+    for d in secured:
+        await d.start()
+    by_addr = {_addr(d): d for d in secured}
+    client = _client(stack, tenant, ",".join(by_addr))
+    assert client.config.grpc_tls
+    wf = client.workflow(f"tls-failover-{uuid.uuid4().hex[:6]}")
+
+    @wf.task()
+    async def square(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {"n": input["n"] ** 2}
+
+    try:
+        worker = await _start(run_workers, client.worker("w-tls-failover", workflows=[wf]))
+        assert await wf.aio_run({"n": 3}) == {"square": {"n": 9}}
+        first = by_addr[worker.dispatcher_addr]
+        await first.stop()
+        other = next(a for a in by_addr if a != _addr(first))
+
+        async def moved() -> bool:
+            return worker.dispatcher_addr == other
+
+        await eventually(moved, timeout_s=30)
+        assert await wf.aio_run({"n": 4}) == {"square": {"n": 16}}
+    finally:
+        for w, _ in run_workers:
+            await w.astop(drain_timeout_s=5)
+        for d in secured:
+            await d.stop()
         await client.aclose()
         client.close()
 
