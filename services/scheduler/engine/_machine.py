@@ -27,7 +27,6 @@ from services.scheduler.engine import _history, _outbox
 from services.scheduler.engine._batch import Batch
 from services.scheduler.engine._conditions import Conditions
 from services.scheduler.engine._durable import Durable
-from services.scheduler.engine._recovery import mark_unreachable
 from services.scheduler.engine._timers import TIMER_BATCH, Timers
 from services.scheduler.engine.admission.gate import Gate
 from services.scheduler.engine.assign import Assigner, Worker, preference
@@ -215,7 +214,7 @@ class StateMachine:
                 self._after_success(task)
         elif kind == "failed" and rep.error is not None and rep.error.type == "WorkerLost":
             if task.status in IN_FLIGHT:
-                mark_unreachable(self.assigner, task)
+                self.assigner.mark_unreachable(task)
                 self.requeue_lost(task)  # never reached the worker: not the task's fault
         elif kind in ("failed", "cancelled"):
             if task.status in IN_FLIGHT:

@@ -206,15 +206,3 @@ class Recovery:
                 self._requeue_lost(task)
         for task_id, attempt in sorted(held):
             self._gate.attempt_stopped(task_id, attempt, worker_id)
-
-
-def mark_unreachable(assigner: Assigner, task: Task) -> None:
-    """The dispatcher could not deliver `task` to its worker (it is not connected there,
-    e.g. right after a dispatcher restart, before the worker reconnects). Assigning to it
-    again would bounce the same way every batch, so it gets nothing until it registers
-    anew. A report about an earlier registration says nothing about the current one."""
-    worker = assigner.workers.get(task.worker_id or "")
-    if worker is None or task.assigned_ms is None:
-        return
-    if worker.info.registered_ms <= task.assigned_ms:
-        worker.unreachable = (worker.info.session, worker.info.registered_ms)

@@ -128,6 +128,17 @@ class Assigner:
     def orphaned_workers(self) -> list[str]:
         return [w for w, held in self._orphan_inflight.items() if held]
 
+    def mark_unreachable(self, task: Task) -> None:
+        """The dispatcher could not deliver `task` to its worker (it is not connected there,
+        e.g. right after a dispatcher restart, before the worker reconnects). Assigning to it
+        again would bounce the same way every batch, so it gets nothing until it registers
+        anew. A report about an earlier registration says nothing about the current one."""
+        worker = self.workers.get(task.worker_id or "")
+        if worker is None or task.assigned_ms is None:
+            return
+        if worker.info.registered_ms <= task.assigned_ms:
+            worker.unreachable = (worker.info.session, worker.info.registered_ms)
+
     # assignment ---------------------------------------------------------------------
     def assign(
         self,
