@@ -48,11 +48,11 @@ from libs.common import db, jetstream, subjects
 from libs.common.cel import Bindings, compile_filter, to_cel
 from libs.common.jetstream import Outgoing
 from libs.common.match_messages import MATCH_BATCH_DECODER
+from libs.common.publish import AckedPublisher
 from libs.common.service import run_service
 from libs.common.settings import load_settings
 from libs.common.specs import TaskSpec, WorkflowSpec, content_hash
 from libs.common.subjects import Header, Stream
-from services.matcher.publish import AckedPublisher
 from services.matcher.service import MatcherService
 from tools import devstack
 

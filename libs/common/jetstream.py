@@ -246,10 +246,18 @@ class PoisonMessage(Exception):
 class BatchConsumer:
     """A durable pull consumer that hands batches to a handler and acks after it returns.
 
-    In-flight work is bounded by the fetch size (one batch at a time) and by the server-side
-    max_ack_pending. A failing batch is retried message by message so one poison message
-    cannot hold back the rest; a message delivered max_deliver times is dead-lettered to the
-    DLQ stream with its subject and sequence and terminated.
+    The one JetStream consumer of every service. In-flight work is bounded by the fetch size,
+    by `max_in_flight` batches handled at once, and by the server-side max_ack_pending. A
+    batch the handler holds past ack_wait is kept from redelivery by in-progress acks. A
+    failing batch is retried message by message so one poison message cannot hold back the
+    rest; a message that still fails is nak'ed with the backoff step of its delivery, and one
+    delivered max_deliver times (or rejected by the handler, or raising PoisonMessage) is
+    dead-lettered to the DLQ stream with its subject, sequence and reason, then terminated.
+
+    With `max_in_flight` > 1 (the matcher: matching is CPU-bound Python, its publishing waits
+    on acks) the next batch is taken and handled while earlier ones are still waiting, so
+    one is matched while the triggers of another are being acked. Batches may then be acked
+    out of delivery order, which only matters to ack-all consumers; this one acks explicitly.
     """
 
     def __init__(
@@ -266,6 +274,7 @@ class BatchConsumer:
         backoff_s: Sequence[float] = (0.2, 1.0, 2.0, 5.0, 10.0),
         fetch_timeout_s: float = 1.0,
         deliver_new: bool = False,
+        max_in_flight: int = 1,
     ) -> None:
         self._js = js
         self._stream = stream
@@ -278,6 +287,7 @@ class BatchConsumer:
         self._backoff = list(backoff_s)
         self._fetch_timeout_s = fetch_timeout_s
         self._deliver_new = deliver_new
+        self._max_in_flight = max(1, max_in_flight)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -294,7 +304,8 @@ class BatchConsumer:
             ack_policy=jsapi.AckPolicy.EXPLICIT,
             ack_wait=self._ack_wait_s,
             max_deliver=self._max_deliver,
-            max_ack_pending=max(1000, self._batch_size * 4),
+            # Room for the batches in hand and one pull request's worth arriving.
+            max_ack_pending=max(1000, self._batch_size * (self._max_in_flight + 3)),
             deliver_policy=(
                 jsapi.DeliverPolicy.NEW if self._deliver_new else jsapi.DeliverPolicy.ALL
             ),
@@ -331,7 +342,14 @@ class BatchConsumer:
         batch was being handled goes as one batch. The pull request asks for up to
         `batch_size` messages and expires after `fetch_timeout_s`; then a new one is sent (that
         also recovers from a NATS reconnect, which forgets open requests).
+
+        A batch is handled in a task of its own while fewer than `max_in_flight` are; else the
+        loop waits for a slot before taking messages, so what arrives meanwhile joins one batch.
         """
+        async with asyncio.TaskGroup() as batches:
+            await self._pull_loop(batches, asyncio.Semaphore(self._max_in_flight))
+
+    async def _pull_loop(self, batches: asyncio.TaskGroup, slots: asyncio.Semaphore) -> None:
         assert self._sub is not None
         psub = self._sub
         inbox = nats_compat.pull_inbox(psub)
@@ -354,21 +372,29 @@ class BatchConsumer:
                 wait_s = open_until - time.monotonic()
                 if wait_s <= 0:
                     break
+                await slots.acquire()
                 try:
                     first = await inbox.next_msg(timeout=min(wait_s, 0.5))
                 except TimeoutError:
+                    slots.release()
                     continue
+                except BaseException:
+                    slots.release()
+                    raise
                 msgs, finished = _take_available(inbox, first)
                 remaining -= len(msgs)
                 if msgs:
-                    await self._process(msgs)
+                    task = batches.create_task(self._process(msgs))
+                    task.add_done_callback(lambda _: slots.release())
+                else:
+                    slots.release()
                 if finished:
                     break
 
     async def _process(self, msgs: list[Msg]) -> None:
         live: list[Msg] = []
         for msg in msgs:
-            if msg.metadata.num_delivered >= self._max_deliver:
+            if deliveries(msg) >= self._max_deliver:
                 await self._dead_letter(msg, "max deliveries reached")
             else:
                 live.append(msg)
@@ -421,11 +447,11 @@ class BatchConsumer:
             self._durable,
             msg.subject,
             msg.metadata.sequence.stream,
-            msg.metadata.num_delivered,
+            deliveries(msg),
             exc,
         )
         with contextlib.suppress(Exception):
-            await msg.nak(delay=self._nak_delay(msg.metadata.num_delivered))
+            await msg.nak(delay=self._nak_delay(deliveries(msg)))
 
     def _nak_delay(self, delivered: int) -> float | None:
         """Seconds before a failed message comes back: the backoff step of its delivery."""
@@ -451,6 +477,22 @@ class BatchConsumer:
             self.dead_lettered += 1
         except Exception as exc:
             log.error("could not dead-letter seq=%s: %r", seq, exc)
+
+
+_V1_ACK_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+
+
+def deliveries(msg: Msg) -> int:
+    """How many times `msg` was delivered, read from its ack subject.
+
+    `msg.metadata` parses every token into a dataclass with a datetime; this is the one
+    number needed per message, so it is read directly for the common reply format (the
+    matcher measured the difference at its rate).
+    """
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == _V1_ACK_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[4])
+    return msg.metadata.num_delivered
 
 
 def _take_available(inbox: Subscription, first: Msg) -> tuple[list[Msg], bool]:

@@ -99,6 +99,23 @@ class TaskReport(msgspec.Struct, kw_only=True):
     log: str = ""
     step: DurableStep | None = None  # for "wait"
 
+    @classmethod
+    def failed_for_good(
+        cls, *, task_id: str, attempt: int, worker_id: str, ts_ms: int, error_type: str,
+        message: str,
+    ) -> TaskReport:
+        """A terminal failure of one attempt: a `failed` report whose error is non-retryable,
+        so the scheduler fails the task without spending its remaining retries.
+
+        What services publish when an attempt cannot go on for a reason no retry would cure
+        (its assignment or its report is larger than NATS accepts, an output too large to
+        offload).
+        """
+        return cls(
+            kind="failed", task_id=task_id, attempt=attempt, worker_id=worker_id, ts_ms=ts_ms,
+            error=TaskError(type=error_type, message=message, non_retryable=True),
+        )
+
 
 class Assignment(msgspec.Struct, kw_only=True):
     tenant: str

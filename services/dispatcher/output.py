@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from libs.common.log_messages import (
     encode,
     log_batch_id,
 )
+from libs.common.logs import now_ms
 from libs.common.messages import Assignment, TaskReport
 from libs.common.proto import worker_pb2 as pb
 from libs.common.settings import Settings
@@ -220,7 +220,7 @@ class OutputPublisher:
         elif len(message) > self._max_chars:
             message = message[: self._max_chars] + " [ratchet] line cut"
         return LogLine(
-            seq=seq, ts_ms=ev.ts_ms or _now(), level=level if level in LOG_LEVELS else "info",
+            seq=seq, ts_ms=ev.ts_ms or now_ms(), level=level if level in LOG_LEVELS else "info",
             message=message,
         )
 
@@ -233,7 +233,7 @@ class OutputPublisher:
         kind = ev.chunk_type if ev.chunk_type in CHUNK_TYPES else "json"
         chunk = StreamChunk(
             task_id=ev.task_id, task_name=found.task_name, attempt=ev.attempt, seq=ev.seq,
-            ts_ms=ev.ts_ms or _now(), type=kind, data=ev.chunk,  # type: ignore[arg-type]
+            ts_ms=ev.ts_ms or now_ms(), type=kind, data=ev.chunk,  # type: ignore[arg-type]
         )
         return Outgoing(subjects.run_chunks(tenant, found.run_id), encode(chunk), chunk_id(chunk))
 
@@ -274,6 +274,3 @@ class OutputPublisher:
                     found.unpublished = 0
                     found.published.set()
 
-
-def _now() -> int:
-    return int(time.time() * 1000)

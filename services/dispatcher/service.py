@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -24,8 +23,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from libs.common import db, jetstream, limits, metrics, retry, subjects, tokens
+from libs.common import db, jetstream, limits, metrics, subjects, tokens
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
+from libs.common.logs import now_ms
 from libs.common.messages import (
     DISPATCH_DECODER,
     TaskError,
@@ -36,13 +36,14 @@ from libs.common.messages import (
 from libs.common.payloads import PayloadStore, PayloadTooLarge, encode_ref, maybe_ref, open_store
 from libs.common.proto import worker_pb2 as pb
 from libs.common.proto import worker_pb2_grpc as pb_grpc
+from libs.common.publish import IsolatingPublisher
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Stream
 from libs.common.tokens import Principal
 from services.dispatcher.auth import WorkerAuth
 from services.dispatcher.output import OutputPublisher
-from services.dispatcher.reports import ReportMessage, chunks, too_large, unpublishable
+from services.dispatcher.reports import ReportMessage, chunks, too_large
 from services.dispatcher.streams import (
     SETTLING,
     WorkerConn,
@@ -102,6 +103,7 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
             maxsize=EVENT_QUEUE_MAX
         )
         self._publisher: asyncio.Task[None] | None = None
+        self._reports_out: IsolatingPublisher | None = None  # what _publisher publishes with
         # Log lines and stream chunks: their own bounded queue and publisher (output.py).
         self._output: OutputPublisher | None = None
         self._stopping = asyncio.Event()
@@ -112,6 +114,9 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
         s = self.settings
         self._nc = await jetstream.connect(s, f"dispatcher-{self.dispatcher_id}")
         self._js = self._nc.jetstream()
+        self._reports_out = IsolatingPublisher(
+            self._nc, site="dispatcher.publish_reports", retry_s=PUBLISH_RETRY_S,
+        )
         await jetstream.provision(self._js, s)
         self._pool = await db.create_pool(s.database_url, max_size=2)
         self._tokens = tokens.TokenCache(self._pool)
@@ -204,11 +209,11 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
         info = WorkerInfo(
             worker_id=worker_id, tenant=tenant, name=reg.name, dispatcher_id=self.dispatcher_id,
             actions=list(reg.actions), slots=reg.slots, labels=dict(reg.labels),
-            heartbeat_ms=_now(), session=uuid.uuid4().hex, registered_ms=_now(),
+            heartbeat_ms=now_ms(), session=uuid.uuid4().hex, registered_ms=now_ms(),
             holding=[(k.task_id, k.attempt) for k in reg.holding],
             durable_slots=durable_slots(reg),
         )
-        conn = WorkerConn(info, asyncio.Queue(maxsize=reg.slots * 2 + 256), _now())
+        conn = WorkerConn(info, asyncio.Queue(maxsize=reg.slots * 2 + 256), now_ms())
         previous = self.conns.get(worker_id)
         if previous is not None:
             previous.closed.set()
@@ -248,7 +253,7 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
     ) -> None:
         try:
             async for msg in request_iterator:
-                conn.last_seen_ms = _now()
+                conn.last_seen_ms = now_ms()
                 which = msg.WhichOneof("msg")
                 if which == "events":
                     batch = await self._reports(conn, msg.events.events)
@@ -265,7 +270,7 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
     async def _reports(
         self, conn: WorkerConn, events: Iterable[pb.TaskEvent]
     ) -> list[TaskReport]:
-        now = _now()
+        now = now_ms()
         batch: list[TaskReport] = []
         for ev in events:
             report = to_report(conn.info.worker_id, ev, now)
@@ -337,57 +342,18 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
         """Keep trying through a NATS restart (same msg-ids, so the stream drops duplicates).
 
         A message NATS refuses for what it is (too big, rejected) is never retried as is: that
-        would hold back every report behind it, for every tenant. The batch is published
-        message by message instead, and a report that still cannot go fails its attempt.
+        would hold back every report behind it, for every tenant. The isolating publisher sets
+        it aside instead: split down to the report at fault, whose attempt then fails for good
+        (libs/common/publish.py, stand_ins.py).
         """
-        assert self._js is not None
+        assert self._reports_out is not None
         try:
-            await self._publish_retrying([m.outgoing() for m in batch])
+            await self._reports_out.publish([m.outgoing() for m in batch])
         except Exception as exc:
-            if retry.transient(exc):
-                log.error("dropped %d worker events after failed publishes (%r)", count, exc)
-                return False
-            try:
-                for message in batch:
-                    await self._publish_isolating(message)
-            except Exception as exc2:
-                log.error("dropped %d worker events after failed publishes (%r)", count, exc2)
-                return False
+            log.error("dropped %d worker events after failed publishes (%r)", count, exc)
+            return False
         metrics.DISPATCHER_EVENTS.inc(count)
         return True
-
-    async def _publish_retrying(self, batch: list[Outgoing]) -> None:
-        assert self._js is not None
-        js = self._js
-        await retry.call(
-            "dispatcher.publish_reports", lambda: jetstream.publish_batch(js, batch),
-            timeout_s=PUBLISH_RETRY_S,
-        )
-
-    async def _publish_isolating(self, message: ReportMessage) -> None:
-        """Publish one message; if NATS refuses it, split it down to the report at fault and
-        publish that report's attempt as failed (non-retryably) in its place."""
-        try:
-            await self._publish_retrying([message.outgoing()])
-            return
-        except Exception as exc:
-            if retry.transient(exc):
-                raise
-            error = exc
-        if len(message.reports) > 1:
-            for i, report in enumerate(message.reports):
-                await self._publish_isolating(
-                    ReportMessage(message.tenant, [report], f"{message.msg_id}:{i}")
-                )
-            return
-        report = message.reports[0]
-        failed = unpublishable(report, error, message.size())
-        log.error("task %s attempt %d: %s", report.task_id, report.attempt, failed.error.message
-                  if failed.error else error, extra={"tenant": message.tenant})
-        if failed is not report:
-            await self._publish_retrying([ReportMessage(
-                message.tenant, [failed], f"task:{report.task_id}:{report.attempt}:unpublishable",
-            ).outgoing()])
 
     async def _drop(self, conn: WorkerConn) -> None:
         worker_id = conn.info.worker_id
@@ -410,7 +376,7 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
                 worker, or the scheduler declared it lost): this stream is superseded.
         """
         assert self._kv is not None
-        conn.info.heartbeat_ms = _now()
+        conn.info.heartbeat_ms = now_ms()
         value = encode(conn.info)
         if conn.revision:
             conn.revision = await self._kv.update(conn.info.worker_id, value, last=conn.revision)
@@ -439,7 +405,7 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
                 else:
                     report = TaskReport(
                         kind="failed", task_id=a.task_id, attempt=a.attempt,
-                        worker_id=a.worker_id, ts_ms=_now(),
+                        worker_id=a.worker_id, ts_ms=now_ms(),
                         error=TaskError(type="WorkerLost", message="worker not connected"),
                     )
                     undeliverable.append((a.tenant, report))
@@ -454,7 +420,7 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
                     # the next one replays the log, where the wait's result is recorded.
                     undeliverable.append((w.tenant, TaskReport(
                         kind="failed", task_id=w.task_id, attempt=w.attempt,
-                        worker_id=w.worker_id, ts_ms=_now(),
+                        worker_id=w.worker_id, ts_ms=now_ms(),
                         error=TaskError(type="WorkerLost", message="worker not connected"),
                     )))
         for worker_id, (assigns, cancels) in per_worker.items():
@@ -497,7 +463,7 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
         refresh_ms = max(500, timeout_ms // 4)
         while not self._stopping.is_set():
             await asyncio.sleep(refresh_ms / 1000)
-            now = _now()
+            now = now_ms()
             for conn in list(self.conns.values()):
                 if now - conn.last_seen_ms > timeout_ms:
                     log.warning("worker %s stopped heartbeating", conn.info.worker_id,
@@ -516,6 +482,3 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
                 except Exception:  # NATS hiccup: the next refresh tries again
                     continue
 
-
-def _now() -> int:
-    return int(time.time() * 1000)

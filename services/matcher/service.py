@@ -25,7 +25,7 @@ from prometheus_client import Counter, Histogram
 
 from libs.common import db, events, jetstream, subjects
 from libs.common.cel import Bindings, to_cel
-from libs.common.jetstream import Outgoing, Rejected
+from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
 from libs.common.match_messages import EventMatches, MatchBatch, MatchOutcome
 from libs.common.messages import TriggerRun, encode
 from libs.common.payloads import (
@@ -37,11 +37,10 @@ from libs.common.payloads import (
     maybe_ref,
     open_store,
 )
+from libs.common.publish import AckedPublisher
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.subjects import Stream, valid_tenant
-from services.matcher.intake import EventIntake
-from services.matcher.publish import AckedPublisher
 from services.matcher.rules import DEFAULT_TTL_S, RuleCache, TenantRules, WorkflowRule
 from services.matcher.waits import EventWaits
 
@@ -118,7 +117,7 @@ class MatcherService(Service):
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
-        self._consumer: EventIntake | None = None
+        self._consumer: BatchConsumer | None = None
         self._publisher: AckedPublisher | None = None
         self._changes: Subscription | None = None
         self.rules: RuleCache | None = None
@@ -139,7 +138,8 @@ class MatcherService(Service):
         await self._publisher.start()
         # Subscribe before consuming so no change made after our first load can be missed.
         self._changes = await self._nc.subscribe(subjects.MATCHER_CHANGES, cb=self._on_change)
-        self._consumer = EventIntake(
+        # Batches overlap: one is matched (CPU) while the triggers of others are being acked.
+        self._consumer = BatchConsumer(
             self._js, stream=Stream.EVT, durable=self._durable, filter_subject=self._filter_subject,
             handler=self.handle, batch_size=self._batch_size, max_deliver=s.max_deliver,
             max_in_flight=self._max_in_flight,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from nats.js.kv import KeyValue
 
 from libs.common import db, jetstream, metrics, retry, subjects
 from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
+from libs.common.logs import now_ms
 from libs.common.messages import (
     COMMAND_DECODER,
     REPORT_BATCH_DECODER,
@@ -43,11 +43,12 @@ from libs.common.messages import (
     WorkerInfo,
 )
 from libs.common.payloads import REF_MAGIC, PayloadError, PayloadStore, maybe_ref, open_store
+from libs.common.publish import IsolatingPublisher
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
 from libs.common.subjects import Bucket, Stream
-from services.scheduler import observe, relay_isolation
+from services.scheduler import observe
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_BATCH, TIMER_EXEC, Engine
 from services.scheduler.intake import Intake, Item, TimerTurn, Work
@@ -77,6 +78,7 @@ class SchedulerService(Service):
         self._fairness = FairnessStore()
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self._publisher: IsolatingPublisher | None = None  # the outbox relay's
         self._pool: asyncpg.Pool | None = None
         self._conn: asyncpg.Connection | None = None  # the core loop's (_core_connection)
         self._payloads: PayloadStore | None = None
@@ -104,6 +106,10 @@ class SchedulerService(Service):
         s = self.settings
         self._nc = await jetstream.connect(s, "scheduler")
         self._js = self._nc.jetstream()
+        self._publisher = IsolatingPublisher(
+            self._nc, site="scheduler.outbox_relay", retry_s=OUTBOX_RELAY_RETRY_S,
+            until=self._stopping,
+        )
         await jetstream.provision(self._js, s)
         await db.migrate(s.database_url)
         self._pool = await db.create_pool(s.database_url, max_size=4)
@@ -288,7 +294,7 @@ class SchedulerService(Service):
         if (self._inbox.empty() and not self._worker_events and not self._unsent
                 and not self._intake.pending()):
             next_due = self.engine.next_timer_ms()
-            timeout = 1.0 if next_due is None else max(0.0, min(1.0, (next_due - _now()) / 1000))
+            timeout = 1.0 if next_due is None else max(0.0, min(1.0, (next_due - now_ms()) / 1000))
             getter = asyncio.ensure_future(self._inbox.get())
             waker = asyncio.ensure_future(self._wake.wait())
             done, _ = await asyncio.wait({getter, waker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -314,7 +320,7 @@ class SchedulerService(Service):
         await self._fairness.refresh_limits(conn, self.engine)
         observe.trace_triggers(self.engine, _triggers(items), existing)
         engine = self.engine
-        engine.begin(_now())
+        engine.begin(now_ms())
         engine.runs_ended(waited_runs)
         while self._worker_events:
             _op, value = self._worker_events.popleft()
@@ -414,43 +420,21 @@ class SchedulerService(Service):
         self.engine.resolved_inputs[run_id] = data
 
     async def _relay(self, outgoing: list[Outgoing]) -> None:
-        assert self._js is not None
+        """Publish the outbox in chunks. A message NATS refuses does not hold back the rest
+        (issue 11): an assignment too large to send fails its attempt for good, anything
+        else refused is dead-lettered (libs/common/publish.py, stand_ins.py)."""
+        assert self._publisher is not None
         sent = 0
         try:
             for i in range(0, len(outgoing), OUTBOX_RELAY_BATCH):
                 chunk = outgoing[i : i + OUTBOX_RELAY_BATCH]
-                try:
-                    await self._publish_chunk(chunk)
-                except Exception as exc:
-                    if retry.transient(exc):
-                        raise
-                    # One message NATS refuses must not hold back the rest (issue 11).
-                    for item in chunk:
-                        await self._publish_isolating(item)
+                await self._publisher.publish(chunk)
                 self._published.extend(o.msg_id for o in chunk)
                 sent = i + len(chunk)
         except Exception as exc:
             # Republished next step with the same msg-ids: the stream drops any duplicates.
             self._unsent = outgoing[sent:]
             log.warning("outbox relay failed (%r); %d messages pending", exc, len(self._unsent))
-
-    async def _publish_chunk(self, chunk: list[Outgoing]) -> None:
-        assert self._js is not None
-        js = self._js
-        await retry.call(
-            "scheduler.outbox_relay", lambda: jetstream.publish_batch(js, chunk),
-            timeout_s=OUTBOX_RELAY_RETRY_S, until=self._stopping,
-        )
-
-    async def _publish_isolating(self, item: Outgoing) -> None:
-        try:
-            await self._publish_chunk([item])
-        except Exception as exc:
-            if retry.transient(exc):
-                raise
-            instead = relay_isolation.replacements(item, exc, int(time.time() * 1000))
-            if instead:
-                await self._publish_chunk(instead)
 
     async def _recover(self) -> None:
         await self._await_relay()
@@ -494,7 +478,7 @@ class SchedulerService(Service):
         being refreshed means its dispatcher died or stopped hearing from the worker.
         """
         timeout_ms = int(self.settings.worker_heartbeat_timeout_s * 1000)
-        started = _now()
+        started = now_ms()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=min(2.0, timeout_ms / 4000))
@@ -505,7 +489,7 @@ class SchedulerService(Service):
             except Exception as exc:
                 log.warning("worker registry resync failed: %r", exc)
                 continue
-            now = _now()
+            now = now_ms()
             for worker_id, info in current.items():
                 if now - info.heartbeat_ms > timeout_ms:
                     log.warning("worker %s missed heartbeats: lost", worker_id)
@@ -543,6 +527,3 @@ def _triggers(items: list[Item]) -> Iterator[TriggerRun]:
     """Lazy: only walked when tracing is on."""
     return (m for _, _, m in items if isinstance(m, TriggerRun))
 
-
-def _now() -> int:
-    return int(time.time() * 1000)

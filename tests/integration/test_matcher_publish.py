@@ -1,4 +1,5 @@
-"""The matcher's acked publisher: returns after every stream ack, raises on refusals."""
+"""The acked publisher (the matcher publishes with it): returns after every stream ack, raises
+on refusals."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from conftest import Stack
 
 from libs.common import jetstream, subjects
 from libs.common.jetstream import Outgoing
+from libs.common.publish import AckedPublisher, PublishError
 from libs.common.subjects import Stream
-from services.matcher.publish import AckedPublisher, PublishError
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -1,4 +1,4 @@
-"""Matcher helpers that must agree with the slower library code they replace."""
+"""Matcher fast paths that must agree with the slower library code they replace."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
-from services.matcher.intake import deliveries
+from libs.common.jetstream import deliveries
 from services.matcher.service import RUN_NAMESPACE, event_run_id
 
 tokens = st.text(min_size=1, max_size=20)
