@@ -38,18 +38,19 @@ from libs.common.messages import (
 
 log = logging.getLogger(__name__)
 
-_DISPATCH_PREFIX = subjects.dsp("")  # "dsp."
-_REPORT_BATCH_SUFFIX = "." + subjects.REPORT_BATCH_KIND
 _JS_MESSAGE_TOO_LARGE = 10054  # JetStream's "message size exceeds maximum allowed"
 
 
 def stand_ins(item: Outgoing, error: Exception) -> list[Outgoing]:
     """The messages to publish in place of `item`, which NATS refused with `error`; empty when
     nothing can stand in for it (the caller dead-letters it)."""
+    # The second token is the dispatcher id or the tenant; subjects.py spells the rest.
+    _, _, rest = item.subject.partition(".")
+    second = rest.partition(".")[0]
     try:
-        if item.subject.startswith(_DISPATCH_PREFIX):
+        if item.subject == subjects.dsp(rest):
             return _for_dispatch(item, error, DISPATCH_DECODER.decode(item.payload))
-        if item.subject.startswith("task.") and item.subject.endswith(_REPORT_BATCH_SUFFIX):
+        if item.subject == subjects.task_report_batch(second):
             return _for_reports(item, error, REPORT_BATCH_DECODER.decode(item.payload))
     except msgspec.DecodeError:
         return []
