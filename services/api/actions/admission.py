@@ -1,6 +1,6 @@
 """Per-tenant limits on the request path: admitting triggers and events, and usage.
 
-Limits are set by the operator (`python -m libs.common.admin set-limits TENANT ...`), not
+Limits are set by the operator (`python -m tools.admin set-limits TENANT ...`), not
 through the API: a tenant must not raise its own. The `admit_*` functions are what the trigger
 and event actions call before publishing; over a limit they raise `LimitExceeded`, which
 app.py turns into 429 with `Retry-After` and the limit's name.

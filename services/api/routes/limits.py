@@ -1,6 +1,6 @@
 """Per-tenant limits: `GET /limits` shows each limit against current usage (`read` scope).
 
-Limits are set by the operator (`python -m libs.common.admin set-limits TENANT ...`), not
+Limits are set by the operator (`python -m tools.admin set-limits TENANT ...`), not
 through this API: a tenant must not raise its own. Admitting triggers and events under them is
 `services.api.actions.admission`.
 """
