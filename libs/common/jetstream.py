@@ -369,10 +369,11 @@ class BatchConsumer:
             open_until = time.monotonic() + self._fetch_timeout_s + 0.05
             remaining = self._batch_size
             while remaining > 0 and not self._stopping.is_set():
+                await slots.acquire()  # the wait for a free slot counts against the request
                 wait_s = open_until - time.monotonic()
                 if wait_s <= 0:
+                    slots.release()
                     break
-                await slots.acquire()
                 try:
                     first = await inbox.next_msg(timeout=min(wait_s, 0.5))
                 except TimeoutError:
