@@ -14,7 +14,7 @@ import pytest
 from conftest import Stack, eventually
 from raw_worker import RawWorker
 
-from libs.common import tokens
+from libs.common import db, tokens
 from libs.common.settings import Settings
 from services.api.app import create_app
 from services.api.auth import declared_scopes
@@ -237,3 +237,30 @@ async def test_existing_tokens_keep_every_scope(stack: Stack, tenant: str) -> No
         await conn.close()
     assert principal is not None and principal.tenant == tenant
     assert principal.scopes == frozenset(tokens.ALL_SCOPES)
+
+
+async def test_a_full_token_cache_evicts_the_least_recently_used_entry(
+    stack: Stack, tenant: str
+) -> None:
+    """The cache is bounded without forgetting everyone at once: at its size, the entry used
+    least recently goes and the others are still served from memory. Observed through rows
+    revoked behind the cache's back (no broadcast, a TTL far away): a cached principal is
+    still answered, an evicted one is read again and found revoked."""
+    pool = await db.create_pool(stack.settings.database_url, max_size=2)
+    cache = tokens.TokenCache(pool, max_entries=2, ttl_s=3600)
+    try:
+        first, second, third = [await tokens.ensure_tenant(pool, tenant, tokens.new_token())
+                                for _ in range(3)]
+        assert await cache.principal(first) is not None
+        assert await cache.principal(second) is not None
+        assert await cache.principal(first) is not None  # first is now the more recent
+        assert await cache.principal(third) is not None  # full: second goes
+        await pool.execute(
+            "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = ANY($1::text[])",
+            [tokens.hash_token(t) for t in (first, second, third)],
+        )
+        assert await cache.principal(first) is not None
+        assert await cache.principal(third) is not None
+        assert await cache.principal(second) is None
+    finally:
+        await pool.close()
