@@ -14,12 +14,12 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 # root runs apt-get directly; others go through sudo when it exists.
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
-.PHONY: help venv binaries up down clean status env demo test lint proto \
+.PHONY: help venv binaries up down clean status env demo test test-fast lint proto \
 	bench chaos bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children bench-aged soak chromium ui-screenshots \
 	openapi node sdk-ts-deps sdk-ts-gen sdk-ts-test
 
 help:
-	@echo "targets: venv up down clean status env demo test lint proto"
+	@echo "targets: venv up down clean status env demo test test-fast lint proto"
 	@echo "         bench chaos bench-fairness bench-events bench-payloads bench-compare bench-children bench-aged soak"
 	@echo "         chromium ui-screenshots openapi sdk-ts-gen sdk-ts-deps sdk-ts-test"
 
@@ -67,6 +67,11 @@ demo: up
 
 test: binaries chromium sdk-ts-deps
 	$(PY) -m pytest -q
+
+# The inner loop: unit and contract tests, no NATS / PostgreSQL / browser (tests marked `stack`
+# are left out), Hypothesis's `fast` profile (tests/conftest.py). Under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:schemathesis -p no:faker -m "not stack" --hypothesis-profile=fast tests/unit
 
 # Debian's chromium for the dashboard's browser tests (tests/ui); Playwright never downloads one.
 chromium:

@@ -11,6 +11,11 @@ only by the tests that need it (tests/integration/test_nats_auth.py, test_tls.py
 
 Fixtures are synchronous and run their async steps on a private loop in a worker thread
 (`devstack.run_blocking`), so they never interfere with pytest-asyncio's session loop.
+
+Hypothesis profiles: `full` (loaded by default: Hypothesis's own 100 examples) and `fast`
+(`--hypothesis-profile=fast`, what `make test-fast` runs: 20). A test that wants more than the
+default asks for a multiple of the profile's count (`3 * settings.default.max_examples`), so
+the fast profile bounds it too.
 """
 
 from __future__ import annotations
@@ -29,10 +34,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 
 from libs.common import db
 from libs.common.natsauth_setup import AuthLayout, ensure_layout
 from tools import devstack
+
+settings.register_profile("full", max_examples=100)
+settings.register_profile("fast", max_examples=20)
+settings.load_profile("full")  # --hypothesis-profile loads another one after this module
 
 
 @pytest.fixture(scope="session")

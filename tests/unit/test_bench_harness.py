@@ -112,6 +112,7 @@ def celery_side() -> Iterator[compare.CelerySide]:
             celery_app.app.close()
 
 
+@pytest.mark.stack
 def test_celery_side_runs_tasks_and_chains(celery_side: compare.CelerySide) -> None:
     noop = celery_side.noop(20)  # the first result also waits out the worker's start
     assert noop["runs"] == 20 and noop["tasks_per_s"] > 0

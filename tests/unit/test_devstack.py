@@ -32,6 +32,7 @@ def test_free_port_is_bindable() -> None:
     assert devstack.port_is_free(port)
 
 
+@pytest.mark.stack
 def test_nats_server_start_adopt_stop(tmp_path: Path) -> None:
     server = devstack.NatsServer(tmp_path / "store", pid_file=tmp_path / "nats.pid")
     url = server.start()
@@ -61,6 +62,7 @@ def test_nats_server_start_adopt_stop(tmp_path: Path) -> None:
     assert not (tmp_path / "nats.pid").exists()
 
 
+@pytest.mark.stack
 def test_postgres_cluster_start_adopt_stop() -> None:
     base = Path(tempfile.mkdtemp(prefix="ratchet-pg-test-"))
     base.chmod(0o755)  # as root the server runs as `postgres`, which must reach the data dir
@@ -104,6 +106,7 @@ def test_nats_server_comes_from_the_venv_wheel() -> None:
     assert (major, minor) >= (2, 15)
 
 
+@pytest.mark.stack
 def test_started_server_reports_the_wheel_version(tmp_path: Path) -> None:
     server = devstack.NatsServer(tmp_path / "store")
     url = server.start()
@@ -234,6 +237,7 @@ def _cluster(tmp_path: Path, size: int, **kwargs: Any) -> list[devstack.NatsServ
     ]
 
 
+@pytest.mark.stack
 def test_three_node_cluster_with_operator_auth_replicates_and_survives_a_node(
     tmp_path: Path,
 ) -> None:
@@ -280,6 +284,7 @@ def test_three_node_cluster_with_operator_auth_replicates_and_survives_a_node(
             server.stop()
 
 
+@pytest.mark.stack
 def test_auto_replicas_on_a_single_server_is_one_and_explicit_three_is_refused(
     tmp_path: Path,
 ) -> None:
