@@ -14,7 +14,7 @@ Fixtures are synchronous and run their async steps on a private loop in a worker
 
 Hypothesis profiles: `full` (loaded by default: Hypothesis's own 100 examples) and `fast`
 (`--hypothesis-profile=fast`, what `make test-fast` runs: 20). A test that wants more than the
-default asks for a multiple of the profile's count (`3 * settings.default.max_examples`), so
+default asks for a multiple of the profile's count (`3 * settings().max_examples`), so
 the fast profile bounds it too.
 """
 

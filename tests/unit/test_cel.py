@@ -179,7 +179,7 @@ agreement_inputs = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=2 * settings.default.max_examples, deadline=None)
+@settings(max_examples=2 * settings().max_examples, deadline=None)
 @given(expression=st.sampled_from(AGREEMENT_EXPRESSIONS), value=agreement_inputs,
        flag=st.booleans() | st.none())
 def test_fast_evaluation_agrees_with_celpy_runner(

@@ -38,7 +38,7 @@ def ref_of(tenant: str, scope: str, data: bytes) -> PayloadRef:
     return PayloadRef(make_key(tenant, scope, sha), sha, len(data))
 
 
-@settings(max_examples=3 * settings.default.max_examples, deadline=None)
+@settings(max_examples=3 * settings().max_examples, deadline=None)
 @given(value=json_values, indent=st.sampled_from([None, 0, 2]), lead=st.text(" \t\r\n", max_size=3))
 def test_no_json_document_is_taken_for_a_ref(value: Any, indent: int | None, lead: str) -> None:
     for text in (json.dumps(value, indent=indent), json.dumps(value, ensure_ascii=False)):
@@ -46,7 +46,7 @@ def test_no_json_document_is_taken_for_a_ref(value: Any, indent: int | None, lea
     assert maybe_ref(msgspec.json.encode(value)) is None
 
 
-@settings(max_examples=2 * settings.default.max_examples, deadline=None)
+@settings(max_examples=2 * settings().max_examples, deadline=None)
 @given(tenant=tenants, scope=scopes, data=st.binary(max_size=64))
 def test_a_ref_round_trips_and_is_compact(tenant: str, scope: str, data: bytes) -> None:
     ref = ref_of(tenant, scope, data)
@@ -60,7 +60,7 @@ def test_a_ref_round_trips_and_is_compact(tenant: str, scope: str, data: bytes) 
         json.loads(encoded)
 
 
-@settings(max_examples=2 * settings.default.max_examples, deadline=None)
+@settings(max_examples=2 * settings().max_examples, deadline=None)
 @given(data=st.binary(max_size=200))
 def test_arbitrary_bytes_are_inline_or_a_clear_error(data: bytes) -> None:
     for candidate in (data, REF_MAGIC + data):
