@@ -49,6 +49,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     grpc_tls_key: str = ""
     grpc_tls_client_ca: str = ""
     dispatcher_id: str = "dispatcher-1"
+    # Scheduler partitions (docs/scaling.md): the count is fixed when the CMD stream is first
+    # created (an existing stream's count wins); a scheduler's instance id names its leases
+    # (empty: host and pid). A lease not renewed for `scheduler_lease_s` may be taken over.
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    scheduler_instance: str = ""
+    scheduler_lease_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     metrics_port: int = 0
     data_dir: str = ".run/data"
     clickhouse_url: str = ""
@@ -119,21 +125,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("NATS_USER and NATS_PASSWORD must be set together")
 
     @property
+    def nats_servers(self) -> list[str]:
+        """NATS_URL split into its servers."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
 
 # Settings users set next to their SDK variables carry the RATCHET_ prefix (the documented
-    @property
-    def nats_servers(self) -> list[str]:
-        """NATS_URL split into its servers."""
-        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
-
 # contract); every other field reads its upper-cased name.
 ENV_NAMES: dict[str, str] = {
     "payload_inline_bytes": "RATCHET_PAYLOAD_INLINE_BYTES",
     "max_payload_bytes": "RATCHET_MAX_PAYLOAD_BYTES",
     "retention_days": "RATCHET_RETENTION_DAYS",
+    "partitions": "RATCHET_PARTITIONS",
+    "scheduler_instance": "RATCHET_SCHEDULER_INSTANCE",
+    "scheduler_lease_s": "RATCHET_SCHEDULER_LEASE_S",
 }
 
 

@@ -299,8 +299,12 @@ class Worker:
                 self._stream_credit.release(sum(1 for ev in batch if ev.kind == pb.STREAM))
                 continue
             self._events_ready.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands as the
+            # event fires (stop sets it, then cancels this loop), and the loop then waits out
+            # the heartbeat interval: every worker stop took up to 2 s.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._events_ready.wait(), max(0.0, next_beat - time.monotonic()))
+                async with asyncio.timeout(max(0.0, next_beat - time.monotonic())):
+                    await self._events_ready.wait()
 
     def _holding(self) -> list[pb.TaskKey]:
         """What this worker still answers for: running attempts and unsent outcomes."""

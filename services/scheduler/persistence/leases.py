@@ -137,7 +137,8 @@ async def fence(conn: asyncpg.Connection, instance: str, leases: Leases) -> None
 
 async def owners(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
     """Every partition with its owner, epoch and whether the lease is live (status, tests)."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT partition, owner, epoch, expires_at > clock_timestamp() AS live"
         " FROM scheduler_partitions ORDER BY partition"
     )
+    return rows
