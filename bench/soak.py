@@ -297,7 +297,9 @@ async def jetstream_pending() -> dict[str, dict[str, int]]:
     """
     import nats
 
-    nc = await nats.connect(os.environ["NATS_URL"],
+    # NATS_URL lists every node of a cluster, comma-separated.
+    servers = [u.strip() for u in os.environ["NATS_URL"].split(",") if u.strip()]
+    nc = await nats.connect(servers=servers,
                             user_credentials=os.environ.get("NATS_CREDS") or None)
     try:
         jsm = nc.jsm()
