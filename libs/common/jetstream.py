@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
-from libs.common import nats_compat, retry, subjects
+from libs.common import nats_compat, partitions, retry, subjects
 from libs.common.settings import Settings
 from libs.common.subjects import Bucket, Header, Stream
 
@@ -103,6 +103,8 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
             max_age=_max_age(stream, settings),
             duplicate_window=settings.dedupe_window_s,
             max_msg_size=8 * 1024 * 1024,
+            # CMD and TASK file commands and reports under the tenant's scheduler partition.
+            subject_transform=await partitions.transform(js, stream, settings),
         )
         replicas = await _with_replicas(
             _ensure_stream, js, config, stream.value, replicas, settings
@@ -110,7 +112,6 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
     for bucket, ttl in (
         (Bucket.WORKERS, None),
         (Bucket.DISPATCHERS, None),
-        (Bucket.LEASES, None),
     ):
         kv_config = jsapi.KeyValueConfig(bucket=bucket.value, history=1, ttl=ttl)
         replicas = await _with_replicas(
@@ -468,12 +469,13 @@ class BatchConsumer:
         )
         headers = dict(msg.headers or {})
         headers.pop(Header.MSG_ID.value, None)
-        headers[Header.DLQ_SUBJECT.value] = msg.subject
+        published = subjects.as_published(msg.subject)
+        headers[Header.DLQ_SUBJECT.value] = published
         headers[Header.DLQ_SEQ.value] = str(seq)
         headers[Header.DLQ_REASON.value] = reason[:500]
         headers[Header.MSG_ID.value] = f"dlq:{self._stream.value}:{seq}"
         try:
-            await self._js.publish(subjects.dlq(msg.subject), msg.data, headers=headers)
+            await self._js.publish(subjects.dlq(published), msg.data, headers=headers)
             await msg.term()
             self.dead_lettered += 1
         except Exception as exc:

@@ -31,7 +31,6 @@ class Header(StrEnum):
 class Bucket(StrEnum):
     WORKERS = "ratchet_workers"
     DISPATCHERS = "ratchet_dispatchers"
-    LEASES = "ratchet_leases"
 
 
 STREAM_SUBJECTS: dict[Stream, list[str]] = {
@@ -117,7 +116,6 @@ TENANT_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 def valid_tenant(tenant: str) -> bool:
     return 0 < len(tenant) <= 64 and set(tenant) <= TENANT_ALPHABET
-CMD_RUN_ALL = "cmd.*.run.>"
 # The matcher tells the scheduler that an event satisfied a durable wait (messages.WaitSatisfied).
 CMD_WAIT_VERB = "run.wait"
 
@@ -149,3 +147,16 @@ def cmd_partition(partition: int) -> str:
 def reports_partition(partition: int) -> str:
     """Filter of one partition's stored worker reports (TASK stream)."""
     return f"task.*.report.{partition}.>"
+
+
+def as_published(stored: str) -> str:
+    """The subject a message was published on, from the one its stream stored it under (the
+    partition token of commands and reports taken out): what a dead letter records, so that
+    publishing it again goes where the original went."""
+    tokens = stored.split(".")
+    if tokens[0] == "cmd" and len(tokens) > 3 and tokens[2].isdigit():
+        del tokens[2]
+    elif (tokens[0] == "task" and len(tokens) > 4 and tokens[2] == "report"
+          and tokens[3].isdigit()):
+        del tokens[3]
+    return ".".join(tokens)

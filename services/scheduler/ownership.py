@@ -88,6 +88,7 @@ class Ownership:
         self._tick_s = tick_s
         self._poke = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._lost: set[int] = set()  # found lost by `confirm`, dropped by the next tick
 
     async def start(self) -> None:
         async with self._pool.acquire() as conn:
@@ -116,7 +117,8 @@ class Ownership:
                 conn, self.instance, self._ttl_s, socket.gethostname(), os.getpid()
             )
             held = await lease_store.renew(conn, self.instance, self.leases, self._ttl_s)
-            lost = set(self.leases) - set(held)
+            lost = (set(self.leases) - set(held)) | self._lost
+            self._lost = set()
             if lost:
                 log.warning("partition leases lost: %s", sorted(lost))
             mine = {p for p, m in assignment(self.count, self.members).items()
@@ -135,6 +137,20 @@ class Ownership:
                 self.leases.update(got)
                 log.info("took partitions %s", sorted(got))
                 await self._adopt(got)
+
+    async def confirm(self) -> None:
+        """Forget the leases that were lost (a commit was fenced), now, without the tick's
+        lock: the core loop calls this while a tick may be waiting for it. The next tick
+        stops consuming them."""
+        async with self._pool.acquire() as conn:
+            held = await lease_store.renew(conn, self.instance, dict(self.leases), self._ttl_s)
+        lost = {p for p, e in self.leases.items() if held.get(p) != e}
+        for partition in lost:
+            self.leases.pop(partition, None)
+        if lost:
+            log.warning("partition leases lost: %s", sorted(lost))
+            self._lost |= lost
+            self.poke()
 
     async def leave(self) -> None:
         """Hand everything over at once (a graceful stop, after the last commit)."""

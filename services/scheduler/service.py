@@ -5,6 +5,10 @@ applies everything that is waiting to the in-memory engine, fires due timers, as
 slots, writes all effects (outbox included) in ONE transaction, lets the consumers ack, and
 then relays the outbox. A crash anywhere before the commit loses nothing (messages are
 redelivered); after it, the outbox is relayed on restart with the same msg-ids.
+
+Several schedulers share the work by partitions of tenants (docs/scaling.md): each consumes
+only the partitions it holds a lease on (ownership.py, consumers.py), its engine holds only
+their state, and every commit is fenced by those leases' epochs (persistence/leases.py).
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -24,8 +31,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from libs.common import db, jetstream, metrics, retry, subjects
-from libs.common.jetstream import BatchConsumer, Outgoing, Rejected
+from libs.common import db, jetstream, metrics, partitions, retry, subjects
+from libs.common.jetstream import Outgoing, Rejected
 from libs.common.logs import now_ms
 from libs.common.messages import (
     COMMAND_DECODER,
@@ -47,16 +54,19 @@ from libs.common.publish import IsolatingPublisher
 from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.specs import WorkflowSpec
-from libs.common.subjects import Bucket, Stream
+from libs.common.subjects import Bucket
 from services.scheduler import observe
+from services.scheduler.consumers import PartitionConsumers, durables
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_BATCH, TIMER_EXEC, Engine
 from services.scheduler.intake import Intake, Item, TimerTurn, Work
 from services.scheduler.keys import uses_cel
 from services.scheduler.model import RUN_TERMINAL
+from services.scheduler.ownership import Ownership
 from services.scheduler.persistence import durable, retention, store
 from services.scheduler.persistence.batch import write_batch
 from services.scheduler.persistence.fairness import FairnessStore
+from services.scheduler.persistence.leases import Fenced, Leases
 
 BATCH_SUFFIX = "." + subjects.REPORT_BATCH_KIND
 log = logging.getLogger(__name__)
@@ -89,7 +99,16 @@ class SchedulerService(Service):
         self._worker_events: deque[tuple[str, WorkerInfo | str]] = deque()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._consumers: list[BatchConsumer] = []
+        self.instance = settings.scheduler_instance or (
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self._partition_count = settings.partitions
+        self._ownership: Ownership | None = None
+        self._consumers: PartitionConsumers | None = None
+        # The leases the engine's state was loaded under: every commit is fenced by them.
+        self._loaded: Leases = {}
+        self._reloads: list[asyncio.Future[None]] = []
+        self._core_running = False
         self._tasks: list[asyncio.Task[None]] = []
         self._published: list[str] = []
         self._unsent: list[Outgoing] = []
@@ -111,52 +130,56 @@ class SchedulerService(Service):
             until=self._stopping,
         )
         await jetstream.provision(self._js, s)
+        self._partition_count = await partitions.count(self._js, s)
         await db.migrate(s.database_url)
-        self._pool = await db.create_pool(s.database_url, max_size=4)
+        # A scheduler stopped (SIGSTOP) inside a batch transaction would hold its partitions'
+        # fence locks and keep a takeover waiting: PostgreSQL ends such a transaction.
+        idle_ms = str(int(s.scheduler_lease_s * 1000))
+        self._pool = await db.create_pool(
+            s.database_url, max_size=5,
+            server_settings={"idle_in_transaction_session_timeout": idle_ms},
+        )
         self._payloads = open_store(s)
         async with self._pool.acquire() as conn:
             await retention.maintain(conn, s.retention_days, datetime.now(UTC))
-        await self._load()
         self._unsent = await store.pending_outbox(self._pool, OUTBOX_RELAY_BATCH * 20)
         self._kv = await self._js.key_value(Bucket.WORKERS.value)
+        self._consumers = PartitionConsumers(
+            self._js, on_commands=self._on_commands, on_reports=self._on_reports,
+            max_deliver=s.max_deliver,
+        )
+        await self._consumers.remove_legacy()
+        self._ownership = Ownership(
+            self._pool, self.instance, self._partition_count,
+            drop=self._drop_partitions, adopt=self._adopt_partitions, ttl_s=s.scheduler_lease_s,
+        )
+        await self._ownership.start()  # takes its share: loads their state, starts consuming
         self._watcher = await self._kv.watchall()
-        self._tasks = [
+        self._tasks += [
             asyncio.create_task(self._core_loop(), name="scheduler-core"),
             asyncio.create_task(self._watch_workers(), name="scheduler-workers"),
             asyncio.create_task(self._sweep_stale_workers(), name="scheduler-stale"),
             asyncio.create_task(retention.maintain_every(
                 self._pool, s.retention_days, self._stopping, PARTITION_MAINTENANCE_S,
             ), name="scheduler-partitions"),
+            asyncio.create_task(self._ownership.run(self._stopping), name="scheduler-leases"),
         ]
-        self._consumers = [
-            BatchConsumer(
-                self._js, stream=Stream.CMD, durable="scheduler-cmd",
-                filter_subject=subjects.CMD_RUN_ALL, handler=self._on_commands,
-                batch_size=500, max_deliver=s.max_deliver,
-            ),
-            BatchConsumer(
-                self._js, stream=Stream.TASK, durable="scheduler-reports",
-                filter_subject=subjects.TASK_REPORTS_ALL, handler=self._on_reports,
-                batch_size=1000, max_deliver=s.max_deliver,
-            ),
-        ]
-        for consumer in self._consumers:
-            await consumer.start()
         self._cron = CronTicker(s, self._pool, self._js)
         await self._cron.start()
 
     async def refresh_metrics(self) -> None:
         observe.refresh_gauges(self.engine)
-        await metrics.refresh_consumer_lag(
-            self._js, [(Stream.CMD, "scheduler-cmd"), (Stream.TASK, "scheduler-reports")]
-        )
+        if self._consumers is not None:
+            await metrics.refresh_consumer_lag(
+                self._js, [d for p in self._consumers.partitions for d in durables(p)]
+            )
 
     async def _stop(self) -> None:
         if self._cron is not None:
             await self._cron.stop()
-        for consumer in self._consumers:
-            await consumer.stop()
-        self._stopping.set()
+        self._stopping.set()  # the lease loop takes and hands over nothing more
+        if self._consumers is not None:
+            await self._consumers.stop()
         self._wake.set()
         if self._watcher is not None:
             with contextlib.suppress(Exception):
@@ -164,6 +187,8 @@ class SchedulerService(Service):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 10)
+        if self._ownership is not None:
+            await self._ownership.leave()  # after the last commit: the others take over at once
         if self._pool is not None:
             await self._pool.close()
         if self._payloads is not None:
@@ -173,11 +198,18 @@ class SchedulerService(Service):
                 await self._nc.drain()
 
     async def _load(self) -> None:
+        """Rebuild the engine from PostgreSQL: the state of the partitions held right now."""
         assert self._pool is not None
+        self._loaded = dict(self._ownership.leases) if self._ownership is not None else {}
         self.engine = Engine()
+        owned = sorted(self._loaded)
         async with self._pool.acquire() as conn:
-            runs = await store.load_runs(conn, self._specs, "status IN ('PENDING', 'RUNNING')")
-            await self._fairness.load(conn, self.engine)  # slot holders before runs
+            runs = await store.load_runs(
+                conn, self._specs, "status IN ('PENDING', 'RUNNING')"
+                " AND ratchet_partition(tenant_id, $1) = ANY($2::integer[])",
+                self._partition_count, owned,
+            )
+            await self._fairness.load(conn, self.engine, self._owns)  # slot holders before runs
             for run in runs:
                 await self._resolve_input(run.tenant, run.id, run.input, run.spec)
                 self.engine.adopt(run)
@@ -190,8 +222,70 @@ class SchedulerService(Service):
                     task.deadline_ms = due
                 self.engine.adopt_timer(tenant, task_id, kind, attempt, due)
             for entry in await durable.load(conn):
-                self.engine.restore_durable(entry)
-        log.info("loaded %d active runs", len(self.engine.runs))
+                if self._owns(entry.tenant):
+                    self.engine.restore_durable(entry)
+        log.info("loaded %d active runs of partitions %s", len(self.engine.runs), owned)
+
+    # partitions ---------------------------------------------------------------------
+    def _owns(self, tenant: str) -> bool:
+        """Whether the engine holds this tenant's state (its partition was loaded)."""
+        return partitions.partition_of(tenant, self._partition_count) in self._loaded
+
+    def _accepts(self, tenant: str) -> bool:
+        """Whether a message of this tenant may be applied: loaded, and still leased."""
+        partition = partitions.partition_of(tenant, self._partition_count)
+        held = self._ownership.leases if self._ownership is not None else {}
+        return partition in self._loaded and partition in held
+
+    async def _drop_partitions(self, dropped: set[int]) -> None:
+        """Lease loop: stop consuming `dropped` (batches in hand commit first), then reload
+        the engine without them. Their leases are released only after this returns."""
+        assert self._consumers is not None
+        await self._consumers.stop(sorted(dropped))
+        await self._reload()
+
+    async def _adopt_partitions(self, got: Leases) -> None:
+        """Lease loop: the leases are ours (new epochs): load their state, then consume."""
+        assert self._consumers is not None
+        await self._reload()
+        await self._consumers.start(sorted(got))
+
+    async def _reload(self) -> None:
+        """Reload the engine between two batches of the core loop (at once before it runs)."""
+        if not self._core_running:
+            await self._load()
+            self._refeed_workers_soon()
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._reloads.append(done)
+        self._wake.set()
+        await done
+
+    async def _reload_now(self) -> None:
+        requests, self._reloads = self._reloads, []
+        await self._await_relay()
+        try:
+            await self._load()
+        except Exception:
+            log.exception("reload after a partition change failed; retrying")
+            await self._recover()
+        self._refeed_workers_soon()
+        for done in requests:
+            if not done.done():
+                done.set_result(None)
+
+    def _refeed_workers_soon(self) -> None:
+        """A new engine knows no workers: the registry's entries are fed to it again."""
+        if self._kv is not None:
+            kv = self._kv
+
+            async def refeed() -> None:
+                with contextlib.suppress(Exception):
+                    for info in await _current_workers(kv):
+                        self._worker_events.append(("put", info))
+                    self._wake.set()
+
+            self._tasks.append(asyncio.create_task(refeed(), name="scheduler-refeed"))
 
     # consumers ----------------------------------------------------------------------
     async def _on_commands(self, msgs: list[Msg]) -> Rejected:
@@ -241,7 +335,13 @@ class SchedulerService(Service):
         return rejected
 
     async def _hand_over(self, kind: str, items: list[tuple[str, object]]) -> None:
-        """Give decoded messages to the core loop; return once their batch is committed."""
+        """Give decoded messages to the core loop; return once their batch is committed.
+
+        A message of a partition this scheduler is handing over (or has lost) raises: the
+        consumer naks it, and the partition's next holder applies it."""
+        strays = {tenant for tenant, _ in items if not self._accepts(tenant)}
+        if strays:
+            raise NotHeld(f"partition of tenants {sorted(strays)} not held here")
         if items:
             work = Work(kind, items)
             await self._inbox.put(work)
@@ -252,6 +352,9 @@ class SchedulerService(Service):
         try:
             await self._core_loop_body()
         finally:
+            self._core_running = False
+            for done in self._reloads:  # the lease loop is stopping too
+                done.cancel()
             await self._release_core_connection()
 
     async def _core_connection(self) -> asyncpg.Connection:
@@ -274,7 +377,10 @@ class SchedulerService(Service):
                 await self._pool.release(conn)
 
     async def _core_loop_body(self) -> None:
+        self._core_running = True
         while True:
+            if self._reloads:
+                await self._reload_now()
             works = await self._next_works()
             if self._stopping.is_set() and not works:
                 await self._await_relay()  # what it could not send stays in the outbox table
@@ -282,7 +388,10 @@ class SchedulerService(Service):
             try:
                 await self._step(works)
             except Exception as exc:
-                log.exception("batch failed; reloading state from PostgreSQL")
+                if isinstance(exc, Fenced):
+                    log.warning("batch refused by the fence (%s); reloading", exc)
+                else:
+                    log.exception("batch failed; reloading state from PostgreSQL")
                 await self._release_core_connection()
                 for w in {*works, *self._intake.drop()}:
                     if not w.done.done():
@@ -325,7 +434,8 @@ class SchedulerService(Service):
         while self._worker_events:
             _op, value = self._worker_events.popleft()
             if isinstance(value, WorkerInfo):
-                engine.worker_seen(value)
+                if self._owns(value.tenant):  # another scheduler's tenant: not ours to assign
+                    engine.worker_seen(value)
             else:
                 engine.worker_lost(value)
         for _work, tenant, msg in items:
@@ -351,7 +461,10 @@ class SchedulerService(Service):
         if not fx.empty() or self._published:
             # Taken before the flush: the relay in flight keeps appending to the list.
             published, self._published = self._published, []
-            await write_batch(conn, fx, published, self._fairness, engine.limits.defs)
+            await write_batch(
+                conn, fx, published, self._fairness, engine.limits.defs,
+                self.instance, self._loaded,
+            )
         observe.after_batch(engine, fx)
         for work in Intake.completed(items, works):
             if not work.done.done():
@@ -446,6 +559,8 @@ class SchedulerService(Service):
                 "scheduler.recover", timeout_s=None, until=self._stopping, on=retry.any_error,
             ):
                 with attempt:
+                    if self._ownership is not None:
+                        await self._ownership.confirm()  # drop leases lost meanwhile
                     await self._load()
                     assert self._pool is not None
                     self._unsent = await store.pending_outbox(self._pool, OUTBOX_RELAY_BATCH * 20)
@@ -527,3 +642,6 @@ def _triggers(items: list[Item]) -> Iterator[TriggerRun]:
     """Lazy: only walked when tracing is on."""
     return (m for _, _, m in items if isinstance(m, TriggerRun))
 
+
+class NotHeld(RuntimeError):
+    """A message of a partition this scheduler does not hold (any more)."""

@@ -46,7 +46,7 @@ async def test_bulk_loaded_rows_are_what_the_engine_writes(
             apply()
             fx = eng.finish()
             changes.extend(c for items in fx.bundled for c, _ in items)
-            await store.flush(conn, fx, [])
+            await store.flush(conn, fx, [], "", {})  # no leases to fence
 
         def start() -> None:
             eng.worker_seen(WorkerInfo(worker_id=h.WORKER, tenant=h.HISTORY_TENANT, name="w",

@@ -84,7 +84,7 @@ async def test_hot_path_queries_use_their_indexes_and_the_runs_day(
     fx = eng.finish()
     logged.clear()
     async with p.acquire() as conn:
-        await store.flush(conn, fx, [])
+        await store.flush(conn, fx, [], "", {})  # no leases to fence
         assert await store.existing_runs(conn, [("t", "r1"), ("t", "nope")]) == {"r1"}
         assert await store.run_statuses(conn, [("t", "r2")]) == {"r2": "PENDING"}
         runs = await store.load_runs(conn, store.SpecCache(), "status IN ('PENDING', 'RUNNING')")

@@ -19,3 +19,12 @@ def test_assignment_is_balanced_and_stable() -> None:
     grown = assignment(16, [*members, "s4"])
     moved = sum(1 for p in plan if plan[p] != grown[p])
     assert moved <= 8  # a join moves its share and a little more, not everything
+
+
+def test_a_dead_letter_records_the_subject_as_published() -> None:
+    from libs.common import subjects
+
+    assert subjects.as_published("cmd.acme.15.run.trigger") == "cmd.acme.run.trigger"
+    assert subjects.as_published("task.acme.report.3.batch") == "task.acme.report.batch"
+    assert subjects.as_published("task.acme.changes") == "task.acme.changes"
+    assert subjects.as_published("evt.acme.doc.7") == "evt.acme.doc.7"

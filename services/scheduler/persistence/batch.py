@@ -12,6 +12,7 @@ import asyncpg
 from services.scheduler.effects import Effects
 from services.scheduler.persistence import durable, store
 from services.scheduler.persistence.fairness import FairnessStore
+from services.scheduler.persistence.leases import Leases, fenced_errors
 from services.scheduler.records import LimitDef, LimitId
 
 
@@ -21,6 +22,8 @@ async def write_batch(
     published: list[str],
     fairness: FairnessStore,
     limits: dict[LimitId, LimitDef],
+    owner: str,
+    leases: Leases,
 ) -> None:
     """Write one batch's effects in ONE transaction.
 
@@ -31,16 +34,21 @@ async def write_batch(
         fairness: writes holders, executing attempts and rate-limit starts (and re-checks
             those starts against every scheduler's, which may raise RateLimitConflict).
         limits: the rate-limit definitions those starts are re-checked against.
+        owner, leases: this scheduler's instance id and the partition leases its in-memory
+            state was loaded under. The write is fenced by them (store.flush's statement calls
+            `ratchet_fence`): if any was lost or taken over, nothing is written and `Fenced`
+            is raised.
 
     Most batches change only the runs' tables and the outbox: their write is store.flush's
     single statement, its own implicit transaction, one round trip instead of three. A
     batch that also changes fair-scheduling or durable rows writes all of it inside an
-    explicit transaction. A check that must hold for the commit has to cover both paths.
+    explicit transaction. The fence is part of store.flush's statement, so it covers both.
     """
-    if fx.fairness_empty() and fx.durable_empty():
-        await store.flush(conn, fx, published)  # one statement: its own transaction
-        return
-    async with conn.transaction():
-        await store.flush(conn, fx, published)
-        await fairness.flush(conn, fx, limits)
-        await durable.flush(conn, fx)
+    with fenced_errors():
+        if fx.fairness_empty() and fx.durable_empty():
+            await store.flush(conn, fx, published, owner, leases)  # one statement
+            return
+        async with conn.transaction():
+            await store.flush(conn, fx, published, owner, leases)
+            await fairness.flush(conn, fx, limits)
+            await durable.flush(conn, fx)

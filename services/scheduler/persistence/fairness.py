@@ -16,6 +16,7 @@ below, so this module needs nothing of the engine.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -51,8 +52,11 @@ class FairnessStore:
         self._last_refresh = 0.0
         self._recheck = RateLimitRecheck()
 
-    async def load(self, conn: asyncpg.Connection, engine: FairnessSink) -> None:
-        """Restore definitions, recent starts, holders and executing attempts."""
+    async def load(
+        self, conn: asyncpg.Connection, engine: FairnessSink, owns: Callable[[str], bool]
+    ) -> None:
+        """Restore definitions, then the recent starts, holders and executing attempts of the
+        tenants this scheduler owns (`owns(tenant)`: its partitions)."""
         self._limits_seen = None
         await self.refresh_limits(conn, engine, force=True)
         rows = await conn.fetch(
@@ -61,6 +65,8 @@ class FairnessStore:
             HORIZON,
         )
         for r in rows:
+            if not owns(r["tenant_id"]):
+                continue
             engine.restore_admission(Admission(
                 r["tenant_id"], r["key"], int(r["ts"].timestamp() * 1000), r["units"],
                 r["task_id"], r["attempt"],
@@ -69,6 +75,8 @@ class FairnessStore:
         for r in await conn.fetch(
             "SELECT tenant_id, key, holder, max_runs, strategy FROM concurrency_holders"
         ):
+            if not owns(r["tenant_id"]):
+                continue
             holders.setdefault(Holder.parse(r["holder"]), []).append(
                 SemRef(r["tenant_id"], r["key"], r["max_runs"], r["strategy"])
             )
@@ -77,6 +85,8 @@ class FairnessStore:
         for r in await conn.fetch(
             "SELECT tenant_id, task_id, attempt, run_id, worker_id FROM executing_attempts"
         ):
+            if not owns(r["tenant_id"]):
+                continue
             engine.restore_executing(
                 r["tenant_id"], r["task_id"], r["attempt"], r["run_id"], r["worker_id"]
             )

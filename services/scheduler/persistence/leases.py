@@ -10,6 +10,9 @@ into PostgreSQL and compared there.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import asyncpg
 
 FENCED_SQLSTATE = "RTF01"
@@ -20,6 +23,17 @@ Leases = dict[int, int]
 
 class Fenced(RuntimeError):
     """A commit was refused: this scheduler no longer holds a partition at the epoch it used."""
+
+
+@contextlib.contextmanager
+def fenced_errors() -> Iterator[None]:
+    """Turn the fence's refusal (SQLSTATE RTF01) into `Fenced`."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == FENCED_SQLSTATE:
+            raise Fenced(str(exc)) from exc
+        raise
 
 
 async def ensure_partitions(conn: asyncpg.Connection, count: int) -> None:
@@ -67,8 +81,9 @@ async def leave(conn: asyncpg.Connection, instance: str) -> None:
 async def acquire(
     conn: asyncpg.Connection, instance: str, partitions: list[int], ttl_s: float
 ) -> Leases:
-    """Take the listed partitions that are free (no owner, or an expired lease), each with a
-    new epoch. A partition whose old owner is committing right now (it holds the row's key
+    """Take the listed partitions that are free (no owner, an expired lease, or a lease of this
+    instance id's, left by an earlier incarnation), each with a new epoch, which fences
+    whoever held it before. A partition whose old owner is committing right now (it holds the row's key
     share lock in its batch transaction) is skipped, not waited for: the next tick retries."""
     if not partitions:
         return {}
@@ -77,7 +92,7 @@ async def acquire(
         WITH free AS (
             SELECT partition FROM scheduler_partitions
             WHERE partition = ANY($2::integer[])
-              AND (owner IS NULL OR expires_at < clock_timestamp())
+              AND (owner IS NULL OR owner = $1 OR expires_at < clock_timestamp())
             FOR UPDATE SKIP LOCKED
         )
         UPDATE scheduler_partitions s
@@ -124,15 +139,11 @@ async def release(conn: asyncpg.Connection, instance: str, leases: Leases) -> No
 
 async def fence(conn: asyncpg.Connection, instance: str, leases: Leases) -> None:
     """Inside a batch transaction: raise `Fenced` unless every lease is still held."""
-    try:
+    with fenced_errors():
         await conn.fetchval(
             "SELECT ratchet_fence($1, $2::integer[], $3::bigint[])",
             instance, list(leases), list(leases.values()),
         )
-    except asyncpg.PostgresError as exc:
-        if getattr(exc, "sqlstate", None) == FENCED_SQLSTATE:
-            raise Fenced(str(exc)) from exc
-        raise
 
 
 async def owners(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:

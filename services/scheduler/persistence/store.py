@@ -18,6 +18,7 @@ from libs.common.messages import TaskError
 from libs.common.specs import WorkflowSpec
 from services.scheduler.effects import Effects
 from services.scheduler.model import Run, RunStatus, Task, TaskStatus, build_run
+from services.scheduler.persistence.leases import Leases
 from services.scheduler.persistence.literals import MS, columns, ints, ms, texts
 
 _ADDITIONAL = msgspec.msgpack.Decoder(dict[str, bytes])
@@ -134,14 +135,20 @@ outbox_rows AS (
 outbox_sent AS (
     DELETE FROM outbox WHERE msg_id = ANY($54::text::text[])
 )
-SELECT 1
+-- The fence (migration 060): raises unless this scheduler still holds every partition whose
+-- state it has in memory, at the epochs it loaded them under; the whole statement then rolls
+-- back, whatever the CTEs above wrote.
+SELECT ratchet_fence($60::text, $61::integer[], $62::bigint[])
 """
 
 
-async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> None:
+async def flush(
+    conn: asyncpg.Connection, fx: Effects, published: list[str], owner: str, leases: Leases
+) -> None:
     """Write one batch's effects; `published` outbox ids from earlier batches are deleted.
 
-    One statement (see _FLUSH): atomic on its own, or part of the caller's transaction.
+    One statement (see _FLUSH): atomic on its own, or part of the caller's transaction. It
+    raises `Fenced` (and writes nothing) unless `owner` still holds `leases`.
     """
     run_rows = [
         (
@@ -200,6 +207,7 @@ async def flush(conn: asyncpg.Connection, fx: Effects, published: list[str]) -> 
         texts(published),
         *columns(parent_rows, "ttti"),
         ints([a.created_ms for a in fx.attempts.values()]),
+        owner, list(leases), list(leases.values()),
     )
 
 
