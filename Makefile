@@ -15,12 +15,12 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test test-fast lint proto \
-	bench chaos bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children bench-aged soak chromium ui-screenshots \
+	bench chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children bench-aged soak chromium ui-screenshots \
 	openapi node sdk-ts-deps sdk-ts-gen sdk-ts-test
 
 help:
 	@echo "targets: venv up down clean status env demo test test-fast lint proto"
-	@echo "         bench chaos bench-fairness bench-events bench-payloads bench-compare bench-children bench-aged soak"
+	@echo "         bench chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-compare bench-children bench-aged soak"
 	@echo "         chromium ui-screenshots openapi sdk-ts-gen sdk-ts-deps sdk-ts-test"
 
 venv: $(STAMP)
@@ -131,6 +131,16 @@ bench: up
 
 chaos: up
 	$(WITH_ENV) $(PY) -m bench.chaos
+
+# Its own clustered stack (3 NATS nodes, 2 schedulers, dispatchers, matchers; CHAOS_RUN_DIR,
+# default /tmp/ratchet-chaos-cluster): node, service and lease faults while 1,000 runs flow.
+chaos-cluster: binaries
+	$(PY) -m bench.chaos_cluster
+
+# The no-op workload over 8 tenants on fresh stacks: 1 vs 2 schedulers, 1 vs 3 NATS nodes
+# (BENCH_SCALE_CONFIGS; BENCH_SCALE_RUN_DIR, default /tmp/ratchet-bench-scale).
+bench-scale: binaries
+	$(PY) -m bench.scale
 
 bench-fairness: up
 	$(WITH_ENV) $(PY) -m bench.fairness
