@@ -20,7 +20,7 @@ scheduler owning most bench tenants' partitions for CHAOS_STOP_S (8 s, past its 
 then SIGCONTs it: its stale commits must be refused.
 
 Recovery, per fault: the affected runs are the bench runs in PENDING or RUNNING in PostgreSQL
-the moment before the signal (for the scheduler faults, only those of tenants whose partition
+the moment before the signal (which waits up to 15 s for 5 of them) (for the scheduler faults, only those of tenants whose partition
 the victim owned); their SUCCEEDED task rows are counted then. recovery_s is the time from the
 signal to the first poll (every 0.25 s) that counts more: the first committed task completion
 of a run that was in flight at the fault. null when no run was in flight or none moved within
@@ -33,9 +33,9 @@ event triggered exactly one run), every run of the bench tenants (children inclu
 every durable sleep finished once. Written to bench/results/chaos-cluster-<ts>.json.
 
 Env: CHAOS_RUNS (1000), CHAOS_RATE (8), CHAOS_TENANTS (4), CHAOS_FAULTS
-(nats,scheduler,dispatcher,matcher,scheduler-stop), CHAOS_STOP_S (8), CHAOS_RECOVERY_CAP_S (60),
-CHAOS_SCHEDULERS (2), CHAOS_RUN_DIR (/tmp/ratchet-chaos-cluster), CHAOS_KEEP_STACK (0: `down`
-at the end).
+(nats,scheduler,dispatcher,matcher,scheduler-stop), CHAOS_STOP_S (8), CHAOS_RECOVERY_CAP_S (90),
+CHAOS_SCHEDULERS (2), CHAOS_RUN_DIR (/tmp/ratchet-chaos-cluster, wiped at the start: never
+point it at the `.run/` of `make up`), CHAOS_KEEP_STACK (0: `down` at the end).
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ MIX = ("dag", "dag", "dag", "dag", "nap", "nap", "parent", "parent", "evt", "evt
 RUN_KINDS = ("dag", "nap", "parent")
 ACTIVE = ("PENDING", "RUNNING")
 POLL_S = 0.25
+# A fault waits (up to IN_FLIGHT_WAIT_S) until this many runs of its scope are in flight.
+MIN_IN_FLIGHT = 5
+IN_FLIGHT_WAIT_S = 15.0
 GOALS_S = {"scheduler": 10.0, "scheduler-stop": 10.0, "nats": 5.0}
 
 
@@ -139,7 +142,7 @@ class ChaosCluster:
         if unknown:
             raise SystemExit(f"CHAOS_FAULTS: unknown {sorted(unknown)}; known {FAULTS}")
         self.stop_s = float(os.environ.get("CHAOS_STOP_S", "8"))
-        self.cap_s = float(os.environ.get("CHAOS_RECOVERY_CAP_S", "60"))
+        self.cap_s = float(os.environ.get("CHAOS_RECOVERY_CAP_S", "90"))
         counts = {"NATS_NODES": 3, "SCHEDULERS": _env_int("CHAOS_SCHEDULERS", 2),
                   "DISPATCHERS": 2, "MATCHERS": 2}
         run_dir = Path(os.environ.get("CHAOS_RUN_DIR", "/tmp/ratchet-chaos-cluster"))
@@ -196,13 +199,16 @@ class ChaosCluster:
         """Tenant names spread over the schedulers that own partitions right now."""
         candidates = [f"{self.names.tag}-t{j}" for j in range(8 * self.n_tenants)]
         owners = await self.partition_owners()
-        parts = len(owners)
-        if not parts:
+        if not owners:
             return candidates[: self.n_tenants]
+        return pick_tenants(await self.partition_of(candidates), owners, self.n_tenants)
+
+    async def partition_of(self, tenants: list[str]) -> dict[str, int]:
+        """tenant -> its scheduler partition (the count is the table's, fixed at creation)."""
         rows = await self.pool.fetch(
-            "SELECT t, ratchet_partition(t, $2) AS p FROM unnest($1::text[]) AS t",
-            candidates, parts)
-        return pick_tenants({r["t"]: r["p"] for r in rows}, owners, self.n_tenants)
+            "SELECT t, ratchet_partition(t, (SELECT count(*)::int FROM scheduler_partitions))"
+            " AS p FROM unnest($1::text[]) AS t", tenants)
+        return {str(r["t"]): int(r["p"]) for r in rows}
 
     async def partition_owners(self) -> dict[int, str]:
         """partition -> owner (the scheduler's instance id) of every unexpired lease."""
@@ -332,15 +338,24 @@ class ChaosCluster:
             victim = by_role(rows, "matcher")[0]
         pid = int(victim["pid"])
         runs, done = await self.snapshot(scope)
+        deadline = time.monotonic() + IN_FLIGHT_WAIT_S
+        while len(runs) < MIN_IN_FLIGHT and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_S)
+            runs, done = await self.snapshot(scope)
         t0 = time.monotonic()
         entry: dict[str, Any] = {"fault": fault, "victim": victim["name"],
                                  "at_s": round(t0 - self.t_start, 1), "in_flight_runs": len(runs),
                                  "scope_tenants": len(scope)}
         if fault == "scheduler-stop":
             os.kill(pid, signal.SIGSTOP)
-            resume = asyncio.create_task(self.resume_after(pid, self.stop_s))
-            entry["recovery_s"] = await self.recovery(runs, done, t0)
-            await resume
+            resume = asyncio.get_running_loop().call_later(self.stop_s, os.kill, pid,
+                                                           signal.SIGCONT)
+            try:
+                entry["recovery_s"] = await self.recovery(runs, done, t0)
+                await asyncio.sleep(max(0.0, t0 + self.stop_s - time.monotonic()))
+            finally:  # never leave it stopped, whatever failed
+                resume.cancel()
+                os.kill(pid, signal.SIGCONT)
             entry["stopped_s"] = self.stop_s
         else:
             os.kill(pid, signal.SIGKILL)
@@ -356,11 +371,6 @@ class ChaosCluster:
                 await asyncio.to_thread(self.stack.up)
                 entry["restarted_after_s"] = round(time.monotonic() - t0, 1)
         return entry
-
-    @staticmethod
-    async def resume_after(pid: int, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        os.kill(pid, signal.SIGCONT)
 
     def cmd_leader(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The NATS node leading the CMD stream (from any live node's /jsz)."""
@@ -385,11 +395,9 @@ class ChaosCluster:
             "SELECT instance, pid FROM scheduler_members")}
         tenants_of: dict[int, list[str]] = {}
         if owners:
-            for r in await self.pool.fetch(
-                "SELECT t, ratchet_partition(t, $2) AS p FROM unnest($1::text[]) AS t",
-                [t.name for t in self.tenants], len(owners)):
-                pid = pids.get(owners.get(int(r["p"]), ""), 0)
-                tenants_of.setdefault(pid, []).append(str(r["t"]))
+            for tenant, part in (await self.partition_of([t.name for t in self.tenants])).items():
+                pid = pids.get(owners.get(part, ""), 0)
+                tenants_of.setdefault(pid, []).append(tenant)
         live = [s for s in scheds if tenants_of.get(int(s["pid"]))]
         if not live:  # no partition leases yet: one scheduler, every tenant
             return scheds[0], [t.name for t in self.tenants]

@@ -21,6 +21,8 @@ from ratchet import Context, Ratchet, Workflow
 from bench.chaos_worker import build as build_nap
 
 SLOTS = 20
+# Each plain task takes this long, so that runs are in flight when a fault strikes.
+TASK_S = 0.3
 EXECUTION_TIMEOUT = timedelta(seconds=120)
 
 
@@ -62,11 +64,13 @@ def build(r: Ratchet, names: Names) -> dict[str, Workflow]:
     @dag.task(retries=5, backoff_base=0.1, backoff_max=1.0,
              execution_timeout=EXECUTION_TIMEOUT)
     async def first(input: dict[str, Any], ctx: Context) -> dict[str, int]:
+        await asyncio.sleep(TASK_S)
         return {"i": int(input["i"])}
 
     @dag.task(parents=[first], retries=5, backoff_base=0.1, backoff_max=1.0,
              execution_timeout=EXECUTION_TIMEOUT)
     async def second(input: dict[str, Any], ctx: Context) -> dict[str, int]:
+        await asyncio.sleep(TASK_S)
         return {"i2": ctx.parent_output(first)["i"] * 2}
 
     child = r.workflow(names.child)
@@ -74,6 +78,7 @@ def build(r: Ratchet, names: Names) -> dict[str, Workflow]:
     @child.task(retries=5, backoff_base=0.1, backoff_max=1.0,
              execution_timeout=EXECUTION_TIMEOUT)
     async def leaf(input: dict[str, Any], ctx: Context) -> dict[str, int]:
+        await asyncio.sleep(TASK_S)
         return {"i": int(input["i"])}
 
     parent = r.workflow(names.parent)
@@ -90,6 +95,7 @@ def build(r: Ratchet, names: Names) -> dict[str, Workflow]:
     @evt.task(retries=5, backoff_base=0.1, backoff_max=1.0,
              execution_timeout=EXECUTION_TIMEOUT)
     async def on_event(input: dict[str, Any], ctx: Context) -> dict[str, int]:
+        await asyncio.sleep(TASK_S)
         return {"ev": int(input["ev"])}
 
     # first -> second -> nap (a 1 s durable sleep): bench/chaos_worker.py, checked by its verify.

@@ -21,9 +21,9 @@ statistics at most once a second; the outbox drains). Per config:
 - nats_msgs_per_task: the sum over nodes of /varz in_msgs deltas (in a cluster this counts a
   message again on every node a route or a replica brings it to), and per node.
 
-Written to bench/results/bench-scale-<ts>.json. Env: BENCH_SCALE_TASKS (5000),
+Written to bench/results/bench-scale-<ts>.json. Env: BENCH_SCALE_TASKS (20000),
 BENCH_SCALE_SLOTS (100 per tenant), BENCH_SCALE_CONFIGS (1n1s,1n2s,3n2s),
-BENCH_SCALE_RUN_DIR (/tmp/ratchet-bench-scale), BENCH_SCALE_SETTLE_S (2).
+BENCH_SCALE_RUN_DIR (/tmp/ratchet-bench-scale, wiped for every config), BENCH_SCALE_SETTLE_S (2).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ CONFIGS: dict[str, dict[str, int]] = {
 }
 N_TENANTS = 8
 BATCH = 500
-N_TASKS = int(os.environ.get("BENCH_SCALE_TASKS", "5000"))
+N_TASKS = int(os.environ.get("BENCH_SCALE_TASKS", "20000"))
 SLOTS = int(os.environ.get("BENCH_SCALE_SLOTS", "100"))
 SETTLE_S = float(os.environ.get("BENCH_SCALE_SETTLE_S", "2"))
 WAIT_TIMEOUT_S = 600.0
