@@ -9,6 +9,8 @@ PostgreSQL has it too (`ratchet_partition`, migration 060).
 
 from __future__ import annotations
 
+import functools
+
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import NotFoundError
@@ -18,6 +20,7 @@ from libs.common.settings import Settings
 from libs.common.subjects import Stream
 
 
+@functools.lru_cache(maxsize=65536)  # asked for every message a scheduler takes; tenants repeat
 def partition_of(tenant: str, count: int) -> int:
     """FNV-1a (32 bit) of the tenant token, modulo `count`: nats-server's `partition()`."""
     h = 0x811C9DC5
