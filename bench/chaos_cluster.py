@@ -24,7 +24,8 @@ the moment before the signal (which waits up to 15 s for 5 of them) (for the sch
 the victim owned); their SUCCEEDED task rows are counted then. recovery_s is the time from the
 signal to the first poll (every 0.25 s) that counts more: the first committed task completion
 of a run that was in flight at the fault. null when no run was in flight or none moved within
-CHAOS_RECOVERY_CAP_S. Goals (reported, not asserted): scheduler failover <= 10 s, NATS <= 5 s.
+CHAOS_RECOVERY_CAP_S. settled_s: from the signal to the finished_at of the last of those runs
+(a run whose task attempt the fault lost waits for that attempt's retry). Goals (reported, not asserted): scheduler failover <= 10 s, NATS <= 5 s.
 
 Asserted (exit status 1 otherwise): lost == 0 (every acknowledged trigger, an API 2xx for a run
 or an event, became a run that SUCCEEDED), double == 0 (no task with two successful attempts,
@@ -153,6 +154,7 @@ class ChaosCluster:
         self.acked_events: dict[int, str] = {}  # event number -> tenant
         self.triggered = 0
         self.triggers_over = False
+        self.struck: dict[int, tuple[float, list[str]]] = {}  # fault -> (epoch s, runs in flight)
         self.handled = [asyncio.Event() for _ in self.faults]
         self.fault_log: list[dict[str, Any]] = []
         self.workers: list[Any] = []
@@ -343,6 +345,7 @@ class ChaosCluster:
             await asyncio.sleep(POLL_S)
             runs, done = await self.snapshot(scope)
         t0 = time.monotonic()
+        self.struck[len(self.fault_log)] = (time.time(), runs)
         entry: dict[str, Any] = {"fault": fault, "victim": victim["name"],
                                  "at_s": round(t0 - self.t_start, 1), "in_flight_runs": len(runs),
                                  "scope_tenants": len(scope)}
@@ -440,6 +443,14 @@ class ChaosCluster:
                 return
             await asyncio.sleep(0.5)
 
+    async def settled(self) -> None:
+        """Per fault, settled_s: from the signal to the end of the last run it found in flight."""
+        for k, (at, runs) in self.struck.items():
+            last = await self.pool.fetchval(
+                "SELECT max(finished_at) FROM runs WHERE tenant_id = ANY($1) AND id = ANY($2)",
+                [t.name for t in self.tenants], runs)
+            self.fault_log[k]["settled_s"] = round(last.timestamp() - at, 2) if last else None
+
     async def verify(self) -> dict[str, Any]:
         names = [t.name for t in self.tenants]
         rows = await self.pool.fetch(
@@ -471,6 +482,10 @@ class ChaosCluster:
             " LEFT JOIN task_attempts a ON a.tenant_id = t.tenant_id AND a.task_id = t.id"
             " WHERE r.tenant_id = ANY($1) AND r.status <> 'SUCCEEDED'"
             " ORDER BY r.id, t.name, a.attempt LIMIT 40", names)]
+        retry_errors = {str(r["kind"]): int(r["n"]) for r in await self.pool.fetch(
+            "SELECT coalesce(a.error->>'type', a.status) AS kind, count(*) AS n"
+            " FROM task_attempts a WHERE a.tenant_id = ANY($1) AND a.status <> 'SUCCEEDED'"
+            " GROUP BY 1", names)}
         by_workflow = Counter(str(r["workflow"]).removeprefix(f"{self.names.tag}-") for r in rows)
         children = by_workflow.get("child", 0)
         return {
@@ -491,6 +506,7 @@ class ChaosCluster:
             "re_executed_tasks": checks["re_executed_tasks"],
             "durable_sleeps_unfinished": checks["durable_sleeps_unfinished"],
             "not_succeeded_sample": failures,
+            "retried_attempt_errors": retry_errors,
         }
 
     async def main(self) -> dict[str, Any]:
@@ -506,6 +522,7 @@ class ChaosCluster:
             trigger_s = time.monotonic() - self.t_start
             await self.drain()
             report = await self.verify()
+            await self.settled()
         finally:
             if self._pool is not None:
                 await self._pool.close()
