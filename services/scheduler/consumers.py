@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 LEGACY_DURABLES = ((Stream.CMD, "scheduler-cmd"), (Stream.TASK, "scheduler-reports"))
 # An idle partition renews its pull request this often (messages arrive at once regardless).
 IDLE_PULL_S = 5.0
+# What a scheduler that died had fetched and not acked goes to the partition's next holder
+# after this long. Batches held longer are kept alive by in-progress acks (BatchConsumer).
+ACK_WAIT_S = 8.0
 
 
 def durables(partition: int) -> list[tuple[Stream, str]]:
@@ -71,13 +74,13 @@ class PartitionConsumers:
                     self._js, stream=cmd_stream, durable=cmd_durable,
                     filter_subject=subjects.cmd_partition(partition),
                     handler=self._on_commands, batch_size=500, max_deliver=self._max_deliver,
-                    fetch_timeout_s=IDLE_PULL_S,
+                    fetch_timeout_s=IDLE_PULL_S, ack_wait_s=ACK_WAIT_S,
                 ),
                 BatchConsumer(
                     self._js, stream=task_stream, durable=task_durable,
                     filter_subject=subjects.reports_partition(partition),
                     handler=self._on_reports, batch_size=1000, max_deliver=self._max_deliver,
-                    fetch_timeout_s=IDLE_PULL_S,
+                    fetch_timeout_s=IDLE_PULL_S, ack_wait_s=ACK_WAIT_S,
                 ),
             ]
             self._by_partition[partition] = pair

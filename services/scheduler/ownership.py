@@ -1,9 +1,9 @@
 """Which scheduler partitions this scheduler holds, kept in step with the other schedulers.
 
-Every `tick_s` a scheduler refreshes its membership row and its leases (persistence/leases.py),
-computes which partitions it should hold (`assignment`: the same answer in every scheduler that
-sees the same member list), hands over those it should no longer hold and takes those that
-are free. The service supplies two callbacks, which run in this order so that no partition's
+Every `tick_s` a scheduler refreshes its membership row and its leases (persistence/leases.py);
+a second loop computes which partitions it should hold (`assignment`: the same answer in every
+scheduler that sees the same member list), hands over those it should no longer hold and takes
+those that are free. The service supplies two callbacks, which run in this order so that no partition's
 state is ever applied by two schedulers:
 
 - `drop(partitions)`: stop consuming them and reload the engine without them (whatever was in
@@ -64,7 +64,13 @@ def assignment(count: int, members: Sequence[str]) -> dict[int, str]:
 
 
 class Ownership:
-    """This scheduler's partition leases and the loop that keeps them."""
+    """This scheduler's partition leases and the two loops that keep them.
+
+    The beat (every `tick_s`) only refreshes membership and renews leases, so that a slow
+    hand-over (stopping consumers, reloading the engine) never lets this scheduler's
+    heartbeat or leases lapse — which would make the others take its partitions and give
+    them back moments later. The rebalance runs the hooks and moves partitions.
+    """
 
     def __init__(
         self,
@@ -79,8 +85,10 @@ class Ownership:
     ) -> None:
         self.instance = instance
         self.count = count
-        self.leases: Leases = {}
+        self.leases: Leases = {}  # held, and accepted: messages of these are applied
         self.members: list[str] = []
+        self._handing: Leases = {}  # being handed over: still renewed until released
+        self._lost: set[int] = set()  # lost since the last rebalance, which drops them
         self._pool = pool
         self._drop = drop
         self._adopt = adopt
@@ -88,7 +96,6 @@ class Ownership:
         self._tick_s = tick_s
         self._poke = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._lost: set[int] = set()  # found lost by `confirm`, dropped by the next tick
 
     async def start(self) -> None:
         async with self._pool.acquire() as conn:
@@ -96,10 +103,34 @@ class Ownership:
         await self.tick()
 
     def poke(self) -> None:
-        """Re-check now (a commit was fenced, or the service wants its leases confirmed)."""
+        """Rebalance now rather than at the next tick."""
         self._poke.set()
 
+    async def tick(self) -> None:
+        """One beat, then one rebalance (start-up and tests)."""
+        await self.beat()
+        await self.rebalance()
+
     async def run(self, stopping: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as loops:
+            loops.create_task(self._beat_loop(stopping))
+            loops.create_task(self._rebalance_loop(stopping))
+
+    async def _beat_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self._tick_s)
+            if stopping.is_set():
+                return
+            try:
+                await self.beat()
+            except Exception as exc:  # PostgreSQL away: the leases run out on their own
+                log.warning("partition lease renewal failed: %r", exc)
+                continue
+            if self._lost or set(self._wanted()) != set(self.leases):
+                self.poke()
+
+    async def _rebalance_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), self._tick_s)
@@ -107,50 +138,65 @@ class Ownership:
             if stopping.is_set():
                 return
             try:
-                await self.tick()
-            except Exception as exc:  # PostgreSQL away: the leases run out on their own
-                log.warning("partition lease tick failed: %r", exc)
+                await self.rebalance()
+            except Exception as exc:
+                log.warning("partition rebalance failed: %r", exc)
 
-    async def tick(self) -> None:
-        async with self._lock, self._pool.acquire() as conn:
+    def _wanted(self) -> list[int]:
+        return [p for p, m in assignment(self.count, self.members).items()
+                if m == self.instance]
+
+    async def beat(self) -> None:
+        """Refresh membership, renew every lease still held; note the ones lost."""
+        held_before = {**self._handing, **self.leases}
+        async with self._pool.acquire() as conn:
             self.members = await lease_store.heartbeat(
                 conn, self.instance, self._ttl_s, socket.gethostname(), os.getpid()
             )
-            held = await lease_store.renew(conn, self.instance, self.leases, self._ttl_s)
-            lost = (set(self.leases) - set(held)) | self._lost
-            self._lost = set()
-            if lost:
-                log.warning("partition leases lost: %s", sorted(lost))
-            mine = {p for p, m in assignment(self.count, self.members).items()
-                    if m == self.instance}
-            handing = {p: e for p, e in held.items() if p not in mine}
-            self.leases = {p: e for p, e in held.items() if p in mine}
+            held = await lease_store.renew(conn, self.instance, held_before, self._ttl_s)
+        lost = {p for p, e in held_before.items() if held.get(p) != e}
+        for partition in lost:
+            if self.leases.get(partition) == held_before[partition]:
+                del self.leases[partition]
+            if self._handing.get(partition) == held_before[partition]:
+                del self._handing[partition]
+        if lost:
+            log.warning("partition leases lost: %s", sorted(lost))
+            self._lost |= lost
+
+    async def confirm(self) -> None:
+        """Forget the leases that were lost (a commit was fenced), now. The core loop calls
+        this while a rebalance may be waiting for it, so it takes no lock."""
+        await self.beat()
+        if self._lost:
+            self.poke()
+
+    async def rebalance(self) -> None:
+        async with self._lock:
+            mine = set(self._wanted())
+            handing = {p: e for p, e in self.leases.items() if p not in mine}
+            lost, self._lost = self._lost, set()
             if lost or handing:
-                await self._drop(lost | set(handing))
-                await lease_store.release(conn, self.instance, handing)
+                for partition in handing:
+                    del self.leases[partition]
+                self._handing.update(handing)
+                try:
+                    await self._drop(lost | set(handing))
+                    async with self._pool.acquire() as conn:
+                        await lease_store.release(conn, self.instance, handing)
+                finally:
+                    for partition in handing:
+                        self._handing.pop(partition, None)
                 if handing:
                     log.info("handed over partitions %s", sorted(handing))
-            got = await lease_store.acquire(
-                conn, self.instance, sorted(mine - set(self.leases)), self._ttl_s
-            )
+            async with self._pool.acquire() as conn:
+                got = await lease_store.acquire(
+                    conn, self.instance, sorted(mine - set(self.leases)), self._ttl_s
+                )
             if got:
                 self.leases.update(got)
                 log.info("took partitions %s", sorted(got))
                 await self._adopt(got)
-
-    async def confirm(self) -> None:
-        """Forget the leases that were lost (a commit was fenced), now, without the tick's
-        lock: the core loop calls this while a tick may be waiting for it. The next tick
-        stops consuming them."""
-        async with self._pool.acquire() as conn:
-            held = await lease_store.renew(conn, self.instance, dict(self.leases), self._ttl_s)
-        lost = {p for p, e in self.leases.items() if held.get(p) != e}
-        for partition in lost:
-            self.leases.pop(partition, None)
-        if lost:
-            log.warning("partition leases lost: %s", sorted(lost))
-            self._lost |= lost
-            self.poke()
 
     async def leave(self) -> None:
         """Hand everything over at once (a graceful stop, after the last commit)."""
