@@ -176,10 +176,13 @@ async def test_rate_limit_survives_scheduler_restart(stack, tenant: str, client:
         return {"ok": True}
 
     await start_worker("rlr", workflows=[wf], slots=10)
-    first = [await wf.aio_run_no_wait({"i": i}) for i in range(2)]
-    # Both fit the window, but if the second trigger lands while the first waits in the key's
-    # line, releases are paced at limit/per (one per 30 s here): allow the whole window.
-    await eventually(lambda: _runs_done(client, [r.run_id for r in first]), timeout_s=70)
+    # One after the other, to use the window's 2 units: a run that reaches the scheduler
+    # before the key's definition waits in the key's line, and a line releases at limit/per
+    # (one per 30 s here). Alone in it, the first run is released at once and the line closes;
+    # the second then fits the window directly.
+    for i in range(2):
+        ref = await wf.aio_run_no_wait({"i": i})
+        await eventually(lambda ref=ref: _runs_done(client, [ref.run_id]))
     await stack.scheduler.stop()
     stack.scheduler = SchedulerService(stack.settings)
     await stack.scheduler.start()
