@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ratchet import Context, Ratchet
 
 from libs.common import telemetry
+from libs.common.partitions import partition_of
 from libs.common.service import HealthServer, Service
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -191,7 +192,7 @@ def _value(text: str, name: str, labels: str = "") -> float:
 
 
 async def test_metrics_endpoint_reports_the_run(
-    stack: Stack, client: Ratchet, start_worker
+    stack: Stack, client: Ratchet, start_worker, tenant: str
 ) -> None:
     wf = client.workflow("metered")
 
@@ -218,8 +219,10 @@ async def test_metrics_endpoint_reports_the_run(
     assert _value(text, "ratchet_scheduler_tasks", 'state="QUEUED"') >= 0
     assert _value(text, "ratchet_scheduler_batches_total") >= 1
     assert _value(text, "ratchet_api_runs_triggered_total") >= 1
-    assert _value(text, "ratchet_consumer_pending_messages", 'consumer="scheduler-reports"') >= 0
-    assert _value(text, "ratchet_consumer_ack_pending_messages", 'consumer="scheduler-cmd"') >= 0
+    # The consumers of the tenant's scheduler partition (docs/scaling.md).
+    p = partition_of(tenant, stack.scheduler._partition_count)
+    assert _value(text, "ratchet_consumer_pending_messages", f'consumer="scheduler-reports-{p}"') >= 0
+    assert _value(text, "ratchet_consumer_ack_pending_messages", f'consumer="scheduler-cmd-{p}"') >= 0
 
     text = await _scrape(stack.dispatcher)
     assert _value(text, "ratchet_dispatcher_assignments_total") >= 2
