@@ -3,19 +3,23 @@ the cluster and N-of-each layout `make up` builds from NATS_NODES, SCHEDULERS, .
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import nats
+import nats.js.errors
 import pytest
 
 from libs.common import jetstream, subjects
@@ -24,6 +28,8 @@ from libs.common.natsauth_setup import ensure_layout
 from libs.common.settings import Settings
 from tools import devstack
 from tools.devstack import layout
+
+T = TypeVar("T")
 
 
 def test_free_port_is_bindable() -> None:
@@ -167,7 +173,10 @@ def test_the_devstack_syncs_every_write_unless_told_otherwise() -> None:
 
 def test_cluster_node_config_names_the_node_its_routes_and_sync(tmp_path: Path) -> None:
     server = devstack.NatsServer(
-        tmp_path / "n2", server_name="nats-2", cluster_port=6302, routes=(6301, 6302, 6303),
+        tmp_path / "n2",
+        server_name="nats-2",
+        cluster_port=6302,
+        routes=(6301, 6302, 6303),
         sync="always",
     )
     text = server.config_text()
@@ -186,8 +195,16 @@ def test_instances_keep_the_old_names_for_the_first_of_each_role() -> None:
     counts = layout.role_counts({"SCHEDULERS": "2", "DISPATCHERS": "3"})
     assert counts == {"replicator": 1, "scheduler": 2, "matcher": 1, "dispatcher": 3, "api": 1}
     names = [i.name for i in layout.instances(counts)]
-    assert names == ["replicator", "scheduler", "scheduler-2", "matcher", "dispatcher",
-                     "dispatcher-2", "dispatcher-3", "api"]
+    assert names == [
+        "replicator",
+        "scheduler",
+        "scheduler-2",
+        "matcher",
+        "dispatcher",
+        "dispatcher-2",
+        "dispatcher-3",
+        "api",
+    ]
 
 
 def test_counts_are_checked() -> None:
@@ -198,18 +215,33 @@ def test_counts_are_checked() -> None:
     # chDB opens its data directory in one process only.
     with pytest.raises(devstack.DevStackError, match="CLICKHOUSE_URL"):
         layout.role_counts({"REPLICATORS": "2"})
-    assert layout.role_counts({"REPLICATORS": "2", "CLICKHOUSE_URL": "http://ch:8123"})[
-        "replicator"] == 2
+    assert (
+        layout.role_counts({"REPLICATORS": "2", "CLICKHOUSE_URL": "http://ch:8123"})["replicator"]
+        == 2
+    )
 
 
 def test_each_instance_gets_its_index_ports_and_dispatcher_id() -> None:
     counts = {"dispatcher": 2, "api": 2}
     insts = {i.name: i for i in layout.instances(counts)}
-    ports = {"metrics_dispatcher": 1, "metrics_dispatcher-2": 2, "grpc": 10, "grpc_dispatcher-2": 20,
-             "metrics_api": 3, "metrics_api-2": 4, "api": 30, "api-2": 40}
+    ports = {
+        "metrics_dispatcher": 1,
+        "metrics_dispatcher-2": 2,
+        "grpc": 10,
+        "grpc_dispatcher-2": 20,
+        "metrics_api": 3,
+        "metrics_api-2": 4,
+        "api": 30,
+        "api-2": 40,
+    }
     d2 = layout.instance_env(insts["dispatcher-2"], 2, ports, {})
-    assert d2 == {"RATCHET_INSTANCE": "2", "RATCHET_INSTANCES": "2", "METRICS_PORT": "2",
-                  "GRPC_PORT": "20", "DISPATCHER_ID": "dispatcher-2"}
+    assert d2 == {
+        "RATCHET_INSTANCE": "2",
+        "RATCHET_INSTANCES": "2",
+        "METRICS_PORT": "2",
+        "GRPC_PORT": "20",
+        "DISPATCHER_ID": "dispatcher-2",
+    }
     assert layout.instance_env(insts["dispatcher"], 2, ports, {})["DISPATCHER_ID"] == "dispatcher-1"
     assert layout.instance_env(insts["api-2"], 2, ports, {})["API_PORT"] == "40"
     dispatchers = [insts["dispatcher"], insts["dispatcher-2"]]
@@ -224,17 +256,43 @@ def test_nats_nodes_and_replicas(tmp_path: Path) -> None:
     assert len({n.store for n in nodes}) == 3
     ports = {"nats-1": 1, "nats-2": 2, "nats-3": 3}
     assert layout.nats_url(ports, nodes) == (
-        "nats://127.0.0.1:1,nats://127.0.0.1:2,nats://127.0.0.1:3")
+        "nats://127.0.0.1:1,nats://127.0.0.1:2,nats://127.0.0.1:3"
+    )
     assert [layout.replicas(n) for n in (1, 2, 3, 5)] == [1, 1, 3, 3]
 
 
 def _cluster(tmp_path: Path, size: int, **kwargs: Any) -> list[devstack.NatsServer]:
     cluster_ports = [devstack.free_port() for _ in range(size)]
     return [
-        devstack.NatsServer(tmp_path / f"n{i}", server_name=f"n{i}", cluster_port=port,
-                            routes=cluster_ports, **kwargs)
+        devstack.NatsServer(
+            tmp_path / f"n{i}",
+            server_name=f"n{i}",
+            cluster_port=port,
+            routes=cluster_ports,
+            **kwargs,
+        )
         for i, port in enumerate(cluster_ports, 1)
     ]
+
+
+async def _until_quorum(step: Callable[[], Awaitable[T]], deadline_s: float = 90.0) -> T:
+    """Run `step` until the cluster answers it: a leader election after a node stops shows as
+    timeouts and "no responders" for a few seconds (longer on a loaded 2-core machine)."""
+    give_up = time.monotonic() + deadline_s
+    while True:
+        try:
+            return await step()
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.js.errors.ServerError,
+            nats.js.errors.NoStreamResponseError,
+            nats.errors.ConnectionClosedError,
+        ):
+            if time.monotonic() > give_up:
+                raise
+            await asyncio.sleep(0.2)
 
 
 @pytest.mark.stack
@@ -243,16 +301,22 @@ def test_three_node_cluster_with_operator_auth_replicates_and_survives_a_node(
 ) -> None:
     auth = ensure_layout(tmp_path / "auth")
     monitor = devstack.free_port()
-    servers = _cluster(tmp_path, 3, auth_conf=auth.server_conf, sync="always",
-                       probe={"user_credentials": str(auth.tools_creds)})
+    servers = _cluster(
+        tmp_path,
+        3,
+        auth_conf=auth.server_conf,
+        sync="always",
+        probe={"user_credentials": str(auth.tools_creds)},
+    )
     servers[0].monitor_port = monitor
     try:
         for server in servers:
             server.launch()
         for server in servers:
             server.wait_ready()
-        settings = Settings(nats_url=",".join(s.url for s in servers),
-                            nats_creds=str(auth.tools_creds))
+        settings = Settings(
+            nats_url=",".join(s.url for s in servers), nats_creds=str(auth.tools_creds)
+        )
         assert connect_options(settings)["servers"] == [s.url for s in servers]
         with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/varz", timeout=5) as resp:
             assert json.load(resp)["jetstream"]["config"]["sync_always"] is True
@@ -267,10 +331,16 @@ def test_three_node_cluster_with_operator_auth_replicates_and_survives_a_node(
                     info = await js.stream_info(name)
                     replicas[name] = info.config.num_replicas or 1
                 # One node down (whichever the client is on): the other two keep a quorum.
+                # If it led the stream or the meta group, the survivors elect a new leader first,
+                # and the client may be reconnecting: each step is retried until a deadline.
                 servers[0].stop()
-                ack = await js.publish("evt.cluster-test.ping", b"still here", timeout=10)
-                sub = await js.pull_subscribe("evt.cluster-test.>", stream="EVT")
-                msgs = await sub.fetch(1, timeout=10)
+                ack = await _until_quorum(
+                    lambda: js.publish("evt.cluster-test.ping", b"still here", timeout=5)
+                )
+                sub = await _until_quorum(
+                    lambda: js.pull_subscribe("evt.cluster-test.>", stream="EVT")
+                )
+                msgs = await _until_quorum(lambda: sub.fetch(1, timeout=5))
                 assert msgs[0].metadata.sequence.stream == ack.seq
                 return replicas, msgs[0].data
             finally:
@@ -291,6 +361,7 @@ def test_auto_replicas_on_a_single_server_is_one_and_explicit_three_is_refused(
     server = devstack.NatsServer(tmp_path / "store")
     url = server.start()
     try:
+
         async def provision(replicas: int) -> int:
             settings = Settings(nats_url=url, nats_replicas=replicas)
             nc = await jetstream.connect(settings, "replicas-test")
