@@ -2,9 +2,10 @@
 
 They take a path of their own, next to the task reports: a bounded queue and one publisher
 task, so a slow or failing log/chunk publish never holds a report back. One exception keeps
-streams complete: before a report that ends an attempt goes out, the dispatcher waits (briefly,
-bounded) until that attempt's chunks are published, so the run cannot be seen ending before its
-last chunk is readable.
+streams and logs complete: before a report that ends an attempt goes out, the dispatcher waits
+(briefly, bounded) until that attempt's chunks and log lines are published, so the run cannot be
+seen ending before its last chunk is readable, and the API can read a finished run's log
+through the replicator's position in stream LOG (services/api/actions/logs.py).
 
 Every line and chunk is published with a deterministic Nats-Msg-Id built from its per-attempt
 sequence number; the caps per attempt are enforced here whatever the worker sends.
@@ -15,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
+from cachetools import LRUCache, TTLCache
 from nats.js import JetStreamContext
 
 from libs.common import jetstream, retry, subjects
@@ -40,7 +43,14 @@ from libs.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DIRECTORY_MAX = 100_000  # attempts remembered (oldest forgotten first)
+# What the directory may hold (estimated bytes, see Attempt.size). Attempts in flight are few
+# (a worker's slots, plus its parked durable tasks); the bound only stops a flood.
+LIVE_MAX_BYTES = 32 * 1024 * 1024
+# A settled attempt (or one whose worker went away) is kept this long, for the log lines and
+# chunks a worker sends after the report that ended it, and for a worker that reconnects
+# still holding it; then forgotten. Bounded in bytes as well.
+GRACE_S = 60.0
+GRACE_MAX_BYTES = 16 * 1024 * 1024
 QUEUE_MAX = 1024  # submissions waiting for the publisher
 PUBLISH_MAX = 2000  # messages per pipelined publish
 PUBLISH_RETRY_S = 10.0  # then the batch is dropped, loudly
@@ -62,39 +72,108 @@ class Attempt:
     task_name: str
     lines: int = 0  # lines accepted, to stop a worker that floods with repeated seqs
     chunks: int = 0
-    unpublished: int = 0  # chunks queued here and not yet acked by JetStream
-    published: asyncio.Event = field(default_factory=asyncio.Event)
+    unpublished: int = 0  # chunks and log batches queued here and not yet acked by JetStream
+    # Set when `unpublished` drops to 0; made only when a settling report has to wait.
+    published: asyncio.Event | None = None
+
+    def size(self) -> int:
+        """Estimated bytes held for it: the object, its key and the directory's entry."""
+        return ATTEMPT_OVERHEAD + len(self.run_id)
+
+    def chunks_published(self) -> None:
+        self.unpublished = 0
+        if self.published is not None:
+            self.published.set()
+
+
+# The Attempt (a slotted object of 8 fields), its (task id, attempt) key with a task id of up
+# to ~64 characters, the cache's bookkeeping (a dict entry, a link, a size, an expiry); tenant,
+# workflow and task names are interned and shared between attempts. The unit tests check the
+# estimate against tracemalloc.
+ATTEMPT_OVERHEAD = 640
+
+Key = tuple[str, int]
+
+
+def _size(a: Attempt) -> int:
+    return a.size()
 
 
 class AttemptDirectory:
     """(task id, attempt) → Attempt for the assignments that went down this dispatcher's
-    streams; bounded, least recently assigned forgotten first."""
+    streams.
 
-    def __init__(self, capacity: int = DIRECTORY_MAX) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[tuple[str, int], Attempt] = OrderedDict()
+    Two parts: attempts in flight (`live`, least recently used forgotten first past
+    `live_max_bytes`), and attempts that ended (settled, or their worker's stream closed),
+    kept `grace_s` for late output and then forgotten (`settled`, at most `grace_max_bytes`).
+    """
+
+    def __init__(
+        self,
+        live_max_bytes: int = LIVE_MAX_BYTES,
+        grace_s: float = GRACE_S,
+        grace_max_bytes: int = GRACE_MAX_BYTES,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.live: LRUCache[Key, Attempt] = LRUCache(live_max_bytes, getsizeof=_size)
+        self.settled: TTLCache[Key, Attempt] = TTLCache(
+            grace_max_bytes, grace_s, timer=timer, getsizeof=_size
+        )
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.live) + len(self.settled)
+
+    @property
+    def bytes(self) -> int:
+        return int(self.live.currsize + self.settled.currsize)
 
     def remember(self, a: Assignment) -> None:
         key = (a.task_id, a.attempt)
-        if key in self._items:
+        if key in self.live or key in self.settled:
             return
-        self._items[key] = Attempt(a.tenant, a.run_id, a.workflow, a.task_name)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
+        self.live[key] = Attempt(
+            sys.intern(a.tenant), a.run_id, sys.intern(a.workflow), sys.intern(a.task_name)
+        )
 
     def get(self, tenant: str, task_id: str, attempt: int) -> Attempt | None:
-        found = self._items.get((task_id, attempt))
+        key = (task_id, attempt)
+        found = self.live.get(key)
+        if found is None:
+            found = self.settled.get(key)
         # A worker may only speak for its own tenant's attempts.
         return found if found is not None and found.tenant == tenant else None
+
+    def settle(self, keys: Iterable[Key]) -> None:
+        """These attempts ended: keep them for the grace period only."""
+        for key in keys:
+            found = self.live.pop(key, None)
+            if found is not None:
+                self.settled[key] = found
+        self.settled.expire()
+
+    def revive(self, tenant: str, keys: Iterable[Key]) -> dict[Key, str]:
+        """A worker (re)connected still holding these attempts: in flight again. Returns the
+        run id of each one found."""
+        out: dict[Key, str] = {}
+        for key in keys:
+            found = self.settled.get(key) or self.live.get(key)
+            if found is None or found.tenant != tenant:
+                continue
+            self.settled.pop(key, None)
+            self.live[key] = found
+            out[key] = found.run_id
+        return out
+
+    def expire(self) -> None:
+        """Forget the ended attempts whose grace period is over."""
+        self.settled.expire()
 
 
 @dataclass(slots=True)
 class _Submission:
     messages: list[Outgoing]
-    chunks: list[Attempt]  # one entry per chunk message, to count them published
+    owners: list[Attempt]  # one entry per message (chunk or log batch), to count them published
+    has_chunks: bool = False
 
 
 class OutputPublisher:
@@ -137,28 +216,32 @@ class OutputPublisher:
         sub = self._convert(tenant, events)
         if not sub.messages:
             return
-        if sub.chunks:
-            for attempt in sub.chunks:
-                attempt.unpublished += 1
+        for attempt in sub.owners:
+            attempt.unpublished += 1
+            if attempt.published is not None:
                 attempt.published.clear()
+        if sub.has_chunks:
             await self._queue.put(sub)
             return
         try:
             self._queue.put_nowait(sub)
         except asyncio.QueueFull:
+            _published(sub)  # nothing more will come of these lines
             self.dropped_lines += len(sub.messages)
             log.warning("log queue full: dropped %d log batches", len(sub.messages))
 
     async def settled(self, tenant: str, reports: Iterable[TaskReport]) -> None:
         """Wait (at most SETTLE_WAIT_S) until attempts ending in `reports` have their chunks
-        in JetStream."""
-        waits = [
-            found.published.wait()
-            for r in reports
-            if r.kind in _SETTLING
-            and (found := self.directory.get(tenant, r.task_id, r.attempt)) is not None
-            and found.unpublished > 0
-        ]
+        and log lines in JetStream."""
+        waits = []
+        for r in reports:
+            if r.kind not in _SETTLING:
+                continue
+            found = self.directory.get(tenant, r.task_id, r.attempt)
+            if found is not None and found.unpublished > 0:
+                if found.published is None:
+                    found.published = asyncio.Event()
+                waits.append(found.published.wait())
         if waits:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), SETTLE_WAIT_S)
@@ -180,6 +263,7 @@ class OutputPublisher:
                 out.messages.append(
                     Outgoing(subjects.task_logs(tenant), encode(batch), log_batch_id(batch))
                 )
+                out.owners.append(found)
             lines, size = [], 0
 
         for ev in events:
@@ -193,7 +277,8 @@ class OutputPublisher:
                 message = self._chunk(tenant, ev, found)
                 if message is not None:
                     out.messages.append(message)
-                    out.chunks.append(found)
+                    out.owners.append(found)
+                    out.has_chunks = True
                 continue
             line = self._line(ev, found)
             if line is None:
@@ -268,9 +353,13 @@ class OutputPublisher:
             log.error("dropped %d log/stream messages after failed publishes (%r)", len(batch), exc)
         # Published or given up: either way nothing more will come of these chunks.
         for sub in subs:
-            for found in sub.chunks:
-                found.unpublished -= 1
-                if found.unpublished <= 0:
-                    found.unpublished = 0
-                    found.published.set()
+            _published(sub)
+
+
+def _published(sub: _Submission) -> None:
+    """Count the submission's messages published (or given up on) for their attempts."""
+    for found in sub.owners:
+        found.unpublished -= 1
+        if found.unpublished <= 0:
+            found.chunks_published()
 

@@ -214,6 +214,9 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
             durable_slots=durable_slots(reg),
         )
         conn = WorkerConn(info, asyncio.Queue(maxsize=reg.slots * 2 + 256), now_ms())
+        if self._output is not None and info.holding:
+            # Attempts it kept running across a reconnect: their output is still routed.
+            conn.runs.update(self._output.directory.revive(tenant, info.holding))
         previous = self.conns.get(worker_id)
         if previous is not None:
             previous.closed.set()
@@ -260,6 +263,9 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
                     if self._output is not None:
                         await self._output.submit(conn.info.tenant, msg.events.events)
                         await self._output.settled(conn.info.tenant, batch)
+                        self._output.directory.settle(
+                            (r.task_id, r.attempt) for r in batch if r.kind in SETTLING
+                        )
                     if batch:
                         await self._events.put((conn.info.worker_id, conn.info.tenant, batch))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -357,7 +363,12 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
 
     async def _drop(self, conn: WorkerConn) -> None:
         worker_id = conn.info.worker_id
-        if self.conns.get(worker_id) is conn:
+        current = self.conns.get(worker_id)
+        if self._output is not None:
+            # What it held is over here, unless its new stream (a reconnect) holds it still.
+            held = current.runs if current is not None and current is not conn else {}
+            self._output.directory.settle(key for key in conn.runs if key not in held)
+        if current is conn:
             del self.conns[worker_id]
             # Only the entry this dispatcher wrote last: if the worker already registered with
             # another dispatcher, deleting its entry would declare the live worker lost.
@@ -463,6 +474,8 @@ class DispatcherService(Service, WorkerAuth, pb_grpc.DispatcherServicer):
         refresh_ms = max(500, timeout_ms // 4)
         while not self._stopping.is_set():
             await asyncio.sleep(refresh_ms / 1000)
+            if self._output is not None:
+                self._output.directory.expire()
             now = now_ms()
             for conn in list(self.conns.values()):
                 if now - conn.last_seen_ms > timeout_ms:

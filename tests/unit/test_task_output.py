@@ -20,7 +20,7 @@ from libs.common.proto import worker_pb2 as pb
 from libs.common.settings import load_settings
 from services.api.actions.stream import chunk_payload
 from services.api.repos.logs import RUN_LOGS_SQL, SEARCH_SQL, like_pattern
-from services.dispatcher.output import AttemptDirectory, OutputPublisher
+from services.dispatcher.output import ATTEMPT_OVERHEAD, AttemptDirectory, OutputPublisher
 from services.replicator import rows
 
 
@@ -124,7 +124,7 @@ def test_dispatcher_routes_only_attempts_of_the_workers_tenant() -> None:
 
 
 def test_attempt_directory_is_bounded() -> None:
-    directory = AttemptDirectory(capacity=2)
+    directory = AttemptDirectory(live_max_bytes=2 * (ATTEMPT_OVERHEAD + len("run-a")))
     for task_id in ("a", "b", "c"):
         directory.remember(_assignment("acme", task_id))
     assert len(directory) == 2
