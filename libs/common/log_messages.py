@@ -16,6 +16,9 @@ import msgspec
 ChunkType = Literal["text", "json", "bytes"]
 CHUNK_TYPES: frozenset[str] = frozenset({"text", "json", "bytes"})
 LOG_LEVELS: frozenset[str] = frozenset({"debug", "info", "warning", "error", "critical"})
+# The replicator's durable consumer of stream LOG. Its ack floor is how far the log store has
+# caught up: the API reads a finished run's log through it (read-your-writes).
+LOG_REPLICATOR_DURABLE = "replicator-logs"
 
 
 class LogLine(msgspec.Struct, kw_only=True, array_like=True):

@@ -74,7 +74,9 @@ class Runs(_Resource):
     def logs(self, run_id: str) -> LogLines:
         """The run's log lines in order: dicts of task, attempt, ts, level and message.
 
-        Lines reach the log store a moment after the task wrote them (about a second).
+        While the run goes on, lines reach the log store a moment after the task wrote them
+        (about a second). Once the run is reported ended (`result()` returned) every line is
+        there: the server waits for the log store to catch up before answering.
         """
         out: LogLines = self._c.request("GET", f"/runs/{run_id}/logs")
         return out

@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from libs.common import jetstream, olap, subjects
 from libs.common.jetstream import BatchConsumer, Rejected
-from libs.common.log_messages import LOG_BATCH_DECODER
+from libs.common.log_messages import LOG_BATCH_DECODER, LOG_REPLICATOR_DURABLE
 from libs.common.messages import STATE_CHANGES_DECODER
 from libs.common.olap import OlapBackend, OlapError, Row
 from libs.common.service import Service
@@ -65,7 +65,7 @@ FEEDS = (
     # Task and run transitions travel together (one StateChanges per scheduler batch).
     Feed("replicator-changes", Stream.TASK, subjects.TASK_CHANGES_ALL, olap.TASK_EVENTS),
     Feed("replicator-match", Stream.TASK, subjects.TASK_MATCH_ALL, olap.MATCHES),
-    Feed("replicator-logs", Stream.LOG, subjects.LOGS_ALL, olap.TASK_LOGS),
+    Feed(LOG_REPLICATOR_DURABLE, Stream.LOG, subjects.LOGS_ALL, olap.TASK_LOGS),
 )
 
 

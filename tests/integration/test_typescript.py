@@ -16,11 +16,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import Stack
 from ratchet import Context, DesiredLabel, NonRetryable, Ratchet
 
 from services.matcher.service import MatcherService
+from services.replicator.service import ReplicatorService
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,6 +35,20 @@ NPM_TIMEOUT_S = 240.0
 async def matcher(stack: Stack) -> AsyncIterator[MatcherService]:
     """The TS suite pushes events, so this module runs a matcher like `make up` does."""
     svc = MatcherService(stack.settings, durable=f"matcher-ts-{uuid.uuid4().hex[:6]}")
+    await svc.start()
+    yield svc
+    await svc.stop()
+
+
+@pytest.fixture(scope="module")
+async def log_store(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[ReplicatorService]:
+    """The TS suite reads logs back (`r.runs.logs`): the log store in embedded mode (chDB)."""
+    settings = msgspec.structs.replace(
+        stack.settings, data_dir=str(tmp_path_factory.mktemp("olap-ts")), clickhouse_url=""
+    )
+    svc = ReplicatorService(settings)
     await svc.start()
     yield svc
     await svc.stop()
@@ -87,7 +103,8 @@ def _xlang_workflow(client: Ratchet, name: str) -> Any:
 
 @pytest.mark.timeout(NPM_TIMEOUT_S + 60)
 async def test_typescript_suite_and_cross_language_workflow(
-    stack: Stack, tenant: str, client: Ratchet, start_worker: Any, matcher: MatcherService
+    stack: Stack, tenant: str, client: Ratchet, start_worker: Any, matcher: MatcherService,
+    log_store: ReplicatorService,
 ) -> None:
     npm = _npm()
     await _ensure_node_modules(npm)

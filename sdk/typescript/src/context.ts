@@ -11,8 +11,43 @@ export interface TaskRef<O = unknown> {
 
 /** How a context hands protocol events (log lines, stream chunks, timeout refreshes) to its worker. */
 export type EventSink = (event: LogEvent | StreamEvent | RefreshEvent) => void;
-export interface LogEvent { kind: "log"; log: string }
-export interface StreamEvent { kind: "stream"; chunk: Uint8Array }
+export interface LogEvent { kind: "log"; log: string; level: LogLevel; seq: number }
+export interface StreamEvent { kind: "stream"; chunk: Uint8Array; chunkType: ChunkType; seq: number }
+
+/** Log levels, as `r.runs.logs()` reports them. */
+export type LogLevel = "debug" | "info" | "warning" | "error" | "critical";
+/** How a stream chunk is read back: text (a string was put), json (any other value) or bytes. */
+export type ChunkType = "text" | "json" | "bytes";
+const LEVELS: ReadonlySet<string> = new Set(["debug", "info", "warning", "error", "critical"]);
+/** NATS refuses messages above its max payload (1 MiB by default); a chunk travels as one. */
+export const MAX_CHUNK_BYTES = 512 * 1024;
+
+function normalizeLevel(level: string): LogLevel {
+  const name = String(level).toLowerCase();
+  const out = name === "warn" ? "warning" : name;
+  if (!LEVELS.has(out)) {
+    throw new RangeError(`log level must be one of debug, info, warning, error, critical; got ${JSON.stringify(level)}`);
+  }
+  return out as LogLevel;
+}
+
+/** A chunk as (type, bytes): strings stay text, bytes stay bytes, anything else is JSON. */
+export function encodeChunk(chunk: unknown): { chunkType: ChunkType; data: Uint8Array } {
+  let out: { chunkType: ChunkType; data: Uint8Array };
+  if (chunk instanceof Uint8Array) out = { chunkType: "bytes", data: chunk };
+  else if (typeof chunk === "string") out = { chunkType: "text", data: new TextEncoder().encode(chunk) };
+  else {
+    const json = JSON.stringify(chunk);
+    if (json === undefined) throw new TypeError(`a stream chunk must be JSON-serializable; got ${typeof chunk}`);
+    out = { chunkType: "json", data: new TextEncoder().encode(json) };
+  }
+  if (out.data.length > MAX_CHUNK_BYTES) {
+    throw new RangeError(
+      `stream chunk of ${out.data.length} bytes exceeds the ${MAX_CHUNK_BYTES}-byte limit; split it into smaller chunks`,
+    );
+  }
+  return out;
+}
 export interface RefreshEvent { kind: "refresh"; refreshMs: number }
 
 export interface ContextInit {
@@ -45,6 +80,10 @@ export class Context {
   readonly #parents: Record<string, unknown>;
   readonly #additional: Record<string, unknown>;
   readonly #sink: EventSink | undefined;
+  // Per-attempt positions of lines and chunks: the dispatcher publishes each under an id built
+  // from it, so a repeated number is a duplicate (and dropped) there.
+  #logSeq = 0;
+  #chunkSeq = 0;
 
   constructor(init: ContextInit) {
     this.runId = init.runId;
@@ -84,15 +123,22 @@ export class Context {
     return errors && typeof errors === "object" ? { ...(errors as Record<string, TaskErrorInfo>) } : {};
   }
 
-  /** Send a log line for this attempt. */
-  log(message: string): void {
-    this.#sink?.({ kind: "log", log: String(message) });
+  /**
+   * Add a line to this attempt's log (`r.runs.logs(runId)`). Levels: debug, info (default),
+   * warning, error, critical. The server keeps up to 10,000 lines per attempt by default.
+   */
+  log(message: string, level: LogLevel | "warn" = "info"): void {
+    const name = normalizeLevel(level);
+    this.#sink?.({ kind: "log", log: String(message), level: name, seq: this.#logSeq++ });
   }
 
-  /** Send a stream chunk: bytes as they are, anything else as JSON. */
+  /**
+   * Send a chunk to the run's stream readers (`r.runs.stream(runId)`): a string comes back as a
+   * string, a Uint8Array as bytes, anything else as its JSON value. Chunks keep their order.
+   */
   putStream(chunk: Uint8Array | string | number | boolean | object | null): void {
-    const data = chunk instanceof Uint8Array ? chunk : new TextEncoder().encode(JSON.stringify(chunk));
-    this.#sink?.({ kind: "stream", chunk: data });
+    const { chunkType, data } = encodeChunk(chunk);
+    this.#sink?.({ kind: "stream", chunk: data, chunkType, seq: this.#chunkSeq++ });
   }
 
   /** Move this attempt's execution deadline to now + `delta`. */

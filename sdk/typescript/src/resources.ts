@@ -1,4 +1,7 @@
 /** REST resources hanging off the client: runs, events, rate limits, filters, crons, workflows. */
+import { EventSourceParserStream } from "eventsource-parser/stream";
+
+import { ApiError } from "./errors.js";
 import { type RestClient, type Schemas, unwrap } from "./rest.js";
 import { getRun, RunRef, type RunView } from "./runs.js";
 import type { Per } from "./workflow.js";
@@ -18,10 +21,62 @@ export class Runs {
     return new RunRef(this.rest, runId);
   }
 
-  /** Newest first. */
-  async list(options: { status?: RunStatus; workflow?: string; limit?: number } = {}): Promise<Schemas["RunSummary"][]> {
-    return await unwrap(this.rest.GET("/runs", { params: { query: options } }));
+  /**
+   * The run's log lines in order (task, attempt, ts, level, message). Once the run is reported
+   * ended, every line its tasks wrote is there: the server waits for the log store to catch up.
+   */
+  async logs(runId: string, options: { limit?: number; offset?: number } = {}): Promise<Schemas["LogLineView"][]> {
+    return await unwrap(this.rest.GET("/runs/{run_id}/logs", {
+      params: { path: { run_id: runId }, query: options },
+    }));
   }
+
+  /**
+   * Every chunk the run's tasks put on their stream, from the first, in order, with the type
+   * they were put with (string, Uint8Array or a JSON value); ends when the run ends.
+   * `for await (const chunk of r.runs.stream(runId)) ...`. A run triggered a moment ago may not
+   * be stored yet: the server waits up to `appearWaitS` (default 10) before answering 404.
+   */
+  async *stream(runId: string, options: { appearWaitS?: number; signal?: AbortSignal } = {}): AsyncGenerator<unknown> {
+    const { response } = await this.rest.GET("/runs/{run_id}/stream", {
+      params: { path: { run_id: runId }, query: { wait_s: options.appearWaitS ?? 10 } },
+      parseAs: "stream",
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    if (!response.ok || response.body === null) {
+      const text = await response.text().catch(() => "");
+      let detail = text;
+      try {
+        detail = String((JSON.parse(text) as { detail?: unknown }).detail ?? text);
+      } catch {
+        // not JSON: keep the text
+      }
+      throw new ApiError(response.status, detail);
+    }
+    const events = response.body.pipeThrough(new TextDecoderStream()).pipeThrough(new EventSourceParserStream());
+    const reader = events.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        if (value.event === "end") return;
+        if (value.event === "chunk") yield decodeChunk(JSON.parse(value.data) as StreamChunkPayload);
+      }
+    } finally {
+      await reader.cancel().catch(() => undefined);
+    }
+    throw new Error("the run's stream closed before its end event");
+  }
+
+  /** Newest first; `parentRunId` lists that run's child runs. */
+  async list(
+    options: { status?: RunStatus; workflow?: string; limit?: number; parentRunId?: string } = {},
+  ): Promise<Schemas["RunSummary"][]> {
+    const { parentRunId, ...rest } = options;
+    const query = parentRunId ? { ...rest, parent_run_id: parentRunId } : rest;
+    return await unwrap(this.rest.GET("/runs", { params: { query } }));
+  }
+
 
   async cancel(runId: string): Promise<Schemas["Accepted"]> {
     return await unwrap(this.rest.POST("/runs/{run_id}/cancel", { params: { path: { run_id: runId } } }));
@@ -36,6 +91,21 @@ export class Runs {
   async events(runId: string): Promise<Schemas["RunEventView"][]> {
     return await unwrap(this.rest.GET("/runs/{run_id}/events", { params: { path: { run_id: runId } } }));
   }
+}
+
+interface StreamChunkPayload {
+  task?: string;
+  attempt?: number;
+  seq?: number;
+  type?: string;
+  data: unknown;
+}
+
+/** A chunk as the task put it: "text" -> string, "bytes" -> Uint8Array (base64 on the wire), else JSON. */
+export function decodeChunk(payload: StreamChunkPayload): unknown {
+  if (payload.type === "bytes") return new Uint8Array(Buffer.from(String(payload.data), "base64"));
+  if (payload.type === "json") return payload.data;
+  return String(payload.data);
 }
 
 export interface PushOptions {

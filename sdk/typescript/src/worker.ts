@@ -365,8 +365,13 @@ export class Worker {
   }
 
   #emit(event: TaskEvent): void {
-    if (this.#pending.length >= MAX_PENDING_EVENTS && (event.kind === EventKind.LOG || event.kind === EventKind.STREAM)) {
-      return; // bounded: under pressure, logs and stream chunks give way to state changes
+    if (this.#pending.length >= MAX_PENDING_EVENTS) {
+      // Bounded: under pressure, log lines give way to state changes (as in the Python SDK);
+      // a chunk is never dropped silently: putStream throws instead.
+      if (event.kind === EventKind.LOG) return;
+      if (event.kind === EventKind.STREAM) {
+        throw new Error(`${MAX_PENDING_EVENTS} events are waiting for the dispatcher: stream chunk not sent (is the worker disconnected?)`);
+      }
     }
     this.#pending.push({ tsMs: Date.now(), ...event });
     this.#scheduleFlush();
@@ -448,8 +453,13 @@ export class Worker {
   #sinkFor(taskId: string, attempt: number): EventSink {
     return (event) => {
       const base = { taskId, attempt };
-      if (event.kind === "log") this.#emit({ ...base, kind: EventKind.LOG, log: event.log });
-      else if (event.kind === "stream") this.#emit({ ...base, kind: EventKind.STREAM, chunk: Buffer.from(event.chunk) });
+      if (event.kind === "log") {
+        this.#emit({ ...base, kind: EventKind.LOG, log: event.log, level: event.level, seq: event.seq });
+      } else if (event.kind === "stream") {
+        this.#emit({
+          ...base, kind: EventKind.STREAM, chunk: Buffer.from(event.chunk), chunkType: event.chunkType, seq: event.seq,
+        });
+      }
       else this.#emit({ ...base, kind: EventKind.REFRESH_TIMEOUT, refreshMs: event.refreshMs });
     };
   }

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { NonRetryable, RunFailed } from "../src/index.js";
+import { Context, NonRetryable, RunFailed } from "../src/index.js";
 import { client, signal, startWorker, unique, within } from "./helpers.js";
 
 function aborted(s: AbortSignal): Promise<void> {
@@ -84,17 +84,40 @@ test("cancelling a run aborts its running task and cancels the rest", async (t) 
   });
 });
 
-test("refreshTimeout extends the deadline; log and stream events are accepted", async (t) => {
+test("refreshTimeout extends the deadline; every log line and stream chunk reads back", async (t) => {
   const refresher = client.task({ name: unique("refresher"), executionTimeout: "1s" }, async (_input, ctx) => {
     ctx.refreshTimeout("10s");
-    ctx.log("working");
-    ctx.putStream("token ");
+    ctx.log("line 0");
+    ctx.log("line 1", "warning");
+    ctx.log("line 2", "error");
+    ctx.putStream("tok0 ");
+    ctx.putStream("tok1 ");
+    ctx.putStream({ n: 2 });
     ctx.putStream(new TextEncoder().encode("raw"));
     await new Promise((r) => setTimeout(r, 1_500));
+    ctx.log("after the wait", "debug");
     return { done: true };
   });
   await startWorker(t, "w-refresh", { workflows: [refresher], slots: 1 });
-  assert.deepEqual(await refresher.run({}, { timeoutMs: 30_000 }), { [refresher.name]: { done: true } });
+  const ref = await refresher.runNoWait({});
+  assert.deepEqual(await ref.result({ timeoutMs: 30_000 }), { [refresher.name]: { done: true } });
+  // Read-your-writes: the run is reported ended, so every line is already readable.
+  const lines = await client.runs.logs(ref.runId);
+  assert.deepEqual(
+    lines.map((l) => [l.level, l.message, l.task, l.attempt]),
+    [
+      ["info", "line 0", refresher.name, 0], ["warning", "line 1", refresher.name, 0],
+      ["error", "line 2", refresher.name, 0], ["debug", "after the wait", refresher.name, 0],
+    ],
+  );
+  const chunks: unknown[] = [];
+  for await (const chunk of client.runs.stream(ref.runId)) chunks.push(chunk);
+  assert.deepEqual(chunks, ["tok0 ", "tok1 ", { n: 2 }, new Uint8Array(Buffer.from("raw"))]);
+  const ctx = new Context({
+    runId: "r", taskId: "t", taskName: "n", workflow: "w", attempt: 0, parentOutputs: {},
+    signal: new AbortController().signal,
+  });
+  assert.throws(() => ctx.log("x", "loud" as "info"), /log level must be one of debug, info, warning, error, critical/);
 });
 
 test("on-failure and on-success tasks run after the DAG", async (t) => {
