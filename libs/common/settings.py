@@ -103,6 +103,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # RATCHET_ prefix so the env var cannot be mistaken for a tenant's; empty = those endpoints
     # answer 404.
     ratchet_operator_token: str = ""
+    # Keys that sign waitpoint URLs (docs/interaction.md), comma-separated: the first signs,
+    # every one is accepted, so a key is rotated by putting the new one first. Empty: a key
+    # the API makes once and keeps in PostgreSQL.
+    ratchet_waitpoint_keys: str = ""
+    # Webhooks and alerts (docs/webhooks.md, docs/alerts.md). Outgoing deliveries are retried
+    # with base x 2^attempt (capped) until `delivery_retry_for_s` after they were made.
+    delivery_backoff_base_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    delivery_backoff_max_s: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
+    delivery_retry_for_s: Annotated[float, msgspec.Meta(gt=0)] = 24 * 3600.0
+    delivery_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    delivery_concurrency: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
+    # An alert rule's default grouping window: one message per rule per window, with a count.
+    alert_window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # How often the periodic alerts (worker.pool_empty, token.expiring) look; a workflow with
+    # a task queued this long and no worker serving it is `worker.pool_empty`; a token this
+    # close to its expiry is `token.expiring`.
+    alert_check_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    alert_pool_empty_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    alert_token_expiring_s: Annotated[float, msgspec.Meta(gt=0)] = 7 * 24 * 3600.0
+    # Email alerts: smtp://user:password@host:port (smtps:// for TLS; ?from=alerts@x.org).
+    ratchet_smtp_url: str = ""
+    # The dashboard's public address, for links in alerts (the API's own address when empty).
+    ratchet_public_url: str = ""
 
     def __post_init__(self) -> None:
         pairs = (

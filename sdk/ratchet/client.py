@@ -18,6 +18,7 @@ from ratchet.resources import (
     Workflows,
 )
 from ratchet.types import Concurrency, StickyStrategy
+from ratchet.webhooks import Alerts, Webhooks
 from ratchet.worker import Worker
 from ratchet.workflow import DurableTaskFn, Task, TaskFn, Workflow
 
@@ -46,6 +47,8 @@ class Ratchet:
         self.scheduled = Scheduled(self._transport)
         self.rate_limits = RateLimits(self._transport)
         self.workflows = Workflows(self._transport)
+        self.webhooks = Webhooks(self._transport)
+        self.alerts = Alerts(self._transport)
 
     @property
     def config(self) -> ClientConfig:

@@ -34,6 +34,7 @@ from services.api.routes.audit import AuditController
 from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
 from services.api.routes.filters import FilterController
+from services.api.routes.hooks import HookController
 from services.api.routes.limits import LimitController
 from services.api.routes.logs import LogController
 from services.api.routes.nats_credentials import NatsCredentialsController
@@ -47,6 +48,11 @@ from services.api.routes.rate_limits import RateLimitController
 from services.api.routes.runs import RunController
 from services.api.routes.streams import StreamController
 from services.api.routes.tokens import TokenController
+from services.api.routes.webhooks import (
+    DeliveryController,
+    SigningSecretController,
+    WebhookController,
+)
 from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
 from services.api.state import ApiState
 from services.api.ui import ui_router
@@ -111,6 +117,7 @@ def create_app(
             RateLimitController, TokenController, LimitController, AuditController,
             NatsCredentialsController, AdminController, LogController, StreamController,
             PayloadController,
+            WebhookController, HookController, DeliveryController, SigningSecretController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],

@@ -20,9 +20,11 @@ from libs.common.settings import Settings
 from libs.common.statuses import RUN_TERMINAL
 from libs.common.tokens import TokenCache
 from services.api.input_schema import InputValidators
+from services.api.repos.alerts import AlertRepo
 from services.api.repos.analytics import AnalyticsRepo
 from services.api.repos.audit import AuditRepo
 from services.api.repos.crons import CronRepo
+from services.api.repos.deliveries import DeliveryRepo
 from services.api.repos.events import EventRepo
 from services.api.repos.filters import FilterRepo
 from services.api.repos.limits import LimitRepo
@@ -30,6 +32,7 @@ from services.api.repos.rate_limits import RateLimitRepo
 from services.api.repos.runs import RunRepo
 from services.api.repos.scheduled import ScheduledRepo
 from services.api.repos.tokens import TokenRepo
+from services.api.repos.webhooks import WebhookRepo
 from services.api.repos.workers import WorkerRepo
 from services.api.repos.workflows import WorkflowRepo
 
@@ -69,6 +72,9 @@ class ApiState:
         self.audit = AuditRepo(self.pool, self.audit_pool or self.pool)
         self.usage = LimitRepo(self.pool)
         self.limits = limits.LimitCache(self.pool)
+        self.webhooks = WebhookRepo(self.pool)
+        self.deliveries = DeliveryRepo(self.pool)
+        self.alerts = AlertRepo(self.pool)
         self.rates = limits.RateLimiter()
         if self.payloads is None:
             self.payloads = open_store(self.settings)

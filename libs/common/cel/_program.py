@@ -72,8 +72,10 @@ class Program:
             raise CELEvalError("evaluation error", type(exc), exc.args) from exc
 
 
-def compile_filter(expression: str) -> Program:
-    """Parse, sandbox-check and compile. Raises CelError naming the position of the problem."""
+def compile_filter(expression: str, variables: frozenset[str] = _sandbox.VARIABLES) -> Program:
+    """Parse, sandbox-check and compile. Raises CelError naming the position of the problem.
+
+    `variables`: the names the expression may use (the event-filter ones by default)."""
     if not expression.strip():
         raise CelError("expression is empty")
     if len(expression) > _sandbox.MAX_EXPRESSION_CHARS:
@@ -88,7 +90,7 @@ def compile_filter(expression: str) -> Program:
                        line, column) from exc
     except RecursionError as exc:
         raise CelError("expression nests too deeply") from exc
-    _sandbox.check_tree(ast)
+    _sandbox.check_tree(ast, variables)
     _sandbox.check_constants(expression, ast)
     try:
         runner = env.program(ast)

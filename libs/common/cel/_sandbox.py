@@ -66,8 +66,11 @@ def _first_token(tree: lark.Tree[Any]) -> str:
     return ""
 
 
-def check_tree(ast: lark.Tree[Any]) -> None:
-    """Names, functions and cost: unknown variables/functions and unbounded shapes fail here."""
+def check_tree(ast: lark.Tree[Any], variables: frozenset[str] = VARIABLES) -> None:
+    """Names, functions and cost: unknown variables/functions and unbounded shapes fail here.
+
+    `variables` are the names the expression may use (event filters: `VARIABLES`; webhook
+    keys see `input` and `headers`, alert filters `run`)."""
     nodes = 0
     macros: list[lark.Tree[Any]] = []
     macro_vars: set[str] = set()
@@ -101,13 +104,13 @@ def check_tree(ast: lark.Tree[Any]) -> None:
         for inner in macro.iter_subtrees():
             if inner is not macro and inner in macros:
                 raise CelError("nested comprehensions are not allowed (cost)", *_pos(inner))
-    allowed = VARIABLES | macro_vars
+    allowed = variables | macro_vars
     for node in ast.iter_subtrees_topdown():  # type: ignore[no-untyped-call]  # lark: untyped
         if node.data == "ident":
             name = _first_token(node)
             if name not in allowed:
                 raise CelError(
-                    f"unknown variable {name!r} (use input, payload, metadata, event_key)",
+                    f"unknown variable {name!r} (use {', '.join(sorted(variables))})",
                     *_pos(node),
                 )
 

@@ -40,6 +40,8 @@ def event_message(tenant: str, event: EventIn) -> Outgoing:
         headers[Header.SCOPE.value] = event.scope
     if event.metadata:
         headers[Header.METADATA.value] = _JSON.encode(event.metadata).decode()
+    if event.idempotency_key is not None:
+        headers[Header.IDEMPOTENCY_KEY.value] = event.idempotency_key
     payload = _JSON.encode(event.payload if event.payload is not None else {})
     # Tenant in the msg-id: the duplicate window is per stream, and event ids are per tenant.
     return Outgoing(subjects.evt(tenant, event.key), payload, f"evt:{tenant}:{event_id}", headers)
@@ -73,3 +75,14 @@ async def push_events(api: ApiState, tenant: str, events: list[EventIn]) -> list
     outs = [await _offload_payload(api, tenant, o) for o in outs]
     await jetstream.publish_batch(api.js, outs)
     return [o.headers[Header.EVENT_ID.value] for o in outs]
+
+
+async def push_event_once(api: ApiState, tenant: str, event: EventIn) -> tuple[str, bool]:
+    """`push_event` for a sender that redelivers (a webhook provider): also answers whether
+    the stream already held this event id (a repeat inside its duplicate window)."""
+    out = event_message(tenant, event)
+    await admit_events(api, tenant, 1)
+    out = await _offload_payload(api, tenant, out)
+    headers = {Header.MSG_ID.value: out.msg_id, **out.headers}
+    ack = await api.js.publish(out.subject, out.payload, headers=headers, timeout=5.0)
+    return out.headers[Header.EVENT_ID.value], bool(ack.duplicate)
