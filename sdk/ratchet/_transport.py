@@ -19,7 +19,7 @@ import httpx
 
 from ratchet import _payloads
 from ratchet.config import ClientConfig
-from ratchet.errors import ApiError
+from ratchet.errors import MISSING_TOKEN, ApiError, ApiUnreachable, ConfigError
 
 # Assignments carry whole inputs and parent outputs; gRPC's 4 MiB default is too small.
 GRPC_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -52,7 +52,18 @@ class Transport:
         return ctx
 
     def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.config.token}"}
+        return {"authorization": f"Bearer {self._token()}"}
+
+    def _token(self) -> str:
+        if not self.config.token:
+            raise ConfigError(MISSING_TOKEN)
+        return self.config.token
+
+    def _unreachable(self, exc: httpx.TransportError) -> ApiUnreachable:
+        return ApiUnreachable(
+            f"cannot reach the Ratchet API at {self.config.api_url} ({exc or type(exc).__name__}): "
+            "is it running? Set RATCHET_API_URL or pass Ratchet(api_url=...)"
+        )
 
     def _client(self) -> httpx.Client:
         with self._lock:
@@ -78,11 +89,17 @@ class Transport:
 
     def request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
         """Call the REST API; the decoded JSON body, or None for an empty one."""
-        resp = self._client().request(method, path, json=json, params=params)
+        try:
+            resp = self._client().request(method, path, json=json, params=params)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise self._unreachable(exc) from exc
         return decode(resp)
 
     async def arequest(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
-        resp = await self._aclient().request(method, path, json=json, params=params)
+        try:
+            resp = await self._aclient().request(method, path, json=json, params=params)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise self._unreachable(exc) from exc
         return decode(resp)
 
     # payloads -----------------------------------------------------------------------
@@ -173,7 +190,7 @@ class Transport:
         return grpc.aio.secure_channel(target, credentials, options=options)
 
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.config.token}"),)
+        return (("authorization", f"Bearer {self._token()}"),)
 
 
 async def _slices(data: bytes) -> AsyncIterator[bytes]:

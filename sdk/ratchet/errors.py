@@ -13,6 +13,20 @@ class NonRetryable(RatchetError):
     """Raise inside a task to fail it at once, without retries."""
 
 
+class ConfigError(RatchetError):
+    """The client is missing something it needs (an API token) or cannot reach the server."""
+
+
+class ApiUnreachable(ConfigError):
+    """Nothing answered at the configured API URL."""
+
+
+MISSING_TOKEN = (
+    "no API token: pass Ratchet(token=...) or set RATCHET_TOKEN "
+    "(`make up` writes one to .run/env; `ratchet tokens create` makes more)"
+)
+
+
 class ApiError(RatchetError):
     """The REST API refused a request; `status` is the HTTP status, `detail` its message."""
 

@@ -13,7 +13,7 @@ import typer
 from ratchet.cli import _admin, _runs, _tokens, _workflows
 from ratchet.cli._common import EXIT_CODES_HELP, CliError, Exit, Settings, api_exit, api_message
 from ratchet.cli._worker import worker
-from ratchet.errors import ApiError
+from ratchet.errors import ApiError, ApiUnreachable, ConfigError
 
 app = typer.Typer(
     name="ratchet",
@@ -67,6 +67,10 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(str(exc), exc.code)
     except ApiError as exc:
         return _fail(api_message(exc), api_exit(exc))
+    except ApiUnreachable as exc:
+        return _fail(str(exc), Exit.FAILED)
+    except ConfigError as exc:
+        return _fail(str(exc), Exit.AUTH)
     except httpx.TransportError as exc:
         return _fail(f"cannot reach the API: {exc}", Exit.FAILED)
     except grpc.aio.AioRpcError as exc:

@@ -57,7 +57,7 @@ export class Ratchet implements WorkflowHost {
     return wf;
   }
 
-  /** A worker running the tasks of `workflows`; `await worker.start()` runs it until stopped. */
+  /** A worker running the tasks of `workflows`: `await worker.start()` connects it, `stop()` ends it. */
   worker(name: string, options: WorkerOptions): Worker {
     return new Worker(this, name, options);
   }

@@ -1,5 +1,14 @@
 /** Errors the SDK raises; each says what went wrong in terms a caller can act on. */
 
+/** The client is missing something it needs (an API token), or cannot reach the server. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+export const MISSING_TOKEN =
+  "no API token: pass new Ratchet({ token }) or set RATCHET_TOKEN " +
+  "(`make up` writes one to .run/env; `ratchet tokens create` makes more)";
+
 /** A non-2xx answer from the REST API: `status` and the server's `detail`. */
 export class ApiError extends Error {
   override name = "ApiError";

@@ -5,6 +5,7 @@ export { Context, type TaskRef } from "./context.js";
 export { type Duration, toMs } from "./duration.js";
 export {
   ApiError,
+  ConfigError,
   NonRetryable,
   RunFailed,
   RunTimeoutError,

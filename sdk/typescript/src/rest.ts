@@ -6,7 +6,7 @@
 import createClient, { type Client } from "openapi-fetch";
 
 import type { ClientConfig } from "./config.js";
-import { ApiError } from "./errors.js";
+import { ApiError, ConfigError, MISSING_TOKEN } from "./errors.js";
 import type { components, paths } from "./gen/openapi.js";
 
 export type { components, paths };
@@ -18,7 +18,30 @@ export function createRestClient(config: ClientConfig): RestClient {
   return createClient<paths>({
     baseUrl: config.apiUrl,
     headers: { authorization: `Bearer ${config.token}` },
+    fetch: explainingFetch(config),
   });
+}
+
+/**
+ * `fetch`, failing with a ConfigError that says what to do when there is no token, or when
+ * the API does not answer at all (instead of a bare `TypeError: fetch failed`).
+ */
+function explainingFetch(config: ClientConfig): (request: Request) => Promise<Response> {
+  return async (request: Request): Promise<Response> => {
+    if (!config.token) throw new ConfigError(MISSING_TOKEN);
+    try {
+      return await globalThis.fetch(request);
+    } catch (err) {
+      if (err instanceof Error && err.name === "AbortError") throw err;
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      const why = cause?.code ?? cause?.message ?? String(err);
+      throw new ConfigError(
+        `cannot reach the Ratchet API at ${config.apiUrl} (${why}): is it running? ` +
+          "Set RATCHET_API_URL or pass new Ratchet({ apiUrl })",
+        { cause: err },
+      );
+    }
+  };
 }
 
 interface Answer {

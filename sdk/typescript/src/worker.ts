@@ -10,7 +10,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { fileURLToPath } from "node:url";
 
 import { Context, type EventSink } from "./context.js";
-import { NonRetryable } from "./errors.js";
+import { ConfigError, MISSING_TOKEN, NonRetryable } from "./errors.js";
 import type { Assignment__Output as Assignment } from "./gen/proto/ratchet/v1/Assignment.js";
 import type { DispatcherClient } from "./gen/proto/ratchet/v1/Dispatcher.js";
 import type { DispatcherMessage__Output as DispatcherMessage } from "./gen/proto/ratchet/v1/DispatcherMessage.js";
@@ -91,7 +91,10 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Runs the tasks of `workflows`. `await start()` returns once the worker stopped. */
+/**
+ * Runs the tasks of `workflows`. `await start()` returns once connected (tasks run in the
+ * background until `stop()`); `await run()` returns once the worker stopped.
+ */
 export class Worker {
   readonly name: string;
   readonly slots: number;
@@ -152,9 +155,37 @@ export class Worker {
 
   // lifecycle ------------------------------------------------------------------------------
 
-  /** Register the workflows, connect, and work until `stop()`. Calling it again returns the same run. */
-  start(): Promise<void> {
-    this.#loop ??= this.#run();
+  /**
+   * Register the workflows, connect, and resolve once registered with a dispatcher: the worker
+   * then runs tasks in the background until `stop()`. Rejects if the worker fails first (a bad
+   * token, say) or after `timeoutMs` when given. Calling it again is harmless.
+   *
+   * ```ts
+   * await worker.start();
+   * const out = await wf.run({ n: 1 });
+   * await worker.stop();
+   * ```
+   */
+  async start(options: { timeoutMs?: number } = {}): Promise<void> {
+    this.#launch();
+    await this.waitConnected(options.timeoutMs ?? Infinity);
+  }
+
+  /** Start, and resolve only once the worker stopped (a process that is only a worker). */
+  async run(): Promise<void> {
+    await this.#launch();
+  }
+
+  /** Settles when the worker stopped (rejects if it failed); undefined before start(). */
+  get closed(): Promise<void> | undefined {
+    return this.#loop;
+  }
+
+  #launch(): Promise<void> {
+    if (this.#loop === undefined) {
+      this.#loop = this.#run();
+      this.#loop.catch(() => undefined); // reported through start()/run()/closed, not as unhandled
+    }
     return this.#loop;
   }
 
@@ -172,7 +203,9 @@ export class Worker {
           this.#onConnected.add(resolve);
         }),
         new Promise<void>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`worker ${this.name} not connected after ${timeoutMs} ms`)), timeoutMs);
+          if (Number.isFinite(timeoutMs)) {
+            timer = setTimeout(() => reject(new Error(`worker ${this.name} not connected after ${timeoutMs} ms`)), timeoutMs);
+          }
         }),
         loop.then(() => {
           throw new Error(`worker ${this.name} stopped before it connected`);
@@ -184,14 +217,24 @@ export class Worker {
     }
   }
 
-  /** Drain in-flight tasks (up to `drainTimeoutMs`), cancel the rest, then disconnect. Safe before start. */
+  /**
+   * Drain in-flight tasks (up to `drainTimeoutMs`), cancel the rest, then disconnect. Safe
+   * before start. Leaves no timer behind: a script ends as soon as its work is done.
+   */
   async stop(drainTimeoutMs = 30_000): Promise<void> {
     if (this.#loop === undefined || this.#stopping) {
       await this.#loop?.catch(() => undefined);
       return;
     }
     this.#draining = true;
-    await Promise.race([this.#idle(), sleep(drainTimeoutMs)]);
+    let drainTimer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.#idle(),
+      new Promise<void>((resolve) => {
+        drainTimer = setTimeout(resolve, drainTimeoutMs);
+      }),
+    ]);
+    clearTimeout(drainTimer);
     await this.#cancelAll("worker stopping");
     const flushDeadline = Date.now() + FLUSH_WAIT_MS;
     while (this.#pending.length > 0 && this.#session?.registered && Date.now() < flushDeadline) {
@@ -204,6 +247,7 @@ export class Worker {
   }
 
   async #run(): Promise<void> {
+    if (!this.#host.config.token) throw new ConfigError(MISSING_TOKEN);
     await this.#host.register(...this.#workflows);
     let signalled = false;
     const onSignal = (sig: NodeJS.Signals): void => {

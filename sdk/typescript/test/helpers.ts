@@ -42,12 +42,10 @@ export function unique(prefix: string): string {
 /** Start a worker for the duration of test `t`; resolves once it is registered. */
 export async function startWorker(t: TestContext, name: string, options: WorkerOptions): Promise<Worker> {
   const worker = client.worker(unique(name), { handleSignals: false, ...options });
-  const running = worker.start();
   t.after(async () => {
     await worker.stop(5_000);
-    await running.catch(() => undefined);
   });
-  await worker.waitConnected(30_000);
+  await worker.start({ timeoutMs: 30_000 });
   return worker;
 }
 
