@@ -64,7 +64,25 @@ class WaitSatisfied(msgspec.Struct, tag="wait", kw_only=True):
     payload: bytes  # the event's JSON body
 
 
-Command = TriggerRun | TriggerRuns | CancelRun | CancelRuns | ReplayRun | WaitSatisfied
+class SignalRun(msgspec.Struct, tag="signal", kw_only=True):
+    """A message for one run (docs/interaction.md): a named signal (`kind` "signal"), or the
+    completion of a waitpoint (`kind` "waitpoint", `name` its id). The scheduler hands it to
+    a durable wait of the run asking for it, or keeps it in the run's inbox until one does."""
+
+    run_id: str
+    signal_id: str  # unique: a redelivered command is applied once
+    name: str
+    payload: bytes  # JSON
+    kind: str = "signal"
+
+
+# Messages a run's inbox keeps before a wait takes them; the API refuses more (429).
+MAX_PENDING_SIGNALS = 1000
+MAX_SIGNAL_BYTES = 64 * 1024  # a signal's or waitpoint completion's JSON payload
+MAX_STATE_BYTES = 64 * 1024  # ctx.set_state's JSON value
+
+Command = (TriggerRun | TriggerRuns | CancelRun | CancelRuns | ReplayRun | WaitSatisfied
+           | SignalRun)
 TRIGGER_BATCH_BYTES = 128 * 1024  # well under NATS max_payload; bounds a CMD fetch in memory
 
 
@@ -211,6 +229,18 @@ COMMAND_DECODER = msgspec.msgpack.Decoder(Command)
 REPORT_DECODER = msgspec.msgpack.Decoder(TaskReport)
 DISPATCH_DECODER = msgspec.msgpack.Decoder(DispatchBatch)
 WORKER_INFO_DECODER = msgspec.msgpack.Decoder(WorkerInfo)
+
+
+class RunStateSet(msgspec.Struct, kw_only=True):
+    """A durable task of the run set its state (`ctx.set_state`); the value is read from
+    PostgreSQL (GET /runs/{id}/state), this only says that it changed."""
+
+    tenant: str
+    run_id: str
+    task_id: str
+    ts_ms: int
+
+
 class StateChanges(msgspec.Struct, kw_only=True):
     """The transitions of one scheduler batch for one tenant, in the order they happened.
 
@@ -221,6 +251,7 @@ class StateChanges(msgspec.Struct, kw_only=True):
 
     tasks: list[TaskStateChanged] = []
     runs: list[RunStateChanged] = []
+    states: list[RunStateSet] = []  # runs whose ctx.set_state changed (docs/interaction.md)
 
 
 TASK_STATE_DECODER = msgspec.msgpack.Decoder(TaskStateChanged)

@@ -7,8 +7,10 @@ from ratchet.durable import (
     Event,
     NonDeterminism,
     ParentOutput,
+    Signal,
     Sleep,
     WaitAnyResult,
+    Waitpoint,
 )
 from ratchet.errors import ApiError, NonRetryable, RatchetError, RunFailed, WorkflowDefinitionError
 from ratchet.resources import RunRef
@@ -31,12 +33,14 @@ __all__ = [
     "RateLimit",
     "RunFailed",
     "RunRef",
+    "Signal",
     "Sleep",
     "Sticky",
     "StickyStrategy",
     "Strategy",
     "Task",
     "WaitAnyResult",
+    "Waitpoint",
     "Worker",
     "Workflow",
     "WorkflowDefinitionError",

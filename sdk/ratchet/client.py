@@ -15,6 +15,7 @@ from ratchet.resources import (
     RateLimits,
     Runs,
     Scheduled,
+    Waitpoints,
     Workflows,
 )
 from ratchet.types import Concurrency, StickyStrategy
@@ -41,6 +42,7 @@ class Ratchet:
         self._transport = Transport(ClientConfig.resolve(token, api_url, grpc_addr),
                                     timeout_s=timeout_s)
         self.runs = Runs(self._transport)
+        self.waitpoints = Waitpoints(self._transport)
         self.events = Events(self._transport)
         self.filters = Filters(self._transport)
         self.crons = Crons(self._transport)

@@ -1,4 +1,4 @@
-"""Durable tasks and conditions: `DurableContext`, `Sleep`, `Event`, `ParentOutput`.
+"""Durable tasks and conditions: `DurableContext`, `Sleep`, `Event`, `Signal`, `ParentOutput`.
 
 A durable task (`@wf.durable_task()`) gets a `DurableContext`. Each of its waits and memoized
 reads takes the next *position* in the task's durable log, kept by the scheduler in
@@ -9,7 +9,8 @@ which keeps its original deadline. The code must therefore ask for the same wait
 order on every replay; asking for another at a recorded position raises `NonDeterminism`.
 
 `Sleep` and `Event` are also the conditions of `aio_wait_any` and of a DAG task's
-`wait_for`; `ParentOutput` is the condition of `skip_if` / `cancel_if`.
+`wait_for`; `Signal` is one more condition of `aio_wait_any`; `ParentOutput` is the condition
+of `skip_if` / `cancel_if`. Signals, waitpoints and `set_state` are in docs/interaction.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ratchet import _codec
 from ratchet._proto import worker_pb2 as pb
+from ratchet._transport import Transport
 from ratchet.context import Context, _Named
 from ratchet.errors import NonRetryable, RatchetError
 
@@ -65,6 +68,33 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Signal:
+    """A condition that holds when signal `name` is sent to the run (`r.runs.signal`): one
+    sent earlier and not yet taken by another wait counts too, oldest first."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 128 or not set(self.name) <= _SIGNAL_CHARS:
+            raise ValueError(f"invalid signal name {self.name!r}: 1 to 128 of A-Z a-z 0-9 _ . : -")
+
+
+_SIGNAL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+MAX_STATE_BYTES = 64 * 1024  # what the server keeps of one ctx.set_state
+
+
+@dataclass(frozen=True, slots=True)
+class Waitpoint:
+    """A waitpoint (`ctx.aio_create_waitpoint`): `url` completes it with the JSON POSTed
+    there, no token needed; `r.waitpoints.complete(id, ...)` does the same with a token."""
+
+    id: str
+    url: str
+    expires_at: datetime
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ParentOutput:
     """A condition over the parents' outputs, for `skip_if` / `cancel_if`: CEL where `input`
     is the output of `parent` (or of the only parent; with several, a map by name) and
@@ -79,7 +109,7 @@ class ParentOutput:
         return "" if p is None else p if isinstance(p, str) else p.name
 
 
-Condition = Sleep | Event
+Condition = Sleep | Event | Signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +119,7 @@ class WaitAnyResult:
 
     index: int
     condition: Condition
-    payload: Any
+    payload: Any  # an Event's payload, a Signal's payload, None for a Sleep
 
 
 def condition_spec(c: Sleep | Event | ParentOutput) -> dict[str, Any]:
@@ -106,7 +136,10 @@ def _wait_cond(c: Condition) -> dict[str, Any]:
         return {"sleep_ms": int(c.seconds * 1000)}
     if isinstance(c, Event):
         return {"event": c.key, "expression": c.expression or "", "scope": c.scope}
-    raise TypeError(f"aio_wait_any takes Sleep and Event conditions, not {type(c).__name__}")
+    if isinstance(c, Signal):
+        return {"signal": c.name}
+    raise TypeError(
+        f"aio_wait_any takes Sleep, Event and Signal conditions, not {type(c).__name__}")
 
 
 def _canonical(doc: Any) -> bytes:
@@ -116,8 +149,11 @@ def _canonical(doc: Any) -> bytes:
 class DurableContext(Context):
     """The `ctx` of a durable task: everything `Context` has, plus durable waits."""
 
-    def __init__(self, *, durable_log: list[pb.DurableStep] | None = None, **kw: Any) -> None:
+    def __init__(self, *, durable_log: list[pb.DurableStep] | None = None,
+                 transport: Transport | None = None, **kw: Any) -> None:
         super().__init__(**kw)
+        self._transport = transport  # REST, for waitpoints; None in mock_run
+        self.state: Any = None  # the last value this attempt passed to set_state
         self._log = {s.position: s for s in durable_log or ()}
         self._position = 0
         self._waiters: dict[int, asyncio.Future[bytes]] = {}
@@ -150,8 +186,85 @@ class DurableContext(Context):
             raise TimeoutError(f"no {key!r} event arrived within {timeout}")
         return payload
 
+    async def aio_wait_for_signal(
+        self,
+        name: str,
+        timeout: timedelta | float | None = None,  # noqa: ASYNC109  # durable, unlike asyncio.timeout
+    ) -> Any:
+        """Wait for signal `name` sent to this run (`r.runs.signal`); return its payload.
+
+        A signal sent before this call and not taken by an earlier wait is returned at once
+        (the oldest first). Raises TimeoutError after `timeout`."""
+        conds = [_wait_cond(Signal(name))]
+        if timeout is not None:
+            conds.append({**_wait_cond(Sleep(timeout)), "timeout": True})
+        index, payload = await self._wait(conds)
+        if index != 0:
+            raise TimeoutError(f"no {name!r} signal arrived within {timeout}")
+        return payload
+
+    def set_state(self, value: Any) -> None:
+        """Publish the run's state: small JSON (at most 64 KiB) that `r.runs.state(run_id)`
+        returns, the latest one winning. Recorded in the durable log: a replay that reaches
+        this call again keeps the value recorded the first time."""
+        raw = _canonical(_codec.to_builtins(value))
+        if len(raw) > MAX_STATE_BYTES:
+            raise ValueError(f"a run state is at most {MAX_STATE_BYTES} bytes of JSON, not {len(raw)}")
+        position = self._next()
+        entry = self._log.get(position)
+        if entry is not None:
+            if entry.kind != "state":
+                raise NonDeterminism(position, f"the log has a {entry.kind}, the code set state")
+            return
+        self.state = value  # what mock_run leaves to look at
+        if self._sink is not None:
+            self._emit("wait", {"step": pb.DurableStep(
+                position=position, kind="state", spec=raw, result=raw)})
+
+    async def aio_create_waitpoint(
+        self,
+        timeout: timedelta | float | None = None,  # noqa: ASYNC109  # the waitpoint's expiry
+        label: str = "",
+    ) -> Waitpoint:
+        """Make a waitpoint: a signed URL that completes it when JSON is POSTed to it (no
+        token needed), for `aio_wait_for_waitpoint`. It expires after `timeout` (7 days by
+        default). A replay returns the same waitpoint."""
+        seconds = None if timeout is None else Sleep(timeout).seconds
+        position = self._next()
+        entry = self._log.get(position)
+        if entry is not None:
+            if entry.kind != "waitpoint":
+                raise NonDeterminism(position, f"the log has a {entry.kind}, the code asked for"
+                                               " a waitpoint")
+            return _waitpoint(json.loads(entry.result))
+        if self._transport is None or self._sink is None:
+            raise RatchetError("mock_run cannot make waitpoints: they need the server")
+        doc = await self._transport.arequest(
+            "POST", f"/runs/{self.run_id}/waitpoints",
+            json={"task_id": self.task_id, "position": position, "timeout_s": seconds,
+                  "label": label},
+        )
+        memo = {"id": doc["id"], "url": doc["url"], "expires_at": doc["expires_at"],
+                "label": doc["label"]}
+        self._emit("wait", {"step": pb.DurableStep(
+            position=position, kind="waitpoint", spec=_canonical({"label": label}),
+            result=_canonical(memo),
+        )})
+        return _waitpoint(memo)
+
+    async def aio_wait_for_waitpoint(self, waitpoint: Waitpoint) -> Any:
+        """Wait until the waitpoint is completed; return the JSON it was completed with.
+        Raises TimeoutError when it expires first."""
+        expires_ms = int(waitpoint.expires_at.timestamp() * 1000)
+        index, payload = await self._wait([
+            {"waitpoint": waitpoint.id}, {"until_ms": expires_ms, "timeout": True},
+        ])
+        if index != 0:
+            raise TimeoutError(f"waitpoint {waitpoint.id} expired before it was completed")
+        return payload
+
     async def aio_wait_any(self, *conditions: Condition) -> WaitAnyResult:
-        """Wait for the first of several Sleep / Event conditions; say which fired."""
+        """Wait for the first of several Sleep / Event / Signal conditions; say which fired."""
         if not conditions:
             raise ValueError("aio_wait_any needs at least one condition")
         index, payload = await self._wait([_wait_cond(c) for c in conditions])
@@ -215,13 +328,20 @@ class DurableContext(Context):
             future.set_result(result)
 
 
+def _waitpoint(memo: dict[str, Any]) -> Waitpoint:
+    return Waitpoint(id=memo["id"], url=memo["url"],
+                     expires_at=datetime.fromisoformat(memo["expires_at"]),
+                     label=memo.get("label", ""))
+
+
 def _mocked(conds: list[dict[str, Any]]) -> tuple[int, Any]:
     """`task.mock_run`: no scheduler, so sleeps (and timeouts) end at once; a wait on events
     alone can never end."""
     for index, cond in enumerate(conds):
         if "sleep_ms" in cond or "until_ms" in cond:
             return index, None
-    raise RatchetError("mock_run cannot deliver events: give the wait a timeout or a Sleep")
+    raise RatchetError(
+        "mock_run cannot deliver events or signals: give the wait a timeout or a Sleep")
 
 
 def _outcome(position: int, raw: bytes) -> tuple[int, Any]:

@@ -85,6 +85,41 @@ class Runs(_Resource):
         out: LogLines = await self._c.arequest("GET", f"/runs/{run_id}/logs")
         return out
 
+    # talking to a run (docs/interaction.md) ------------------------------------------------
+    def signal(self, run_id: str, name: str, payload: Any = None) -> Any:
+        """Send signal `name` with a JSON `payload` to the run: a durable task waiting in
+        `ctx.aio_wait_for_signal(name)` gets it, or the next one to wait does. Raises ApiError
+        409 when the run has finished, 429 when 1,000 signals already wait for it."""
+        return self._c.request("POST", f"/runs/{run_id}/signals/{name}",
+                               json=_codec.to_builtins(payload))
+
+    async def aio_signal(self, run_id: str, name: str, payload: Any = None) -> Any:
+        return await self._c.arequest("POST", f"/runs/{run_id}/signals/{name}",
+                                      json=_codec.to_builtins(payload))
+
+    def state(self, run_id: str) -> Any:
+        """The latest value the run's durable tasks passed to `ctx.set_state` (None: none)."""
+        return self._c.request("GET", f"/runs/{run_id}/state")["state"]
+
+    async def aio_state(self, run_id: str) -> Any:
+        return (await self._c.arequest("GET", f"/runs/{run_id}/state"))["state"]
+
+    def fork(self, run_id: str, *, from_task: str, input: Any = None,
+             version_id: str | None = None, from_step: int | None = None) -> RunRef:
+        """A new run from this one: `from_task` and every task after it run again (on the
+        workflow's current version unless `version_id` pins one, with `input` replacing the
+        run input when given); every other task's recorded output is reused. For a durable
+        `from_task`, `from_step=N` keeps its durable log before position N."""
+        doc = self._c.request("POST", f"/runs/{run_id}/fork",
+                              json=_fork_body(from_task, input, version_id, from_step))
+        return RunRef(self._c, doc["run_id"])
+
+    async def aio_fork(self, run_id: str, *, from_task: str, input: Any = None,
+                       version_id: str | None = None, from_step: int | None = None) -> RunRef:
+        doc = await self._c.arequest("POST", f"/runs/{run_id}/fork",
+                                     json=_fork_body(from_task, input, version_id, from_step))
+        return RunRef(self._c, doc["run_id"])
+
     def stream(self, run_id: str, *, appear_wait_s: float = STREAM_APPEAR_WAIT_S) -> Iterator[Any]:
         """Every chunk the run's tasks put on their stream, from the first, in order, with
         the type they were put with (str, bytes or a JSON value); ends when the run ends.
@@ -112,6 +147,41 @@ class Runs(_Resource):
                 _transport_decode(resp)
             async for chunk in _sse.aiterate(resp):
                 yield chunk
+
+
+def _fork_body(from_task: str, input: Any, version_id: str | None,
+               from_step: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"from_task": from_task}
+    if input is not None:
+        body["input"] = _codec.to_builtins(input)
+    if version_id is not None:
+        body["version_id"] = version_id
+    if from_step is not None:
+        body["from_step"] = from_step
+    return body
+
+
+class Waitpoints(_Resource):
+    """Waitpoints made by durable tasks (`ctx.aio_create_waitpoint`)."""
+
+    def complete(self, waitpoint_id: str, payload: Any = None) -> Any:
+        """Complete it with a JSON `payload` (once: ApiError 409 the second time, 410 once it
+        expired); the waiting task resumes with the payload."""
+        return self._c.request("POST", f"/waitpoints/{waitpoint_id}/complete",
+                               json=_codec.to_builtins(payload))
+
+    async def aio_complete(self, waitpoint_id: str, payload: Any = None) -> Any:
+        return await self._c.arequest("POST", f"/waitpoints/{waitpoint_id}/complete",
+                                      json=_codec.to_builtins(payload))
+
+    def get(self, waitpoint_id: str) -> Any:
+        return self._c.request("GET", f"/waitpoints/{waitpoint_id}")
+
+    def list(self, *, pending: bool = False, run_id: str | None = None) -> Any:
+        params: dict[str, Any] = {"pending": pending}
+        if run_id:
+            params["run_id"] = run_id
+        return self._c.request("GET", "/waitpoints", params=params)
 
 
 def _list_params(status: str | None, workflow: str | None, limit: int,

@@ -353,7 +353,7 @@ class Worker:
         )
         defn = self._by_action.get(a.action)
         ctx: Context = (
-            DurableContext(durable_log=list(a.durable_log), **fields)
+            DurableContext(durable_log=list(a.durable_log), transport=self._transport, **fields)
             if defn is not None and defn.options.durable else Context(**fields)
         )
         task = _tracing.start_task(self._execute(a, ctx), a, self.tenant)

@@ -10,8 +10,11 @@ from litestar.di import Provide
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
+    HTTP_403_FORBIDDEN,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_410_GONE,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_429_TOO_MANY_REQUESTS,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -27,7 +30,17 @@ from services.api.contract import (
     finish_document,
     openapi_config,
 )
-from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
+from services.api.repos.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    RepoError,
+    TooLarge,
+    TooMany,
+    Unavailable,
+)
 from services.api.routes.admin import AdminController
 from services.api.routes.analytics import AnalyticsController
 from services.api.routes.audit import AuditController
@@ -35,6 +48,7 @@ from services.api.routes.crons import CronController, ScheduledController
 from services.api.routes.events import EventController
 from services.api.routes.filters import FilterController
 from services.api.routes.hooks import HookController
+from services.api.routes.interaction import RunInteractionController, WaitpointController
 from services.api.routes.limits import LimitController
 from services.api.routes.logs import LogController
 from services.api.routes.nats_credentials import NatsCredentialsController
@@ -56,6 +70,7 @@ from services.api.routes.webhooks import (
 from services.api.routes.workflows import VERSIONS_DOC, WorkflowController
 from services.api.state import ApiState
 from services.api.ui import ui_router
+from services.api.ui.controllers.waitpoint import PublicWaitpointController
 
 ERRORS_DOC = """\
 ## Errors
@@ -74,6 +89,10 @@ _REPO_STATUS: dict[type[RepoError], int] = {
     Conflict: HTTP_409_CONFLICT,
     Invalid: HTTP_400_BAD_REQUEST,
     Unavailable: HTTP_503_SERVICE_UNAVAILABLE,
+    TooMany: HTTP_429_TOO_MANY_REQUESTS,
+    TooLarge: HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    Forbidden: HTTP_403_FORBIDDEN,
+    Gone: HTTP_410_GONE,
 }
 
 
@@ -113,6 +132,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             healthz, WorkflowController, RunController, AnalyticsController,
+            RunInteractionController, WaitpointController, PublicWaitpointController,
             EventController, FilterController, CronController, ScheduledController,
             RateLimitController, TokenController, LimitController, AuditController,
             NatsCredentialsController, AdminController, LogController, StreamController,

@@ -27,6 +27,7 @@ from services.api.repos.crons import CronRepo
 from services.api.repos.deliveries import DeliveryRepo
 from services.api.repos.events import EventRepo
 from services.api.repos.filters import FilterRepo
+from services.api.repos.interaction import InteractionRepo
 from services.api.repos.limits import LimitRepo
 from services.api.repos.rate_limits import RateLimitRepo
 from services.api.repos.runs import RunRepo
@@ -61,6 +62,7 @@ class ApiState:
     def __post_init__(self) -> None:
         self.workflows = WorkflowRepo(self.pool)
         self.runs = RunRepo(self.pool)
+        self.interaction = InteractionRepo(self.pool)  # signals, state, waitpoints, forks
         self.crons = CronRepo(self.pool)
         self.scheduled = ScheduledRepo(self.pool)
         self.filters = FilterRepo(self.pool)

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 from libs.common import subjects
 from libs.common.jetstream import Outgoing
-from libs.common.messages import RunStateChanged, StateChanges, TaskStateChanged, encode
+from libs.common.messages import (
+    RunStateChanged,
+    RunStateSet,
+    StateChanges,
+    TaskStateChanged,
+    encode,
+)
 from services.scheduler.model import Run, Task
 from services.scheduler.records import (
     Admission,
@@ -18,10 +24,13 @@ from services.scheduler.records import (
     Entry,
     HistoryRow,
     HolderRow,
+    InboxItem,
     SemRef,
     TimerKey,
 )
 
+# What a batch tells the API and the replicator: transitions, and runs whose state was set.
+Change = TaskStateChanged | RunStateChanged | RunStateSet
 # Transitions per StateChanges message: a few hundred bytes each, well under NATS's 1 MB.
 CHANGES_PER_MESSAGE = 500
 
@@ -38,9 +47,13 @@ class DurableWrites:
     )
     event_del: set[tuple[str, str, int]] = field(default_factory=set)
     reset: set[tuple[str, str]] = field(default_factory=set)  # (tenant, task id): log dropped
+    # runs' inbox rows (engine/_inbox.py) and latest states: (tenant, run id) -> entry
+    inbox: dict[tuple[str, str, str], InboxItem] = field(default_factory=dict)
+    states: dict[tuple[str, str], Entry] = field(default_factory=dict)
 
     def empty(self) -> bool:
-        return not (self.entries or self.event_put or self.event_del or self.reset)
+        return not (self.entries or self.event_put or self.event_del or self.reset
+                    or self.inbox or self.states)
 
 
 @dataclass(slots=True)
@@ -62,15 +75,11 @@ class Effects:
     # durable tasks' log rows and event conditions (engine/_durable.py), set by finish()
     durable: DurableWrites | None = None
     # transitions per tenant, relayed as StateChanges messages (see bundle_changes)
-    changes: dict[str, list[tuple[TaskStateChanged | RunStateChanged, str]]] = field(
-        default_factory=dict
-    )
+    changes: dict[str, list[tuple[Change, str]]] = field(default_factory=dict)
     # the transitions already bundled, kept for metrics and traces (scheduler/observe.py)
-    bundled: list[list[tuple[TaskStateChanged | RunStateChanged, str]]] = field(
-        default_factory=list
-    )
+    bundled: list[list[tuple[Change, str]]] = field(default_factory=list)
 
-    def note_change(self, tenant: str, change: TaskStateChanged | RunStateChanged, key: str) -> None:
+    def note_change(self, tenant: str, change: Change, key: str) -> None:
         """Record a transition; `key` names it uniquely (it seeds the message's msg-id)."""
         self.changes.setdefault(tenant, []).append((change, key))
 
@@ -86,6 +95,7 @@ class Effects:
                 msg = StateChanges(
                     tasks=[c for c, _ in chunk if isinstance(c, TaskStateChanged)],
                     runs=[c for c, _ in chunk if isinstance(c, RunStateChanged)],
+                    states=[c for c, _ in chunk if isinstance(c, RunStateSet)],
                 )
                 msg_id = f"changes:{chunk[0][1]}:{chunk[-1][1]}:{len(chunk)}"
                 self.outbox.append(Outgoing(subjects.task_changes(tenant), encode(msg), msg_id))

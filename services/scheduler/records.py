@@ -8,6 +8,7 @@ importing one another. Behaviour lives with the modules that use them: the engin
 - timers: the kinds of timer and the key of a stored one (engine/_timers.py);
 - history and attempts: the rows a batch appends (engine/_history.py);
 - durable tasks: one position of a task's durable log (engine/_durable.py);
+- a run's inbox: one signal or waitpoint completion sent to it (engine/_inbox.py);
 - concurrency: who holds slots of which key (engine/admission/concurrency.py);
 - rate limits: a key's definition, what a task needs, a recorded start
   (engine/admission/ratelimit.py).
@@ -85,6 +86,30 @@ class Entry:
     def step(self) -> DurableStep:
         return DurableStep(position=self.position, kind=self.kind, spec=self.spec,
                            result=self.result or b"", done=self.status == DONE)
+
+
+# a run's inbox: signals and waitpoint completions (engine/_inbox.py) -------------------------
+SENT = "pending"  # in the inbox, no wait has taken it yet
+DELIVERED = "delivered"
+REFUSED = "refused"  # the inbox was full
+
+
+@dataclass(slots=True, eq=False)
+class InboxItem:
+    """One message sent to a run: a signal, or a waitpoint's completion."""
+
+    tenant: str
+    run_id: str
+    id: str
+    seq: int  # the order the scheduler received the run's messages in
+    kind: str  # signal | waitpoint
+    name: str  # the signal's name, or the waitpoint id
+    payload: bytes  # JSON
+    status: str
+    sent_ms: int
+    task_id: str | None = None  # where it was delivered
+    position: int | None = None
+    delivered_ms: int | None = None
 
 
 # concurrency ---------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from libs.common.messages import (
     CancelRuns,
     Command,
     ReplayRun,
+    SignalRun,
     TaskReport,
     TriggerRun,
     TriggerRuns,
@@ -224,6 +225,9 @@ class SchedulerService(Service):
             for entry in await durable.load(conn):
                 if self._owns(entry.tenant):
                     self.engine.restore_durable(entry)
+            for item in await durable.load_inbox(conn):
+                if self._owns(item.tenant):
+                    self.engine.restore_inbox(item)
         log.info("loaded %d active runs of partitions %s", len(self.engine.runs), owned)
 
     # partitions ---------------------------------------------------------------------
@@ -455,6 +459,8 @@ class SchedulerService(Service):
                 engine.replay(tenant, msg)
             elif isinstance(msg, WaitSatisfied):
                 engine.wait_satisfied(tenant, msg)
+            elif isinstance(msg, SignalRun):
+                engine.signal(tenant, msg)
         if self._timer_turn.fires(bool(items)):
             self._timer_turn.fired(engine.fire_timers())
         fx = engine.finish()

@@ -16,6 +16,7 @@ def test_public_names_are_pinned() -> None:
         "Ratchet", "RatchetError", "RunFailed", "RunRef", "Sticky", "StickyStrategy", "Strategy", "Task",
         "Worker", "Workflow", "WorkflowDefinitionError",
         "DurableContext", "Event", "NonDeterminism", "ParentOutput", "Sleep", "WaitAnyResult",
+        "Signal", "Waitpoint",
     }
 
 

@@ -33,3 +33,19 @@ class Invalid(RepoError):
 
 class Unavailable(RepoError):
     """A backing store cannot answer right now (503)."""
+
+
+class TooMany(RepoError):
+    """A bounded collection is full (429): e.g. a run's inbox of signals."""
+
+
+class TooLarge(RepoError):
+    """A body over the size the operation takes (413)."""
+
+
+class Forbidden(RepoError):
+    """A credential that does not allow this (403): e.g. a bad waitpoint signature."""
+
+
+class Gone(RepoError):
+    """The thing existed but can no longer be used (410): e.g. an expired waitpoint."""

@@ -53,6 +53,7 @@ _ERRORS = {
     403: "The token may not do this",
     404: "Not found (for this tenant)",
     409: "Conflicts with the current state",
+    410: "Expired: it can no longer be used",
     413: "The request body is too large",
     422: "The run input does not fit the workflow's input_schema",
     429: "Too many requests",

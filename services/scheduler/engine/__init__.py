@@ -18,6 +18,7 @@ imports neither asyncpg nor persistence (pyproject.toml's import-linter contract
 - `_recovery.py`     reloading after a restart, reconciling with (re)registered and lost
                      workers;
 - `_durable.py`      durable tasks: the log of their waits, wake-ups, durable slots;
+- `_inbox.py`        signals and waitpoint completions sent to a run, until a wait takes them;
 - `_conditions.py`   DAG conditions (wait_for, skip_if, cancel_if);
 - `_outbox.py`       assignments, cancellations and state transitions to publish;
 - `_history.py`      run history and attempt rows;
@@ -37,6 +38,7 @@ from __future__ import annotations
 from libs.common.messages import (
     CancelRun,
     ReplayRun,
+    SignalRun,
     TaskReport,
     TriggerRun,
     WaitSatisfied,
@@ -59,6 +61,7 @@ from services.scheduler.records import (
     Admission,
     Entry,
     Holder,
+    InboxItem,
     LimitDef,
     SemRef,
 )
@@ -151,6 +154,10 @@ class Engine:
         """A durable log entry read back after the runs (see _durable.py)."""
         self._m.durable.restore(entry)
 
+    def restore_inbox(self, item: InboxItem) -> None:
+        """A run's inbox row read back after the runs (see _inbox.py), in seq order."""
+        self._m.inbox.restore(item)
+
     def define_limit(self, tenant: str, key: str, limit: int, per: str, burst: int | None) -> None:
         """A rate limit defined (or changed) through the API."""
         self._m.gate.limits.define(tenant, key, LimitDef(limit, PER_MS[per], burst))
@@ -183,6 +190,10 @@ class Engine:
     def wait_satisfied(self, tenant: str, cmd: WaitSatisfied) -> None:
         """The matcher saw an event that satisfies a durable wait or a wait_for condition."""
         self._m.durable.satisfied(tenant, cmd)
+
+    def signal(self, tenant: str, cmd: SignalRun) -> None:
+        """A signal or waitpoint completion sent to a run (docs/interaction.md)."""
+        self._m.inbox.receive(tenant, cmd)
 
     # child runs (see _children.py) ----------------------------------------------------
     def parent_to_look_up(self, tenant: str, cmd: TriggerRun) -> tuple[str, str] | None:

@@ -15,9 +15,10 @@ worker is gone, the attempt is requeued like any lost attempt and the next one, 
 replays the log: completed waits return at once, a pending one keeps its original deadline.
 
 A wait's spec is canonical JSON `{"conds": [...]}`, each condition `{"sleep_ms": n}`,
-`{"until_ms": t}`, `{"event": key, "expression": e, "scope": s}` or `{"run": run id}` (the
-run has ended: a durable task awaiting a child's result), a timeout being a sleep with
-`"timeout": true`. Its result is `{"index": i, "payload": p}`: which condition fired.
+`{"until_ms": t}`, `{"event": key, "expression": e, "scope": s}`, `{"run": run id}` (the
+run has ended: a durable task awaiting a child's result), `{"signal": name}` or
+`{"waitpoint": id}` (a message sent to the run, `_inbox.py`), a timeout being a sleep with
+`"timeout": true`. A `state` entry records `ctx.set_state` (done at once, like `now`). Its result is `{"index": i, "payload": p}`: which condition fired.
 Positions below zero belong to a DAG task's `wait_for` conditions (`_conditions.py`).
 """
 
@@ -28,7 +29,14 @@ from collections.abc import Callable
 from typing import Any
 
 from libs.common.cel import check_expression
-from libs.common.messages import DurableStep, TaskReport, WaitSatisfied, WakeTask, WorkerInfo
+from libs.common.messages import (
+    MAX_STATE_BYTES,
+    DurableStep,
+    TaskReport,
+    WaitSatisfied,
+    WakeTask,
+    WorkerInfo,
+)
 from services.scheduler.effects import DurableWrites
 from services.scheduler.engine import _outbox
 from services.scheduler.engine._batch import Batch
@@ -39,6 +47,9 @@ from services.scheduler.records import DONE, PENDING, TIMER_DURABLE, Entry
 
 Wake = tuple[str, int, int, bytes]  # task id, attempt, position, result
 MAX_CONDITIONS = 100  # per wait: a wait_any over more is a mistake, not a workload
+CONDITION_KINDS = frozenset({"sleep_ms", "until_ms", "event", "run", "signal", "waitpoint"})
+# Log entries done when recorded: a read of the clock, a run state, a waitpoint made.
+MEMOS = ("now", "state", "waitpoint")
 
 
 class BadWait(ValueError):
@@ -54,7 +65,7 @@ def parse_conds(spec: bytes) -> list[dict[str, Any]]:
     if not isinstance(conds, list) or not 1 <= len(conds) <= MAX_CONDITIONS:
         raise BadWait(f"a wait takes 1 to {MAX_CONDITIONS} conditions")
     for c in conds:
-        if not isinstance(c, dict) or not ({"sleep_ms", "until_ms", "event", "run"} & c.keys()):
+        if not isinstance(c, dict) or not (CONDITION_KINDS & c.keys()):
             raise BadWait(f"unknown wait condition {c!r}")
         if c.get("expression") and (problem := check_expression(str(c["expression"]))):
             raise BadWait(f"expression {c['expression']!r}: {problem}")
@@ -91,6 +102,7 @@ class Durable:
         requeue_lost: Callable[[Task], None],
         attempt_stopped: Callable[[str, int, str | None], None],
         condition_met: Callable[[Task], None],
+        take_message: Callable[[Task, Entry], tuple[int, bytes] | None] = lambda t, e: None,
     ) -> None:
         self._batch = batch
         self._runs = runs
@@ -101,6 +113,7 @@ class Durable:
         self._requeue_lost = requeue_lost  # a parked attempt's worker is gone
         self._attempt_stopped = attempt_stopped  # ... and its concurrency slots go with it
         self._condition_met = condition_met  # a DAG wait_for condition held (_conditions.py)
+        self._take_message = take_message  # a message the run was sent earlier (_inbox.py)
         self.logs: dict[str, dict[int, Entry]] = {}
         # worker id -> attempts parked there (task id, attempt), holding no regular slot
         self.parked: dict[str, set[tuple[str, int]]] = {}
@@ -116,6 +129,8 @@ class Durable:
         # (a child trigger in flight). The service looks them up before the next batch.
         self.run_lookups: set[tuple[str, str]] = set()
         self.writes = DurableWrites()
+        # (tenant, run id) whose state a task set in this batch: the live pages re-read it
+        self.states_changed: set[tuple[str, str, str]] = set()  # tenant, run, task
 
     # the log --------------------------------------------------------------------------
     def log_for(self, task: Task) -> list[DurableStep]:
@@ -176,6 +191,10 @@ class Durable:
     def _touch(self, e: Entry) -> None:
         self.writes.entries[(e.tenant, e.task_id, e.position)] = e
 
+    def take_states_changed(self) -> set[tuple[str, str, str]]:
+        out, self.states_changed = self.states_changed, set()
+        return out
+
     def take_writes(self) -> DurableWrites:
         out, self.writes = self.writes, DurableWrites()
         return out
@@ -192,12 +211,15 @@ class Durable:
                    f"replay asked for {step.kind} {step.spec.decode()}")
             self._deliver(task, step.position, error_result("NonDeterminism", msg))
             return
-        if step.kind == "now":
+        if step.kind in MEMOS:
             if e is None:
-                e = Entry(task.tenant, task.id, task.run_id, step.position, "now", step.spec,
+                e = Entry(task.tenant, task.id, task.run_id, step.position, step.kind, step.spec,
                           DONE, step.result or b"null", self._batch.now_ms)
                 self.logs.setdefault(task.id, {})[step.position] = e
                 self._touch(e)
+                if step.kind == "state" and len(step.spec) <= MAX_STATE_BYTES:
+                    self.writes.states[(task.tenant, task.run_id)] = e
+                    self.states_changed.add((task.tenant, task.run_id, task.id))
             return
         if e is None:
             try:
@@ -206,12 +228,24 @@ class Durable:
                 self._deliver(task, step.position, error_result("BadWait", str(exc)))
                 return
             e = self.record(task, step.position, "wait", step.spec, conds)
+            if (taken := self._take_message(task, e)) is not None:
+                self.complete(task, e, fired(*taken))
         if e.status == DONE:
             self._deliver(task, e.position, e.result or b"null")  # it still holds its slot
             return
         e.waiting_attempt = task.attempt
         self._touch(e)
         self._park(task)
+
+    def pending_waits(self, task: Task) -> list[Entry]:
+        """The task's pending waits (positions of its code, not DAG conditions)."""
+        return [e for pos, e in sorted(self.logs.get(task.id, {}).items())
+                if pos >= 0 and e.status == PENDING]
+
+    def deliver_message(self, task: Task, e: Entry, index: int, payload: bytes) -> None:
+        """A signal or waitpoint completion sent to the run satisfies condition `index`."""
+        if e.status == PENDING:
+            self.complete(task, e, fired(index, payload))
 
     def _park(self, task: Task) -> None:
         worker_id = task.worker_id or ""
@@ -398,7 +432,7 @@ class Durable:
     # after a restart ----------------------------------------------------------------------
     def restore(self, e: Entry) -> None:
         """An entry read back from PostgreSQL (tasks and workers' slots are loaded first)."""
-        if e.kind != "now":
+        if e.kind not in MEMOS:
             try:
                 e.conds = parse_conds(e.spec)
             except BadWait:

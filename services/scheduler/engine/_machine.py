@@ -16,6 +16,7 @@ from libs.common.messages import (
     Assignment,
     CancelRun,
     ReplayRun,
+    RunStateSet,
     TaskError,
     TaskReport,
     TriggerRun,
@@ -27,6 +28,7 @@ from services.scheduler.engine import _history, _outbox
 from services.scheduler.engine._batch import Batch
 from services.scheduler.engine._conditions import Conditions
 from services.scheduler.engine._durable import Durable
+from services.scheduler.engine._inbox import Inbox
 from services.scheduler.engine._timers import TIMER_BATCH, Timers
 from services.scheduler.engine.admission.gate import Gate
 from services.scheduler.engine.assign import Assigner, Worker, preference
@@ -71,6 +73,11 @@ class StateMachine:
             self.batch, self.runs, self.tasks, self.timers, self.assigner,
             requeue_lost=self.requeue_lost, attempt_stopped=self.gate.attempt_stopped,
             condition_met=self._condition_met,
+            take_message=lambda task, e: self.inbox.take(task, e),
+        )
+        self.inbox = Inbox(  # signals and waitpoint completions sent to runs
+            self.batch, self.runs, pending_waits=self.durable.pending_waits,
+            deliver=self.durable.deliver_message,
         )
         self.conditions = Conditions(  # wait_for / skip_if / cancel_if
             self.runs, self.durable, end_task=self.end_task, skip=self.skip, queue=self.queue,
@@ -88,6 +95,10 @@ class StateMachine:
         self.assign()
         fx = self.batch.fx
         self.gate.journal(fx)
+        for tenant, run_id, task_id in sorted(self.durable.take_states_changed()):
+            fx.note_change(tenant, RunStateSet(tenant=tenant, run_id=run_id, task_id=task_id,
+                                               ts_ms=self.batch.now_ms),
+                           f"state:{run_id}:{self.batch.now_ms}")
         fx.bundle_changes()
         for run in fx.finished_runs:
             self.runs.pop(run.id, None)
@@ -96,8 +107,10 @@ class StateMachine:
                 self.tasks.pop(task.id, None)
             self.durable.forget(list(run.tasks.values()))
             self.conditions.forget(list(run.tasks.values()))
+            self.inbox.forget(run.id)
         self.timers.compact_if_due(self.tasks)
         fx.durable = self.durable.take_writes()
+        fx.durable.inbox = self.inbox.take_writes()
         return self.batch.take()
 
     # commands -----------------------------------------------------------------------

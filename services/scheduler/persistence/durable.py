@@ -1,7 +1,8 @@
 """Durable tasks' logs in PostgreSQL (engine/_durable.py decides them; migration 040).
 
 `durable_log` holds every position of a durable task's log, `durable_event_waits` the event
-conditions of its pending waits, which the matcher reads.
+conditions of its pending waits, which the matcher reads. `run_inbox` and `run_state`
+(migration 070) hold what was sent to each run and the latest state it set (engine/_inbox.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncpg
 
 from services.scheduler.effects import Effects
 from services.scheduler.persistence.literals import MS, columns, ms
-from services.scheduler.records import Entry
+from services.scheduler.records import Entry, InboxItem
 
 # The batch's log entries and the event conditions the matcher reads, in one statement
 # (like store.py's _FLUSH).
@@ -63,12 +64,71 @@ async def flush(conn: asyncpg.Connection, fx: Effects) -> None:
     ]
     # An event condition recorded and completed in the same batch is never written.
     put = [w for w in writes.event_put if (w[0], w[1], w[2]) not in writes.event_del]
+    if writes.inbox or writes.states:
+        await _flush_inbox(conn, list(writes.inbox.values()), list(writes.states.values()))
+    if not (writes.entries or writes.event_del or writes.event_put):
+        return
     await conn.execute(
         _FLUSH_DURABLE,
         *columns(entries, "ttittbtbiii"),
         *columns(list(writes.event_del), "tti"),
         *columns(put, "ttiittti"),
     )
+
+
+_FLUSH_INBOX = f"""
+WITH inbox_rows AS (
+    INSERT INTO run_inbox (tenant_id, run_id, id, seq, kind, name, payload, status, task_id,
+                           position, sent_at, delivered_at)
+    SELECT t, r, i, q, k, n, pl, st, tk, p, {MS.format("s")}, {MS.format("d")}
+    FROM unnest($1::text::text[], $2::text::text[], $3::text::text[], $4::text::int[],
+                $5::text::text[], $6::text::text[], $7::bytea[], $8::text::text[],
+                $9::text::text[], $10::text::int[], $11::text::int8[], $12::text::int8[])
+         AS x(t, r, i, q, k, n, pl, st, tk, p, s, d)
+    ON CONFLICT (tenant_id, run_id, id) DO UPDATE SET
+        status = EXCLUDED.status, task_id = EXCLUDED.task_id, position = EXCLUDED.position,
+        delivered_at = EXCLUDED.delivered_at
+)
+INSERT INTO run_state (tenant_id, run_id, state, task_id, position, updated_at)
+SELECT t, r, st, tk, p, {MS.format("u")}
+FROM unnest($13::text::text[], $14::text::text[], $15::bytea[], $16::text::text[],
+            $17::text::int[], $18::text::int8[]) AS x(t, r, st, tk, p, u)
+ON CONFLICT (tenant_id, run_id) DO UPDATE SET
+    state = EXCLUDED.state, task_id = EXCLUDED.task_id, position = EXCLUDED.position,
+    updated_at = EXCLUDED.updated_at
+"""
+
+
+async def _flush_inbox(conn: asyncpg.Connection, inbox: list[InboxItem],
+                       states: list[Entry]) -> None:
+    await conn.execute(
+        _FLUSH_INBOX,
+        *columns([(i.tenant, i.run_id, i.id, i.seq, i.kind, i.name, i.payload, i.status,
+                   i.task_id, i.position, i.sent_ms, i.delivered_ms) for i in inbox],
+                 "tttittbttiii"),
+        *columns([(e.tenant, e.run_id, e.spec, e.task_id, e.position, e.registered_ms)
+                  for e in states], "ttbtii"),
+    )
+
+
+async def load_inbox(conn: asyncpg.Connection) -> list[InboxItem]:
+    """What was sent to every run that has not ended, in the order received per run."""
+    rows = await conn.fetch(
+        "SELECT i.tenant_id, i.run_id, i.id, i.seq, i.kind, i.name, i.payload, i.status,"
+        " i.task_id, i.position, i.sent_at, i.delivered_at FROM run_inbox i"
+        " JOIN runs r ON r.tenant_id = i.tenant_id AND r.id = i.run_id"
+        " WHERE r.status IN ('PENDING', 'RUNNING')"
+        " ORDER BY i.tenant_id, i.run_id, i.seq"
+    )
+    return [
+        InboxItem(
+            tenant=r["tenant_id"], run_id=r["run_id"], id=r["id"], seq=r["seq"], kind=r["kind"],
+            name=r["name"], payload=bytes(r["payload"]), status=r["status"],
+            sent_ms=ms(r["sent_at"]) or 0, task_id=r["task_id"], position=r["position"],
+            delivered_ms=ms(r["delivered_at"]),
+        )
+        for r in rows
+    ]
 
 
 async def load(conn: asyncpg.Connection) -> list[Entry]:
