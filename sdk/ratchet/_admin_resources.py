@@ -74,6 +74,11 @@ class Tokens(_Resource):
         out: list[dict[str, Any]] = self._c.request("GET", "/tokens", params=params)
         return out
 
+    def get(self, token_id: str) -> dict[str, Any]:
+        """One token: {id, name, scopes, created_at, expires_at, revoked_at} (no secret)."""
+        out: dict[str, Any] = self._c.request("GET", f"/tokens/{_seg(token_id)}")
+        return out
+
     def revoke(self, token_id: str) -> None:
         """Revoke a token; every API and dispatcher process refuses it within seconds."""
         self._c.request("DELETE", f"/tokens/{_seg(token_id)}")

@@ -181,8 +181,13 @@ async def test_revocation_reaches_two_apis_and_the_dispatcher(
     assert victim["id"] not in {t["id"] for t in listed}
     listed = (await http.get("/tokens?include_revoked=true", headers=_auth(admin))).json()
     assert [t["revoked_at"] for t in listed if t["id"] == victim["id"]] != [None]
+    # Revoking again is idempotent (nothing changes); an unknown id is still a 404.
     again = await http.delete(f"/tokens/{victim['id']}", headers=_auth(admin))
-    assert again.status_code == 404
+    assert again.status_code == 204
+    listed = (await http.get("/tokens?include_revoked=true", headers=_auth(admin))).json()
+    assert [t["revoked_at"] for t in listed if t["id"] == victim["id"]] != [None]
+    unknown = await http.delete("/tokens/tok_no-such-token", headers=_auth(admin))
+    assert unknown.status_code == 404
 
 
 async def _is(url: str, token: str, code: int) -> bool:

@@ -4,14 +4,23 @@ one line on stderr and a meaningful exit code."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import httpx
 import typer
+from typer.core import TyperArgument
 
 from ratchet.cli import _admin, _runs, _tokens, _workflows
-from ratchet.cli._common import EXIT_CODES_HELP, CliError, Exit, Settings, api_exit, api_message
+from ratchet.cli._common import (
+    EXIT_CODES_HELP,
+    WIDE,
+    CliError,
+    Exit,
+    Settings,
+    api_exit,
+    api_message,
+)
 from ratchet.cli._worker import worker
 from ratchet.errors import ApiError, ApiUnreachable, ConfigError
 
@@ -44,7 +53,12 @@ def root(
     grpc_addr: Annotated[str | None, typer.Option(
         envvar="RATCHET_GRPC_ADDR", show_envvar=True, help="Dispatcher address (workers).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="JSON output for every command.")] = False,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Print table cells in full on a terminal too (they always are when "
+        "piped). Accepted after any command.")] = False,
 ) -> None:
+    if wide:
+        WIDE["on"] = True
     ctx.obj = Settings(api_url=api_url, token=token, grpc_addr=grpc_addr, json_output=json_)
 
 
@@ -54,9 +68,33 @@ def _fail(message: str, code: Exit) -> int:
     return int(code)
 
 
+def _readable_usage(command: Any) -> None:
+    """Name arguments in usage lines the usual way (`WORKFLOW`, `[RUN_IDS]...`), not as
+    typer's `{workflow}`."""
+    for param in command.params:
+        if isinstance(param, TyperArgument):
+            name = (param.metavar or param.name or "").upper()
+            piece = (name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else "")
+            param.get_usage_pieces = lambda ctx, piece=piece: [piece]  # type: ignore[method-assign,misc]
+    for sub in getattr(command, "commands", {}).values():
+        _readable_usage(sub)
+
+
+def _take_wide(argv: list[str]) -> list[str]:
+    """`--wide` may come anywhere before `--` (`ratchet runs list --wide`): it is a global
+    switch for tables, so it is taken out here."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--wide" in argv[:end]:
+        WIDE["on"] = True
+        return [a for i, a in enumerate(argv) if not (a == "--wide" and i < end)]
+    return argv
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI with `argv` (default: sys.argv); the exit code."""
     command = typer.main.get_command(app)
+    _readable_usage(command)
+    argv = _take_wide(list(sys.argv[1:] if argv is None else argv))
     try:
         # Standalone: click reports usage errors itself (exit 2) and turns typer.Exit into
         # SystemExit; what is left to catch here are the errors of the work itself.

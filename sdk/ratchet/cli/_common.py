@@ -58,9 +58,16 @@ def api_exit(exc: ApiError) -> Exit:
 
 def api_message(exc: ApiError) -> str:
     detail = exc.detail
-    # Litestar's validation errors put the useful part (which field, why) in `extra`.
-    if exc.extra:
-        detail = f"{detail}: {json.dumps(exc.extra, separators=(',', ':'))}"
+    # Litestar's validation errors put the useful part (which field, why) in `extra`: a list
+    # of {"key", "message", "source"}, shown as "key: message".
+    extra = exc.extra
+    if isinstance(extra, list) and extra and all(isinstance(x, dict) and "message" in x for x in extra):
+        reasons = "; ".join(
+            f"{x['key']}: {x['message']}" if x.get("key") else str(x["message"]) for x in extra
+        )
+        detail = f"{detail}: {reasons}"
+    elif extra:
+        detail = f"{detail}: {json.dumps(extra, separators=(',', ':'))}"
     return f"{detail} (HTTP {exc.status})"
 
 
@@ -100,12 +107,21 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# `--wide` (anywhere on the command line): tables print every cell in full on a terminal too.
+WIDE = {"on": False}
+# Wide enough that no cell is ever cut; the table itself is only as wide as its content.
+_UNCUT = Console(highlight=False, soft_wrap=True, width=100_000)
+
+
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
+    """A table on stdout. On a terminal it fits the window (long cells are cut with "…")
+    unless `--wide`; piped or redirected, every cell is printed in full, so ids can be pasted
+    into the next command."""
     t = Table(*columns, title=title, show_lines=False, header_style="bold")
     for row in rows:
         # Cells hold user data (names, messages): shown as written, never read as markup.
         t.add_row(*("" if v is None else escape(str(v)) for v in row))
-    out.print(t)
+    (_UNCUT if WIDE["on"] or not out.is_terminal else out).print(t)
 
 
 def parse_json(raw: str, what: str) -> Any:

@@ -3,6 +3,7 @@ streams."""
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 import time
@@ -41,17 +42,21 @@ RUN_STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 # The largest page the API lists; a bulk action by filter works on at most this many runs.
 BULK_MAX = 1000
 
+RunStatus = enum.Enum("RunStatus", {s: s for s in RUN_STATUSES}, type=str)  # type: ignore[misc]
+# A choice: a bad value is refused with the valid ones listed (any case is accepted).
 StatusOpt = Annotated[
-    str | None, typer.Option("--status", "-s", help=f"One of {', '.join(RUN_STATUSES)}.")
+    RunStatus | None,
+    typer.Option("--status", "-s", case_sensitive=False, help=f"One of {', '.join(RUN_STATUSES)}."),
 ]
 WorkflowOpt = Annotated[str | None, typer.Option("--workflow", "-w", help="Workflow name.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for the run to end; exit 1 unless it succeeded.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
 
 
-def _status(value: str | None) -> str | None:
-    # The API checks the value (400 → exit 2), so a status added there works here unchanged.
-    return value.upper() if value else None
+def _status(value: RunStatus | str | None) -> str | None:
+    if value is None:
+        return None
+    return str(value.value if isinstance(value, enum.Enum) else value).upper()
 
 
 def wait_for(client: Ratchet, run_id: str, timeout_s: float) -> dict[str, Any]:
@@ -163,7 +168,7 @@ def get(
 IdsArg = Annotated[list[str] | None, typer.Argument(help="Run ids (or select them with a filter).")]
 
 
-def _bulk(ctx: typer.Context, verb: str, ids: list[str] | None, status: str | None,
+def _bulk(ctx: typer.Context, verb: str, ids: list[str] | None, status: RunStatus | str | None,
           workflow: str | None, limit: int, as_json: bool,
           act: Callable[[Ratchet, str], Any]) -> None:
     """Apply `act` to each selected run with a progress bar; one result per run."""

@@ -89,14 +89,25 @@ def revoke(
     token_ids: Annotated[list[str], typer.Argument(help="Ids from `ratchet tokens list`.")],
     json_: JsonOpt = False,
 ) -> None:
-    """Revoke tokens: within seconds no API or dispatcher accepts them."""
+    """Revoke tokens: within seconds no API or dispatcher accepts them. A token revoked
+    before is left as it is, and said so."""
     resource = Tokens(settings(ctx).client())
+    revoked: list[str] = []
+    already: list[str] = []
     for token_id in token_ids:
+        # 404 (exit 3) when the tenant has no such token at all.
+        if resource.get(token_id).get("revoked_at"):
+            already.append(token_id)
+            continue
         resource.revoke(token_id)
+        revoked.append(token_id)
     if wants_json(ctx, json_):
-        print_json({"revoked": token_ids})
-    else:
-        out.print(f"revoked {len(token_ids)} token{'s' if len(token_ids) != 1 else ''}")
+        print_json({"revoked": revoked, "already_revoked": already})
+        return
+    if revoked:
+        out.print(f"revoked {len(revoked)} token{'s' if len(revoked) != 1 else ''}")
+    for token_id in already:
+        out.print(f"{token_id} was already revoked")
 
 
 @limits.command("get")

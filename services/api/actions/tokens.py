@@ -72,9 +72,12 @@ async def create_token(api: ApiState, caller: Principal, data: TokenIn) -> Token
 
 
 async def revoke_token(api: ApiState, caller: Principal, token_id: str) -> None:
-    """Revoke a token: within 2 s no API or dispatcher process accepts it."""
+    """Revoke a token: within 2 s no API or dispatcher process accepts it. Revoking a token
+    already revoked does nothing and succeeds."""
     entry = audit_entry(caller, "token.revoke", target=token_id)
     if not await api.token_repo.revoke(caller.tenant, token_id, entry):
-        raise NotFound(f"token {token_id!r} not found")
+        if await api.token_repo.get(caller.tenant, token_id) is None:
+            raise NotFound(f"token {token_id!r} not found")
+        return  # revoked before: a second revoke changes nothing (idempotent)
     api.tokens.forget(token_id)
     await tokens_lib.announce_revoked(api.nc, token_id)
