@@ -30,6 +30,7 @@ _HEADER_SAFE = re.compile(HEADER_SAFE_PATTERN)
 _SCOPE = Header.SCOPE.value.lower()
 _EVENT_ID = Header.EVENT_ID.value.lower()
 _METADATA = Header.METADATA.value.lower()
+_IDEMPOTENCY_KEY = Header.IDEMPOTENCY_KEY.value.lower()
 _MSG_ID = Header.MSG_ID.value.lower()
 
 
@@ -48,6 +49,7 @@ class Event:
     payload: Any  # decoded JSON
     raw: bytes  # the JSON body, passed on as the run input unchanged
     metadata: dict[str, Any]
+    idempotency_key: str | None = None  # the Ratchet-Idempotency-Key header, if any
 
 
 def key_problem(key: str) -> str | None:
@@ -112,7 +114,7 @@ def parse(msg: Msg) -> Event:
         or f"seq-{msg.metadata.sequence.stream}"
     scope = headers.get(_SCOPE) or None
     return Event(tenant=tenant, key=key, event_id=event_id, scope=scope, payload=payload,
-                 raw=raw, metadata=metadata)
+                 raw=raw, metadata=metadata, idempotency_key=headers.get(_IDEMPOTENCY_KEY) or None)
 
 
 def _from_msg_id(msg_id: str | None) -> str | None:

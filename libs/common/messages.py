@@ -24,6 +24,9 @@ class TriggerRun(msgspec.Struct, tag="trigger", kw_only=True):
     parent_task_id: str | None = None
     parent_task: str | None = None
     depth: int = 0
+    # An idempotency key the scheduler claims before starting the run (an event's
+    # Ratchet-Idempotency-Key header); API triggers claim theirs in the API. flow-control.md
+    idempotency_key: str | None = None
 
 
 class CancelRun(msgspec.Struct, tag="cancel", kw_only=True):

@@ -124,6 +124,36 @@ class ParentOutputCondition(_Condition, frozen=True, kw_only=True, tag="parent_o
 ConditionSpec = SleepCondition | EventCondition | ParentOutputCondition
 
 
+class DebounceSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Triggers with one `key` (CEL over input and metadata; empty: one key for all) start
+    one run, `period_s` after the last of them or `max_wait_s` after the first, whichever
+    comes first; the run's input is the last trigger's (`keep="last"`) or
+    `{"items": [...]}` of all of them in arrival order (`keep="all"`)."""
+
+    key: Annotated[str, Meta(max_length=MAX_EXPRESSION_CHARS)] = ""
+    period_s: Duration
+    max_wait_s: Duration
+    keep: Literal["last", "all"] = "last"
+
+
+class BatchSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Triggers with one `key` collect into one run with input `{"items": [...]}` once
+    `size` arrived or `max_wait_s` after the first, whichever comes first."""
+
+    key: Annotated[str, Meta(max_length=MAX_EXPRESSION_CHARS)] = ""
+    size: Annotated[int, Meta(ge=1, le=10_000)]
+    max_wait_s: Duration
+
+
+class IdempotencySpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The idempotency key of every trigger that brings none itself (CEL over input and
+    metadata), kept `ttl_s` or, with `until_finished`, until the run it names ends."""
+
+    key: Cel
+    ttl_s: Duration = 24 * 3600.0
+    until_finished: bool = False
+
+
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: Name
     parents: Names = []
@@ -168,6 +198,13 @@ class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True):
     input_schema: dict[str, object] | None = None
     default_priority: Annotated[int, Meta(ge=1, le=3)] = 1
     sticky: Literal["SOFT", "HARD"] | None = None
+    # POSTed every run's id, status and outputs when it ends, signed (docs/webhooks.md).
+    on_finish_webhook: Annotated[
+        str, Meta(max_length=2048, pattern=r"^https?://\S+$")] | None = None
+    # Flow control (docs/flow-control.md): at most one of debounce and batch.
+    debounce: DebounceSpec | None = None
+    batch: BatchSpec | None = None
+    idempotency: IdempotencySpec | None = None
 
 
 class SpecError(ValueError):
@@ -197,6 +234,7 @@ def validate(spec: WorkflowSpec) -> list[str]:
     if cron_problem := on_crons_problem(spec.on_crons):
         raise SpecError(f"workflow {spec.name!r}: {cron_problem}")
     _check_concurrency(f"workflow {spec.name!r}", spec.concurrency)
+    _check_flow(spec)
     by_name: dict[str, TaskSpec] = {}
     for task in spec.tasks:
         _check_name("task", task.name)
@@ -235,6 +273,15 @@ def _check_concurrency(where: str, items: list[ConcurrencySpec]) -> None:
             raise SpecError(f"{where}: concurrency max_runs must be >= 1")
 
 
+def _check_flow(spec: WorkflowSpec) -> None:
+    where = f"workflow {spec.name!r}"
+    if spec.debounce is not None and spec.batch is not None:
+        raise SpecError(
+            f"{where}: debounce and batch cannot both be set (a debounced trigger starts the "
+            "run of its window, a batched one the run of its batch; choose one)"
+        )
+
+
 def _check_fairness(where: str, task: TaskSpec) -> None:
     """Shape checks; CEL syntax and static key existence are checked by the API."""
     _check_concurrency(where, task.concurrency)
@@ -260,6 +307,10 @@ def _check_fairness(where: str, task: TaskSpec) -> None:
 def cel_expressions(spec: WorkflowSpec) -> list[tuple[str, str]]:
     """(where, expression) for every CEL expression in the spec, for the API to compile."""
     out = [(f"workflow {spec.name!r} concurrency key", c.key) for c in spec.concurrency]
+    for label, rule in (("debounce", spec.debounce), ("batch", spec.batch),
+                        ("idempotency", spec.idempotency)):
+        if rule is not None and rule.key.strip():
+            out.append((f"workflow {spec.name!r} {label} key", rule.key))
     tasks = [*spec.tasks, *(t for t in (spec.on_failure, spec.on_success) if t is not None)]
     for task in tasks:
         out.extend((f"task {task.name!r} concurrency key", c.key) for c in task.concurrency)

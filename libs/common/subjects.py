@@ -22,6 +22,7 @@ class Header(StrEnum):
     SCOPE = "Ratchet-Scope"
     EVENT_ID = "Ratchet-Event-Id"
     METADATA = "Ratchet-Metadata"
+    IDEMPOTENCY_KEY = "Ratchet-Idempotency-Key"  # on an event: see docs/flow-control.md
     TRACEPARENT = "traceparent"
     DLQ_SUBJECT = "Ratchet-Dlq-Subject"
     DLQ_SEQ = "Ratchet-Dlq-Seq"

@@ -14,14 +14,25 @@ from ratchet.durable import (
 )
 from ratchet.errors import ApiError, NonRetryable, RatchetError, RunFailed, WorkflowDefinitionError
 from ratchet.resources import RunRef
-from ratchet.types import Concurrency, DesiredLabel, RateLimit, Sticky, StickyStrategy, Strategy
+from ratchet.types import (
+    Batch,
+    Concurrency,
+    Debounce,
+    DesiredLabel,
+    RateLimit,
+    Sticky,
+    StickyStrategy,
+    Strategy,
+)
 from ratchet.worker import Worker
 from ratchet.workflow import Task, Workflow
 
 __all__ = [
     "ApiError",
+    "Batch",
     "Concurrency",
     "Context",
+    "Debounce",
     "DesiredLabel",
     "DurableContext",
     "Event",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, cast
 
 from ratchet._output import DEFAULT_LOG_MAX_CHARS, DEFAULT_LOG_MAX_LINES
@@ -18,7 +19,7 @@ from ratchet.resources import (
     Waitpoints,
     Workflows,
 )
-from ratchet.types import Concurrency, StickyStrategy
+from ratchet.types import Batch, Concurrency, Debounce, StickyStrategy
 from ratchet.webhooks import Alerts, Webhooks
 from ratchet.worker import Worker
 from ratchet.workflow import DurableTaskFn, Task, TaskFn, Workflow
@@ -69,11 +70,16 @@ class Ratchet:
         concurrency: Concurrency | list[Concurrency] | None = None,
         default_priority: int = 1,
         sticky: StickyStrategy | None = None,
+        debounce: Debounce | None = None,
+        batch: Batch | None = None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: timedelta | str | None = None,
     ) -> Workflow:
         return Workflow(
             name, transport=self._transport, input=input, description=description,
             on_events=on_events, on_crons=on_crons, concurrency=concurrency, default_priority=default_priority,
-            sticky=sticky,
+            sticky=sticky, debounce=debounce, batch=batch, idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl,
         )
 
     def task(

@@ -198,23 +198,30 @@ def _list_params(status: str | None, workflow: str | None, limit: int,
 
 class Events(_Resource):
     def push(self, key: str, payload: Any, *, scope: str | None = None,
-             metadata: dict[str, str] | None = None, event_id: str | None = None) -> Any:
-        return self._c.request("POST", "/events", json=_event(key, payload, scope, metadata, event_id))
+             metadata: dict[str, str] | None = None, event_id: str | None = None,
+             idempotency_key: str | None = None) -> Any:
+        """Publish an event. `idempotency_key` travels as its Ratchet-Idempotency-Key header:
+        the runs it triggers claim it as `run_no_wait(idempotency_key=...)` would."""
+        return self._c.request("POST", "/events", json=_event(key, payload, scope, metadata,
+                                                              event_id, idempotency_key))
 
     def push_many(self, events: list[dict[str, Any]]) -> Any:
         """Each item: {"key", "payload", optional "scope", "metadata", "event_id"}."""
         return self._c.request("POST", "/events/bulk", json={"events": events})
 
     async def aio_push(self, key: str, payload: Any, *, scope: str | None = None,
-                       metadata: dict[str, str] | None = None, event_id: str | None = None) -> Any:
+                       metadata: dict[str, str] | None = None, event_id: str | None = None,
+                       idempotency_key: str | None = None) -> Any:
         return await self._c.arequest(
-            "POST", "/events", json=_event(key, payload, scope, metadata, event_id)
+            "POST", "/events", json=_event(key, payload, scope, metadata, event_id, idempotency_key)
         )
 
 
 def _event(key: str, payload: Any, scope: str | None, metadata: dict[str, str] | None,
-           event_id: str | None) -> dict[str, Any]:
+           event_id: str | None, idempotency_key: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"key": key, "payload": _codec.to_builtins(payload)}
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
     if scope is not None:
         body["scope"] = scope
     if metadata:
@@ -331,6 +338,35 @@ class Workflows(_Resource):
         return await self._c.arequest("POST", f"/workflows/{name}/rollback",
                                       json={"version_id": version_id})
 
+    def pause(self, name: str, mode: str = "queue") -> dict[str, Any]:
+        """Pause a workflow: `"queue"` keeps new runs (from any trigger) until `resume`;
+        `"drop"` refuses API triggers (409) and skips event and cron ones. Running tasks go on."""
+        out: dict[str, Any] = self._c.request("POST", f"/workflows/{name}/pause", json={"mode": mode})
+        return out
+
+    async def aio_pause(self, name: str, mode: str = "queue") -> dict[str, Any]:
+        out: dict[str, Any] = await self._c.arequest("POST", f"/workflows/{name}/pause",
+                                                     json={"mode": mode})
+        return out
+
+    def resume(self, name: str) -> dict[str, Any]:
+        """Resume a paused workflow: the runs it kept start, new ones start at once."""
+        out: dict[str, Any] = self._c.request("POST", f"/workflows/{name}/resume")
+        return out
+
+    async def aio_resume(self, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._c.arequest("POST", f"/workflows/{name}/resume")
+        return out
+
+    def pause_state(self, name: str) -> dict[str, Any]:
+        """{"paused", "mode", "paused_at", "dropped", "held", ...} of the workflow."""
+        out: dict[str, Any] = self._c.request("GET", f"/workflows/{name}/pause")
+        return out
+
+    async def aio_pause_state(self, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._c.arequest("GET", f"/workflows/{name}/pause")
+        return out
+
 
 class _ResultGather:
     """Coalesces the `aio_result()` calls one event loop makes at the same moment (a task
@@ -397,10 +433,12 @@ def _gather_for(transport: Transport) -> _ResultGather:
 class RunRef:
     """A triggered run: `result()` waits for it and returns `{task_name: output}`."""
 
-    def __init__(self, transport: Transport, run_id: str) -> None:
+    def __init__(self, transport: Transport, run_id: str, *, deduplicated: bool = False) -> None:
         self._transport = transport
         self._runs = Runs(transport)
         self.run_id = run_id
+        # An idempotency key answered an earlier trigger's run (docs/flow-control.md).
+        self.deduplicated = deduplicated
 
     def __repr__(self) -> str:
         return f"RunRef({self.run_id!r})"

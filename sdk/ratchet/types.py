@@ -1,9 +1,11 @@
-"""Public option types: concurrency, rate limits, labels, stickiness."""
+"""Public option types: concurrency, rate limits, labels, stickiness, debounce, batching."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
+from typing import Any, Literal
 
 
 class Strategy(StrEnum):
@@ -64,3 +66,49 @@ class DesiredLabel:
     value: str
     required: bool = False
     weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Debounce:
+    """Collapse a burst of triggers with the same `key` into one run.
+
+    The run starts `period` after the last trigger of the burst, or `max_wait` after its
+    first, whichever is sooner. `keep="last"` gives it the last trigger's input, `keep="all"`
+    `{"items": [inputs in arrival order]}`. `key` is CEL over the input and metadata
+    (`"input.thread"`); empty means one window for all triggers. Every trigger of the burst
+    answers with the id of that one run.
+    """
+
+    key: str = ""
+    period: timedelta = timedelta(seconds=1)
+    max_wait: timedelta | None = None  # default: 10 periods
+    keep: Literal["last", "all"] = "last"
+
+    def spec(self) -> dict[str, Any]:
+        if self.keep not in ("last", "all"):
+            raise ValueError(f"keep must be 'last' or 'all', not {self.keep!r}")
+        period = _seconds(self.period, "period")
+        max_wait = _seconds(self.max_wait, "max_wait") if self.max_wait is not None else 10 * period
+        return {"key": self.key, "period_s": period, "max_wait_s": max_wait, "keep": self.keep}
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Collect triggers with the same `key` into one run with input `{"items": [...]}`,
+    started once `size` arrived or `max_wait` after the first, whichever is sooner."""
+
+    key: str = ""
+    size: int = 100
+    max_wait: timedelta = timedelta(seconds=1)
+
+    def spec(self) -> dict[str, Any]:
+        if self.size < 1:
+            raise ValueError("batch size must be at least 1")
+        return {"key": self.key, "size": self.size, "max_wait_s": _seconds(self.max_wait, "max_wait")}
+
+
+def _seconds(value: timedelta | float, name: str) -> float:
+    out = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if out <= 0:
+        raise ValueError(f"{name} must be positive")
+    return out

@@ -18,7 +18,7 @@ from ratchet.context import Context, current_context
 from ratchet.durable import DurableContext, Event, ParentOutput, Sleep, condition_spec
 from ratchet.errors import RatchetError, WorkflowDefinitionError
 from ratchet.resources import RunRef, Scheduled
-from ratchet.types import Concurrency, DesiredLabel, RateLimit, StickyStrategy
+from ratchet.types import Batch, Concurrency, Debounce, DesiredLabel, RateLimit, StickyStrategy
 
 R = TypeVar("R")
 TaskFn = Callable[[Any, Context], Any]
@@ -211,6 +211,10 @@ class Workflow:
         concurrency: Concurrency | list[Concurrency] | None = None,
         default_priority: int = 1,
         sticky: StickyStrategy | None = None,
+        debounce: Debounce | None = None,
+        batch: Batch | None = None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: timedelta | str | None = None,
     ) -> None:
         if not name or any(c.isspace() for c in name):
             raise WorkflowDefinitionError(f"invalid workflow name {name!r}")
@@ -226,6 +230,12 @@ class Workflow:
         self.concurrency = list(concurrency or [])
         self.default_priority = default_priority
         self.sticky = StickyStrategy(sticky) if sticky is not None else None
+        # Flow control (docs/flow-control.md); debounce with batch is refused by the server.
+        self.debounce = debounce
+        self.batch = batch
+        self.idempotency_key = idempotency_key  # CEL: the key of triggers that bring none
+        self.idempotency_ttl = idempotency_ttl
+        self._flow_spec = self._flow()  # a bad duration or keep fails here, at import time
         self.tasks: dict[str, Task[Any]] = {}
         self.on_failure: Task[Any] | None = None
         self.on_success: Task[Any] | None = None
@@ -382,7 +392,27 @@ class Workflow:
             "input_schema": _codec.json_schema(self.input_type),
             "default_priority": self.default_priority,
             "sticky": str(self.sticky) if self.sticky else None,
+            **self._flow_spec,
         }
+
+    def _flow(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        try:
+            if self.debounce is not None:
+                out["debounce"] = self.debounce.spec()
+            if self.batch is not None:
+                out["batch"] = self.batch.spec()
+        except ValueError as exc:
+            raise WorkflowDefinitionError(f"workflow {self.name!r}: {exc}") from None
+        if self.idempotency_key is not None:
+            rule: dict[str, Any] = {"key": self.idempotency_key}
+            ttl = _ttl(self.idempotency_ttl)
+            if ttl == "until_finished":
+                rule["until_finished"] = True
+            elif ttl is not None:
+                rule["ttl_s"] = ttl
+            out["idempotency"] = rule
+        return out
 
     # running ------------------------------------------------------------------------
     def _bound(self) -> Transport:
@@ -395,25 +425,35 @@ class Workflow:
 
     def run(self, input: Any = None, *, priority: int | None = None,
             metadata: dict[str, str] | None = None, version_id: str | None = None,
-            timeout_s: float = 3600.0, key: str | None = None) -> dict[str, Any]:
+            timeout_s: float = 3600.0, key: str | None = None,
+            idempotency_key: str | None = None,
+            idempotency_ttl: timedelta | str | None = None) -> dict[str, Any]:
         """Trigger a run and wait for it: `{task_name: output}`; raises RunFailed.
 
         Inside a task this starts a child run of the task's run (see `run_no_wait`). The
         waiting task keeps its worker slot; a sync task keeps its thread too.
         """
         ref = self.run_no_wait(input, priority=priority, metadata=metadata,
-                               version_id=version_id, key=key)
+                               version_id=version_id, key=key,
+                               idempotency_key=idempotency_key, idempotency_ttl=idempotency_ttl)
         return ref.result(timeout_s)
 
     def run_no_wait(self, input: Any = None, *, priority: int | None = None,
                     metadata: dict[str, str] | None = None,
-                    version_id: str | None = None, key: str | None = None) -> RunRef:
+                    version_id: str | None = None, key: str | None = None,
+                    idempotency_key: str | None = None,
+                    idempotency_ttl: timedelta | str | None = None) -> RunRef:
         """Trigger a run. `version_id` pins it to that registered version of the workflow
         (see `r.workflows.versions`); without it the run uses the current version.
 
         Called inside a task, the run is a child of the task's run: linked to it, cancelled
         with it, and started once however often the task is retried — the k-th child a task
         starts (or the one with the same `key`) is the same run in every attempt.
+
+        With `idempotency_key`, a trigger whose key was seen within `idempotency_ttl` (default
+        24 h; `"until_finished"`: until that run ends) starts nothing and answers the earlier
+        run (`ref.deduplicated` is True). A debounced or batched workflow answers the run of
+        the trigger's window or batch.
         """
         transport = self._bound()
         # A pinned run names a version the server already has; registering this definition
@@ -421,66 +461,87 @@ class Workflow:
         if version_id is None:
             transport.register(self.spec())
         body = _run_body(input, priority, metadata, version_id, _parents([key])[0])
+        _idempotency(body, idempotency_key, idempotency_ttl)
         out = transport.request("POST", f"/workflows/{self.name}/run", json=body)
-        return RunRef(transport, out["run_id"])
+        return RunRef(transport, out["run_id"], deduplicated=out.get("deduplicated", False))
 
     async def aio_run(self, input: Any = None, *, priority: int | None = None,
                       metadata: dict[str, str] | None = None, version_id: str | None = None,
-                      timeout_s: float = 3600.0, key: str | None = None) -> dict[str, Any]:
+                      timeout_s: float = 3600.0, key: str | None = None,
+                      idempotency_key: str | None = None,
+                      idempotency_ttl: timedelta | str | None = None) -> dict[str, Any]:
         """`run` for async code: trigger a run (a child run inside a task) and await it."""
         ref = await self.aio_run_no_wait(input, priority=priority, metadata=metadata,
-                                         version_id=version_id, key=key)
+                                         version_id=version_id, key=key,
+                                         idempotency_key=idempotency_key,
+                                         idempotency_ttl=idempotency_ttl)
         return await ref.aio_result(timeout_s)
 
     async def aio_run_no_wait(self, input: Any = None, *, priority: int | None = None,
                               metadata: dict[str, str] | None = None,
-                              version_id: str | None = None, key: str | None = None) -> RunRef:
+                              version_id: str | None = None, key: str | None = None,
+                              idempotency_key: str | None = None,
+                              idempotency_ttl: timedelta | str | None = None) -> RunRef:
         """`run_no_wait` for async code."""
         transport = self._bound()
         if version_id is None:
             await transport.aregister(self.spec())
         body = _run_body(input, priority, metadata, version_id, _parents([key])[0])
+        _idempotency(body, idempotency_key, idempotency_ttl)
         out = await transport.arequest("POST", f"/workflows/{self.name}/run", json=body)
-        return RunRef(transport, out["run_id"])
+        return RunRef(transport, out["run_id"], deduplicated=out.get("deduplicated", False))
 
     def run_many(self, inputs: list[Any], *, priority: int | None = None,
                  version_id: str | None = None,
-                 keys: list[str | None] | None = None) -> list[RunRef]:
+                 keys: list[str | None] | None = None,
+                 idempotency_keys: list[str | None] | None = None,
+                 idempotency_ttl: timedelta | str | None = None) -> list[RunRef]:
         """Trigger many runs in bulk requests of up to 1,000 (child runs inside a task;
         `keys`, one per input, name them like `run_no_wait`'s `key`)."""
         transport = self._bound()
         if version_id is None:
             transport.register(self.spec())
         refs: list[RunRef] = []
-        for path, body in self._bulk_bodies(inputs, priority, version_id, keys):
+        for path, body in self._bulk_bodies(inputs, priority, version_id, keys,
+                                            idempotency_keys, idempotency_ttl):
             out = transport.request("POST", path, json=body)
-            refs.extend(RunRef(transport, rid) for rid in out["run_ids"])
+            refs.extend(_refs(transport, out))
         return refs
 
     async def aio_run_many(self, inputs: list[Any], *, priority: int | None = None,
                            version_id: str | None = None,
-                           keys: list[str | None] | None = None) -> list[RunRef]:
+                           keys: list[str | None] | None = None,
+                           idempotency_keys: list[str | None] | None = None,
+                           idempotency_ttl: timedelta | str | None = None) -> list[RunRef]:
         """`run_many` for async code: a list of `RunRef`, in the order of `inputs`."""
         transport = self._bound()
         if version_id is None:
             await transport.aregister(self.spec())
         refs: list[RunRef] = []
-        for path, body in self._bulk_bodies(inputs, priority, version_id, keys):
+        for path, body in self._bulk_bodies(inputs, priority, version_id, keys,
+                                            idempotency_keys, idempotency_ttl):
             out = await transport.arequest("POST", path, json=body)
-            refs.extend(RunRef(transport, rid) for rid in out["run_ids"])
+            refs.extend(_refs(transport, out))
         return refs
 
     def _bulk_bodies(
         self, inputs: list[Any], priority: int | None, version_id: str | None,
         keys: list[str | None] | None,
+        idempotency_keys: list[str | None] | None = None,
+        idempotency_ttl: timedelta | str | None = None,
     ) -> list[tuple[str, dict[str, Any]]]:
         if keys is not None and len(keys) != len(inputs):
             raise ValueError(f"keys has {len(keys)} items for {len(inputs)} inputs")
+        if idempotency_keys is not None and len(idempotency_keys) != len(inputs):
+            raise ValueError(
+                f"idempotency_keys has {len(idempotency_keys)} items for {len(inputs)} inputs")
         parents = _parents(keys if keys is not None else [None] * len(inputs))
+        ikeys = idempotency_keys if idempotency_keys is not None else [None] * len(inputs)
         path = f"/workflows/{self.name}/run/bulk"
         return [
             (path, {"runs": [
-                _run_body(x, priority, None, version_id, parents[i + j])
+                _idempotency(_run_body(x, priority, None, version_id, parents[i + j]),
+                             ikeys[i + j], idempotency_ttl)
                 for j, x in enumerate(inputs[i : i + BULK_CHUNK])
             ]})
             for i in range(0, len(inputs), BULK_CHUNK)
@@ -534,3 +595,29 @@ def _run_body(input: Any, priority: int | None, metadata: dict[str, str] | None,
     if version_id is not None:
         body["version_id"] = version_id
     return body
+
+def _ttl(ttl: timedelta | str | float | None) -> float | str | None:
+    if ttl is None or isinstance(ttl, str):
+        if ttl in (None, "until_finished"):
+            return ttl
+        raise WorkflowDefinitionError(f"idempotency_ttl must be a timedelta or 'until_finished', not {ttl!r}")
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    if seconds <= 0:
+        raise WorkflowDefinitionError("idempotency_ttl must be positive")
+    return seconds
+
+
+def _idempotency(body: dict[str, Any], key: str | None,
+                 ttl: timedelta | str | None) -> dict[str, Any]:
+    """Add a trigger's idempotency key (and TTL) to its request body."""
+    if key is not None:
+        body["idempotency_key"] = key
+        value = _ttl(ttl)
+        if value is not None:
+            body["idempotency_ttl"] = value
+    return body
+
+
+def _refs(transport: Transport, out: dict[str, Any]) -> list[RunRef]:
+    dedup = out.get("deduplicated") or [False] * len(out["run_ids"])
+    return [RunRef(transport, rid, deduplicated=d) for rid, d in zip(out["run_ids"], dedup, strict=True)]

@@ -27,6 +27,7 @@ from services.api.repos.crons import CronRepo
 from services.api.repos.deliveries import DeliveryRepo
 from services.api.repos.events import EventRepo
 from services.api.repos.filters import FilterRepo
+from services.api.repos.flow import FlowRepo
 from services.api.repos.interaction import InteractionRepo
 from services.api.repos.limits import LimitRepo
 from services.api.repos.rate_limits import RateLimitRepo
@@ -66,6 +67,7 @@ class ApiState:
         self.crons = CronRepo(self.pool)
         self.scheduled = ScheduledRepo(self.pool)
         self.filters = FilterRepo(self.pool)
+        self.flow = FlowRepo(self.pool)
         self.rate_limits = RateLimitRepo(self.pool)
         self.analytics = AnalyticsRepo(self.olap)
         self.event_log = EventRepo(self.olap)

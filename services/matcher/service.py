@@ -303,6 +303,7 @@ def _trigger(event: events.Event, rule: WorkflowRule, run_id: str,
         run_id=run_id, workflow=rule.workflow, version_id=rule.version_id, input=event.raw,
         metadata=events.run_metadata(event.metadata), source="event",
         additional={"filter_payload": filter_payload} if filter_payload is not None else {},
+        idempotency_key=event.idempotency_key,
     )
     return Outgoing(subjects.cmd(event.tenant, "run.trigger"), encode(trig),
                     f"run:{run_id}:trigger")

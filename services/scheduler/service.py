@@ -32,6 +32,7 @@ from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from libs.common import db, jetstream, metrics, partitions, retry, subjects
+from libs.common.flow_messages import FLOW_DECODER, FLOW_VERB_PREFIX
 from libs.common.jetstream import Outgoing, Rejected
 from libs.common.logs import now_ms
 from libs.common.messages import (
@@ -60,6 +61,7 @@ from services.scheduler import observe
 from services.scheduler.consumers import PartitionConsumers, durables
 from services.scheduler.cron import CronTicker
 from services.scheduler.engine import TIMER_BATCH, TIMER_EXEC, Engine
+from services.scheduler.flow import FlowStage
 from services.scheduler.intake import Intake, Item, TimerTurn, Work
 from services.scheduler.keys import uses_cel
 from services.scheduler.model import RUN_TERMINAL
@@ -86,6 +88,7 @@ class SchedulerService(Service):
         super().__init__(settings)
         self.engine = Engine()
         self._specs = store.SpecCache()
+        self._flow = FlowStage(self._specs, self._read_payload)
         self._fairness = FairnessStore()
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -228,6 +231,8 @@ class SchedulerService(Service):
             for item in await durable.load_inbox(conn):
                 if self._owns(item.tenant):
                     self.engine.restore_inbox(item)
+            self._flow = FlowStage(self._specs, self._read_payload)  # flow control's timers
+            await self._flow.load(conn, self._owns)
         log.info("loaded %d active runs of partitions %s", len(self.engine.runs), owned)
 
     # partitions ---------------------------------------------------------------------
@@ -297,8 +302,11 @@ class SchedulerService(Service):
         rejected: Rejected = []
         for msg in msgs:
             try:
-                cmd = COMMAND_DECODER.decode(msg.data)
                 tenant = subjects.tenant_of(msg.subject)
+                if _is_flow(msg.subject):  # pause, resume, a window's deadline (flow.py)
+                    items.append((tenant, FLOW_DECODER.decode(msg.data)))
+                    continue
+                cmd = COMMAND_DECODER.decode(msg.data)
             except (msgspec.DecodeError, IndexError) as exc:
                 rejected.append((msg, f"undecodable: {exc}"))
                 continue
@@ -406,7 +414,7 @@ class SchedulerService(Service):
         works: list[Work] = []
         if (self._inbox.empty() and not self._worker_events and not self._unsent
                 and not self._intake.pending()):
-            next_due = self.engine.next_timer_ms()
+            next_due = _earliest(self.engine.next_timer_ms(), self._flow.next_due_ms())
             timeout = 1.0 if next_due is None else max(0.0, min(1.0, (next_due - now_ms()) / 1000))
             getter = asyncio.ensure_future(self._inbox.get())
             waker = asyncio.ensure_future(self._wake.wait())
@@ -428,6 +436,12 @@ class SchedulerService(Service):
         items = self._intake.take(works)
         conn = await self._core_connection()
         specs, existing = await self._prefetch(conn, items)
+        flowed = await self._flow.intake(conn, items, specs, now_ms(), self._owns)
+        if flowed.starts:  # runs that windows, batches and resumes start now
+            specs.update(await self._specs.get_many(conn, {t.version_id for _, t in flowed.starts}))
+            for tenant, trig in flowed.starts:
+                if trig.version_id in specs:
+                    await self._resolve_input(tenant, trig.run_id, trig.input, specs[trig.version_id])
         # Runs durable tasks wait for that are not in memory: ended, or not created yet.
         waited_runs = await store.run_statuses(conn, self.engine.run_lookups())
         await self._fairness.refresh_limits(conn, self.engine)
@@ -447,6 +461,8 @@ class SchedulerService(Service):
                 engine.report(tenant, msg)
             elif isinstance(msg, TriggerRun):
                 spec = specs.get(msg.version_id)
+                if id(msg) in flowed.absorbed:
+                    continue  # deduplicated, held by a window or a pause, or dropped
                 if spec is None:
                     log.error("trigger for unknown version %s dropped", msg.version_id,
                               extra={"tenant": tenant, "workflow": msg.workflow,
@@ -461,6 +477,9 @@ class SchedulerService(Service):
                 engine.wait_satisfied(tenant, msg)
             elif isinstance(msg, SignalRun):
                 engine.signal(tenant, msg)
+        for tenant, trig in flowed.starts:
+            if trig.version_id in specs:
+                engine.trigger(tenant, trig, specs[trig.version_id])
         if self._timer_turn.fires(bool(items)):
             self._timer_turn.fired(engine.fire_timers())
         fx = engine.finish()
@@ -471,6 +490,7 @@ class SchedulerService(Service):
                 conn, fx, published, self._fairness, engine.limits.defs,
                 self.instance, self._loaded,
             )
+        await self._flow.after_commit(conn)
         observe.after_batch(engine, fx)
         for work in Intake.completed(items, works):
             if not work.done.done():
@@ -537,6 +557,14 @@ class SchedulerService(Service):
                       extra={"tenant": tenant})
             return
         self.engine.resolved_inputs[run_id] = data
+
+    async def _read_payload(self, tenant: str, raw: bytes) -> bytes:
+        """An offloaded input held in a window, read back to be one of a batch's items."""
+        assert self._payloads is not None
+        ref = maybe_ref(raw)
+        if ref is None:
+            return raw
+        return await self._payloads.get_bytes(tenant, ref)
 
     async def _relay(self, outgoing: list[Outgoing]) -> None:
         """Publish the outbox in chunks. A message NATS refuses does not hold back the rest
@@ -642,6 +670,16 @@ async def _current_workers(kv: KeyValue) -> list[WorkerInfo]:
             if entry.value:
                 out.append(WORKER_INFO_DECODER.decode(entry.value))
     return out
+
+
+def _is_flow(subject: str) -> bool:
+    """`cmd.<tenant>.<partition>.flow.<verb>` (or without the partition, as published)."""
+    return FLOW_VERB_PREFIX.rstrip(".") in subject.split(".")[2:4]
+
+
+def _earliest(*due: int | None) -> int | None:
+    known = [d for d in due if d is not None]
+    return min(known) if known else None
 
 
 def _triggers(items: list[Item]) -> Iterator[TriggerRun]:

@@ -17,6 +17,7 @@ def test_public_names_are_pinned() -> None:
         "Worker", "Workflow", "WorkflowDefinitionError",
         "DurableContext", "Event", "NonDeterminism", "ParentOutput", "Sleep", "WaitAnyResult",
         "Signal", "Waitpoint",
+        "Batch", "Debounce",
     }
 
 

@@ -19,7 +19,7 @@ from ratchet.cli._common import (
     wants_json,
 )
 
-workflows = typer.Typer(help="Registered workflows, their versions, rollback.",
+workflows = typer.Typer(help="Registered workflows, their versions, rollback, pause and resume.",
                         no_args_is_help=True)
 events = typer.Typer(help="Push events (they trigger the workflows listening for their key).",
                      no_args_is_help=True)
@@ -56,6 +56,35 @@ def rollback(ctx: typer.Context, name: str, version_id: str, json_: JsonOpt = Fa
         print_json(version)
     else:
         out.print(f"{name}: version {version['id']} is current", markup=False)
+
+
+@workflows.command("pause")
+def pause(
+    ctx: typer.Context, name: str,
+    mode: Annotated[str, typer.Option(
+        help="queue: keep new runs until resumed; drop: refuse API triggers (409), skip "
+             "event and cron ones.")] = "queue",
+    json_: JsonOpt = False,
+) -> None:
+    """Pause workflow NAME: new runs wait (queue) or are refused (drop); running tasks finish."""
+    if mode not in ("queue", "drop"):
+        raise typer.BadParameter("--mode must be queue or drop")
+    state = settings(ctx).client().workflows.pause(name, mode=mode)
+    if wants_json(ctx, json_):
+        print_json(state)
+    else:
+        out.print(f"{name}: paused (mode {state['mode']})", markup=False)
+
+
+@workflows.command("resume")
+def resume(ctx: typer.Context, name: str, json_: JsonOpt = False) -> None:
+    """Resume workflow NAME: the runs it kept start, new ones start at once."""
+    state = settings(ctx).client().workflows.resume(name)
+    if wants_json(ctx, json_):
+        print_json(state)
+    else:
+        out.print(f"{name}: resumed ({state['held']} held runs start, "
+                  f"{state['dropped']} triggers were dropped)", markup=False)
 
 
 @events.command("push")

@@ -12,12 +12,13 @@ import msgspec
 from opentelemetry.trace import SpanKind
 
 from libs.common import jetstream, metrics, subjects, telemetry
+from libs.common.flow import Joined
 from libs.common.jetstream import Outgoing
 from libs.common.messages import TRIGGER_BATCH_BYTES, TriggerRun, TriggerRuns, encode
 from libs.common.payloads import PayloadTooLarge
 from libs.common.subjects import Header
 from libs.common.tokens import Principal
-from services.api.actions import children
+from services.api.actions import children, flow
 from services.api.actions.admission import admit_triggers
 from services.api.actions.audit import audit_entry
 from services.api.actions.offload import offload
@@ -50,6 +51,11 @@ async def trigger_run(
     trig = _trigger(api, name, version, req)
     if req.parent is not None:  # a child run: it may exist already (a retried parent)
         await children.adopt_parents(api.runs, api.settings, tenant, [(trig, req.parent)])
+    await flow.refuse_if_dropping(api, tenant, name)
+    wanted = flow.Wanted(trig, flow.claim_for(
+        version.spec, trig, req.idempotency_key, req.idempotency_ttl))
+    if wanted.claim is not None or flow.windowed(version.spec):
+        return (await _trigger_with_flow(api, caller, name, version, [wanted], traceparent))[0]
     if await children.not_started(api.runs, tenant, [trig]):
         await admit_triggers(api, tenant, 1)
         await _offload_input(api, tenant, trig)
@@ -79,6 +85,26 @@ async def trigger_runs(
     spawned = [(t, r.parent) for t, r in zip(trigs, reqs, strict=True) if r.parent]
     if spawned:
         await children.adopt_parents(api.runs, api.settings, tenant, spawned)
+    await flow.refuse_if_dropping(api, tenant, name)
+    wanted = [
+        flow.Wanted(t, flow.claim_for(versions[r.version_id].spec, t, r.idempotency_key,
+                                      r.idempotency_ttl))
+        for t, r in zip(trigs, reqs, strict=True)
+    ]
+    if any(w.claim is not None for w in wanted) or any(
+        flow.windowed(v.spec) for v in versions.values()
+    ):
+        by_version = {v.id: v for v in versions.values()}
+        results: list[RunCreated] = []
+        slots: list[int] = []
+        for vid in dict.fromkeys(t.version_id for t in trigs):  # one transaction per version
+            idx = [i for i, w in enumerate(wanted) if w.trig.version_id == vid]
+            slots.extend(idx)
+            results.extend(await _trigger_with_flow(
+                api, caller, name, by_version[vid], [wanted[i] for i in idx], traceparent))
+        ordered = [c for _, c in sorted(zip(slots, results, strict=True), key=lambda p: p[0])]
+        return BulkRunCreated(run_ids=[c.run_id for c in ordered],
+                              deduplicated=[c.deduplicated for c in ordered])
     fresh = await children.not_started(api.runs, tenant, trigs)
     if fresh:
         await admit_triggers(api, tenant, len(fresh))
@@ -91,7 +117,61 @@ async def trigger_runs(
         with _trigger_span(tenant, name, traceparent, fresh):
             await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, fresh))
         metrics.API_RUNS_TRIGGERED.inc(len(fresh))
-    return BulkRunCreated(run_ids=[t.run_id for t in trigs])
+    return BulkRunCreated(run_ids=[t.run_id for t in trigs], deduplicated=[False] * len(trigs))
+
+
+async def _trigger_with_flow(
+    api: ApiState, caller: Principal, name: str, version: Version, wanted: list[flow.Wanted],
+    traceparent: str | None,
+) -> list[RunCreated]:
+    """Triggers of one version that claim idempotency keys or join windows, in one
+    transaction: a key is claimed, the rest admitted, then published (or joined) before the
+    commit, so a failure anywhere gives the keys back. Windows opened or filled are announced
+    to the scheduler after the commit (it reads them back)."""
+    tenant = caller.tenant
+    spec = version.spec
+    out: list[RunCreated] = [
+        RunCreated(run_id=w.trig.run_id, workflow=name, version_id=version.id) for w in wanted
+    ]
+    joins: list[Joined] = []
+    async with api.pool.acquire() as conn, conn.transaction():
+        earlier = await flow.claim(conn, tenant, name, wanted)
+        for i, run_id in earlier.items():
+            out[i] = RunCreated(run_id=run_id, workflow=name, version_id=version.id,
+                                deduplicated=True)
+        todo = [w.trig for i, w in enumerate(wanted) if i not in earlier]
+        fresh = {t.run_id for t in await children.not_started(api.runs, tenant, todo)}
+        if not fresh:
+            return out
+        await admit_triggers(api, tenant, len(fresh))
+        if flow.windowed(spec):
+            for i, w in enumerate(wanted):
+                if i not in earlier and w.trig.run_id in fresh:
+                    joined = await flow.join(conn, tenant, spec, w)
+                    joins.append(joined)
+                    out[i] = RunCreated(run_id=joined.run_id, workflow=name,
+                                        version_id=version.id)
+            await api.audit.record(audit_entry(
+                caller, "run.trigger", name,
+                {"workflow": name, "held": len(joins), "runs": sorted({j.run_id for j in joins})},
+            ))
+        else:
+            trigs = [t for t in todo if t.run_id in fresh]
+            for trig in trigs:
+                await _offload_input(api, tenant, trig)
+            await api.audit.record(audit_entry(
+                caller, "run.trigger", trigs[0].run_id if len(trigs) == 1 else name,
+                {"workflow": name, "run_ids": [t.run_id for t in trigs]},
+            ))
+            with _trigger_span(tenant, name, traceparent, trigs):
+                if len(trigs) == 1:
+                    await jetstream.publish_one(api.js, _outgoing(tenant, trigs[0]))
+                else:
+                    await jetstream.publish_batch(api.js, _bulk_outgoing(tenant, trigs))
+        metrics.API_RUNS_TRIGGERED.inc(len(fresh))
+    if joins:
+        await jetstream.publish_batch(api.js, flow.due_messages(tenant, joins))
+    return out
 
 
 async def _version(api: ApiState, tenant: str, name: str, version_id: str | None) -> Version:

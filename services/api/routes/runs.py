@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from libs.common.statuses import RUN_TERMINAL, RunStatus
 from libs.common.tokens import Scope
-from services.api.actions import runs
+from services.api.actions import flow, runs
 from services.api.actions.cancel import cancel_run
 from services.api.actions.replay import replay_run
 from services.api.auth import Api, Caller, Tenant, requires
@@ -26,6 +26,7 @@ from services.api.schemas import (
     RunView,
     errors,
 )
+from services.api.schemas.flow import RunFlowView
 
 
 class RunController(Controller):
@@ -129,3 +130,9 @@ class RunController(Controller):
     async def events(self, run_id: str, tenant: Tenant, api: Api) -> list[RunEventView]:
         """Every transition of the run and its tasks, in order."""
         return await runs.history(api, tenant, run_id)
+
+    @get("/{run_id:str}/flow", operation_id="getRunFlow", responses=errors(404))
+    async def run_flow(self, run_id: str, tenant: Tenant, api: Api) -> RunFlowView:
+        """The debounce window, batch or pause that holds (or held) the run, and the triggers
+        it holds in arrival order; 404 for a run that was started at once."""
+        return await flow.run_flow(api, tenant, run_id)

@@ -10,7 +10,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPT
 
 from libs.common import specs
 from libs.common.tokens import Scope
-from services.api.actions import trigger, workflows
+from services.api.actions import flow, trigger, workflows
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.schemas import (
     BulkRunCreated,
@@ -24,6 +24,7 @@ from services.api.schemas import (
     WorkflowView,
     errors,
 )
+from services.api.schemas.flow import PauseRequest, PauseView
 
 # Shown in the OpenAPI description (app.py); docs/versions.md says the same at more length.
 VERSIONS_DOC = """\
@@ -107,3 +108,24 @@ class WorkflowController(Controller):
     ) -> BulkRunCreated:
         """Start many runs in one request (up to 1,000), published pipelined."""
         return await trigger.trigger_runs(api, caller, name, data.runs, traceparent)
+
+    @get("/{name:str}/pause", operation_id="getWorkflowPause", responses=errors(404))
+    async def pause_state(self, name: WorkflowNameParam, tenant: Tenant, api: Api) -> PauseView:
+        """Whether the workflow is paused, how, the triggers dropped and the runs held."""
+        return await flow.pause_state(api, tenant, name)
+
+    @post("/{name:str}/pause", status_code=HTTP_200_OK, guards=[requires(Scope.WRITE)],
+          operation_id="pauseWorkflow", responses=errors(400, 404))
+    async def pause(
+        self, name: WorkflowNameParam, data: PauseRequest, api: Api, caller: Caller,
+    ) -> PauseView:
+        """Pause a workflow. `queue`: new runs (from any trigger) are kept and start on resume;
+        `drop`: API triggers get 409, event and cron triggers are skipped (counted). Runs
+        already started go on either way."""
+        return await flow.pause(api, caller, name, data.mode)
+
+    @post("/{name:str}/resume", status_code=HTTP_200_OK, guards=[requires(Scope.WRITE)],
+          operation_id="resumeWorkflow", responses=errors(404))
+    async def resume(self, name: WorkflowNameParam, api: Api, caller: Caller) -> PauseView:
+        """Resume a paused workflow: the runs it held start, new ones start at once."""
+        return await flow.resume(api, caller, name)

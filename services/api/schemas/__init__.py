@@ -7,7 +7,7 @@ Rules across fields stay in the handlers and are described in the docstrings.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
@@ -115,6 +115,11 @@ class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     priority: Priority | None = None  # default: the workflow's default_priority
     version_id: str | None = None  # pin this run to a version; default: the current one
     parent: ParentRef | None = None  # start a child run of that task (docs/children.md)
+    # Within its TTL (seconds, default 24 h; "until_finished": until that run ends) a key seen
+    # before answers the run it started, with deduplicated: true (docs/flow-control.md).
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    idempotency_ttl: Annotated[float, Meta(gt=0, le=366 * 24 * 3600)] | Literal[
+        "until_finished"] | None = None
 
 
 class BulkRunRequest(msgspec.Struct, kw_only=True):
@@ -125,10 +130,12 @@ class RunCreated(msgspec.Struct, kw_only=True):
     run_id: str
     workflow: str
     version_id: str
+    deduplicated: bool = False  # an idempotency key answered an earlier trigger's run
 
 
 class BulkRunCreated(msgspec.Struct, kw_only=True):
     run_ids: list[str]
+    deduplicated: list[bool] = []  # per run, as RunCreated.deduplicated
 
 
 class AttemptView(msgspec.Struct, kw_only=True):

@@ -18,6 +18,8 @@ class EventIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     scope: EventScope | None = None
     metadata: dict[str, Any] = {}
     event_id: EventId | None = None  # default: a new one; a retried push with the same id is one event
+    # Sent as the Ratchet-Idempotency-Key header: the runs it triggers claim it (flow-control.md)
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
 
 
 class BulkEventsIn(msgspec.Struct, kw_only=True):
