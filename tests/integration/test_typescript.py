@@ -9,7 +9,9 @@ TypeScript (inside the npm suite) and one from Python (below); both must finish.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -61,10 +63,11 @@ def _npm() -> str:
     return npm
 
 
-async def _run(*args: str, env: dict[str, str] | None = None, timeout_s: float) -> tuple[int, str]:
+async def _run(*args: str, env: dict[str, str] | None = None, timeout_s: float,
+               cwd: Path = PKG) -> tuple[int, str]:
     # An asyncio subprocess, not subprocess.run: the services under test live on this loop.
     proc = await asyncio.create_subprocess_exec(
-        *args, cwd=PKG, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -129,6 +132,88 @@ async def test_typescript_suite_and_cross_language_workflow(
         "first": {"lang": "ts", "doubled": 14},
         "second": {"lang": "py", "plus_one": 15},
     }
+
+
+def _dist_is_fresh() -> bool:
+    """dist/src holds a build newer than every source file (and than package.json)."""
+    built = PKG / "dist" / "src" / "index.js"
+    if not built.exists():
+        return False
+    sources = [*(PKG / "src").rglob("*.ts"), PKG / "package.json", PKG / "tsconfig.json"]
+    return built.stat().st_mtime > max(p.stat().st_mtime for p in sources)
+
+
+def _quickstart_project(tmp_path: Path) -> Path:
+    """An empty project depending on the packed SDK (`npm install ratchet-sdk-0.1.0.tgz`).
+
+    Its lockfile pins the SDK's own locked runtime dependencies, so `npm ci --offline` installs
+    from the cache the SDK's `npm ci` filled, never from the network."""
+    (tarball,) = tmp_path.glob("ratchet-sdk-*.tgz")
+    sdk_lock = json.loads((PKG / "package-lock.json").read_text())
+    sdk = sdk_lock["packages"][""]
+    packages: dict[str, Any] = {
+        "": {"name": "quickstart", "dependencies": {"@ratchet/sdk": f"file:../{tarball.name}"}},
+        "node_modules/@ratchet/sdk": {
+            "version": sdk["version"], "resolved": f"file:../{tarball.name}",
+            "license": sdk.get("license", ""), "dependencies": sdk["dependencies"],
+            "engines": sdk.get("engines", {}),
+        },
+    }
+    for key, entry in sdk_lock["packages"].items():
+        if key and not entry.get("dev"):
+            packages[key] = {k: v for k, v in entry.items() if k not in ("dev", "devOptional")}
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "package.json").write_text(json.dumps(
+        {"name": "quickstart", "private": True,
+         "dependencies": {"@ratchet/sdk": f"file:../{tarball.name}"}}))
+    (project / "package-lock.json").write_text(json.dumps(
+        {"name": "quickstart", "lockfileVersion": 3, "requires": True, "packages": packages}))
+    return project
+
+
+def _readme_blocks() -> dict[str, str]:
+    """The README's code blocks named by their info string (```js quickstart.mjs)."""
+    text = (PKG / "README.md").read_text()
+    found = dict(re.findall(r"```js (\S+)\n(.*?)```", text, flags=re.S))
+    assert set(found) >= {"quickstart.mjs", "quickstart.cjs"}, sorted(found)
+    return found
+
+
+@pytest.mark.timeout(NPM_TIMEOUT_S + 120)
+async def test_readme_quick_start_runs_verbatim_from_a_fresh_project(
+    stack: Stack, tenant: str, log_store: ReplicatorService, tmp_path: Path
+) -> None:
+    """As a new user would: `npm pack` the SDK, install the tarball into an empty project
+    (offline: from the cache `npm ci` filled), paste the README's quick start (ES module and
+    CommonJS) and run it. Each script must print its result and then exit on its own."""
+    npm = _npm()
+    await _ensure_node_modules(npm)
+    # `npm pack` compiles first (prepack); skipped when the suite above just compiled src/.
+    fresh = ["--ignore-scripts"] if _dist_is_fresh() else []
+    code, out = await _run(npm, "pack", *fresh, "--pack-destination", str(tmp_path),
+                           timeout_s=NPM_TIMEOUT_S)
+    assert code == 0, out
+    project = _quickstart_project(tmp_path)
+    code, out = await _run(npm, "ci", "--offline", "--no-audit", "--no-fund",
+                           cwd=project, timeout_s=NPM_TIMEOUT_S)
+    assert code == 0, f"npm install of the packed SDK failed:\n{out}"
+    for name, code_text in _readme_blocks().items():
+        (project / name).write_text(code_text)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RATCHET_")},
+        "RATCHET_TOKEN": stack.tokens[tenant],  # type: ignore[attr-defined]
+        "RATCHET_API_URL": stack.api_url,
+        "RATCHET_GRPC_ADDR": stack.grpc_addr,
+    }
+    node = shutil.which("node") or "node"
+    # Well under the 30 s a drain timer left running used to keep the process alive.
+    code, out = await _run(node, "quickstart.mjs", cwd=project, env=env, timeout_s=25)
+    assert code == 0, out
+    assert "{ hello: { message: 'hello ada' } }" in out and "[ 'greeting ada' ]" in out, out
+    code, out = await _run(node, "quickstart.cjs", cwd=project, env=env, timeout_s=25)
+    assert code == 0, out
+    assert "{ hello: { message: 'hello ada' } }" in out, out
 
 
 async def test_generated_typescript_client_is_fresh() -> None:
