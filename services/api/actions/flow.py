@@ -181,7 +181,7 @@ async def resume(api: ApiState, caller: Principal, workflow: str) -> PauseView:
 
 async def pause_state(api: ApiState, tenant: str, workflow: str) -> PauseView:
     await api.workflows.current(tenant, workflow)
-    p = await api.flow.pause_of(tenant, workflow)
+    p = await api.flow.pause_of(tenant, workflow, fresh=True)
     held = await api.flow.held_runs(tenant, workflow)
     if p is None:
         return PauseView(workflow=workflow, paused=False, mode=None, paused_at=None,

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 import asyncpg
+from cachetools import TTLCache
 
 from libs.common import audit
 from libs.common.audit import AuditEntry
@@ -40,17 +41,31 @@ class Window(NamedTuple):
 
 
 _PAUSE = "SELECT workflow, mode, paused_at, paused_by, dropped FROM workflow_pauses"
+# The trigger path asks whether a workflow is paused on every request; the answer is kept this
+# long (a pause or resume through this process clears it at once). Another API process may
+# accept a trigger for up to this long after a drop-mode pause: the scheduler then skips it
+# and counts it as dropped (docs/flow-control.md).
+PAUSE_CACHE_S = 1.0
+PAUSE_CACHE_ENTRIES = 100_000
 
 
 class FlowRepo:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._pauses: TTLCache[tuple[str, str], Pause | None] = TTLCache(
+            PAUSE_CACHE_ENTRIES, PAUSE_CACHE_S)
 
-    async def pause_of(self, tenant: str, workflow: str) -> Pause | None:
+    async def pause_of(self, tenant: str, workflow: str, *, fresh: bool = False) -> Pause | None:
+        """The workflow's pause, if any (as of at most PAUSE_CACHE_S ago unless `fresh`)."""
+        key = (tenant, workflow)
+        if not fresh and key in self._pauses:
+            return self._pauses[key]
         row = await self._pool.fetchrow(
             f"{_PAUSE} WHERE tenant_id = $1 AND workflow = $2", tenant, workflow
         )
-        return Pause(*row) if row is not None else None
+        found = Pause(*row) if row is not None else None
+        self._pauses[key] = found
+        return found
 
     async def pauses(self, tenant: str) -> dict[str, Pause]:
         rows = await self._pool.fetch(f"{_PAUSE} WHERE tenant_id = $1", tenant)
@@ -69,6 +84,7 @@ class FlowRepo:
             )
             await audit.record(conn, entry)
         assert row is not None
+        self._pauses.pop((tenant, workflow), None)
         return Pause(*row)
 
     async def resume(self, tenant: str, workflow: str, entry: AuditEntry) -> Pause | None:
@@ -80,6 +96,7 @@ class FlowRepo:
                 tenant, workflow,
             )
             await audit.record(conn, entry)
+        self._pauses.pop((tenant, workflow), None)
         return Pause(*row) if row is not None else None
 
     async def held_runs(self, tenant: str, workflow: str) -> int:

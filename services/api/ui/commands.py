@@ -18,16 +18,19 @@ from services.api.actions import admission
 from services.api.actions import analytics as analytics_actions
 from services.api.actions import crons as cron_actions
 from services.api.actions import filters as filter_actions
+from services.api.actions import flow as flow_actions
 from services.api.actions import rate_limits as rate_limit_actions
 from services.api.actions import tokens as token_actions
 from services.api.actions import trigger as trigger_actions
 from services.api.actions import workflows as workflow_actions
 from services.api.actions.cancel import cancel_run
 from services.api.actions.replay import replay_run
+from services.api.repos.errors import NotFound
 from services.api.schemas import RunCreated, RunRequest, VersionView, WorkflowView
 from services.api.schemas.analytics import RunCounts, TaskLatencyReport, Throughput
 from services.api.schemas.crons import CronIn, CronView, ScheduledView
 from services.api.schemas.filters import FilterIn, FilterView
+from services.api.schemas.flow import PauseView, RunFlowView
 from services.api.schemas.limits import LimitsView, RateLimitView
 from services.api.schemas.tokens import TokenCreated, TokenIn, TokenView
 from services.api.state import ApiState
@@ -57,6 +60,31 @@ async def workflows(api: ApiState, tenant: str) -> list[WorkflowView]:
 
 async def workflow(api: ApiState, tenant: str, name: str) -> WorkflowView:
     return await workflow_actions.get_workflow(api, tenant, name)
+
+
+async def pause(api: ApiState, caller: Principal, workflow: str, mode: str) -> PauseView:
+    return await flow_actions.pause(api, caller, workflow, mode)
+
+
+async def resume(api: ApiState, caller: Principal, workflow: str) -> PauseView:
+    return await flow_actions.resume(api, caller, workflow)
+
+
+async def pause_state(api: ApiState, tenant: str, workflow: str) -> PauseView:
+    return await flow_actions.pause_state(api, tenant, workflow)
+
+
+async def paused_workflows(api: ApiState, tenant: str) -> dict[str, str]:
+    """Workflow name -> pause mode, of the tenant's paused workflows."""
+    return {name: p.mode for name, p in (await api.flow.pauses(tenant)).items()}
+
+
+async def run_flow(api: ApiState, tenant: str, run_id: str) -> RunFlowView | None:
+    """The window, batch or pause that held the run, if one did."""
+    try:
+        return await flow_actions.run_flow(api, tenant, run_id)
+    except NotFound:
+        return None
 
 
 async def crons(api: ApiState, tenant: str) -> list[CronView]:

@@ -157,8 +157,9 @@ class RunPages(Controller):
     async def detail(self, run_id: str, session: UiSession, api: Api,
                      notice: str | None = None) -> Response[str]:
         view = await run_page(api, session.tenant, run_id, wait_s=NEW_RUN_WAIT_S)
+        flow = await commands.run_flow(api, session.tenant, run_id)
         return page("run.html", session=session, nav="runs", p=view, notice=notice,
-                    status_class=status_class)
+                    status_class=status_class, flow=flow)
 
     @post("/{run_id:str}/{action:str}")
     async def act(self, run_id: str, action: str, request: Request,  # type: ignore[type-arg]

@@ -35,7 +35,9 @@ class WorkflowPages(Controller):
     @get("/")
     async def list_page(self, session: UiSession, api: Api) -> Response[str]:
         views = await commands.workflows(api, session.tenant)
-        return page("workflows.html", session=session, nav="workflows", workflows=views)
+        paused = await commands.paused_workflows(api, session.tenant)
+        return page("workflows.html", session=session, nav="workflows", workflows=views,
+                    paused=paused)
 
     @get("/{name:str}")
     async def detail(
@@ -61,10 +63,11 @@ class WorkflowPages(Controller):
                 fromfile=a, tofile=b, lineterm="",
             ))
         schema = view.spec.get("input_schema")
+        pause = await commands.pause_state(api, session.tenant, view.name)
         return page(
             "workflow.html", session=session, nav="workflows", w=view, dag=_dag(view),
             fields=fields(schema, values), values=values, error=error, versions=versions,
-            diff=diff, a=a, b=b, status_code=422 if error else 200, notice=notice,
+            diff=diff, a=a, b=b, status_code=422 if error else 200, notice=notice, pause=pause,
         )
 
     @post("/{name:str}/run")
@@ -108,4 +111,36 @@ class WorkflowPages(Controller):
         else:
             notice = (f"Version {done.id} is now current: new runs of {name} start on it;"
                       " runs already started keep their version.")
+        return Redirect(f"/ui/workflows/{name}?{urlencode({'notice': notice})}", status_code=303)
+
+    @post("/{name:str}/pause")
+    async def pause(self, name: str, request: Request, session: UiSession,  # type: ignore[type-arg]
+                    api: Api) -> Response[str]:
+        """Pause the workflow in the mode the form names (queue or drop)."""
+        form = await check_csrf(request, session)
+        require_scope(session, Scope.WRITE, "pausing a workflow")
+        mode = (form.get("mode") or ["queue"])[-1]
+        try:
+            done = await commands.pause(api, session.principal, name, mode)
+        except RepoError as exc:
+            notice = f"Not paused: {exc}"
+        else:
+            notice = (f"{name} is paused ({done.mode}): "
+                      + ("new runs wait for the resume." if done.mode == "queue" else
+                         "API triggers are refused, event and cron triggers skipped.")
+                      + " Runs already started go on.")
+        return Redirect(f"/ui/workflows/{name}?{urlencode({'notice': notice})}", status_code=303)
+
+    @post("/{name:str}/resume")
+    async def resume(self, name: str, request: Request, session: UiSession,  # type: ignore[type-arg]
+                     api: Api) -> Response[str]:
+        form = await check_csrf(request, session)
+        del form
+        require_scope(session, Scope.WRITE, "resuming a workflow")
+        try:
+            done = await commands.resume(api, session.principal, name)
+        except RepoError as exc:
+            notice = f"Not resumed: {exc}"
+        else:
+            notice = f"{name} is resumed: {done.held} held run(s) start now."
         return Redirect(f"/ui/workflows/{name}?{urlencode({'notice': notice})}", status_code=303)
