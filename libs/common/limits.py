@@ -15,6 +15,7 @@ from enum import StrEnum
 
 import asyncpg
 import msgspec
+from cachetools import TTLCache
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
@@ -22,6 +23,7 @@ from libs.common.audit import OPERATOR, AuditEntry, record
 from libs.common.messages import WORKER_INFO_DECODER
 
 CACHE_TTL_S = 1.0
+MAX_CACHED_TENANTS = 10_000
 
 
 class Limit(StrEnum):
@@ -97,22 +99,23 @@ async def store(
 
 
 class LimitCache:
-    """Tenant → limits, re-read from PostgreSQL at most every CACHE_TTL_S."""
+    """Tenant → limits, re-read from PostgreSQL at most every CACHE_TTL_S; a tenant not asked
+    about for that long is forgotten (at most MAX_CACHED_TENANTS are held)."""
 
     def __init__(self, pool: asyncpg.Pool, ttl_s: float = CACHE_TTL_S) -> None:
         self._pool = pool
-        self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, TenantLimits]] = {}
+        self._cache: TTLCache[str, TenantLimits] = TTLCache(MAX_CACHED_TENANTS, ttl_s)
+
+    def __len__(self) -> int:
+        self._cache.expire()
+        return len(self._cache)
 
     async def get(self, tenant: str) -> TenantLimits:
-        now = time.monotonic()
         hit = self._cache.get(tenant)
-        if hit is not None and now - hit[0] < self._ttl_s:
-            return hit[1]
+        if hit is not None:
+            return hit
         limits = await load(self._pool, tenant)
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[tenant] = (now, limits)
+        self._cache[tenant] = limits
         return limits
 
 

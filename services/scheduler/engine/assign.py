@@ -124,6 +124,8 @@ class Assigner:
             orphan = self._orphan_inflight.get(worker_id)
             if orphan is not None:
                 orphan.discard((task_id, attempt))
+                if not orphan:
+                    del self._orphan_inflight[worker_id]
 
     def orphaned_workers(self) -> list[str]:
         return [w for w, held in self._orphan_inflight.items() if held]

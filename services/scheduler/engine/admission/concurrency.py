@@ -120,6 +120,7 @@ class Concurrency:
                 parked = self.sems.get(entity.parked_on)
                 if parked is not None:
                     parked.n_waiting -= 1  # its heap entry is skipped lazily
+                    self._forget_if_idle(parked)
             return []
         freed: list[Semaphore] = []
         for ref in entity.refs:
@@ -133,6 +134,8 @@ class Concurrency:
         admitted: list[Holder] = []
         for sem in freed:
             self._pump(sem, admitted)
+        for sem in freed:
+            self._forget_if_idle(sem)
         return admitted
 
     def restore(self, holder: Holder, refs: list[SemRef], order: Order) -> None:
@@ -154,6 +157,12 @@ class Concurrency:
             sem.max_runs = max(1, ref.max_runs)  # the newest definition wins
             sem.strategy = ref.strategy
         return sem
+
+    def _forget_if_idle(self, sem: Semaphore) -> None:
+        """A key nobody holds or waits for is dropped (a key per input value would otherwise
+        stay forever); `_sem` makes it again on the next arrival."""
+        if not sem.holders and sem.n_waiting <= 0 and not sem.evicting:
+            self.sems.pop((sem.tenant, sem.key), None)
 
     def _head(self, sem: Semaphore) -> Entity | None:
         """The best live waiter parked on this key; stale heap entries are dropped."""
@@ -198,7 +207,7 @@ class Concurrency:
     def _gate(self, entity: Entity, *, fifo: bool) -> bool:
         """Admit the entity if all its keys have room, else park it on the first full one."""
         for ref in entity.refs:
-            sem = self.sems[ref.id]
+            sem = self._sem(ref)  # a key dropped while idle is made again
             full = len(sem.holders) >= sem.max_runs
             if not full and fifo:
                 head = self._head(sem)
@@ -212,7 +221,7 @@ class Concurrency:
         entity.parked_on = None
         entity.held = True
         for ref in entity.refs:
-            self.sems[ref.id].holders[entity.holder] = None
+            self._sem(ref).holders[entity.holder] = None
             self.journal_del.discard((ref.tenant, ref.key, entity.holder))
             self.journal_put[(ref.tenant, ref.key, entity.holder)] = ref
         return True

@@ -57,6 +57,10 @@ UNKNOWN_RECHECK_MS = 500
 RELEASE_GAP_MS = 25  # releases from one line are at least this far apart (batching)
 PASS_TTL_MS = 1_000  # how long units stay kept for a task released from a line
 PACE_BURST_MS = 50  # a line releases limit/per, with at most this much of it at once
+# How often keys with nothing left to remember are dropped: a window whose starts all aged
+# out, a bucket refilled to capacity, the definition of a dynamic key (one per input value
+# when the key is an expression) that has neither.
+SWEEP_MS = 60_000
 
 @dataclass(slots=True, eq=False)
 class _Window:
@@ -155,11 +159,14 @@ class RateLimiter:
         self._wake: list[tuple[int, str, str]] = []  # (due ms, tenant, key)
         self._wake_due: dict[LimitId, int] = {}
         self.journal: list[Admission] = []
+        self._dynamic: set[LimitId] = set()  # definitions that came with a workflow spec
+        self._swept_ms = 0
 
     # definitions ----------------------------------------------------------------------
     def define(self, tenant: str, key: str, d: LimitDef) -> None:
         old = self.defs.get((tenant, key))
         self.defs[(tenant, key)] = d
+        self._dynamic.discard((tenant, key))  # defined through the API: kept
         if old is not None and old != d:
             self._buckets.pop((tenant, key), None)
         if (tenant, key) in self._lines:
@@ -196,6 +203,7 @@ class RateLimiter:
         for need in needs:
             d = self._def(tenant, need)
             assert d is not None
+            self.remember_dynamic(tenant, need)  # its window needs it until it is swept
             lid = (tenant, need.key)
             if d.burst is not None:
                 self._buckets[lid].tokens -= need.units
@@ -280,6 +288,8 @@ class RateLimiter:
         released gets a pass. Entries `waiting` says are gone (cancelled, timed out) are
         dropped without using up a turn.
         """
+        if now_ms - self._swept_ms >= SWEEP_MS:
+            self.sweep(now_ms)
         out: list[tuple[str, int]] = []
         while self._wake and self._wake[0][0] <= now_ms:
             due_ms, tenant, key = heapq.heappop(self._wake)
@@ -366,3 +376,32 @@ class RateLimiter:
         """Dynamic keys carry their definition in the workflow spec; keep the newest."""
         if need.dynamic is not None and (tenant, need.key) not in self.defs:
             self.defs[(tenant, need.key)] = need.dynamic
+            self._dynamic.add((tenant, need.key))
+
+    def sweep(self, now_ms: int) -> None:
+        """Forget keys whose state says nothing any more (see SWEEP_MS)."""
+        self._swept_ms = now_ms
+        for lid, window in list(self._windows.items()):
+            d = self.defs.get(lid)
+            if d is not None:
+                window.expire(now_ms, d.per_ms)
+            if not window.log and lid not in self._lines:
+                del self._windows[lid]
+        for lid, bucket in list(self._buckets.items()):
+            d = self.defs.get(lid)
+            if d is None or d.burst is None or lid in self._lines:
+                continue
+            capacity = max(d.burst, 1)
+            bucket.refill(now_ms, d, capacity)
+            if bucket.tokens >= capacity:
+                del self._buckets[lid]
+        for lid in list(self._dynamic):
+            if lid not in self._windows and lid not in self._buckets and lid not in self._lines:
+                self._dynamic.discard(lid)
+                self.defs.pop(lid, None)
+
+    def size(self) -> dict[str, int]:
+        """How many keys each structure holds (for tests and metrics)."""
+        return {"defs": len(self.defs), "windows": len(self._windows),
+                "buckets": len(self._buckets), "lines": len(self._lines),
+                "wake": len(self._wake)}
