@@ -70,6 +70,7 @@ class Ratchet:
         concurrency: Concurrency | list[Concurrency] | None = None,
         default_priority: int = 1,
         sticky: StickyStrategy | None = None,
+        on_finish_webhook: str | None = None,
         debounce: Debounce | None = None,
         batch: Batch | None = None,
         idempotency_key: str | None = None,
@@ -78,7 +79,8 @@ class Ratchet:
         return Workflow(
             name, transport=self._transport, input=input, description=description,
             on_events=on_events, on_crons=on_crons, concurrency=concurrency, default_priority=default_priority,
-            sticky=sticky, debounce=debounce, batch=batch, idempotency_key=idempotency_key,
+            sticky=sticky, on_finish_webhook=on_finish_webhook, debounce=debounce, batch=batch,
+            idempotency_key=idempotency_key,
             idempotency_ttl=idempotency_ttl,
         )
 

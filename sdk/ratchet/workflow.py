@@ -211,6 +211,7 @@ class Workflow:
         concurrency: Concurrency | list[Concurrency] | None = None,
         default_priority: int = 1,
         sticky: StickyStrategy | None = None,
+        on_finish_webhook: str | None = None,
         debounce: Debounce | None = None,
         batch: Batch | None = None,
         idempotency_key: str | None = None,
@@ -230,6 +231,8 @@ class Workflow:
         self.concurrency = list(concurrency or [])
         self.default_priority = default_priority
         self.sticky = StickyStrategy(sticky) if sticky is not None else None
+        # POSTed each run's id, status and outputs when it ends (docs/webhooks.md).
+        self.on_finish_webhook = on_finish_webhook
         # Flow control (docs/flow-control.md); debounce with batch is refused by the server.
         self.debounce = debounce
         self.batch = batch
@@ -392,6 +395,7 @@ class Workflow:
             "input_schema": _codec.json_schema(self.input_type),
             "default_priority": self.default_priority,
             "sticky": str(self.sticky) if self.sticky else None,
+            **({"on_finish_webhook": self.on_finish_webhook} if self.on_finish_webhook else {}),
             **self._flow_spec,
         }
 
@@ -442,7 +446,8 @@ class Workflow:
                     metadata: dict[str, str] | None = None,
                     version_id: str | None = None, key: str | None = None,
                     idempotency_key: str | None = None,
-                    idempotency_ttl: timedelta | str | None = None) -> RunRef:
+                    idempotency_ttl: timedelta | str | None = None,
+                    callback_url: str | None = None) -> RunRef:
         """Trigger a run. `version_id` pins it to that registered version of the workflow
         (see `r.workflows.versions`); without it the run uses the current version.
 
@@ -454,6 +459,9 @@ class Workflow:
         24 h; `"until_finished"`: until that run ends) starts nothing and answers the earlier
         run (`ref.deduplicated` is True). A debounced or batched workflow answers the run of
         the trigger's window or batch.
+
+        With `callback_url`, the run's id, status and outputs are POSTed there (signed,
+        retried) when it ends (docs/webhooks.md).
         """
         transport = self._bound()
         # A pinned run names a version the server already has; registering this definition
@@ -461,6 +469,8 @@ class Workflow:
         if version_id is None:
             transport.register(self.spec())
         body = _run_body(input, priority, metadata, version_id, _parents([key])[0])
+        if callback_url is not None:
+            body["callback_url"] = callback_url
         _idempotency(body, idempotency_key, idempotency_ttl)
         out = transport.request("POST", f"/workflows/{self.name}/run", json=body)
         return RunRef(transport, out["run_id"], deduplicated=out.get("deduplicated", False))
@@ -481,12 +491,15 @@ class Workflow:
                               metadata: dict[str, str] | None = None,
                               version_id: str | None = None, key: str | None = None,
                               idempotency_key: str | None = None,
-                              idempotency_ttl: timedelta | str | None = None) -> RunRef:
+                              idempotency_ttl: timedelta | str | None = None,
+                              callback_url: str | None = None) -> RunRef:
         """`run_no_wait` for async code."""
         transport = self._bound()
         if version_id is None:
             await transport.aregister(self.spec())
         body = _run_body(input, priority, metadata, version_id, _parents([key])[0])
+        if callback_url is not None:
+            body["callback_url"] = callback_url
         _idempotency(body, idempotency_key, idempotency_ttl)
         out = await transport.arequest("POST", f"/workflows/{self.name}/run", json=body)
         return RunRef(transport, out["run_id"], deduplicated=out.get("deduplicated", False))
@@ -595,6 +608,7 @@ def _run_body(input: Any, priority: int | None, metadata: dict[str, str] | None,
     if version_id is not None:
         body["version_id"] = version_id
     return body
+
 
 def _ttl(ttl: timedelta | str | float | None) -> float | str | None:
     if ttl is None or isinstance(ttl, str):

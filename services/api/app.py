@@ -42,6 +42,7 @@ from services.api.repos.errors import (
     Unavailable,
 )
 from services.api.routes.admin import AdminController
+from services.api.routes.alerts import AlertController
 from services.api.routes.analytics import AnalyticsController
 from services.api.routes.audit import AuditController
 from services.api.routes.crons import CronController, ScheduledController
@@ -138,6 +139,7 @@ def create_app(
             NatsCredentialsController, AdminController, LogController, StreamController,
             PayloadController,
             WebhookController, HookController, DeliveryController, SigningSecretController,
+            AlertController,
             ui_router,  # the dashboard: /ui, and / redirecting there
             *extra_routes,
         ],

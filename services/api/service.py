@@ -14,6 +14,7 @@ from libs.common.olap import OlapClient
 from libs.common.service import Service
 from libs.common.settings import Settings
 from services.api.app import create_app
+from services.api.notify import Notifier
 from services.api.payload_gc import PayloadCollector
 from services.api.state import ApiState
 
@@ -30,6 +31,7 @@ class ApiService(Service):
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self.payload_gc: PayloadCollector | None = None
+        self.notifier: Notifier | None = None
         self.port = settings.api_port
 
     async def _start(self) -> None:
@@ -51,6 +53,9 @@ class ApiService(Service):
         assert self.state.payloads is not None
         self.payload_gc = PayloadCollector(s, pool, self.state.payloads)
         self.payload_gc.start()
+        # Run callbacks and alerts (services/api/notify): HTTP and SMTP off the request path.
+        self.notifier = Notifier(self.state)
+        await self.notifier.start()
         app = create_app(self.state)
         config = uvicorn.Config(
             app, host=s.api_host, port=s.api_port, log_level="warning", lifespan="off",
@@ -66,12 +71,16 @@ class ApiService(Service):
                 raise RuntimeError("API server exited during startup")
             await asyncio.sleep(0.01)
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        scheme = "https" if s.api_tls_cert else "http"
+        self.state.public_url = s.ratchet_public_url or f"{scheme}://{s.api_host}:{self.port}"
         log.info("api listening on %s://%s:%d", "https" if s.api_tls_cert else "http",
                  s.api_host, self.port)
 
     async def _stop(self) -> None:
         if self.payload_gc is not None:
             await self.payload_gc.stop()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.state is not None:
             self.state.stopping.set()
         if self._server is not None:

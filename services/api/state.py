@@ -59,6 +59,8 @@ class ApiState:
     payloads: PayloadStore | None = None
     # Where audit entries of publish-only changes are written (AuditRepo.record); `pool` if unset.
     audit_pool: asyncpg.Pool | None = None
+    # Where this API is reached, for links in alerts (RATCHET_PUBLIC_URL, else the bound address).
+    public_url: str = ""
 
     def __post_init__(self) -> None:
         self.workflows = WorkflowRepo(self.pool)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,6 +48,11 @@ async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
         grpc_port=0,
         dispatcher_id=f"test-{uuid.uuid4().hex[:8]}",
         worker_heartbeat_timeout_s=4.0,
+        # Webhook callbacks and alerts (test_callbacks.py, test_alerts.py): retries and
+        # alert windows short enough to watch.
+        delivery_backoff_base_s=0.2, delivery_backoff_max_s=1.0, alert_window_s=2.0,
+        alert_check_interval_s=1.0, alert_pool_empty_s=2.0,
+        ratchet_smtp_url=f"smtp://127.0.0.1:{_free_port()}?from=alerts@ratchet.test",
     )
     scheduler = SchedulerService(settings)
     dispatcher = DispatcherService(settings)
@@ -85,6 +91,13 @@ async def client(stack: Stack, tenant: str) -> AsyncIterator[Ratchet]:
 
 
 WorkerFactory = Callable[..., Awaitable[Worker]]
+
+
+def _free_port() -> int:
+    """A port nothing listens on now (test_alerts.py starts its SMTP server there)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

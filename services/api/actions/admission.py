@@ -11,6 +11,7 @@ from __future__ import annotations
 from libs.common import limits
 from libs.common.limits import Limit, LimitExceeded
 from libs.common.subjects import Bucket
+from services.api.actions import alerts
 from services.api.schemas.limits import LimitsView, LimitUsage
 from services.api.state import ApiState
 
@@ -19,6 +20,14 @@ UNFINISHED_RETRY_AFTER_S = 5
 
 async def admit_triggers(api: ApiState, tenant: str, count: int) -> None:
     """Refuse `count` new runs over triggers_per_s or unfinished_runs (all or none)."""
+    try:
+        await _admit_triggers(api, tenant, count)
+    except LimitExceeded as exc:
+        await alerts.limit_reached(api, tenant, exc)
+        raise
+
+
+async def _admit_triggers(api: ApiState, tenant: str, count: int) -> None:
     current = await api.limits.get(tenant)
     if current.unfinished_runs is not None:
         unfinished = await api.usage.unfinished_runs(tenant)
@@ -34,7 +43,11 @@ async def admit_triggers(api: ApiState, tenant: str, count: int) -> None:
 async def admit_events(api: ApiState, tenant: str, count: int) -> None:
     """Refuse `count` events over events_per_s (all or none)."""
     current = await api.limits.get(tenant)
-    api.rates.take(tenant, Limit.EVENTS_PER_S, current.events_per_s, count)
+    try:
+        api.rates.take(tenant, Limit.EVENTS_PER_S, current.events_per_s, count)
+    except LimitExceeded as exc:
+        await alerts.limit_reached(api, tenant, exc)
+        raise
 
 
 async def usage(api: ApiState, tenant: str) -> LimitsView:

@@ -49,6 +49,8 @@ async def trigger_run(
     tenant = caller.tenant
     version = await _version(api, tenant, name, req.version_id)
     trig = _trigger(api, name, version, req)
+    if req.callback_url is not None:  # before the trigger: the run may end at once
+        await api.deliveries.add_callback(tenant, trig.run_id, req.callback_url)
     if req.parent is not None:  # a child run: it may exist already (a retried parent)
         await children.adopt_parents(api.runs, api.settings, tenant, [(trig, req.parent)])
     await flow.refuse_if_dropping(api, tenant, name)
@@ -82,6 +84,9 @@ async def trigger_runs(
         if req.version_id not in versions:
             versions[req.version_id] = await _version(api, tenant, name, req.version_id)
     trigs = [_trigger(api, name, versions[r.version_id], r) for r in reqs]
+    for trig, req in zip(trigs, reqs, strict=True):
+        if req.callback_url is not None:
+            await api.deliveries.add_callback(tenant, trig.run_id, req.callback_url)
     spawned = [(t, r.parent) for t, r in zip(trigs, reqs, strict=True) if r.parent]
     if spawned:
         await children.adopt_parents(api.runs, api.settings, tenant, spawned)

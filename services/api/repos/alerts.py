@@ -129,3 +129,33 @@ class AlertRepo:
             " WHERE NOT flushed"
         )
         return float(value) if value is not None else None
+
+    async def stalled_actions(self, tenant: str, older_than_s: float) -> list[asyncpg.Record]:
+        """(workflow, action) of tasks queued longer than `older_than_s` and due to run."""
+        rows: list[asyncpg.Record] = await self._pool.fetch(
+            "SELECT DISTINCT r.workflow, t.action FROM tasks t"
+            " JOIN runs r ON r.tenant_id = t.tenant_id AND r.id = t.run_id"
+            " WHERE t.tenant_id = $1 AND t.status = 'QUEUED'"
+            " AND t.queued_at < now() - make_interval(secs => $2)"
+            " AND (t.not_before IS NULL OR t.not_before < now()) LIMIT 100",
+            tenant, older_than_s,
+        )
+        return rows
+
+    async def expiring_tokens(self, tenant: str, within_s: float) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self._pool.fetch(
+            "SELECT id, name, expires_at FROM api_tokens WHERE tenant_id = $1"
+            " AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at > now()"
+            " AND expires_at < now() + make_interval(secs => $2) LIMIT 100",
+            tenant, within_s,
+        )
+        return rows
+
+    async def prune(self, older_than_s: float) -> None:
+        """Forget closed groups and once-only facts older than `older_than_s`."""
+        await self._pool.execute(
+            "DELETE FROM alert_groups WHERE flushed AND closes_at < now()"
+            " - make_interval(secs => $1)", older_than_s)
+        await self._pool.execute(
+            "DELETE FROM alert_facts WHERE seen_at < now() - make_interval(secs => $1)"
+            " AND fact LIKE 'run:%'", older_than_s)

@@ -128,3 +128,12 @@ class DeliveryRepo:
             tenant, kind, run_id, rule_id, limit,
         )
         return rows
+
+    async def prune(self, older_than_s: float) -> None:
+        """Forget finished deliveries (and callback URLs of runs) older than `older_than_s`."""
+        await self._pool.execute(
+            "DELETE FROM outbound_deliveries WHERE status <> 'pending'"
+            " AND finished_at < now() - make_interval(secs => $1)", older_than_s)
+        await self._pool.execute(
+            "DELETE FROM run_callbacks WHERE created_at < now() - make_interval(secs => $1)",
+            older_than_s)
