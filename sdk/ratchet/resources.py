@@ -175,13 +175,25 @@ class Waitpoints(_Resource):
                                       json=_codec.to_builtins(payload))
 
     def get(self, waitpoint_id: str) -> Any:
+        """One waitpoint: label, status (pending, completed, expired), payload, times."""
         return self._c.request("GET", f"/waitpoints/{waitpoint_id}")
 
+    async def aio_get(self, waitpoint_id: str) -> Any:
+        return await self._c.arequest("GET", f"/waitpoints/{waitpoint_id}")
+
     def list(self, *, pending: bool = False, run_id: str | None = None) -> Any:
-        params: dict[str, Any] = {"pending": pending}
-        if run_id:
-            params["run_id"] = run_id
-        return self._c.request("GET", "/waitpoints", params=params)
+        """The tenant's waitpoints, newest first: only open ones with `pending`."""
+        return self._c.request("GET", "/waitpoints", params=_wp_params(pending, run_id))
+
+    async def aio_list(self, *, pending: bool = False, run_id: str | None = None) -> Any:
+        return await self._c.arequest("GET", "/waitpoints", params=_wp_params(pending, run_id))
+
+
+def _wp_params(pending: bool, run_id: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"pending": pending}
+    if run_id:
+        params["run_id"] = run_id
+    return params
 
 
 def _list_params(status: str | None, workflow: str | None, limit: int,

@@ -55,6 +55,7 @@ class TenantA:
     token_id: str
     blob_key: str
     blob_size: int
+    waitpoint_id: str
 
     def path_values(self) -> dict[str, str]:
         """Path parameter name → A's resource of that kind."""
@@ -64,13 +65,14 @@ class TenantA:
             "key": self.rate_limit_key, "token_id": self.token_id, "workflow": self.workflow,
             "version_id": self.version_ids[0], "scope_id": self.run_id,
             "blob_key": self.blob_key, "size": str(self.blob_size),
+            "waitpoint_id": self.waitpoint_id,
             # Operator routes: B's tenant token is not the operator token (refused outright).
             "tenant_id": self.tenant,
         }
 
     def identifiers(self) -> list[str]:
         return [self.tenant, self.workflow, self.run_id, self.filter_id, self.cron_id,
-                self.scheduled_id, self.token_id, *self.version_ids]
+                self.scheduled_id, self.token_id, self.waitpoint_id, *self.version_ids]
 
     def bodies(self) -> dict[tuple[str, str], Any]:
         """Bodies that pass validation, so the request reaches its tenant lookup."""
@@ -91,6 +93,8 @@ class TenantA:
             ("POST", "/events"): {"key": "isolation"},
             ("POST", "/events/bulk"): {"events": [{"key": "isolation"}]},
             ("POST", "/tokens"): {"name": "b", "scopes": ["read"]},
+            ("POST", "/runs/{run_id}/waitpoints"): {"task_id": "a", "position": 0},
+            ("POST", "/runs/{run_id}/fork"): {"from_task": "a"},
         }
 
 
@@ -121,7 +125,7 @@ async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def tenant_a(stack: Stack, http: httpx.AsyncClient) -> TenantA:
     """A tenant with one of everything: two versions, a finished run, a filter, a cron, a
-    scheduled run, a rate-limit key and a second token."""
+    scheduled run, a rate-limit key, a second token and a waitpoint."""
     tenant, token = await _new_tenant(stack)
     h = _auth(token)
     workflow = "wf-" + uuid.uuid4().hex[:8]
@@ -154,12 +158,15 @@ async def tenant_a(stack: Stack, http: httpx.AsyncClient) -> TenantA:
     extra = await _ok(await http.post(
         "/tokens", json={"name": "a-extra", "scopes": ["read"]}, headers=h))
     blob = await _ok(await http.put(f"/payloads/{run_id}", content=b"a's secret", headers=h))
+    # What a durable task of the run would ask for (docs/interaction.md).
+    wp = await _ok(await http.post(f"/runs/{run_id}/waitpoints", headers=h,
+                                   json={"task_id": "a-task", "position": 0, "label": "a's"}))
     return TenantA(
         tenant=tenant, token=token, workflow=workflow, action=action,
         blob_key=blob["key"], blob_size=blob["size"],
         version_ids=[v1["id"], v2["id"]], run_id=run_id, filter_id=flt["id"],
         cron_id=cron["id"], scheduled_id=sch["id"], rate_limit_key="llm-a",
-        token_id=extra["id"],
+        token_id=extra["id"], waitpoint_id=wp["id"],
     )
 
 
@@ -170,7 +177,7 @@ async def _state_of(http: httpx.AsyncClient, a: TenantA) -> dict[str, Any]:
         f"/runs/{a.run_id}", f"/runs?workflow={a.workflow}", "/workflows",
         f"/workflows/{a.workflow}/versions", f"/filters/{a.filter_id}", f"/crons/{a.cron_id}",
         f"/scheduled/{a.scheduled_id}", "/rate-limits", "/tokens", "/audit?limit=1000",
-        "/limits",
+        "/limits", f"/waitpoints/{a.waitpoint_id}",
     ]
     return {p: (await http.get(p, headers=h)).json() for p in paths}
 

@@ -105,11 +105,10 @@ async def run_state(api: ApiState, tenant: str, run_id: str) -> tuple[Any, str |
     """The latest state a durable task of the run set, and when (None, None: none yet).
 
     Raises:
-        NotFound: no such run of the tenant.
+        NotFound: no such run of the tenant (after waiting a little for a new one).
     """
     row = await api.interaction.state(tenant, run_id)
     if row is None:
-        if await api.runs.status(tenant, run_id) is None:
-            raise NotFound(f"run {run_id!r} not found")
+        await run_status(api, tenant, run_id)  # 404 unless it exists (or appears shortly)
         return None, None
     return msgspec.json.decode(row["state"]), row["updated_at"].isoformat()

@@ -104,6 +104,8 @@ class RunInteractionController(Controller):
     @get("/{run_id:str}/waitpoints", operation_id="listRunWaitpoints", responses=errors(404))
     async def run_waitpoints(self, run_id: str, tenant: Tenant, api: Api) -> list[WaitpointView]:
         """The run's waitpoints, newest first."""
+        if await api.runs.status(tenant, run_id) is None:
+            raise NotFound(f"run {run_id!r} not found")
         return [waitpoint_view(w) for w in await api.interaction.waitpoints(tenant, run_id=run_id)]
 
 
