@@ -36,6 +36,9 @@ from libs.common.proto import worker_pb2 as pb
 
 # Upsert by name into the caller's own namespace: B may create its own key of the same name.
 OWN_NAMESPACE = frozenset({("PUT", "/rate-limits/{key}"), ("PUT", "/payloads/{scope_id}")})
+# Public endpoints with their own auth: B's token means nothing there, so B is refused (401)
+# like anyone without the webhook's secret.
+PUBLIC = frozenset({("POST", "/hooks/{tenant_id}/{name}")})
 # Documentation, not data.
 SKIPPED_PATHS = re.compile(r"^/schema")
 
@@ -55,6 +58,8 @@ class TenantA:
     token_id: str
     blob_key: str
     blob_size: int
+    rule_id: str
+    signing_secret: str
     waitpoint_id: str
 
     def path_values(self) -> dict[str, str]:
@@ -65,13 +70,14 @@ class TenantA:
             "key": self.rate_limit_key, "token_id": self.token_id, "workflow": self.workflow,
             "version_id": self.version_ids[0], "scope_id": self.run_id,
             "blob_key": self.blob_key, "size": str(self.blob_size),
+            "rule_id": self.rule_id,
             "waitpoint_id": self.waitpoint_id,
             # Operator routes: B's tenant token is not the operator token (refused outright).
             "tenant_id": self.tenant,
         }
 
     def identifiers(self) -> list[str]:
-        return [self.tenant, self.workflow, self.run_id, self.filter_id, self.cron_id,
+        return [self.rule_id, self.signing_secret, self.tenant, self.workflow, self.run_id, self.filter_id, self.cron_id,
                 self.scheduled_id, self.token_id, self.waitpoint_id, *self.version_ids]
 
     def bodies(self) -> dict[tuple[str, str], Any]:
@@ -93,6 +99,10 @@ class TenantA:
             ("POST", "/events"): {"key": "isolation"},
             ("POST", "/events/bulk"): {"events": [{"key": "isolation"}]},
             ("POST", "/tokens"): {"name": "b", "scopes": ["read"]},
+            ("POST", "/webhooks"): {"name": self.workflow, "source": "github", "secret": "b",
+                                    "event_key": "'b'"},
+            ("POST", "/alerts"): {"on": ["run.failed"], "workflow": self.workflow,
+                                  "webhook_url": "http://127.0.0.1:9/b"},
             ("POST", "/runs/{run_id}/waitpoints"): {"task_id": "a", "position": 0},
             ("POST", "/runs/{run_id}/fork"): {"from_task": "a"},
         }
@@ -158,6 +168,12 @@ async def tenant_a(stack: Stack, http: httpx.AsyncClient) -> TenantA:
     extra = await _ok(await http.post(
         "/tokens", json={"name": "a-extra", "scopes": ["read"]}, headers=h))
     blob = await _ok(await http.put(f"/payloads/{run_id}", content=b"a's secret", headers=h))
+    # A webhook named like the workflow, an alert rule, the signing secret (docs/webhooks.md).
+    await _ok(await http.post("/webhooks", headers=h, json={
+        "name": workflow, "source": "github", "secret": "a", "event_key": "'a'"}))
+    rule = await _ok(await http.post("/alerts", headers=h, json={
+        "on": ["run.failed"], "workflow": workflow, "webhook_url": "http://127.0.0.1:9/a"}))
+    secret = await _ok(await http.get("/signing-secret", headers=h))
     # What a durable task of the run would ask for (docs/interaction.md).
     wp = await _ok(await http.post(f"/runs/{run_id}/waitpoints", headers=h,
                                    json={"task_id": "a-task", "position": 0, "label": "a's"}))
@@ -166,6 +182,7 @@ async def tenant_a(stack: Stack, http: httpx.AsyncClient) -> TenantA:
         blob_key=blob["key"], blob_size=blob["size"],
         version_ids=[v1["id"], v2["id"]], run_id=run_id, filter_id=flt["id"],
         cron_id=cron["id"], scheduled_id=sch["id"], rate_limit_key="llm-a",
+        rule_id=rule["id"], signing_secret=secret["secret"],
         token_id=extra["id"], waitpoint_id=wp["id"],
     )
 
@@ -177,6 +194,7 @@ async def _state_of(http: httpx.AsyncClient, a: TenantA) -> dict[str, Any]:
         f"/runs/{a.run_id}", f"/runs?workflow={a.workflow}", "/workflows",
         f"/workflows/{a.workflow}/versions", f"/filters/{a.filter_id}", f"/crons/{a.cron_id}",
         f"/scheduled/{a.scheduled_id}", "/rate-limits", "/tokens", "/audit?limit=1000",
+        "/webhooks", "/alerts", "/deliveries", "/signing-secret",
         "/limits", f"/waitpoints/{a.waitpoint_id}",
     ]
     return {p: (await http.get(p, headers=h)).json() for p in paths}
@@ -230,6 +248,8 @@ async def test_every_route_keeps_tenants_apart(
             json=body if method in ("POST", "PUT", "PATCH") else None,
         )
         names_a_resource = "{" in path and (method, path) not in OWN_NAMESPACE
+        if (method, path) in PUBLIC and resp.status_code == 401:
+            names_a_resource = False
         if names_a_resource and resp.status_code not in (403, 404):
             leaks.append(f"{method} {path}: {resp.status_code} {resp.text[:200]}")
         seen = [i for i in tenant_a.identifiers() if i in resp.text and i not in url

@@ -102,5 +102,5 @@ async def send_email(smtp: SmtpConfig | None, recipients: list[str], body: bytes
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
     """The wait after failed attempt number `attempt` (0 for the first): base x 2^attempt,
     capped, with jitter (between half and all of it) so retries of many do not align."""
-    step = min(max_s, base_s * (2 ** min(attempt, 30)))
+    step: float = min(max_s, base_s * float(2 ** min(attempt, 30)))
     return step * random.uniform(0.5, 1.0)
