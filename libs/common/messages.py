@@ -7,6 +7,15 @@ import msgspec
 # Tags make one decoder read a union of command kinds.
 
 
+class ForkSeed(msgspec.Struct, kw_only=True):
+    """What a forked run starts with: the recorded outputs of the tasks it does not run again
+    (by task name), and for a durable task forked `from_step`, its log before that step."""
+
+    from_run_id: str
+    outputs: dict[str, bytes] = {}
+    logs: dict[str, list[DurableStep]] = {}
+
+
 class TriggerRun(msgspec.Struct, tag="trigger", kw_only=True):
     run_id: str
     workflow: str
@@ -24,6 +33,8 @@ class TriggerRun(msgspec.Struct, tag="trigger", kw_only=True):
     parent_task_id: str | None = None
     parent_task: str | None = None
     depth: int = 0
+    # A fork (docs/interaction.md): what the new run takes from the run it was forked from.
+    fork: ForkSeed | None = None
     # An idempotency key the scheduler claims before starting the run (an event's
     # Ratchet-Idempotency-Key header); API triggers claim theirs in the API. flow-control.md
     idempotency_key: str | None = None

@@ -76,6 +76,7 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
             )
         )
     kids, kids_count = await api.runs.children(tenant, run_id, CHILDREN_SHOWN)
+    forked = await api.interaction.fork_links(tenant, run_id)
     return RunView(
         id=run["id"], workflow=run["workflow"], version_id=run["version_id"],
         status=run["status"], priority=run["priority"],
@@ -89,6 +90,8 @@ async def load_run(api: ApiState, tenant: str, run_id: str) -> RunView | None:
             for k in kids
         ],
         children_count=kids_count,
+        forked_from=forked.forked_from, from_task=forked.from_task,
+        from_step=forked.from_step, forks=forked.forks,
     )
 
 

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from libs.common.messages import DurableStep
 
 # Waitpoint ids are derived from the task and log position (a replay gets the same one).
 WAITPOINT_KEY_NAME = "waitpoints"
@@ -28,6 +30,14 @@ class Waitpoint:
     created_at: datetime
     expires_at: datetime
     completed_at: datetime | None
+
+
+@dataclass
+class ForkLinks:
+    forked_from: str | None = None
+    from_task: str | None = None
+    from_step: int | None = None
+    forks: list[str] = field(default_factory=list)
 
 
 def _waitpoint(row: asyncpg.Record) -> Waitpoint:
@@ -134,6 +144,15 @@ class InteractionRepo:
         return [_waitpoint(r) for r in rows]
 
     # forks -----------------------------------------------------------------------------------
+    async def durable_steps(self, tenant: str, task_id: str, before: int) -> list[DurableStep]:
+        """A durable task's completed log entries at positions 0 .. before-1."""
+        rows = await self._pool.fetch(
+            "SELECT position, kind, spec, result FROM durable_log WHERE tenant_id = $1"
+            " AND task_id = $2 AND position >= 0 AND position < $3 AND status = 'done'"
+            " ORDER BY position", tenant, task_id, before)
+        return [DurableStep(position=r["position"], kind=r["kind"], spec=bytes(r["spec"]),
+                            result=bytes(r["result"] or b"null"), done=True) for r in rows]
+
     async def record_fork(self, tenant: str, run_id: str, forked_from: str, from_task: str,
                           from_step: int | None) -> None:
         await self._pool.execute(
@@ -141,13 +160,19 @@ class InteractionRepo:
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
             tenant, run_id, forked_from, from_task, from_step)
 
-    async def fork_of(self, tenant: str, run_id: str) -> asyncpg.Record | None:
-        return await self._pool.fetchrow(
-            "SELECT forked_from, from_task, from_step FROM run_forks"
-            " WHERE tenant_id = $1 AND run_id = $2", tenant, run_id)
-
-    async def forks(self, tenant: str, run_id: str) -> list[str]:
+    async def fork_links(self, tenant: str, run_id: str) -> ForkLinks:
+        """Where the run was forked from (if it was), and the runs forked from it."""
         rows = await self._pool.fetch(
-            "SELECT run_id FROM run_forks WHERE tenant_id = $1 AND forked_from = $2"
-            " ORDER BY created_at LIMIT 100", tenant, run_id)
-        return [r["run_id"] for r in rows]
+            "(SELECT 'from' AS side, forked_from AS run, from_task, from_step, created_at"
+            "  FROM run_forks WHERE tenant_id = $1 AND run_id = $2)"
+            " UNION ALL (SELECT 'to', run_id, from_task, from_step, created_at FROM run_forks"
+            "  WHERE tenant_id = $1 AND forked_from = $2 ORDER BY created_at LIMIT 100)",
+            tenant, run_id)
+        links = ForkLinks()
+        for r in rows:
+            if r["side"] == "from":
+                links.forked_from, links.from_task = r["run"], r["from_task"]
+                links.from_step = r["from_step"]
+            else:
+                links.forks.append(r["run"])
+        return links

@@ -15,7 +15,7 @@ from litestar.params import Body, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from libs.common.tokens import Scope
-from services.api.actions import signals, waitpoints
+from services.api.actions import fork, signals, waitpoints
 from services.api.auth import Api, Caller, Tenant, requires
 from services.api.repos.errors import (
     NotFound,
@@ -23,6 +23,8 @@ from services.api.repos.errors import (
 from services.api.repos.interaction import Waitpoint
 from services.api.schemas import errors
 from services.api.schemas.interaction import (
+    ForkAccepted,
+    ForkRequest,
     RunStateView,
     SignalAccepted,
     SignalsView,
@@ -107,6 +109,16 @@ class RunInteractionController(Controller):
         if await api.runs.status(tenant, run_id) is None:
             raise NotFound(f"run {run_id!r} not found")
         return [waitpoint_view(w) for w in await api.interaction.waitpoints(tenant, run_id=run_id)]
+
+
+    @post("/{run_id:str}/fork", status_code=HTTP_202_ACCEPTED, guards=[requires(Scope.WRITE)],
+          operation_id="forkRun", responses=errors(400, 404, 413, 429))
+    async def fork(self, run_id: str, data: ForkRequest, caller: Caller, api: Api) -> ForkAccepted:
+        """A new run from this one: `from_task` and everything that depends on it run again,
+        every other task's recorded output is reused (on the workflow's current version
+        unless `version_id` pins one; `input` replaces the run input when given). The new
+        run's `forked_from` names this one."""
+        return await fork.fork_run(api, caller, run_id, data)
 
 
 class WaitpointController(Controller):

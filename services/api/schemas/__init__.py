@@ -192,6 +192,12 @@ class RunView(msgspec.Struct, kw_only=True):
     # (GET /runs?parent_run_id= lists them).
     children: list[ChildView] = []
     children_count: int = 0
+    # A fork (docs/interaction.md): the run it came from and where, and the runs forked from
+    # this one (the first 100).
+    forked_from: str | None = None
+    from_task: str | None = None
+    from_step: int | None = None
+    forks: list[str] = []
 
 
 MAX_RESULTS = 1000

@@ -419,6 +419,18 @@ class Durable:
         w.event_put = [row for row in w.event_put if row[1] != task.id]
         w.reset.add((task.tenant, task.id))
 
+    def seed(self, task: Task, steps: list[DurableStep]) -> None:
+        """A forked task's log kept from the run it was forked from: done entries only."""
+        for step in steps:
+            if not step.done:
+                continue
+            e = Entry(task.tenant, task.id, task.run_id, step.position, step.kind, step.spec,
+                      DONE, step.result or b"null", self._batch.now_ms)
+            self.logs.setdefault(task.id, {})[step.position] = e
+            self._touch(e)
+            if step.kind == "state":
+                self.writes.states[(task.tenant, task.run_id)] = e
+
     def forget(self, tasks: list[Task]) -> None:
         """The run finished: drop its logs from memory (PostgreSQL keeps them)."""
         for task in tasks:
