@@ -15,7 +15,7 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test test-fast lint proto \
-	bench chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children bench-aged soak chromium ui-screenshots \
+	bench chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children bench-flow bench-aged soak chromium ui-screenshots \
 	openapi node sdk-ts-deps sdk-ts-gen sdk-ts-test
 
 help:
@@ -163,6 +163,11 @@ bench-durable: up
 
 bench-compare: up
 	$(WITH_ENV) $(PY) -m bench.compare
+
+# Flow control on a private stack of its own: 10,000 events debounced over 100 keys, 10,000
+# triggers batched by 50, 10,000 triggers over 1,000 idempotency keys vs plain (bench/flow.py).
+bench-flow: binaries
+	$(PY) -m bench.flow
 
 # Child runs: one task fans out 10,000 children (BENCH_CHILDREN) and gathers them.
 bench-children: up

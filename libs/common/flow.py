@@ -158,6 +158,17 @@ async def release_keys(conn: asyncpg.Connection, tenant: str, workflow: str,
         )
 
 
+async def release_runs(conn: asyncpg.Connection, runs: list[tuple[str, str, str]]) -> None:
+    """Give back the keys naming runs that will never exist (tenant, workflow, run id): their
+    triggers were dropped by a pause, so a key held until_finished would otherwise stay."""
+    if runs:
+        await conn.execute(
+            "DELETE FROM idempotency_keys k USING unnest($1::text[], $2::text[], $3::text[])"
+            " AS x(t, w, r) WHERE k.tenant_id = x.t AND k.workflow = x.w AND k.run_id = x.r",
+            [r[0] for r in runs], [r[1] for r in runs], [r[2] for r in runs],
+        )
+
+
 async def expire_keys(conn: asyncpg.Connection, limit: int = 10_000) -> int:
     """Delete up to `limit` keys past their TTL (the claim would replace them anyway)."""
     status = await conn.execute(

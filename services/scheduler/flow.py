@@ -67,6 +67,7 @@ class FlowStage:
         self._armed: dict[tuple[str, str], int] = {}
         self._marks: list[tuple[str, str, str]] = []
         self._dropped: dict[tuple[str, str], int] = {}
+        self._dropped_runs: list[tuple[str, str, str]] = []  # their keys are given back
         self._next_sweep_ms = 0
         self.counts = {"deduplicated": 0, "joined": 0, "held": 0, "dropped": 0, "started": 0}
 
@@ -147,7 +148,7 @@ class FlowStage:
             self.counts["held"] += 1
             return True
         if mode == "drop":
-            self._drop(tenant, msg.workflow)
+            self._drop(tenant, msg.workflow, msg.run_id)
             return True
         return False
 
@@ -168,8 +169,9 @@ class FlowStage:
         return Claim(key=key[: flow.MAX_IDEMPOTENCY_KEY_CHARS], run_id=msg.run_id,
                      ttl_s=flow.ttl_of(spec, None))
 
-    def _drop(self, tenant: str, workflow: str) -> None:
+    def _drop(self, tenant: str, workflow: str, run_id: str) -> None:
         self._dropped[(tenant, workflow)] = self._dropped.get((tenant, workflow), 0) + 1
+        self._dropped_runs.append((tenant, workflow, run_id))
         self.counts["dropped"] += 1
 
     # due windows --------------------------------------------------------------------------
@@ -190,7 +192,7 @@ class FlowStage:
                 mode = self.paused.get((w.tenant, w.workflow))
                 if mode == "drop":
                     self._marks.append((w.tenant, w.run_id, "dropped"))
-                    self._drop(w.tenant, w.workflow)
+                    self._drop(w.tenant, w.workflow, w.run_id)
                 elif mode is None:
                     ready.append(w)
                 # queue: it waits for the resume
@@ -237,9 +239,11 @@ class FlowStage:
         crash, both are redone: a sealed window whose run exists is marked again."""
         marks, self._marks = self._marks, []
         dropped, self._dropped = self._dropped, {}
+        gone, self._dropped_runs = self._dropped_runs, []
         try:
             await rows.mark(conn, marks)
             await rows.count_dropped(conn, dropped)
+            await flow.release_runs(conn, gone)
         except Exception as exc:
             log.warning("flow bookkeeping after the batch failed (%r); redone later", exc)
             for tenant, run_id, state in marks:

@@ -135,3 +135,40 @@ async def test_pausing_an_unknown_workflow_is_404_and_a_bad_mode_400(client: Rat
     with pytest.raises(ApiError) as bad:
         await client.workflows.aio_pause("pause-bad", mode="later")
     assert bad.value.status == 400
+
+
+async def test_cron_triggers_are_skipped_in_drop_mode_and_kept_in_queue_mode(
+    client: Ratchet, start_worker,
+) -> None:
+    wf = _echo(client, "pause-cron", on_crons=["* * * * * *"])  # every second
+    await start_worker("w-pause-cron", workflows=[wf], slots=4)
+    await client.aregister(wf)
+    await client.workflows.aio_pause("pause-cron", mode="drop")
+
+    async def dropped_at_least(n: int) -> bool:
+        return (await client.workflows.aio_pause_state("pause-cron"))["dropped"] >= n
+
+    async def run_count() -> int:
+        return len(await client.runs.aio_list(workflow="pause-cron", limit=500))
+
+    await eventually(lambda: dropped_at_least(1), timeout_s=30)
+    before = await run_count()  # every tick before the first dropped one was applied by now
+    await eventually(lambda: dropped_at_least(3), timeout_s=30)
+    assert await run_count() == before
+    await client.workflows.aio_pause("pause-cron", mode="queue")  # a mode change keeps counts
+    assert (await client.workflows.aio_pause_state("pause-cron"))["dropped"] >= 3
+
+    async def held_at_least(n: int) -> bool:
+        return (await client.workflows.aio_pause_state("pause-cron"))["held"] >= n
+
+    await eventually(lambda: held_at_least(2), timeout_s=30)
+    await client.workflows.aio_pause("pause-cron", mode="drop")  # no more ticks held
+    held = (await client.workflows.aio_pause_state("pause-cron"))["held"]
+    assert held >= 2
+    # Held ticks start on resume (and the cron goes on).
+    await client.workflows.aio_resume("pause-cron")
+
+    async def started() -> bool:
+        return await run_count() >= before + held
+
+    await eventually(started, timeout_s=30)
