@@ -1,10 +1,11 @@
 /** `Ratchet`: the entry point — define workflows, trigger and inspect runs, start workers. */
 import { type ClientConfig, type ClientOptions, resolveConfig } from "./config.js";
-import { Crons, Events, Filters, RateLimits, Runs, Workflows } from "./resources.js";
+import { Crons, Events, Filters, RateLimits, Runs, Scheduled, Workflows } from "./resources.js";
 import { createRestClient, type RestClient, type Schemas, unwrap } from "./rest.js";
 import { RunRef } from "./runs.js";
 import { Worker, type WorkerOptions } from "./worker.js";
 import {
+  type ParentRef,
   type RunOptions,
   type TaskFn,
   type TaskOptions,
@@ -23,6 +24,8 @@ export class Ratchet implements WorkflowHost {
   readonly rateLimits: RateLimits;
   readonly filters: Filters;
   readonly crons: Crons;
+  /** One-off runs at a set time. */
+  readonly scheduled: Scheduled;
   readonly workflows: Workflows;
   // The spec last registered per workflow object, so an unchanged one is not sent again.
   readonly #registered = new WeakMap<Workflow<any>, string>();
@@ -35,6 +38,7 @@ export class Ratchet implements WorkflowHost {
     this.rateLimits = new RateLimits(this.rest);
     this.filters = new Filters(this.rest);
     this.crons = new Crons(this.rest);
+    this.scheduled = new Scheduled(this.rest);
     this.workflows = new Workflows(this.rest);
   }
 
@@ -73,26 +77,31 @@ export class Ratchet implements WorkflowHost {
     }
   }
 
-  async trigger(workflow: string, input: unknown, options: RunOptions): Promise<RunRef> {
+  async trigger(workflow: string, input: unknown, options: RunOptions, parent?: ParentRef): Promise<RunRef> {
     const out = await unwrap(this.rest.POST("/workflows/{name}/run", {
       params: { path: { name: workflow } },
-      body: runBody(input, options),
+      body: runBody(input, options, parent),
     }));
     return new RunRef(this.rest, out.run_id);
   }
 
-  async triggerMany(workflow: string, inputs: unknown[], options: RunOptions): Promise<RunRef[]> {
+  async triggerMany(
+    workflow: string, inputs: unknown[], options: RunOptions, parents: (ParentRef | undefined)[] = [],
+  ): Promise<RunRef[]> {
+    const common: RunOptions = { priority: options.priority, versionId: options.versionId };
     const out = await unwrap(this.rest.POST("/workflows/{name}/run/bulk", {
       params: { path: { name: workflow } },
-      body: { runs: inputs.map((input) => runBody(input, { priority: options.priority })) },
+      body: { runs: inputs.map((input, i) => runBody(input, common, parents[i])) },
     }));
     return out.run_ids.map((id) => new RunRef(this.rest, id));
   }
 }
 
-function runBody(input: unknown, options: RunOptions): Schemas["RunRequest"] {
+function runBody(input: unknown, options: RunOptions, parent?: ParentRef): Schemas["RunRequest"] {
   const body: Schemas["RunRequest"] = { input: input ?? {} };
+  if (parent !== undefined) body.parent = parent;
   if (options.priority !== undefined) body.priority = options.priority;
   if (options.metadata && Object.keys(options.metadata).length > 0) body.metadata = options.metadata;
+  if (options.versionId !== undefined) body.version_id = options.versionId;
   return body;
 }

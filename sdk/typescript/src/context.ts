@@ -1,6 +1,13 @@
 /** What a running task can see and do: its `ctx`. */
 import { type Duration, toMs } from "./duration.js";
 import type { TaskErrorInfo } from "./errors.js";
+import type { RunRef } from "./runs.js";
+
+/** What `ctx.runChild` / `ctx.runMany` need of a workflow (a `Workflow` is one). */
+export interface ChildWorkflow<I> {
+  runNoWait(input?: I, options?: { key?: string; parent?: Context }): Promise<RunRef>;
+  runMany(inputs: I[], options?: { keys?: (string | undefined)[]; parent?: Context }): Promise<RunRef[]>;
+}
 
 /** A task as `parentOutput` accepts it: the task object (typed output) or its name. */
 export interface TaskRef<O = unknown> {
@@ -84,6 +91,8 @@ export class Context {
   // from it, so a repeated number is a duplicate (and dropped) there.
   #logSeq = 0;
   #chunkSeq = 0;
+  // Child runs this attempt started: the k-th spawn of every attempt names the same child run.
+  #spawned = 0;
 
   constructor(init: ContextInit) {
     this.runId = init.runId;
@@ -139,6 +148,37 @@ export class Context {
   putStream(chunk: Uint8Array | string | number | boolean | object | null): void {
     const { chunkType, data } = encodeChunk(chunk);
     this.#sink?.({ kind: "stream", chunk: data, chunkType, seq: this.#chunkSeq++ });
+  }
+
+  /** True in a durable task (`wf.durableTask`): its ctx is a `DurableContext`. */
+  get durable(): boolean {
+    return false;
+  }
+
+  /**
+   * Start a child run of this task's run: `await ref.result()` gives its outputs. The k-th
+   * child an attempt starts is the same run in every attempt (or name it with `key`), so a
+   * retried task gets its children back instead of starting them again.
+   */
+  async runChild<I>(workflow: ChildWorkflow<I>, input?: I, options: { key?: string } = {}): Promise<RunRef> {
+    return await workflow.runNoWait(input, { ...options, parent: this });
+  }
+
+  /** Start many child runs in bulk (`keys`, one per input, name them like `runChild`'s). */
+  async runMany<I>(workflow: ChildWorkflow<I>, inputs: I[], options: { keys?: (string | undefined)[] } = {}): Promise<RunRef[]> {
+    return await workflow.runMany(inputs, { ...options, parent: this });
+  }
+
+  /** The spawn index of the first of `count` child runs about to be started. */
+  reserveSpawns(count: number): number {
+    const first = this.#spawned;
+    this.#spawned += count;
+    return first;
+  }
+
+  /** Called before waiting for runs' results: a regular task polls (keeping its slot). */
+  async awaitRuns(_runIds: string[]): Promise<void> {
+    // a DurableContext waits durably instead, holding no slot
   }
 
   /** Move this attempt's execution deadline to now + `delta`. */

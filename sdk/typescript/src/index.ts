@@ -1,7 +1,7 @@
 /** @ratchet/sdk — define workflows, run workers, trigger and inspect runs. */
 export { Ratchet } from "./client.js";
 export type { ClientConfig, ClientOptions } from "./config.js";
-export { Context, type TaskRef } from "./context.js";
+export { type ChunkType, Context, type LogLevel, type TaskRef } from "./context.js";
 export { type Duration, toMs } from "./duration.js";
 export {
   ApiError,
@@ -12,13 +12,30 @@ export {
   type TaskErrorInfo,
   WorkflowDefinitionError,
 } from "./errors.js";
-export { Crons, Events, Filters, RateLimits, Runs, type RunStatus, Workflows } from "./resources.js";
+export { currentContext } from "./current.js";
+export {
+  type Condition,
+  DurableContext,
+  event,
+  type EventCondition,
+  NonDeterminism,
+  parentOutput,
+  type ParentOutputCondition,
+  sleep,
+  type SleepCondition,
+  type WaitAnyResult,
+  WaitTimeoutError,
+} from "./durable.js";
+export { PayloadTooLarge } from "./payloads.js";
+export { Crons, decodeChunk, Events, Filters, RateLimits, Runs, type RunStatus, Scheduled, Workflows } from "./resources.js";
 export { createRestClient, type components, type paths, type RestClient, type Schemas } from "./rest.js";
 export { RunRef, type RunView, TERMINAL_STATUSES } from "./runs.js";
 export { Worker, type WorkerOptions } from "./worker.js";
 export {
   type Concurrency,
   type DesiredLabel,
+  type DurableTaskFn,
+  type ParentRef,
   type Per,
   type RateLimit,
   type RunOptions,

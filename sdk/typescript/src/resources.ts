@@ -199,8 +199,46 @@ export class Crons {
   }
 }
 
+/** One-off runs at a set time (`POST /scheduled`). */
+export class Scheduled {
+  constructor(readonly rest: RestClient) {}
+
+  /** Run `workflow` with `input` at `runAt`. */
+  async create(options: { workflow: string; runAt: Date; input?: unknown; metadata?: Record<string, string> }): Promise<Schemas["ScheduledView"]> {
+    const body: Schemas["ScheduledIn"] = {
+      workflow: options.workflow, run_at: options.runAt.toISOString(), input: options.input ?? {},
+      metadata: options.metadata ?? {},
+    };
+    return await unwrap(this.rest.POST("/scheduled", { body }));
+  }
+
+  async list(options: { workflow?: string; limit?: number } = {}): Promise<Schemas["ScheduledView"][]> {
+    return await unwrap(this.rest.GET("/scheduled", { params: { query: options } }));
+  }
+
+  async get(scheduledId: string): Promise<Schemas["ScheduledView"]> {
+    return await unwrap(this.rest.GET("/scheduled/{scheduled_id}", { params: { path: { scheduled_id: scheduledId } } }));
+  }
+
+  async delete(scheduledId: string): Promise<void> {
+    await unwrap(this.rest.DELETE("/scheduled/{scheduled_id}", { params: { path: { scheduled_id: scheduledId } } }));
+  }
+}
+
 export class Workflows {
   constructor(readonly rest: RestClient) {}
+
+  /** Every registered version of `name`, newest first: id, hash, created_at, current. */
+  async versions(name: string, options: { limit?: number } = {}): Promise<Schemas["VersionView"][]> {
+    return await unwrap(this.rest.GET("/workflows/{name}/versions", { params: { path: { name }, query: options } }));
+  }
+
+  /** Make `versionId` the version new runs of `name` use; runs in flight keep theirs. */
+  async rollback(name: string, versionId: string): Promise<Schemas["VersionView"]> {
+    return await unwrap(this.rest.POST("/workflows/{name}/rollback", {
+      params: { path: { name } }, body: { version_id: versionId },
+    }));
+  }
 
   async list(): Promise<Schemas["WorkflowView"][]> {
     return await unwrap(this.rest.GET("/workflows"));

@@ -1,4 +1,5 @@
 /** A triggered run, and waiting for its outcome by long-polling `GET /runs/{id}?wait_s=`. */
+import { currentContext } from "./current.js";
 import { ApiError, RunFailed, RunTimeoutError, type TaskErrorInfo } from "./errors.js";
 import { type RestClient, type Schemas, unwrap } from "./rest.js";
 
@@ -31,6 +32,8 @@ export class RunRef {
 
   /** Wait for the run: `{taskName: output}`; rejects with RunFailed when it fails or is cancelled. */
   async result(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Record<string, unknown>> {
+    // In a durable task: first wait durably for the run to end, holding no worker slot.
+    await currentContext()?.awaitRuns([this.runId]);
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
     for (;;) {

@@ -10,6 +10,8 @@ import * as protoLoader from "@grpc/proto-loader";
 import { fileURLToPath } from "node:url";
 
 import { Context, type EventSink } from "./context.js";
+import { currentTask } from "./current.js";
+import { DurableContext, type StepSink } from "./durable.js";
 import { ConfigError, MISSING_TOKEN, NonRetryable } from "./errors.js";
 import type { Assignment__Output as Assignment } from "./gen/proto/ratchet/v1/Assignment.js";
 import type { DispatcherClient } from "./gen/proto/ratchet/v1/Dispatcher.js";
@@ -18,11 +20,12 @@ import { EventKind } from "./gen/proto/ratchet/v1/EventKind.js";
 import type { TaskEvent } from "./gen/proto/ratchet/v1/TaskEvent.js";
 import type { WorkerMessage } from "./gen/proto/ratchet/v1/WorkerMessage.js";
 import type { ProtoGrpcType } from "./gen/proto/worker.js";
+import { decodeRef, encodeRef, limitsFromEnv, PayloadStore, PayloadTooLarge } from "./payloads.js";
 import type { Task, Workflow } from "./workflow.js";
 
 /** What a worker needs from the client: its address, token, and workflow registration. */
 export interface WorkerHost {
-  readonly config: { readonly token: string; readonly grpcAddr: string };
+  readonly config: { readonly token: string; readonly grpcAddr: string; readonly apiUrl: string };
   register(...workflows: Workflow<any>[]): Promise<void>;
 }
 
@@ -32,6 +35,8 @@ export interface WorkerOptions {
   slots?: number;
   /** Labels tasks can require or prefer (`desiredLabels`). */
   labels?: Record<string, string>;
+  /** Durable tasks asleep or waiting at once, holding no regular slot; default 1,000. */
+  durableSlots?: number;
   /** Drain and stop on SIGINT/SIGTERM while started; default true. */
   handleSignals?: boolean;
   logger?: Pick<Console, "warn">;
@@ -72,7 +77,8 @@ interface Running {
   readonly taskId: string;
   readonly attempt: number;
   readonly controller: AbortController;
-  readonly done: Promise<void>;
+  done: Promise<void>;
+  ctx?: Context; // set once the attempt's payloads are loaded
 }
 
 /** One live stream: set while registered with a dispatcher. */
@@ -83,8 +89,8 @@ interface Session {
 
 const keyOf = (taskId: string, attempt: number): string => `${taskId}#${attempt}`;
 
-function decodeJson(raw: Buffer | undefined): unknown {
-  return raw && raw.length > 0 ? JSON.parse(raw.toString("utf8")) : null;
+function decodeJson(raw: Uint8Array | undefined): unknown {
+  return raw && raw.length > 0 ? JSON.parse(Buffer.from(raw).toString("utf8")) : null;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -98,6 +104,7 @@ function sleep(ms: number): Promise<void> {
 export class Worker {
   readonly name: string;
   readonly slots: number;
+  readonly durableSlots: number;
   readonly labels: Record<string, string>;
   workerId = "";
   tenant = "";
@@ -124,6 +131,8 @@ export class Worker {
   #onConnected = new Set<() => void>();
   #onStop = new Set<() => void>();
   #onIdle = new Set<() => void>();
+  readonly #payloads: PayloadStore;
+  readonly #limits: { inline: number; max: number };
 
   constructor(host: WorkerHost, name: string, options: WorkerOptions) {
     const slots = options.slots ?? 10;
@@ -131,6 +140,11 @@ export class Worker {
     this.#host = host;
     this.name = name;
     this.slots = slots;
+    const durableSlots = options.durableSlots ?? 1000;
+    if (!Number.isInteger(durableSlots) || durableSlots < 1) throw new RangeError("durableSlots must be an integer >= 1");
+    this.durableSlots = durableSlots;
+    this.#payloads = new PayloadStore(host.config);
+    this.#limits = limitsFromEnv();
     this.labels = { ...(options.labels ?? {}) };
     this.#workflows = [...options.workflows];
     this.#handleSignals = options.handleSignals ?? true;
@@ -378,7 +392,7 @@ export class Worker {
       call.write({
         register: {
           name: this.name, actions: this.actions, slots: this.slots, labels: this.labels,
-          workerId: this.workerId, holding: this.#holding(),
+          workerId: this.workerId, holding: this.#holding(), durableSlots: this.durableSlots,
         },
       });
       if (this.#stopping) finish();
@@ -404,6 +418,11 @@ export class Worker {
       for (const c of msg.cancels?.items ?? []) {
         const reason = c.reason || "cancelled";
         this.#running.get(keyOf(c.taskId, c.attempt))?.controller.abort(new DOMException(reason, "AbortError"));
+      }
+    } else if (msg.msg === "wakes") {
+      for (const w of msg.wakes?.items ?? []) {
+        const ctx = this.#running.get(keyOf(w.taskId, w.attempt))?.ctx;
+        if (ctx instanceof DurableContext) ctx.wake(w.position, w.result);
       }
     }
   }
@@ -454,13 +473,9 @@ export class Worker {
       return;
     }
     const controller = new AbortController();
-    const ctx = new Context({
-      runId: a.runId, taskId: a.taskId, taskName: a.taskName, workflow: a.workflow, attempt: a.attempt,
-      parentOutputs: Object.fromEntries(Object.entries(a.parentOutputs).map(([k, v]) => [k, decodeJson(v)])),
-      additional: Object.fromEntries(Object.entries(a.additional).map(([k, v]) => [k, decodeJson(v)])),
-      metadata: a.metadata, signal: controller.signal, sink: this.#sinkFor(a.taskId, a.attempt),
-    });
-    const done = this.#execute(a, ctx).finally(() => {
+    const running: Running = { taskId: a.taskId, attempt: a.attempt, controller, done: Promise.resolve() };
+    this.#running.set(key, running);
+    running.done = this.#execute(a, running).finally(() => {
       this.#running.delete(key);
       this.#finished.add(key);
       if (this.#finished.size > FINISHED_MEMORY) {
@@ -471,27 +486,74 @@ export class Worker {
         this.#onIdle.clear();
       }
     });
-    this.#running.set(key, { taskId: a.taskId, attempt: a.attempt, controller, done });
   }
 
-  async #execute(a: Assignment, ctx: Context): Promise<void> {
+  async #execute(a: Assignment, running: Running): Promise<void> {
     const base = { taskId: a.taskId, attempt: a.attempt };
+    const signal = running.controller.signal;
     this.#emit({ ...base, kind: EventKind.STARTED });
     try {
       const task = this.#byAction.get(a.action);
       if (task?.fn === undefined) throw new NonRetryable(`this worker has no task ${JSON.stringify(a.action)}`);
       const fn = task.fn;
-      const input = decodeJson(a.input) ?? {};
-      const result = await untilAborted(Promise.resolve().then(() => fn(input, ctx)), ctx.signal);
-      const output = Buffer.from(JSON.stringify(result ?? null), "utf8");
-      this.#emit({ ...base, kind: ctx.signal.aborted ? EventKind.CANCELLED : EventKind.COMPLETED, output });
+      const init = {
+        runId: a.runId, taskId: a.taskId, taskName: a.taskName, workflow: a.workflow, attempt: a.attempt,
+        parentOutputs: await this.#loadAll(a.parentOutputs),
+        additional: await this.#loadAll(a.additional),
+        metadata: a.metadata, signal, sink: this.#sinkFor(a.taskId, a.attempt),
+      };
+      const ctx = task.durable
+        ? new DurableContext({
+          ...init,
+          durableLog: a.durableLog.map((d) => ({ ...d })),
+          step: this.#stepSink(a.taskId, a.attempt),
+        })
+        : new Context(init);
+      running.ctx = ctx;
+      const input = (await this.#load(a.input)) ?? {};
+      const work = Promise.resolve().then(() => currentTask.run(ctx, () => fn(input, ctx)));
+      const result = await untilAborted(work, signal);
+      if (signal.aborted) {
+        this.#emit({ ...base, kind: EventKind.CANCELLED });
+        return;
+      }
+      const output = await this.#storeOutput(a.runId, Buffer.from(JSON.stringify(result ?? null), "utf8"));
+      this.#emit({ ...base, kind: EventKind.COMPLETED, output });
     } catch (err) {
-      if (ctx.signal.aborted) {
+      if (signal.aborted) {
         this.#emit({ ...base, kind: EventKind.CANCELLED });
         return;
       }
       this.#emit({ ...base, kind: EventKind.FAILED, error: describe(err) });
     }
+  }
+
+  /** A payload as JSON data: fetched through the API first when it is a reference. */
+  async #load(raw: Uint8Array | undefined): Promise<unknown> {
+    const ref = raw ? decodeRef(raw) : undefined;
+    return decodeJson(ref === undefined ? raw : await this.#payloads.download(ref));
+  }
+
+  async #loadAll(raws: Record<string, Uint8Array>): Promise<Record<string, unknown>> {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(raws)) out[k] = await this.#load(v);
+    return out;
+  }
+
+  /** The output as it travels: inline when small, else uploaded and sent as a reference. */
+  async #storeOutput(runId: string, output: Buffer): Promise<Buffer> {
+    if (output.length > this.#limits.max) throw new PayloadTooLarge(output.length, this.#limits.max);
+    if (output.length <= this.#limits.inline) return output;
+    return Buffer.from(encodeRef(await this.#payloads.upload(runId, output)));
+  }
+
+  #stepSink(taskId: string, attempt: number): StepSink {
+    return (step) => {
+      this.#emit({
+        taskId, attempt, kind: EventKind.WAIT,
+        step: { position: step.position, kind: step.kind, spec: Buffer.from(step.spec), result: Buffer.from(step.result ?? new Uint8Array()), done: false },
+      });
+    };
   }
 
   #sinkFor(taskId: string, attempt: number): EventSink {
@@ -536,7 +598,7 @@ function describe(err: unknown): { type: string; message: string; traceback: str
     const type = err.name && err.name !== "Error" ? err.name : err.constructor?.name || "Error";
     return {
       type, message: err.message, traceback: (err.stack ?? "").slice(-8000),
-      nonRetryable: err instanceof NonRetryable || err.name === "NonRetryable",
+      nonRetryable: err instanceof NonRetryable || err instanceof PayloadTooLarge || err.name === "NonRetryable",
     };
   }
   return { type: typeof err, message: String(err), traceback: "", nonRetryable: false };

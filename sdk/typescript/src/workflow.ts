@@ -1,11 +1,19 @@
 /** Workflow and task definitions. Every check the server would make runs when a task is declared. */
 import { Context, type TaskRef } from "./context.js";
+import { currentContext } from "./current.js";
+import {
+  type Condition,
+  conditionSpec,
+  DurableContext,
+  type ParentOutputCondition,
+} from "./durable.js";
 import { type Duration, toSeconds } from "./duration.js";
 import { WorkflowDefinitionError } from "./errors.js";
 import type { Schemas } from "./rest.js";
 import type { RunRef } from "./runs.js";
 
 export type TaskFn<I, O> = (input: I, ctx: Context) => O | Promise<O>;
+export type DurableTaskFn<I, O> = (input: I, ctx: DurableContext) => O | Promise<O>;
 export type Strategy = NonNullable<Schemas["ConcurrencySpec"]["strategy"]>;
 export type Per = "second" | "minute" | "hour";
 
@@ -46,6 +54,15 @@ export interface TaskOptions {
   concurrency?: Concurrency | Concurrency[];
   rateLimits?: RateLimit[];
   desiredLabels?: Record<string, DesiredLabel | string>;
+  /** DAG conditions: the task waits (once ready) until all of these hold: `sleep()`, `event()`. */
+  waitFor?: Condition[];
+  /**
+   * Skip the task (it ends SKIPPED; its dependants run, seeing null as its output) when any
+   * `parentOutput()` condition holds once it is ready.
+   */
+  skipIf?: ParentOutputCondition[];
+  /** Cancel the task (and its dependants) when any `parentOutput()` condition holds once it is ready. */
+  cancelIf?: ParentOutputCondition[];
 }
 
 export interface WorkflowOptions {
@@ -62,6 +79,20 @@ export interface WorkflowOptions {
 export interface RunOptions {
   priority?: 1 | 2 | 3;
   metadata?: Record<string, string>;
+  /** Pin the run to this registered version (`r.workflows.versions(name)`); default current. */
+  versionId?: string;
+  /** Inside a task: names the child run (the same key, the same run, across retries). */
+  key?: string;
+  /** The task whose child this run is; default the task running this code, if any. */
+  parent?: Context;
+}
+
+/** `parent` of a run trigger: what makes it a child run of a task (see docs/children.md). */
+export interface ParentRef {
+  run_id: string;
+  task_id: string;
+  index: number;
+  key?: string;
 }
 
 export interface WaitOptions {
@@ -73,8 +104,10 @@ export interface WaitOptions {
 /** What a workflow needs from the client to run itself; `Ratchet` implements it. */
 export interface WorkflowHost {
   register(wf: Workflow<any>): Promise<void>;
-  trigger(workflow: string, input: unknown, options: RunOptions): Promise<RunRef>;
-  triggerMany(workflow: string, inputs: unknown[], options: RunOptions): Promise<RunRef[]>;
+  trigger(workflow: string, input: unknown, options: RunOptions, parent?: ParentRef): Promise<RunRef>;
+  triggerMany(
+    workflow: string, inputs: unknown[], options: RunOptions, parents?: (ParentRef | undefined)[],
+  ): Promise<RunRef[]>;
 }
 
 type TaskSpec = Schemas["TaskSpec"];
@@ -130,6 +163,7 @@ export class Task<I = Record<string, unknown>, O = unknown> implements TaskRef<O
     readonly fn: TaskFn<I, O> | undefined,
     options: TaskOptions,
     readonly role: Role = "task",
+    readonly durable = false,
   ) {
     const where = `task ${JSON.stringify(name)}`;
     const retries = options.retries ?? 0;
@@ -162,12 +196,25 @@ export class Task<I = Record<string, unknown>, O = unknown> implements TaskRef<O
       concurrency: list(options.concurrency).map((c) => concurrencySpec(c, where)),
       rate_limits: (options.rateLimits ?? []).map((r) => rateLimitSpec(r, where)),
       desired_labels: labels,
-      // Durable tasks and DAG conditions are Python-SDK features for now (docs/durable.md).
-      durable: false,
-      wait_for: [],
-      skip_if: [],
-      cancel_if: [],
-    };
+      durable,
+      wait_for: (options.waitFor ?? []).map((c) => conditionSpec(c)),
+      skip_if: (options.skipIf ?? []).map((c) => conditionSpec(c)),
+      cancel_if: (options.cancelIf ?? []).map((c) => conditionSpec(c)),
+    } as TaskSpec;
+    const parentNames = new Set(parents.map((p) => p.name));
+    for (const c of [...(options.skipIf ?? []), ...(options.cancelIf ?? [])]) {
+      if (c.kind !== "parent_output") {
+        throw new WorkflowDefinitionError(`${where}: skipIf/cancelIf take parentOutput() conditions`);
+      }
+      if (c.parent && !parentNames.has(c.parent)) {
+        throw new WorkflowDefinitionError(`${where}: parentOutput names ${JSON.stringify(c.parent)}, which is not a parent`);
+      }
+    }
+    for (const c of options.waitFor ?? []) {
+      if (c.kind !== "sleep" && c.kind !== "event") {
+        throw new WorkflowDefinitionError(`${where}: waitFor takes sleep() and event() conditions`);
+      }
+    }
   }
 
   /** The action name workers advertise for this task: `workflow:task`. */
@@ -185,11 +232,13 @@ export class Task<I = Record<string, unknown>, O = unknown> implements TaskRef<O
     options: { parentOutputs?: Record<string, unknown>; attempt?: number; signal?: AbortSignal } = {},
   ): Promise<O> {
     if (this.fn === undefined) throw new Error(`task ${this.name} has no function here`);
-    const ctx = new Context({
+    const init = {
       runId: "mock-run", taskId: "mock-task", taskName: this.name, workflow: this.workflow.name,
       attempt: options.attempt ?? 0, parentOutputs: { ...(options.parentOutputs ?? {}) },
       signal: options.signal ?? new AbortController().signal,
-    });
+    };
+    // Durable: no scheduler here, so sleeps end at once and now() is the clock.
+    const ctx = this.durable ? new DurableContext(init) : new Context(init);
     return await this.fn(input, ctx);
   }
 }
@@ -222,6 +271,10 @@ export class Workflow<I = Record<string, unknown>> {
    * of the DAG (so the workflow registers whole) but another worker, in any language, runs it.
    */
   task<O>(options: TaskOptions, fn?: TaskFn<I, O>): Task<I, O> {
+    return this.#add(options, fn, false);
+  }
+
+  #add<O>(options: TaskOptions, fn: TaskFn<I, O> | undefined, durable: boolean): Task<I, O> {
     checkName("task", options.name);
     this.#checkUnique(options.name);
     for (const parent of options.parents ?? []) {
@@ -234,9 +287,17 @@ export class Workflow<I = Record<string, unknown>> {
         throw new WorkflowDefinitionError("on-failure/on-success tasks cannot be parents");
       }
     }
-    const task = new Task<I, O>(this, options.name, [...(options.parents ?? [])], fn, options);
+    const task = new Task<I, O>(this, options.name, [...(options.parents ?? [])], fn, options, "task", durable);
     this.tasks.set(task.name, task);
     return task;
+  }
+
+  /**
+   * A durable task: its `ctx` is a `DurableContext` whose sleeps and event waits are logged,
+   * survive worker restarts and hold no worker slot (see `DurableContext`).
+   */
+  durableTask<O>(options: TaskOptions, fn?: DurableTaskFn<I, O>): Task<I, O> {
+    return this.#add(options, fn as TaskFn<I, O> | undefined, true);
   }
 
   /** A task that runs once when any task of the run failed (`ctx.taskErrors()` says which). */
@@ -293,25 +354,54 @@ export class Workflow<I = Record<string, unknown>> {
     };
   }
 
-  /** Trigger a run and wait for it: `{taskName: output}`; rejects with RunFailed. */
+  /**
+   * Trigger a run and wait for it: `{taskName: output}`; rejects with RunFailed. Inside a
+   * task this starts a child run of the task's run (a durable task waits holding no slot).
+   */
   async run(input?: I, options: RunOptions & WaitOptions = {}): Promise<Record<string, unknown>> {
     const ref = await this.runNoWait(input, options);
     return await ref.result(options);
   }
 
-  /** Trigger a run; `await ref.result()` later. */
+  /** Trigger a run (a child run inside a task); `await ref.result()` later. */
   async runNoWait(input?: I, options: RunOptions = {}): Promise<RunRef> {
-    await this.host.register(this);
-    return await this.host.trigger(this.name, input ?? {}, options);
+    if (options.versionId === undefined) await this.host.register(this);
+    const [parent] = parentRefs([options.key], options.parent);
+    return await this.host.trigger(this.name, input ?? {}, options, parent);
   }
 
-  /** Trigger many runs, in bulk requests of up to 1,000. */
-  async runMany(inputs: I[], options: RunOptions = {}): Promise<RunRef[]> {
-    await this.host.register(this);
+  /**
+   * Trigger many runs, in bulk requests of up to 1,000 (child runs inside a task; `keys`, one
+   * per input, name them like `runNoWait`'s `key`).
+   */
+  async runMany(inputs: I[], options: RunOptions & { keys?: (string | undefined)[] } = {}): Promise<RunRef[]> {
+    if (options.keys !== undefined && options.keys.length !== inputs.length) {
+      throw new RangeError("runMany: give one key per input");
+    }
+    if (options.versionId === undefined) await this.host.register(this);
+    const parents = parentRefs(options.keys ?? inputs.map(() => undefined), options.parent);
     const refs: RunRef[] = [];
     for (let i = 0; i < inputs.length; i += BULK_MAX) {
-      refs.push(...(await this.host.triggerMany(this.name, inputs.slice(i, i + BULK_MAX), options)));
+      refs.push(...(await this.host.triggerMany(
+        this.name, inputs.slice(i, i + BULK_MAX), options, parents.slice(i, i + BULK_MAX),
+      )));
     }
     return refs;
   }
+}
+
+/**
+ * Inside a task, what makes each of these runs a child of it: the task and the spawn index
+ * (plus the key, if any). Outside a task, runs are top-level and take no key.
+ */
+function parentRefs(keys: (string | undefined)[], explicit?: Context): (ParentRef | undefined)[] {
+  const ctx = explicit ?? currentContext();
+  if (ctx === undefined) {
+    if (keys.some((k) => k !== undefined)) throw new Error("a key names a child run: it works only inside a running task");
+    return keys.map(() => undefined);
+  }
+  const first = ctx.reserveSpawns(keys.length);
+  return keys.map((key, i) => ({
+    run_id: ctx.runId, task_id: ctx.taskId, index: first + i, ...(key !== undefined ? { key } : {}),
+  }));
 }
