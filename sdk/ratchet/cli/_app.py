@@ -11,7 +11,7 @@ import httpx
 import typer
 from typer.core import TyperArgument
 
-from ratchet.cli import _admin, _runs, _tokens, _workflows
+from ratchet.cli import _admin, _hooks, _runs, _tokens, _workflows
 from ratchet.cli._common import (
     EXIT_CODES_HELP,
     WIDE,
@@ -41,6 +41,8 @@ app.add_typer(_tokens.limits, name="limits")
 app.command("audit")(_tokens.audit)
 app.command("worker")(worker)
 app.add_typer(_admin.admin, name="admin")
+app.add_typer(_hooks.webhooks, name="webhooks")
+app.add_typer(_hooks.alerts, name="alerts")
 
 
 @app.callback()
