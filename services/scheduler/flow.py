@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_EVERY_MS = 1000  # re-read windows due soon (one whose FlowDue was lost)
 SWEEP_HORIZON_MS = 2000
+MAINTAIN_EVERY_MS = 600_000  # expired idempotency keys, old windows (with retention set)
 MAX_ARMED = 200_000  # timers in memory; past it the sweep finds the rest when they are due
 API_SOURCES = frozenset({"api", "child"})  # the API claims these triggers' keys itself
 _TRIGGER = msgspec.msgpack.Decoder(TriggerRun)
@@ -59,9 +60,11 @@ class Outcome:
 
 
 class FlowStage:
-    def __init__(self, specs: store.SpecCache, resolve: Resolve) -> None:
+    def __init__(self, specs: store.SpecCache, resolve: Resolve, retention_days: int = 0) -> None:
         self._specs = specs
         self._resolve = resolve
+        self._retention_days = retention_days
+        self._next_maintain_ms = 0
         self.paused: dict[tuple[str, str], str] = {}
         self._heap: list[tuple[int, str, str]] = []
         self._armed: dict[tuple[str, str], int] = {}
@@ -118,8 +121,21 @@ class FlowStage:
             for w in await rows.pending(conn, now_ms + SWEEP_HORIZON_MS):
                 if owns(w.tenant) and (w.state == "open" or (w.tenant, w.workflow) not in self.paused):
                     self.arm(w.tenant, w.run_id, 0 if w.state == "sealed" else w.due_ms)
+        if now_ms >= self._next_maintain_ms:
+            self._next_maintain_ms = now_ms + MAINTAIN_EVERY_MS
+            await self._maintain(conn)
         out.starts = await self._due(conn, now_ms)
         return out
+
+    async def _maintain(self, conn: asyncpg.Connection) -> None:
+        """Delete expired idempotency keys (a claim would replace them anyway: this only
+        bounds the table) and, with a retention set, windows that ended before it."""
+        try:
+            await flow.expire_keys(conn)
+            if self._retention_days >= 1:
+                await rows.prune(conn, self._retention_days)
+        except Exception as exc:  # bookkeeping: the next round retries
+            log.warning("flow control maintenance failed (%r)", exc)
 
     async def _absorbs(self, conn: asyncpg.Connection, tenant: str, msg: TriggerRun,
                        spec: WorkflowSpec) -> bool:

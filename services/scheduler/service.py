@@ -88,7 +88,7 @@ class SchedulerService(Service):
         super().__init__(settings)
         self.engine = Engine()
         self._specs = store.SpecCache()
-        self._flow = FlowStage(self._specs, self._read_payload)
+        self._flow = FlowStage(self._specs, self._read_payload, settings.retention_days)
         self._fairness = FairnessStore()
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -231,7 +231,8 @@ class SchedulerService(Service):
             for item in await durable.load_inbox(conn):
                 if self._owns(item.tenant):
                     self.engine.restore_inbox(item)
-            self._flow = FlowStage(self._specs, self._read_payload)  # flow control's timers
+            self._flow = FlowStage(self._specs, self._read_payload,  # flow control's timers
+                                   self.settings.retention_days)
             await self._flow.load(conn, self._owns)
         log.info("loaded %d active runs of partitions %s", len(self.engine.runs), owned)
 

@@ -14,7 +14,9 @@ import pytest
 from conftest import Stack, eventually
 from ratchet import Context, Ratchet
 
+from libs.common import db, flow
 from services.matcher.service import MatcherService
+from services.scheduler.persistence import flow as rows
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -172,3 +174,36 @@ async def test_events_with_one_idempotency_key_start_one_run(
     await eventually(settled)
     assert await inputs("idem-events", "i") == ["0", "marker"]  # the first keyed event's run
     assert await inputs("idem-events-cel", "order") == ["a", "b", "marker"]
+
+
+async def test_expired_keys_and_old_windows_are_pruned(stack: Stack, tenant: str) -> None:
+    """What the scheduler's flow maintenance deletes: keys past their TTL (never one held
+    until_finished) and, with a retention, windows that ended before it with their triggers."""
+    pool = await db.create_pool(stack.settings.database_url, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO idempotency_keys (tenant_id, workflow, key, run_id, expires_at,"
+                " until_finished) VALUES ($1, 'w', 'old', 'r1', now() - interval '1 hour', false),"
+                " ($1, 'w', 'live', 'r2', now() + interval '1 hour', false),"
+                " ($1, 'w', 'until', 'r3', 'infinity', true)", tenant)
+            await flow.expire_keys(conn)
+            keys = {r["key"] for r in await conn.fetch(
+                "SELECT key FROM idempotency_keys WHERE tenant_id = $1", tenant)}
+            assert keys == {"live", "until"}
+            await conn.execute(
+                "INSERT INTO flow_windows (tenant_id, run_id, workflow, kind, state, items,"
+                " started_at) VALUES ($1, 'old', 'w', 'batch', 'started', 1,"
+                " now() - interval '3 days'), ($1, 'new', 'w', 'batch', 'started', 1, now())",
+                tenant)
+            await conn.execute(
+                "INSERT INTO flow_items (tenant_id, trigger_id, run_id, seq, trigger)"
+                " VALUES ($1, 'a', 'old', 1, ''), ($1, 'b', 'new', 1, '')", tenant)
+            assert await rows.prune(conn, 2) >= 1
+            left = {r["run_id"] for r in await conn.fetch(
+                "SELECT run_id FROM flow_items WHERE tenant_id = $1", tenant)}
+            assert left == {"new"}
+            assert await conn.fetchval(
+                "SELECT count(*) FROM flow_windows WHERE tenant_id = $1", tenant) == 1
+    finally:
+        await pool.close()

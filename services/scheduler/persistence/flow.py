@@ -135,3 +135,18 @@ async def count_dropped(conn: asyncpg.Connection, counts: dict[tuple[str, str], 
             " WHERE p.tenant_id = x.t AND p.workflow = x.w",
             [k[0] for k in counts], [k[1] for k in counts], list(counts.values()),
         )
+
+
+async def prune(conn: asyncpg.Connection, retention_days: int, limit: int = 10_000) -> int:
+    """Delete up to `limit` windows started or dropped more than `retention_days` ago, with
+    the triggers they held; returns how many windows went."""
+    rows = await conn.fetch(
+        "WITH gone AS (DELETE FROM flow_windows WHERE ctid IN ("
+        "  SELECT ctid FROM flow_windows WHERE state IN ('started', 'dropped')"
+        "  AND started_at < clock_timestamp() - make_interval(days => $1) LIMIT $2)"
+        " RETURNING tenant_id, run_id),"
+        " items AS (DELETE FROM flow_items i USING gone g"
+        "  WHERE i.tenant_id = g.tenant_id AND i.run_id = g.run_id)"
+        " SELECT count(*) AS n FROM gone", retention_days, limit,
+    )
+    return int(rows[0]["n"])
