@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import Stack
+from conftest import Stack, eventually
 from ratchet import Context, DesiredLabel, NonRetryable, Ratchet
 
 from services.matcher.service import MatcherService
@@ -227,3 +228,142 @@ async def test_npm_lockfile_matches_package_json() -> None:
     """`npm ci` refuses a lockfile that disagrees with package.json; say so by name here."""
     code, out = await _run(_npm(), "ci", "--dry-run", "--no-audit", "--no-fund", timeout_s=120)
     assert code == 0, f"{out}\nrun `npm install` in sdk/typescript and commit package-lock.json"
+
+
+# A TypeScript worker in its own process (the built SDK), killed and restarted by the test.
+TS_WORKER = """
+import { Ratchet } from "%(sdk)s";
+
+const [name, childName, eventKey] = process.argv.slice(2);
+const r = new Ratchet();
+const wf = r.workflow({ name });
+wf.durableTask({ name: "approve", executionTimeout: "5m" }, async (input, ctx) => {
+  const start = await ctx.now();
+  await ctx.sleepFor(`${input.sleep_ms}ms`);
+  const woke = await ctx.now();
+  const ev = await ctx.waitForEvent(eventKey, { expression: "input.doc_id == '1'" });
+  return { start: start.getTime(), woke: woke.getTime(), by: ev.user, attempt: ctx.attempt };
+});
+const child = r.workflow({ name: childName });
+child.task({ name: "square" }, (input) => ({ lang: "ts", square: input.n * input.n }));
+await r.worker("kill-" + name, { workflows: [wf, child], slots: 1 }).run();
+"""
+SLEEP_MS = 6000
+KILL_AFTER_S = 3.0
+
+
+async def _build_dist(npm: str) -> None:
+    if not _dist_is_fresh():
+        code, out = await _run(npm, "run", "build", timeout_s=NPM_TIMEOUT_S)
+        assert code == 0, out
+
+
+@pytest.mark.timeout(NPM_TIMEOUT_S + 120)
+async def test_ts_durable_task_survives_sigkill_and_takes_a_python_event_and_python_parent_has_ts_children(
+    stack: Stack, tenant: str, client: Ratchet, start_worker: Any, matcher: MatcherService,
+    tmp_path: Path,
+) -> None:
+    """A TS durable task (in a node process) sleeps; the process is SIGKILLed mid-sleep and a
+    new one replays it: the sleep ends at its original deadline. It then waits for an event
+    that Python pushes (CEL-filtered) while no TS worker runs. A Python parent task then fans
+    out to children that only the TS worker runs."""
+    import asyncpg  # the durable log is read where the scheduler keeps it
+
+    npm = _npm()
+    await _ensure_node_modules(npm)
+    await _build_dist(npm)
+    name, child_name = f"ts-approve-{uuid.uuid4().hex[:6]}", f"ts-child-{uuid.uuid4().hex[:6]}"
+    event_key = f"ts.approval.{uuid.uuid4().hex[:6]}"
+    script = tmp_path / "worker.mjs"
+    script.write_text(TS_WORKER % {"sdk": (PKG / "dist" / "src" / "index.js").as_uri()})
+    env = {
+        **os.environ, "RATCHET_TOKEN": stack.tokens[tenant],  # type: ignore[attr-defined]
+        "RATCHET_API_URL": stack.api_url, "RATCHET_GRPC_ADDR": stack.grpc_addr,
+    }
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def spawn() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            shutil.which("node") or "node", str(script), name, child_name, event_key, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        procs.append(proc)
+        return proc
+
+    async def kill(proc: asyncio.subprocess.Process) -> None:
+        proc.kill()  # SIGKILL: no drain, no goodbye
+        await proc.wait()
+
+    pg = await asyncpg.connect(stack.settings.database_url)
+
+    async def waiting_at(position: int) -> bool:
+        row = await pg.fetchrow(
+            "SELECT waiting_attempt FROM durable_log"
+            " WHERE tenant_id = $1 AND position = $2 AND status = 'pending'", tenant, position)
+        return row is not None and row["waiting_attempt"] is not None
+
+    async def done_at(position: int) -> bool:
+        return bool(await pg.fetchval(
+            "SELECT status FROM durable_log WHERE tenant_id = $1 AND position = $2",
+            tenant, position) == "done")
+
+    async def versions(workflow: str) -> list[dict[str, Any]]:
+        try:
+            return await client.workflows.aio_versions(workflow)
+        except Exception:
+            return []
+
+    try:
+        first = await spawn()
+        await eventually(lambda: _has(versions, name), timeout_s=60)
+        version = (await client.workflows.aio_versions(name))[0]["id"]
+        ref = await client.workflow(name).aio_run_no_wait({"sleep_ms": SLEEP_MS}, version_id=version)
+        await eventually(lambda: waiting_at(1), timeout_s=30)  # parked in its sleep
+        registered = await pg.fetchval(
+            "SELECT registered_at FROM durable_log WHERE tenant_id = $1 AND position = 1", tenant)
+        # Kill the worker well into the sleep: a restarted sleep would end KILL_AFTER_S late.
+        await eventually(lambda: _after(registered.timestamp() + KILL_AFTER_S), timeout_s=30)
+        await kill(first)
+        second = await spawn()  # replays: the sleep resumes with its original deadline
+        await eventually(lambda: waiting_at(3), timeout_s=60)  # now waiting for the event
+        await kill(second)
+        # From Python, while no TS worker runs: a non-matching event, then the matching one.
+        await client.events.aio_push(event_key, {"doc_id": "2", "user": "mallory"})
+        await client.events.aio_push(event_key, {"doc_id": "1", "user": "ann"})
+        await eventually(lambda: done_at(3), timeout_s=30)
+        await spawn()  # gets the recorded event at once
+        out = (await ref.aio_result(60))["approve"]
+
+        # A Python parent whose children only the TS worker can run.
+        child_version = (await client.workflows.aio_versions(child_name))[0]["id"]
+        child = client.workflow(child_name)
+        parent = client.workflow(f"py-parent-{uuid.uuid4().hex[:6]}")
+
+        @parent.task()
+        async def fan(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
+            refs = await child.aio_run_many([{"n": 2}, {"n": 3}], version_id=child_version)
+            outs = [await r.aio_result(60) for r in refs]
+            return {"children": [r.run_id for r in refs], "outs": [o["square"] for o in outs]}
+
+        await start_worker("w-py-parent", workflows=[parent], slots=2)
+        parent_ref = await parent.aio_run_no_wait({})
+        fanned = (await parent_ref.aio_result(60))["fan"]
+    finally:
+        await pg.close()
+        for proc in procs:
+            if proc.returncode is None:
+                await kill(proc)
+    assert out["by"] == "ann"
+    assert out["attempt"] >= 2
+    slept_ms = out["woke"] - out["start"]
+    assert SLEEP_MS <= slept_ms < SLEEP_MS + KILL_AFTER_S * 1000 - 500  # original deadline kept
+    assert fanned["outs"] == [{"lang": "ts", "square": 4}, {"lang": "ts", "square": 9}]
+    for child_id in fanned["children"]:
+        assert (await client.runs.aio_get(child_id))["parent_run_id"] == parent_ref.run_id
+
+
+async def _has(read: Any, name: str) -> bool:
+    return bool(await read(name))
+
+
+async def _after(ts: float) -> bool:
+    return time.time() >= ts
