@@ -18,12 +18,14 @@ from litestar.static_files import create_static_files_router
 
 from libs.common.limits import LimitExceeded
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
+from services.api.repos.errors import Forbidden, Gone, TooLarge, TooMany
 from services.api.ui.controllers.analytics import AnalyticsPages
 from services.api.ui.controllers.live import LiveStreams
 from services.api.ui.controllers.login import LoginPages
 from services.api.ui.controllers.operate import OperatePages
 from services.api.ui.controllers.runs import RunPages
 from services.api.ui.controllers.settings import SettingsPages
+from services.api.ui.controllers.waitpoints import WaitpointPages
 from services.api.ui.controllers.workflows import WorkflowPages
 from services.api.ui.render import STATIC, page
 from services.api.ui.session import COOKIE, ENDED_URL, LoginRequired, provide_session
@@ -65,6 +67,7 @@ def _http_error(request: Request, exc: HTTPException) -> Response[str]:  # type:
 
 _DOMAIN_STATUS: dict[type[Exception], int] = {
     NotFound: 404, Conflict: 409, Invalid: 400, Unavailable: 503, LimitExceeded: 429,
+    TooMany: 429, TooLarge: 413, Forbidden: 403, Gone: 410,
 }
 
 
@@ -86,7 +89,7 @@ ui_router = Router(
     path="/",
     route_handlers=[
         root, home, LoginPages, RunPages, WorkflowPages, OperatePages, AnalyticsPages,
-        SettingsPages, LiveStreams,
+        SettingsPages, LiveStreams, WaitpointPages,
         create_static_files_router(path="/ui/static", directories=[STATIC],
                                    include_in_schema=False),
     ],

@@ -141,6 +141,10 @@ class Broadcaster:
             for sub in self._by_run.get(task.run_id, ()):
                 if sub.tasks_of == task.run_id and sub.tenant == task.tenant:
                     sub._offer(sub.tasks, task.task_id, task.state)
+        for st in changes.states:  # a run's ctx.set_state: its page shows the new value
+            for sub in self._by_run.get(st.run_id, ()):
+                if sub.tasks_of == st.run_id and sub.tenant == st.tenant:
+                    sub.wake.set()
         for tenant, n in created.items():
             for sub in self._lists.get(tenant, ()):
                 sub.created += n

@@ -7,8 +7,9 @@ per-task timeline, and each task's attempts with their errors and tracebacks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -17,7 +18,9 @@ from libs.common.statuses import RUN_TERMINAL
 from services.api.actions import logs as log_actions
 from services.api.actions.runs import history, load_run
 from services.api.repos import NotFound, RepoError
+from services.api.routes.interaction import waitpoint_view
 from services.api.schemas import RunEventView, RunView, TaskView
+from services.api.schemas.interaction import WaitpointView
 from services.api.schemas.logs import LogLineView
 from services.api.state import ApiState
 from services.api.ui.live import wait_for_run
@@ -51,6 +54,10 @@ class RunPage:
     finished: bool
     logs: list[LogLineView]
     logs_error: str | None  # the log store did not answer
+    # docs/interaction.md: the latest ctx.set_state value (and when), the run's waitpoints
+    state: Any = None
+    state_at: datetime | None = None
+    waitpoints: list[WaitpointView] = field(default_factory=list)
 
     @property
     def logs_cut(self) -> bool:
@@ -149,8 +156,12 @@ async def run_page(
     events = await history(api, tenant, run_id)
     logs, logs_error = await run_logs(api, tenant, run_id)
     bars, span = _timeline(run)
+    state = await api.interaction.state(tenant, run_id)
+    waitpoints = [waitpoint_view(w) for w in await api.interaction.waitpoints(tenant, run_id=run_id)]
     return RunPage(run=run, dag=_dag(run, spec), timeline=bars, history=events, span_s=span,
-                   finished=run.status in RUN_TERMINAL, logs=logs, logs_error=logs_error)
+                   finished=run.status in RUN_TERMINAL, logs=logs, logs_error=logs_error,
+                   state=msgspec.json.decode(state["state"]) if state else None,
+                   state_at=state["updated_at"] if state else None, waitpoints=waitpoints)
 
 
 async def run_logs(api: ApiState, tenant: str, run_id: str) -> tuple[list[LogLineView], str | None]:

@@ -285,6 +285,8 @@ def _run_parts(view: RunPage, tasks: set[str]) -> list[ServerSentEventMessage]:
         ServerSentEventMessage(event="history", data=macro(PARTS, "history", view)),
         ServerSentEventMessage(event="children",
                                data=macro(PARTS, "children", view, status_class)),
+        ServerSentEventMessage(event="state", data=macro(PARTS, "run_state", view)),
+        ServerSentEventMessage(event="waitpoints", data=macro(PARTS, "waitpoint_rows", view)),
     ]
     for task in view.run.tasks:
         if task.id in tasks:

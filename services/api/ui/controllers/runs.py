@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect
 
 from libs.common.statuses import RunStatus
 from libs.common.tokens import Scope
+from services.api.actions import fork, signals
 from services.api.auth import Api
 from services.api.repos import RepoError
 from services.api.repos.runs import MAX_MATCHING, RunFilter, RunRow
+from services.api.schemas.interaction import ForkRequest
 from services.api.ui import commands
 from services.api.ui.render import page
 from services.api.ui.session import UiSession, check_csrf, require_scope
@@ -164,7 +168,7 @@ class RunPages(Controller):
     @post("/{run_id:str}/{action:str}")
     async def act(self, run_id: str, action: str, request: Request,  # type: ignore[type-arg]
                   session: UiSession, api: Api) -> Response[str]:
-        await check_csrf(request, session)
+        form = await check_csrf(request, session)
         if action == "cancel":
             require_scope(session, Scope.WRITE, "cancelling a run")
             await commands.cancel_run(api, session.principal, run_id)
@@ -173,6 +177,52 @@ class RunPages(Controller):
             require_scope(session, Scope.WRITE, "replaying a run")
             await commands.replay_run(api, session.principal, run_id)
             notice = "Replay requested: the run starts again from its first tasks."
+        elif action == "signal":
+            require_scope(session, Scope.WRITE, "signalling a run")
+            name, payload = _field(form, "name"), _json_field(form, "payload")
+            await signals.send_signal(api, session.principal, run_id, name, payload)
+            notice = f"Signal {name!r} sent."
         else:
             raise HTTPException(status_code=404, detail=f"no action {action!r}")
         return Redirect(f"/ui/runs/{run_id}?{urlencode({'notice': notice})}", status_code=303)
+
+    @post("/{run_id:str}/fork")
+    async def fork(self, run_id: str, request: Request,  # type: ignore[type-arg]
+                   session: UiSession, api: Api) -> Response[str]:
+        """Start the fork the fork page describes; then its new run's page."""
+        form = await check_csrf(request, session)
+        require_scope(session, Scope.WRITE, "forking a run")
+        step = _field(form, "from_step")
+        req = ForkRequest(
+            from_task=_field(form, "task"), input=_json_field(form, "input"),
+            version_id=_field(form, "version_id") or None,
+            from_step=int(step) if step.isdigit() else None,
+        )
+        made = await fork.fork_run(api, session.principal, run_id, req)
+        reused = ", ".join(made.reused) or "nothing"
+        notice = f"Forked from {run_id[:12]} at {req.from_task}; reused: {reused}."
+        return Redirect(f"/ui/runs/{made.run_id}?{urlencode({'notice': notice})}",
+                        status_code=303)
+
+    @get("/{run_id:str}/fork")
+    async def fork_page(self, run_id: str, session: UiSession, api: Api,
+                        task: str = "") -> Response[str]:
+        """Fork from a task: choose the input (the run's by default) and, for a durable
+        task, the step of its log to start again from."""
+        view = await run_page(api, session.tenant, run_id)
+        return page("fork.html", session=session, nav="runs", p=view, task=task)
+
+
+def _field(form: dict[str, list[str]], name: str) -> str:
+    return (form.get(name) or [""])[0].strip()
+
+
+def _json_field(form: dict[str, list[str]], name: str) -> Any:
+    """A JSON form field: None when empty, a 400 naming the field when not JSON."""
+    raw = _field(form, name)
+    if not raw:
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise HTTPException(status_code=400, detail=f"{name} is not JSON: {exc}") from exc
