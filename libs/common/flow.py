@@ -158,6 +158,15 @@ async def release_keys(conn: asyncpg.Connection, tenant: str, workflow: str,
         )
 
 
+async def move_key(conn: asyncpg.Connection, tenant: str, workflow: str, key: str,
+                   run_id: str) -> None:
+    """Point a claimed key at the run its trigger joined (a window's, not its own)."""
+    await conn.execute(
+        "UPDATE idempotency_keys SET run_id = $4 WHERE tenant_id = $1 AND workflow = $2"
+        " AND key = $3", tenant, workflow, key, run_id,
+    )
+
+
 async def release_runs(conn: asyncpg.Connection, runs: list[tuple[str, str, str]]) -> None:
     """Give back the keys naming runs that will never exist (tenant, workflow, run id): their
     triggers were dropped by a pause, so a key held until_finished would otherwise stay."""

@@ -155,6 +155,8 @@ class FlowStage:
                 key = ""
             joined = await flow.join_window(conn, tenant, spec, key, trigger_id=msg.run_id,
                                             source=msg.source, trigger=ENCODER.encode(msg))
+            if claim is not None and joined.run_id != msg.run_id:  # the key names the window's run
+                await flow.move_key(conn, tenant, spec.name, claim.key, joined.run_id)
             self.arm(tenant, joined.run_id, joined.deadline_ms)
             self.counts["joined"] += 1
             return True

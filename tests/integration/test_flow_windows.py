@@ -203,3 +203,32 @@ async def test_a_key_that_cannot_be_evaluated_is_a_400(client: Ratchet) -> None:
     with pytest.raises(ApiError) as bad:
         await wf.aio_run_no_wait({"thread": 5})
     assert bad.value.status == 400 and "debounce key" in bad.value.detail
+
+
+async def test_idempotent_events_into_a_debounce_window(
+    matcher: MatcherService, client: Ratchet, start_worker,
+) -> None:
+    """A repeated key joins nothing; the key names the window's run, so with until_finished it
+    is free again once that run ended."""
+    wf = _echo(client, "deb-idem", on_events=["chat.msg"],
+               debounce=Debounce(key="input.thread", period=timedelta(milliseconds=400),
+                                 max_wait=timedelta(seconds=20), keep="all"),
+               idempotency_key="input.msg_id", idempotency_ttl="until_finished")
+    await start_worker("w-deb-idem", workflows=[wf], slots=4)
+    for msg_id in ("m1", "m1", "m2"):
+        await client.events.aio_push("chat.msg", {"thread": "t", "msg_id": msg_id})
+
+    async def finished(n: int) -> list[dict[str, Any]]:
+        runs = await _runs(client, "deb-idem")
+        return runs if len(runs) == n and all(r["status"] == "SUCCEEDED" for r in runs) else []
+
+    await eventually(lambda: _truthy(finished(1)))
+    first = (await finished(1))[0]
+    run = await client.runs.aio_get(first["id"])
+    assert [i["msg_id"] for i in run["output"]["echo"]["got"]["items"]] == ["m1", "m2"]
+    await client.events.aio_push("chat.msg", {"thread": "t", "msg_id": "m1"})  # free again
+    await eventually(lambda: _truthy(finished(2)))
+
+
+async def _truthy(value: Any) -> bool:
+    return bool(await value)

@@ -111,10 +111,7 @@ async def join(conn: asyncpg.Connection, tenant: str, spec: WorkflowSpec,
     joined = await flow.join_window(conn, tenant, spec, key, trigger_id=trig.run_id,
                                     source=trig.source, trigger=encode(trig))
     if w.claim is not None and joined.run_id != trig.run_id:
-        await conn.execute(
-            "UPDATE idempotency_keys SET run_id = $4 WHERE tenant_id = $1 AND workflow = $2"
-            " AND key = $3", tenant, spec.name, w.claim.key, joined.run_id,
-        )
+        await flow.move_key(conn, tenant, spec.name, w.claim.key, joined.run_id)
     return joined
 
 
