@@ -64,3 +64,19 @@ test("await start() resolves once connected; a run then works; stop() ends it", 
     (err: Error) => assert.match(err.message, /stopped before it connected/),
   );
 });
+
+test("several dispatcher addresses: a dead one is passed over", async () => {
+  const live = client.config.grpcAddr;
+  const port = await freePort(); // nothing listens there
+  const r = new Ratchet({ grpcAddr: [`127.0.0.1:${port}`, live] });
+  const wf = r.task({ name: unique("failover") }, () => "ok");
+  const worker = r.worker(unique("w-failover"), { workflows: [wf], handleSignals: false, logger: { warn: () => undefined } });
+  assert.deepEqual([...worker.dispatcherAddrs].sort(), [`127.0.0.1:${port}`, live].sort());
+  await worker.start({ timeoutMs: 60_000 });
+  try {
+    assert.equal(worker.dispatcherAddr, live);
+    assert.deepEqual(await wf.run({}, { timeoutMs: 30_000 }), { [wf.name]: "ok" });
+  } finally {
+    await worker.stop();
+  }
+});

@@ -7,6 +7,7 @@ import {
   type DurableContext,
   event,
   NonDeterminism,
+  NonRetryable,
   parentOutput,
   RunFailed,
   sleep,
@@ -36,6 +37,7 @@ test("durable: now, sleepFor, waitForEvent with CEL, waitAny, a timeout", async 
     const start = await ctx.now();
     await ctx.sleepFor("1s");
     const woke = await ctx.now();
+    await ctx.sleepUntil(new Date(woke.getTime() + 200)); // from the recorded time: replay-safe
     const approval = (await ctx.waitForEvent(key, { expression: `input.doc == '${input.doc}'` })) as { by: string };
     const first = await ctx.waitAny(sleep("10m"), event(`${key}.veto`), event(`${key}.ok`));
     let timedOut = false;
@@ -161,4 +163,39 @@ test("large payloads: an output over the inline limit is offloaded and read back
   const out = await wf.run({ n, pad: big } as { n: number }, { timeoutMs: 60_000 });
   assert.equal(out.measure, n);
   assert.equal((out.make as string).length, n);
+});
+
+test("replay, run events, filters and crons", async (t) => {
+  const key = unique("filtered");
+  const flaky = { fail: true };
+  const wf = client.workflow<{ size: number }>({ name: unique("replay-ts"), onEvents: [key] });
+  wf.task({ name: "work" }, (input, ctx) => {
+    if (flaky.fail) throw new NonRetryable("first time fails");
+    return { size: input.size, filter: ctx.filterPayload ?? null };
+  });
+  await startWorker(t, "w-replay", { workflows: [wf], slots: 2 });
+  const ref = await wf.runNoWait({ size: 1 });
+  await assert.rejects(ref.result({ timeoutMs: 30_000 }), RunFailed);
+  flaky.fail = false;
+  await client.runs.replay(ref.runId);
+  await eventually(async () => (await client.runs.get(ref.runId)).status === "SUCCEEDED", 30_000);
+  const kinds = (await client.runs.events(ref.runId)).map((e) => JSON.stringify(e));
+  assert.ok(kinds.length >= 4, kinds.join("\n"));
+
+  // With a filter, only matching events start runs, and the task sees the filter's payload.
+  const filter = await client.filters.create({ workflow: wf.name, expression: "input.size > 10", payload: { tier: "big" } });
+  assert.equal((await client.filters.get(filter.id)).expression, "input.size > 10");
+  await client.events.push(key, { size: 5 });
+  await client.events.push(key, { size: 50 });
+  await eventually(async () => (await client.runs.list({ workflow: wf.name, status: "SUCCEEDED" })).length === 2, 30_000);
+  const runs = await client.runs.list({ workflow: wf.name });
+  const outputs = await Promise.all(runs.map(async (r) => (await client.runs.get(r.id)).output?.work));
+  assert.deepEqual(outputs.filter((o) => (o as { size: number }).size === 50), [{ size: 50, filter: { tier: "big" } }]);
+  assert.equal(outputs.filter((o) => (o as { size: number }).size === 5).length, 0);
+  await client.filters.delete(filter.id);
+
+  const cron = await client.crons.create({ workflow: wf.name, expression: "0 3 * * *", input: { size: 0 } });
+  assert.ok((await client.crons.list()).some((c) => c.id === cron.id));
+  await client.crons.delete(cron.id);
+  assert.ok(!(await client.crons.list()).some((c) => c.id === cron.id));
 });
