@@ -15,12 +15,12 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test test-fast lint proto \
-	bench chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children bench-flow bench-aged soak chromium ui-screenshots \
+	bench bench-ts chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children bench-flow bench-aged soak chromium ui-screenshots \
 	openapi node sdk-ts-deps sdk-ts-gen sdk-ts-test
 
 help:
 	@echo "targets: venv up down clean status env demo test test-fast lint proto"
-	@echo "         bench chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-compare bench-children bench-aged soak"
+	@echo "         bench bench-ts chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-compare bench-children bench-aged soak"
 	@echo "         chromium ui-screenshots openapi sdk-ts-gen sdk-ts-deps sdk-ts-test"
 
 venv: $(STAMP)
@@ -135,6 +135,11 @@ sdk-ts-test: up sdk-ts-deps
 
 bench: up
 	$(WITH_ENV) $(PY) -m bench.run
+
+# The same no-op bench with the TypeScript SDK's worker (a node process) instead of Python's.
+bench-ts: up sdk-ts-deps
+	cd sdk/typescript && npm run build
+	$(WITH_ENV) BENCH_WORKER=ts $(PY) -m bench.run
 
 chaos: up
 	$(WITH_ENV) $(PY) -m bench.chaos
