@@ -3,6 +3,7 @@ import { type ClientConfig, type ClientOptions, resolveConfig } from "./config.j
 import { Crons, Events, Filters, RateLimits, Runs, Scheduled, Workflows } from "./resources.js";
 import { createRestClient, type RestClient, type Schemas, unwrap } from "./rest.js";
 import { RunRef } from "./runs.js";
+import { Alerts, Webhooks } from "./webhooks.js";
 import { Worker, type WorkerOptions } from "./worker.js";
 import {
   type ParentRef,
@@ -27,6 +28,10 @@ export class Ratchet implements WorkflowHost {
   /** One-off runs at a set time. */
   readonly scheduled: Scheduled;
   readonly workflows: Workflows;
+  /** Incoming webhooks, the outgoing signing secret and delivery log. */
+  readonly webhooks: Webhooks;
+  /** Alert rules. */
+  readonly alerts: Alerts;
   // The spec last registered per workflow object, so an unchanged one is not sent again.
   readonly #registered = new WeakMap<Workflow<any>, string>();
 
@@ -40,6 +45,8 @@ export class Ratchet implements WorkflowHost {
     this.crons = new Crons(this.rest);
     this.scheduled = new Scheduled(this.rest);
     this.workflows = new Workflows(this.rest);
+    this.webhooks = new Webhooks(this.rest);
+    this.alerts = new Alerts(this.rest);
   }
 
   /** Declare a workflow; add tasks with `wf.task({...}, fn)`. */

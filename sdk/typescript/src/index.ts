@@ -30,6 +30,7 @@ export { PayloadTooLarge } from "./payloads.js";
 export { Crons, decodeChunk, Events, Filters, RateLimits, Runs, type RunStatus, Scheduled, Workflows } from "./resources.js";
 export { createRestClient, type components, type paths, type RestClient, type Schemas } from "./rest.js";
 export { RunRef, type RunView, TERMINAL_STATUSES } from "./runs.js";
+export { Alerts, SIGNATURE_HEADER, verifySignature, Webhooks } from "./webhooks.js";
 export { Worker, type WorkerOptions } from "./worker.js";
 export {
   type Concurrency,

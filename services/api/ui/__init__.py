@@ -20,6 +20,7 @@ from libs.common.limits import LimitExceeded
 from services.api.repos import Conflict, Invalid, NotFound, RepoError, Unavailable
 from services.api.repos.errors import Forbidden, Gone, TooLarge, TooMany
 from services.api.ui.controllers.analytics import AnalyticsPages
+from services.api.ui.controllers.hooks import AlertPages, WebhookPages
 from services.api.ui.controllers.live import LiveStreams
 from services.api.ui.controllers.login import LoginPages
 from services.api.ui.controllers.operate import OperatePages
@@ -89,6 +90,7 @@ ui_router = Router(
     path="/",
     route_handlers=[
         root, home, LoginPages, RunPages, WorkflowPages, OperatePages, AnalyticsPages,
+        WebhookPages, AlertPages,
         SettingsPages, LiveStreams, WaitpointPages,
         create_static_files_router(path="/ui/static", directories=[STATIC],
                                    include_in_schema=False),

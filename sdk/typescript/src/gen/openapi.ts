@@ -617,6 +617,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/runs/{run_id}/fork": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Fork
+         * @description A new run from this one: `from_task` and everything that depends on it run again,
+         *     every other task's recorded output is reused (on the workflow's current version
+         *     unless `version_id` pins one; `input` replaces the run input when given). The new
+         *     run's `forked_from` names this one.
+         */
+        post: operations["forkRun"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/runs/{run_id}/logs": {
         parameters: {
             query?: never;
@@ -1415,6 +1438,20 @@ export interface components {
             updated_at: string;
             workflow: string;
         };
+        /** ForkAccepted */
+        ForkAccepted: {
+            forked_from: string;
+            reused: string[];
+            run_id: string;
+            version_id: string;
+        };
+        /** ForkRequest */
+        ForkRequest: {
+            from_step?: number | null;
+            from_task: string;
+            input?: unknown;
+            version_id?: string | null;
+        };
         /** HeldTriggerView */
         HeldTriggerView: {
             at: string;
@@ -1732,6 +1769,10 @@ export interface components {
                 };
             };
             finished_at: string | null;
+            forked_from?: string | null;
+            forks?: string[];
+            from_step?: number | null;
+            from_task?: string | null;
             id: string;
             input: unknown;
             metadata: {
@@ -4332,6 +4373,88 @@ export interface operations {
             /** @description Not found (for this tenant) */
             404: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    forkRun: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ForkRequest"];
+            };
+        };
+        responses: {
+            /** @description Request accepted, processing continues off-line */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ForkAccepted"];
+                };
+            };
+            /** @description The request does not fit the schema, or breaks a rule the message names */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing or unknown bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The token may not do this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found (for this tenant) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before trying again */
+                    "Retry-After": number;
                     [name: string]: unknown;
                 };
                 content: {
