@@ -1,5 +1,6 @@
 /** `Ratchet`: the entry point — define workflows, trigger and inspect runs, start workers. */
 import { type ClientConfig, type ClientOptions, resolveConfig } from "./config.js";
+import { Waitpoints } from "./interaction.js";
 import { Crons, Events, Filters, RateLimits, Runs, Scheduled, Workflows } from "./resources.js";
 import { createRestClient, type RestClient, type Schemas, unwrap } from "./rest.js";
 import { RunRef } from "./runs.js";
@@ -21,6 +22,8 @@ export class Ratchet implements WorkflowHost {
   /** The generated REST client, for any operation the helpers below do not wrap. */
   readonly rest: RestClient;
   readonly runs: Runs;
+  /** Waitpoints made by durable tasks: complete, get, list. */
+  readonly waitpoints: Waitpoints;
   readonly events: Events;
   readonly rateLimits: RateLimits;
   readonly filters: Filters;
@@ -39,6 +42,7 @@ export class Ratchet implements WorkflowHost {
     this.config = resolveConfig(options);
     this.rest = createRestClient(this.config);
     this.runs = new Runs(this.rest);
+    this.waitpoints = new Waitpoints(this.rest);
     this.events = new Events(this.rest);
     this.rateLimits = new RateLimits(this.rest);
     this.filters = new Filters(this.rest);

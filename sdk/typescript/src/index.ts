@@ -26,6 +26,7 @@ export {
   type WaitAnyResult,
   WaitTimeoutError,
 } from "./durable.js";
+export { type ForkOptions, Waitpoints } from "./interaction.js";
 export { PayloadTooLarge } from "./payloads.js";
 export { Crons, decodeChunk, Events, Filters, RateLimits, Runs, type RunStatus, Scheduled, Workflows } from "./resources.js";
 export { createRestClient, type components, type paths, type RestClient, type Schemas } from "./rest.js";

@@ -3,6 +3,7 @@ import { EventSourceParserStream } from "eventsource-parser/stream";
 
 import { ApiError } from "./errors.js";
 import { type RestClient, type Schemas, unwrap } from "./rest.js";
+import { type ForkOptions, forkRun, runState, signalRun } from "./interaction.js";
 import { getRun, RunRef, type RunView } from "./runs.js";
 import type { Per } from "./workflow.js";
 
@@ -90,6 +91,21 @@ export class Runs {
   /** Every transition of the run and its tasks, in order. */
   async events(runId: string): Promise<Schemas["RunEventView"][]> {
     return await unwrap(this.rest.GET("/runs/{run_id}/events", { params: { path: { run_id: runId } } }));
+  }
+
+  /** Send signal `name` with a JSON payload to the run (docs/interaction.md). */
+  async signal(runId: string, name: string, payload: unknown = null): Promise<Schemas["SignalAccepted"]> {
+    return await signalRun(this.rest, runId, name, payload);
+  }
+
+  /** The latest state the run's durable tasks set, or null. */
+  async state(runId: string): Promise<unknown> {
+    return await runState(this.rest, runId);
+  }
+
+  /** A new run from this one, re-running `fromTask` and what depends on it. */
+  async fork(runId: string, options: ForkOptions): Promise<RunRef> {
+    return await forkRun(this.rest, runId, options);
   }
 }
 

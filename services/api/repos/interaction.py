@@ -145,11 +145,12 @@ class InteractionRepo:
 
     # forks -----------------------------------------------------------------------------------
     async def durable_steps(self, tenant: str, task_id: str, before: int) -> list[DurableStep]:
-        """A durable task's completed log entries at positions 0 .. before-1."""
+        """A durable task's completed log entries at positions 0 .. before-1, but for the
+        waitpoints it made: a waitpoint belongs to its run, so a fork makes its own."""
         rows = await self._pool.fetch(
             "SELECT position, kind, spec, result FROM durable_log WHERE tenant_id = $1"
             " AND task_id = $2 AND position >= 0 AND position < $3 AND status = 'done'"
-            " ORDER BY position", tenant, task_id, before)
+            " AND kind <> 'waitpoint' ORDER BY position", tenant, task_id, before)
         return [DurableStep(position=r["position"], kind=r["kind"], spec=bytes(r["spec"]),
                             result=bytes(r["result"] or b"null"), done=True) for r in rows]
 
