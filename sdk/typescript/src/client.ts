@@ -93,7 +93,7 @@ export class Ratchet implements WorkflowHost {
       params: { path: { name: workflow } },
       body: runBody(input, options, parent),
     }));
-    return new RunRef(this.rest, out.run_id);
+    return new RunRef(this.rest, out.run_id, out.deduplicated ?? false);
   }
 
   async triggerMany(
@@ -114,5 +114,9 @@ function runBody(input: unknown, options: RunOptions, parent?: ParentRef): Schem
   if (options.priority !== undefined) body.priority = options.priority;
   if (options.metadata && Object.keys(options.metadata).length > 0) body.metadata = options.metadata;
   if (options.versionId !== undefined) body.version_id = options.versionId;
+  if (options.idempotencyKey !== undefined) {
+    body.idempotency_key = options.idempotencyKey;
+    if (options.idempotencyTtlS !== undefined) body.idempotency_ttl = options.idempotencyTtlS;
+  }
   return body;
 }

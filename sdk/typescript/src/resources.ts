@@ -260,6 +260,26 @@ export class Workflows {
     return await unwrap(this.rest.GET("/workflows"));
   }
 
+  /**
+   * Pause `name`: "queue" keeps new runs (from any trigger) until `resume`; "drop" refuses API
+   * triggers (409) and skips event and cron ones. Runs already started go on.
+   */
+  async pause(name: string, mode: "queue" | "drop" = "queue"): Promise<Schemas["PauseView"]> {
+    return await unwrap(this.rest.POST("/workflows/{name}/pause", {
+      params: { path: { name } }, body: { mode },
+    }));
+  }
+
+  /** Resume `name`: the runs it kept start, new ones start at once. */
+  async resume(name: string): Promise<Schemas["PauseView"]> {
+    return await unwrap(this.rest.POST("/workflows/{name}/resume", { params: { path: { name } } }));
+  }
+
+  /** Whether `name` is paused, how, and the runs held and triggers dropped. */
+  async pauseState(name: string): Promise<Schemas["PauseView"]> {
+    return await unwrap(this.rest.GET("/workflows/{name}/pause", { params: { path: { name } } }));
+  }
+
   async get(name: string): Promise<Schemas["WorkflowView"]> {
     return await unwrap(this.rest.GET("/workflows/{name}", { params: { path: { name } } }));
   }

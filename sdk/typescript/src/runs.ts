@@ -28,6 +28,8 @@ export class RunRef {
   constructor(
     readonly rest: RestClient,
     readonly runId: string,
+    /** An idempotency key answered an earlier trigger's run (docs/flow-control.md). */
+    readonly deduplicated: boolean = false,
   ) {}
 
   /** Wait for the run: `{taskName: output}`; rejects with RunFailed when it fails or is cancelled. */

@@ -85,6 +85,13 @@ export interface RunOptions {
   key?: string;
   /** The task whose child this run is; default the task running this code, if any. */
   parent?: Context;
+  /**
+   * A trigger whose key was seen within `idempotencyTtlS` (seconds; default 24 h;
+   * "until_finished": until that run ends) starts nothing and answers the earlier run
+   * (`ref.deduplicated`). Per tenant and workflow (docs/flow-control.md).
+   */
+  idempotencyKey?: string;
+  idempotencyTtlS?: number | "until_finished";
 }
 
 /** `parent` of a run trigger: what makes it a child run of a task (see docs/children.md). */
