@@ -15,7 +15,7 @@ WITH_ENV   := set -a && source "$${RATCHET_RUN_DIR:-.run}/env" && set +a &&
 SUDO       := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 
 .PHONY: help venv binaries up down clean status env demo test test-fast lint proto \
-	bench bench-ts chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-durable bench-compare bench-children bench-flow bench-aged soak chromium ui-screenshots \
+	bench bench-ts chaos chaos-cluster bench-scale bench-fairness bench-events bench-payloads bench-durable bench-signals bench-compare bench-children bench-flow bench-aged soak chromium ui-screenshots \
 	openapi node sdk-ts-deps sdk-ts-gen sdk-ts-test
 
 help:
@@ -165,6 +165,10 @@ bench-payloads: up
 
 bench-durable: up
 	$(WITH_ENV) $(PY) -m bench.durable
+
+# Signal and waitpoint completion -> wake latency, 1,000 runs parked on signals (bench/signals.py).
+bench-signals: up
+	$(WITH_ENV) $(PY) -m bench.signals
 
 bench-compare: up
 	$(WITH_ENV) $(PY) -m bench.compare

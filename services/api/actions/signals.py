@@ -85,11 +85,15 @@ async def send_signal(
         raise Invalid(f"signal name {name!r}: 1 to 128 of A-Z a-z 0-9 _ . : -")
     raw = encode_payload(payload)
     tenant = caller.tenant
-    status = await run_status(api, tenant, run_id)
+    found = await api.interaction.status_and_waiting(tenant, run_id)
+    if found is None:  # triggered a moment ago, perhaps: wait a little for it
+        await run_status(api, tenant, run_id)
+        found = await api.interaction.status_and_waiting(tenant, run_id)
+        assert found is not None
+    status, waiting = found
     if status in RUN_TERMINAL:
         raise Conflict(f"run {run_id!r} is {status}; signals go to runs that have not finished",
                        extra={"status": status})
-    waiting = await api.interaction.waiting_signals(tenant, run_id)
     if waiting >= MAX_PENDING_SIGNALS:
         raise InboxFull(
             f"run {run_id!r} already has {waiting} signals no wait has taken (the limit is"

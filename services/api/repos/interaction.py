@@ -66,6 +66,14 @@ class InteractionRepo:
             " AND status = 'pending'", tenant, run_id)
         return n
 
+    async def status_and_waiting(self, tenant: str, run_id: str) -> tuple[str, int] | None:
+        """The run's status and its inbox's waiting count in one round trip (None: no run)."""
+        row = await self._pool.fetchrow(
+            "SELECT r.status, (SELECT count(*) FROM run_inbox i WHERE i.tenant_id = $1"
+            " AND i.run_id = $2 AND i.status = 'pending') AS waiting"
+            " FROM runs r WHERE r.tenant_id = $1 AND r.id = $2", tenant, run_id)
+        return None if row is None else (row["status"], int(row["waiting"]))
+
     async def inbox(self, tenant: str, run_id: str, limit: int) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self._pool.fetch(
             "SELECT id, seq, kind, name, status, task_id, position, sent_at, delivered_at"
