@@ -56,7 +56,7 @@ def _sign(key: bytes, wp_id: str, expires_ms: int) -> str:
 async def signed_url(api: ApiState, wp: Waitpoint, base_url: str) -> str:
     expires_ms = int(wp.expires_at.timestamp() * 1000)
     sig = _sign((await _keys(api))[0], wp.id, expires_ms)
-    public = getattr(api.settings, "ratchet_public_url", "") or base_url
+    public = api.settings.ratchet_public_url or base_url
     return f"{public.rstrip('/')}{PUBLIC_PATH}/{wp.id}?exp={expires_ms}&sig={sig}"
 
 
