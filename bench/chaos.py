@@ -6,7 +6,13 @@ each fault also strikes tasks parked without a slot; their sleeps must not be lo
 Then: every run must reach SUCCEEDED, every task must have exactly one successful attempt,
 and no attempt may complete twice. Exit status 1 when any of that is violated.
 
-Env: CHAOS_RUNS (default 300), CHAOS_FAULTS (comma list, default all five).
+Signals (docs/interaction.md): CHAOS_SIGNAL_RUNS more runs each park a durable task on a
+signal; during each fault, while the component is down (before it is restarted), a slice of
+them is sent one signal each. Every one must end SUCCEEDED with exactly the payload sent to it
+(`signal_runs_wrong`: lost, duplicated or another run's).
+
+Env: CHAOS_RUNS (default 300), CHAOS_SIGNAL_RUNS (default 50), CHAOS_FAULTS (comma list,
+default all five).
 """
 
 from __future__ import annotations
@@ -61,8 +67,11 @@ def kill(name: str) -> None:
 
 
 class Chaos:
-    def __init__(self, runs: int, faults: list[str]) -> None:
+    def __init__(self, runs: int, faults: list[str], signal_runs: int = 0) -> None:
         self.n_runs = runs
+        self.n_signal_runs = signal_runs
+        self.signal_runs: list[str] = []
+        self.signals_sent: dict[str, int] = {}  # run id -> the payload's "n"
         self.faults = faults
         self.wf = f"chaos-{int(time.time())}"
         self.run_ids: list[str] = []
@@ -118,14 +127,22 @@ class Chaos:
                 await asyncio.sleep(0.1)
             t0 = time.time()
             print(f"chaos: SIGKILL {fault}", flush=True)
+            chunk = -(-len(self.signal_runs) // max(1, len(self.faults)))
+            start = self.faults.index(fault) * chunk
+            targets = self.signal_runs[start:start + chunk]
             if fault == "worker":
                 assert self.worker is not None
                 self.worker.kill()
                 self.worker.wait()
+                await self.send_signals(targets)  # no worker connected while they arrive
                 self.start_worker()
             else:
                 kill(fault)
+                # Sent while the component is down (each retried until the API accepts it).
+                sending = asyncio.create_task(self.send_signals(targets))
+                await asyncio.sleep(0.3)
                 await asyncio.to_thread(stack_up)
+                await sending
             progress = await self.succeeded()
             deadline = time.time() + 120
             while await self.succeeded() <= progress and time.time() < deadline:
@@ -135,21 +152,54 @@ class Chaos:
             self.recovery_s[fault] = round(time.time() - t0, 2)
             print(f"chaos: {fault} recovered in {self.recovery_s[fault]} s", flush=True)
 
+    async def trigger_signal_runs(self) -> None:
+        """Runs parked on a signal before the faults start."""
+        headers = {"authorization": f"Bearer {os.environ['RATCHET_TOKEN']}"}
+        async with httpx.AsyncClient(base_url=os.environ["RATCHET_API_URL"], headers=headers,
+                                     timeout=10) as http:
+            body = {"runs": [{"input": {"i": i}} for i in range(self.n_signal_runs)]}
+            if body["runs"]:
+                resp = await http.post(f"/workflows/{self.wf}-sig/run/bulk", json=body)
+                resp.raise_for_status()
+                self.signal_runs = resp.json()["run_ids"]
+
+    async def send_signals(self, run_ids: list[str]) -> None:
+        """One signal to each run, retried until the API accepts it (a component is down)."""
+        headers = {"authorization": f"Bearer {os.environ['RATCHET_TOKEN']}"}
+        async with httpx.AsyncClient(base_url=os.environ["RATCHET_API_URL"], headers=headers,
+                                     timeout=10) as http:
+            for run_id in run_ids:
+                n = len(self.signals_sent)
+                while True:
+                    try:
+                        resp = await http.post(f"/runs/{run_id}/signals/go", json={"n": n})
+                    except httpx.HTTPError:
+                        resp = None
+                    if resp is not None and resp.status_code == 202:
+                        self.signals_sent[run_id] = n
+                        break
+                    await asyncio.sleep(0.2)
+
     async def main(self) -> dict[str, object]:
         load_env()
         self.start_worker()
         from ratchet import Ratchet
 
-        from bench.chaos_worker import build
+        from bench.chaos_worker import build, build_listener
 
         r = Ratchet()
         await r._register_async(build(r, self.wf))
+        await r._register_async(build_listener(r, self.wf))
         await r.aclose()
+        await self.trigger_signal_runs()
         trig = asyncio.create_task(self.trigger_all())
         await self.inject()
         await trig
+        await self.send_signals([x for x in self.signal_runs if x not in self.signals_sent])
         deadline = time.time() + 300
         while await self.succeeded() < len(self.run_ids) and time.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        while await self.signals_finished() < len(self.signal_runs) and time.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         report = await self.verify()
         if self.worker is not None:
@@ -157,9 +207,40 @@ class Chaos:
             self.worker.wait(timeout=30)
         return report
 
+    async def signals_finished(self) -> int:
+        conn = await asyncpg.connect(os.environ["DATABASE_URL"], timeout=5)
+        try:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM runs WHERE id = ANY($1) AND status IN"
+                " ('SUCCEEDED', 'FAILED', 'CANCELLED')", self.signal_runs))
+        finally:
+            await conn.close()
+
+    async def verify_signals(self, conn: asyncpg.Connection) -> dict[str, object]:
+        """Each signal run ended SUCCEEDED with exactly the payload sent to it, delivered once."""
+        rows = await conn.fetch(
+            "SELECT r.id, r.status, t.output, (SELECT count(*) FROM run_inbox i"
+            " WHERE i.tenant_id = r.tenant_id AND i.run_id = r.id"
+            " AND i.status = 'delivered') AS delivered FROM runs r JOIN tasks t"
+            " ON t.tenant_id = r.tenant_id AND t.run_id = r.id WHERE r.id = ANY($1)",
+            self.signal_runs)
+        wrong = 0
+        for row in rows:
+            out = json.loads(bytes(row["output"])) if row["output"] is not None else None
+            sent = self.signals_sent.get(row["id"])
+            if (row["status"] != "SUCCEEDED" or out is None or out.get("got") != {"n": sent}
+                    or row["delivered"] != 1):
+                wrong += 1
+        return {"signal_runs": len(self.signal_runs),
+                "signal_runs_wrong": wrong + len(self.signal_runs) - len(rows),
+                "signal_runs_re_executed": sum(
+                    1 for row in rows if row["output"] is not None
+                    and json.loads(bytes(row["output"])).get("attempt", 0) > 0)}
+
     async def verify(self) -> dict[str, object]:
         conn = await asyncpg.connect(os.environ["DATABASE_URL"])
         try:
+            signal_report = await self.verify_signals(conn)
             statuses = dict(await conn.fetch(
                 "SELECT status, count(*) FROM runs WHERE id = ANY($1) GROUP BY status",
                 self.run_ids))
@@ -201,14 +282,16 @@ class Chaos:
             "retried_attempts": int(retries),
             "re_executed_tasks": int(reexec),
             "durable_sleeps_unfinished": int(durable_unfinished),
+            **signal_report,
             "recovery_s": self.recovery_s,
         }
 
 
 def run() -> int:
     runs = int(os.environ.get("CHAOS_RUNS", "300"))
+    signal_runs = int(os.environ.get("CHAOS_SIGNAL_RUNS", "50"))
     faults = [f for f in os.environ.get("CHAOS_FAULTS", ",".join(FAULTS)).split(",") if f]
-    report = asyncio.run(Chaos(runs, faults).main())
+    report = asyncio.run(Chaos(runs, faults, signal_runs).main())
     print(json.dumps(report, indent=2))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = ROOT / "bench" / "results" / f"chaos-{stamp}.json"
@@ -219,6 +302,7 @@ def run() -> int:
         and report["tasks_without_one_success"] == 0
         and report["double_completed_attempts"] == 0
         and report["durable_sleeps_unfinished"] == 0
+        and report["signal_runs_wrong"] == 0
     )
     print(f"chaos: {'PASS' if ok else 'FAIL'}: {report['lost_runs']} lost runs, "
           f"{report['double_completed_attempts']} double-completed attempts")

@@ -34,10 +34,21 @@ def build(r: Ratchet, name: str):  # type: ignore[no-untyped-def]
     return wf
 
 
+def build_listener(r: Ratchet, name: str):  # type: ignore[no-untyped-def]
+    """A durable task parked on a signal that the chaos suite sends while it kills things."""
+
+    @r.durable_task(name=f"{name}-sig", execution_timeout=timedelta(minutes=10))
+    async def listen(input: dict, ctx: DurableContext) -> dict:  # type: ignore[type-arg]
+        return {"got": await ctx.aio_wait_for_signal("go"), "attempt": ctx.attempt}
+
+    return listen
+
+
 def main() -> None:
     r = Ratchet()
     wf = build(r, sys.argv[1])
-    r.worker(f"chaos-{sys.argv[1]}", workflows=[wf], slots=20).start()
+    listen = build_listener(r, sys.argv[1])
+    r.worker(f"chaos-{sys.argv[1]}", workflows=[wf, listen], slots=20).start()
 
 
 if __name__ == "__main__":

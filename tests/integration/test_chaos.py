@@ -38,6 +38,7 @@ def test_chaos_short() -> None:
         assert report["runs"] == int(env["CHAOS_RUNS"])
         assert report["lost_runs"] == 0
         assert report["double_completed_attempts"] == 0
+        assert report["signal_runs_wrong"] == 0  # signals sent while things were down
         assert report["tasks_without_one_success"] == 0
         assert set(report["recovery_s"]) == {"scheduler", "dispatcher", "worker", "nats", "postgres"}
     finally:
