@@ -80,6 +80,20 @@ _CANNOT_PLACE = {
 _AUTO_REPLICAS = 3
 
 
+MAX_MSG_BYTES = 8 * 1024 * 1024  # every stream's max_msg_size
+# Streams whose bulk is what tasks say rather than state also stop at a size (oldest messages
+# go first): a flood of log lines or chunks cannot fill the server's store, where every
+# publish, commands included, would then fail. Far above what their age limit keeps at
+# ordinary rates (docs/operations.md, "Memory").
+STREAM_MAX_BYTES: dict[Stream, int] = {
+    Stream.LOG: 8 * 1024**3,
+    Stream.CHUNK: 2 * 1024**3,
+}
+# A pull request's byte budget must fit the largest message (with its headers): one that does
+# not would be refused by the server on every request, and wedge the consumer.
+MIN_PULL_BYTES = MAX_MSG_BYTES + 1024 * 1024
+
+
 async def provision(js: JetStreamContext, settings: Settings) -> None:
     """Create or update every stream and KV bucket. Safe to run from every process.
 
@@ -101,8 +115,9 @@ async def provision(js: JetStreamContext, settings: Settings) -> None:
             ),
             storage=jsapi.StorageType.FILE,
             max_age=_max_age(stream, settings),
+            max_bytes=STREAM_MAX_BYTES.get(stream, -1),
             duplicate_window=settings.dedupe_window_s,
-            max_msg_size=8 * 1024 * 1024,
+            max_msg_size=MAX_MSG_BYTES,
             # CMD and TASK file commands and reports under the tenant's scheduler partition.
             subject_transform=await partitions.transform(js, stream, settings),
         )
@@ -247,8 +262,9 @@ class PoisonMessage(Exception):
 class BatchConsumer:
     """A durable pull consumer that hands batches to a handler and acks after it returns.
 
-    The one JetStream consumer of every service. In-flight work is bounded by the fetch size,
-    by `max_in_flight` batches handled at once, and by the server-side max_ack_pending. A
+    The one JetStream consumer of every service. In-flight work is bounded by the fetch size
+    (and by `max_bytes` per pull request, when set), by `max_in_flight` batches handled at
+    once, and by the server-side max_ack_pending. A
     batch the handler holds past ack_wait is kept from redelivery by in-progress acks. A
     failing batch is retried message by message so one poison message cannot hold back the
     rest; a message that still fails is nak'ed with the backoff step of its delivery, and one
@@ -276,7 +292,11 @@ class BatchConsumer:
         fetch_timeout_s: float = 1.0,
         deliver_new: bool = False,
         max_in_flight: int = 1,
+        max_bytes: int = 0,
     ) -> None:
+        if max_bytes and max_bytes < MIN_PULL_BYTES:
+            raise ValueError(f"max_bytes must be 0 (no limit) or at least {MIN_PULL_BYTES}")
+        self._max_bytes = max_bytes
         self._js = js
         self._stream = stream
         self._durable = durable
@@ -289,7 +309,7 @@ class BatchConsumer:
         self._fetch_timeout_s = fetch_timeout_s
         self._deliver_new = deliver_new
         self._max_in_flight = max(1, max_in_flight)
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._pulls: nats_compat.PullRequests | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.dead_lettered = 0
@@ -313,14 +333,15 @@ class BatchConsumer:
         )
         # Create, or update one an earlier version made (a BackOff it had is removed).
         await self._js.add_consumer(self._stream.value, config)
-        self._sub = await self._js.pull_subscribe(
-            self._filter, durable=self._durable, stream=self._stream.value, config=config
-        )
+        self._pulls = nats_compat.PullRequests(self._js, self._stream.value, self._durable)
+        await self._pulls.open()
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self._durable}")
 
     async def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Stop fetching, let the batch in hand finish (bounded), then unsubscribe."""
         self._stopping.set()
+        if self._pulls is not None and self._pulls.inbox is not None:
+            nats_compat.wake(self._pulls.inbox)
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), drain_timeout_s)
@@ -329,10 +350,9 @@ class BatchConsumer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        if self._pulls is not None:
+            await self._pulls.close()
+            self._pulls = None
 
     async def _run(self) -> None:
         """Keep a pull request open and hand over whatever has arrived, as soon as it arrives.
@@ -351,11 +371,13 @@ class BatchConsumer:
             await self._pull_loop(batches, asyncio.Semaphore(self._max_in_flight))
 
     async def _pull_loop(self, batches: asyncio.TaskGroup, slots: asyncio.Semaphore) -> None:
-        assert self._sub is not None
-        psub = self._sub
-        inbox = nats_compat.pull_inbox(psub)
+        assert self._pulls is not None and self._pulls.inbox is not None
+        pulls, inbox = self._pulls, self._pulls.inbox
         expires_ns = int(self._fetch_timeout_s * 1e9)
-        request = json.dumps({"batch": self._batch_size, "expires": expires_ns}).encode()
+        pull: dict[str, int] = {"batch": self._batch_size, "expires": expires_ns}
+        if self._max_bytes:
+            pull["max_bytes"] = self._max_bytes  # the request ends once this much arrived
+        request = json.dumps(pull).encode()
         while not self._stopping.is_set():
             try:
                 async for attempt in retry.policy(
@@ -363,7 +385,7 @@ class BatchConsumer:
                     on=retry.any_error,
                 ):
                     with attempt:
-                        await nats_compat.request_next(psub, request)
+                        current = await pulls.send(request)
             except Exception as exc:  # only while stopping: the policy retries until then
                 log.warning("pull request failed on %s: %r", self._durable, exc)
                 continue
@@ -376,14 +398,19 @@ class BatchConsumer:
                     slots.release()
                     break
                 try:
-                    first = await inbox.next_msg(timeout=min(wait_s, 0.5))
+                    # Waits out the request (its expiry arrives as a 408 status message) or
+                    # until stop() wakes it: no polling while idle.
+                    first = await nats_compat.next_delivered(inbox, wait_s)
                 except TimeoutError:
                     slots.release()
                     continue
                 except BaseException:
                     slots.release()
                     raise
-                msgs, finished = _take_available(inbox, first)
+                if first is None:  # stop() woke the loop
+                    slots.release()
+                    break
+                msgs, finished = _take_available(inbox, first, current)
                 remaining -= len(msgs)
                 if msgs:
                     task = batches.create_task(self._process(msgs))
@@ -498,9 +525,10 @@ def deliveries(msg: Msg) -> int:
     return msg.metadata.num_delivered
 
 
-def _take_available(inbox: Subscription, first: Msg) -> tuple[list[Msg], bool]:
-    """`first` plus every message already delivered; True once the pull request has ended
-    (a 404/408/409 status: no messages, expired, or refused)."""
+def _take_available(inbox: Subscription, first: Msg, current: str) -> tuple[list[Msg], bool]:
+    """`first` plus every message already delivered; True once the pull request replied to on
+    `current` has ended (a 404/408/409 status: no messages, expired, or refused). The status
+    of an earlier request, given up on locally, arrives late and is passed over."""
     msgs: list[Msg] = []
     finished = False
     msg: Msg | None = first
@@ -508,7 +536,7 @@ def _take_available(inbox: Subscription, first: Msg) -> tuple[list[Msg], bool]:
         status = JetStreamContext.is_status_msg(msg)
         if status is None:
             msgs.append(msg)
-        elif status != "100":  # 100 = idle heartbeat; anything else ends the request
+        elif status != "100" and msg.subject == current:  # 100 = idle heartbeat
             finished = True
             break
         msg = nats_compat.take_buffered(inbox)

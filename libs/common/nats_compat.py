@@ -12,25 +12,83 @@ exposes. It reads them the way nats-py's own `fetch` does:
 - `PullSubscription._sub` (the inbox Subscription), `._nc` (the client), `._nms` (the
   `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` subject), `._deliver` (the inbox subject);
 - `Subscription._pending_queue` (the asyncio.Queue of delivered messages, whose tasks
-  `drain()` joins) and `._pending_size` (bytes buffered, read by the slow-consumer limit).
+  `drain()` joins; `wake` puts a marker of ours in it) and `._pending_size` (bytes buffered, read by the slow-consumer limit).
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 
-def pull_inbox(psub: JetStreamContext.PullSubscription) -> Subscription:
-    """The plain subscription on which a pull subscription's messages arrive."""
-    inbox: Subscription = psub._sub
-    return inbox
+class PullRequests:
+    """The pull requests of one durable consumer, each with a reply subject of its own under
+    one wildcard inbox.
+
+    A request ends with a status message (408 expired, 404/409) sent to its reply subject. With
+    one shared reply subject (nats-py's `pull_subscribe`), a status that arrives after the
+    client gave up on its request and sent the next one would end that next one too early,
+    and each such late status left one more request open for good: an idle consumer was
+    seen answering 25 expiries a second after hours of use. Here a status names its request.
+    Reads `JetStreamContext._nc` (the client) and `._prefix` (`$JS.API`, or the domain's).
+    """
+
+    def __init__(self, js: JetStreamContext, stream: str, durable: str) -> None:
+        self._nc = js._nc
+        self._next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._prefix = self._nc.new_inbox()
+        self._sent = 0
+        self.inbox: Subscription | None = None
+
+    async def open(self) -> Subscription:
+        self.inbox = await self._nc.subscribe(f"{self._prefix}.*")
+        return self.inbox
+
+    async def send(self, request: bytes) -> str:
+        """Send one pull request (a JSON `{"batch", "expires", ...}` body); returns the subject
+        its messages and its ending status arrive on (messages carry their own subject)."""
+        self._sent += 1
+        reply = f"{self._prefix}.{self._sent}"
+        await self._nc.publish(self._next_subject, request, reply=reply)
+        return reply
+
+    async def close(self) -> None:
+        if self.inbox is not None:
+            with contextlib.suppress(Exception):
+                await self.inbox.unsubscribe()
+            self.inbox = None
 
 
-async def request_next(psub: JetStreamContext.PullSubscription, request: bytes) -> None:
-    """Send one pull request (a JSON `{"batch", "expires", ...}` body); replies go to the inbox."""
-    await psub._nc.publish(psub._nms, request, reply=psub._deliver)
+_WAKE: Any = object()  # what `wake` puts in an inbox's queue (typed as a message would be)
+
+
+async def next_delivered(inbox: Subscription, within_s: float) -> Msg | None:
+    """The next message delivered to `inbox`, waiting up to `within_s` (then TimeoutError); None
+    once `wake(inbox)` was called.
+
+    nats-py's own `next_msg` makes a task and a uuid4 per call; a pull loop waits here once per
+    message batch and once per idle pull request, so this waits on the queue directly, keeping
+    the same books as `take_buffered`.
+    """
+    queue = inbox._pending_queue
+    async with asyncio.timeout(within_s):
+        msg = await queue.get()
+    queue.task_done()
+    if msg is _WAKE:
+        return None
+    inbox._pending_size -= len(msg.data)
+    return msg
+
+
+def wake(inbox: Subscription) -> None:
+    """Make a `next_delivered` wait on `inbox` return None now (a stopping consumer's loop)."""
+    with contextlib.suppress(asyncio.QueueFull):  # full: the loop has messages, it is not waiting
+        inbox._pending_queue.put_nowait(_WAKE)
 
 
 def take_buffered(inbox: Subscription) -> Msg | None:
@@ -44,6 +102,8 @@ def take_buffered(inbox: Subscription) -> Msg | None:
     if queue.empty():
         return None
     msg = queue.get_nowait()
-    inbox._pending_size -= len(msg.data)
     queue.task_done()
+    if msg is _WAKE:  # a stopping loop: it sees its flag before it waits again
+        return None
+    inbox._pending_size -= len(msg.data)
     return msg
