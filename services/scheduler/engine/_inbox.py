@@ -8,9 +8,9 @@ the wait is first recorded). Either way it is delivered once: the wait's log ent
 the payload in the same batch that marks the message delivered, and a replay of the task
 reads the log, not the inbox.
 
-Exactly once across redeliveries: every message carries a unique id; the ids a run has
-received are kept (memory, and `run_inbox` in PostgreSQL, read back after a restart), so a
-command redelivered after its batch committed changes nothing. At most `MAX_PENDING_SIGNALS`
+Exactly once across redeliveries: every message carries a unique id; the ids of a run's
+latest SEEN_PER_RUN messages are kept (memory, and `run_inbox` in PostgreSQL, read back after
+a restart), so a command redelivered after its batch committed changes nothing. At most `MAX_PENDING_SIGNALS`
 messages wait per run; past that the scheduler marks them refused (the API already refuses
 more with a 429, this is for sends racing each other). A run replayed with `r.runs.replay`
 starts its reset durable tasks on a fresh log; what they had taken is not sent again.
@@ -29,6 +29,9 @@ from services.scheduler.records import DELIVERED, PENDING, REFUSED, SENT, Entry,
 # What a message is addressed to, and what a wait condition asks for: (kind, name).
 Address = tuple[str, str]
 KINDS = ("signal", "waitpoint")
+# Ids of a run's latest messages kept to recognise a redelivered command. A redelivery comes
+# within the CMD consumer's ack wait of the original, never thousands of messages later.
+SEEN_PER_RUN = 10_000
 
 
 def asks_for(cond: dict[str, Any]) -> Address | None:
@@ -54,7 +57,8 @@ class Inbox:
         self._pending_waits = pending_waits  # the task's pending waits (_durable.py)
         self._deliver = deliver  # complete a wait with (condition index, payload)
         self.waiting: dict[str, list[InboxItem]] = {}  # run id -> messages, in seq order
-        self.seen: dict[str, set[str]] = {}  # run id -> ids of every message received
+        # run id -> ids of its latest messages (insertion-ordered, at most SEEN_PER_RUN)
+        self.seen: dict[str, dict[str, None]] = {}
         self.next_seq: dict[str, int] = {}
         self.writes: dict[tuple[str, str, str], InboxItem] = {}
 
@@ -63,10 +67,10 @@ class Inbox:
         run = self._runs.get(msg.run_id)
         if run is None or run.tenant != tenant or run.status in RUN_TERMINAL:
             return  # finished meanwhile (the API refuses finished runs; this one raced it)
-        seen = self.seen.setdefault(run.id, set())
+        seen = self.seen.setdefault(run.id, {})
         if msg.signal_id in seen:
             return  # redelivered after its batch committed
-        seen.add(msg.signal_id)
+        _remember(seen, msg.signal_id)
         seq = self.next_seq.get(run.id, 0)
         self.next_seq[run.id] = seq + 1
         item = InboxItem(tenant, run.id, msg.signal_id, seq, msg.kind, msg.name, msg.payload,
@@ -127,7 +131,13 @@ class Inbox:
 
     def restore(self, item: InboxItem) -> None:
         """A row read back after a restart, in seq order per run."""
-        self.seen.setdefault(item.run_id, set()).add(item.id)
+        _remember(self.seen.setdefault(item.run_id, {}), item.id)
         self.next_seq[item.run_id] = max(self.next_seq.get(item.run_id, 0), item.seq + 1)
         if item.status == SENT:
             self.waiting.setdefault(item.run_id, []).append(item)
+
+
+def _remember(seen: dict[str, None], message_id: str) -> None:
+    seen[message_id] = None
+    if len(seen) > SEEN_PER_RUN:
+        del seen[next(iter(seen))]
