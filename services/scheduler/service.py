@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -79,6 +80,7 @@ OUTBOX_RELAY_BATCH = 5000
 # How long one relay keeps retrying a chunk before the next step takes over (same msg-ids).
 OUTBOX_RELAY_RETRY_S = 2.0
 PARTITION_MAINTENANCE_S = 3600.0
+IDLE_REGISTRY_READ_S = 30.0  # registry resync while the engine knows no worker
 
 
 class SchedulerService(Service):
@@ -629,11 +631,20 @@ class SchedulerService(Service):
         """
         timeout_ms = int(self.settings.worker_heartbeat_timeout_s * 1000)
         started = now_ms()
+        last_read = time.monotonic()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=min(2.0, timeout_ms / 4000))
             if self._kv is None or self._stopping.is_set():
                 continue
+            # Knowing no worker, there is nothing to declare lost: the registry is read again
+            # only now and then (each read is a consumer NATS makes and deletes). A worker
+            # that registers arrives through the watch and brings back the short period.
+            assigner = self.engine.assigner
+            if (not assigner.workers and not assigner.orphaned_workers()
+                    and time.monotonic() - last_read < IDLE_REGISTRY_READ_S):
+                continue
+            last_read = time.monotonic()
             try:
                 current = {w.worker_id: w for w in await _current_workers(self._kv)}
             except Exception as exc:
