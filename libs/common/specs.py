@@ -200,7 +200,7 @@ class WorkflowSpec(msgspec.Struct, frozen=True, kw_only=True):
     sticky: Literal["SOFT", "HARD"] | None = None
     # POSTed every run's id, status and outputs when it ends, signed (docs/webhooks.md).
     on_finish_webhook: Annotated[
-        str, Meta(max_length=2048, pattern=r"^https?://\S+$")] | None = None
+        str, Meta(max_length=2048, pattern=r"^https?://[!-~]+$")] | None = None
     # Flow control (docs/flow-control.md): at most one of debounce and batch.
     debounce: DebounceSpec | None = None
     batch: BatchSpec | None = None

@@ -76,6 +76,11 @@ CONFIG = SchemathesisConfig.from_dict({
 # or "a cron expression" but not spell out their grammars.
 schemathesis.openapi.format("cel", st.sampled_from(["true", "input.n > 1", "payload.kind == 'a'"]))
 schemathesis.openapi.format("cron", st.sampled_from(["*/5 * * * *", "0 9 * * 1-5", "0 0 1 1 *"]))
+# Webhook keys see `input` and `headers`; alert filters see `run` (docs/webhooks.md, alerts.md).
+schemathesis.openapi.format("cel-hook", st.sampled_from(["'gh.push'", "'gh.' + headers['x-e']",
+                                                         "input.repo"]))
+schemathesis.openapi.format("cel-run", st.sampled_from(["true", "run.input.n > 1",
+                                                        "run.workflow == 'a'"]))
 
 schema = schemathesis.openapi.from_dict(json.loads(render()), config=CONFIG)
 # The token of the tenant of the running test (the `token` fixture sets it).
@@ -203,11 +208,41 @@ def _dynamic_rate_limits(task: dict[str, Any]) -> None:
     task["rate_limits"] = limits
 
 
+_HOOK_OPTIONS = {"github": set(), "stripe": {"tolerance_s"}, "slack": {"tolerance_s"},
+                 "hmac": {"header", "prefix", "id_header"}, "basic": {"username", "id_header"},
+                 "api_key": {"header", "id_header"}}
+
+
+def _webhook_rules(case: Case) -> None:
+    """A hook takes only its source's options, basic needs a username, and names starting
+    with '_' are reserved (WebhookIn's description, docs/webhooks.md)."""
+    body = case.body
+    if not isinstance(body, dict) or body.get("source") not in _HOOK_OPTIONS:
+        return
+    for option in ("header", "prefix", "username", "tolerance_s", "id_header"):
+        if option not in _HOOK_OPTIONS[body["source"]]:
+            body.pop(option, None)
+    if body["source"] == "basic" and not body.get("username"):
+        body["username"] = "u"
+    if isinstance(body.get("name"), str) and body["name"].startswith("_"):
+        body["name"] = "h" + body["name"]
+
+
+def _alert_rules(case: Case) -> None:
+    """An alert rule needs at least one destination (AlertIn's description)."""
+    body = case.body
+    if isinstance(body, dict) and not (body.get("slack_webhook_url") or body.get("email")
+                                       or body.get("webhook_url")):
+        body["webhook_url"] = "http://127.0.0.1:9/alert"
+
+
 # Rules across fields or parameters that the schema states in prose only: valid-by-schema
 # data is made to keep them before it is sent (only for positive cases, so an invalid case
 # stays invalid).
 PROSE_RULES: dict[tuple[str, str], Callable[[Case], None]] = {
     ("POST", "/workflows"): _workflow_rules,
+    ("POST", "/webhooks"): _webhook_rules,
+    ("POST", "/alerts"): _alert_rules,
     ("PUT", "/rate-limits/{key}"): _rate_limit_key,
     ("GET", "/analytics/runs"): _analytics_range,
     ("GET", "/analytics/tasks"): _analytics_range,

@@ -117,7 +117,7 @@ class RunRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     parent: ParentRef | None = None  # start a child run of that task (docs/children.md)
     # POSTed the run's id, status and outputs when it ends, signed (docs/webhooks.md).
     callback_url: Annotated[str, Meta(min_length=8, max_length=2048,
-                                      pattern=r"^https?://\S+$")] | None = None
+                                      pattern=r"^https?://[!-~]+$")] | None = None
     # Within its TTL (seconds, default 24 h; "until_finished": until that run ends) a key seen
     # before answers the run it started, with deduplicated: true (docs/flow-control.md).
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None

@@ -1998,7 +1998,7 @@ export interface components {
         };
         /** WebhookIn */
         WebhookIn: {
-            /** Format: cel */
+            /** Format: cel-hook */
             event_key: string;
             header?: string | null;
             id_header?: string | null;
