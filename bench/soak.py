@@ -13,8 +13,15 @@ service and the worker. (Why a separate warm-up: the replicator's embedded chDB 
 part-merge ladder. A fraction of a 90-second run taken as warm-up measured that ramp, not a leak.) At the end it checks that nothing was lost: every triggered run SUCCEEDED, no
 task is left in a queue, the outbox and every JetStream consumer are drained.
 
+Every process also has a ceiling (RSS_BOUNDS_MB, the bounds docs/operations.md states): its
+peak RSS must stay under it, warm-up included. The JSON reports each process's peak, and its
+peak anonymous memory (the part that is the process's own: file-backed pages of its code are
+shared and reclaimable; see docs/operations.md).
+
 Knobs: SOAK_TASKS (100000), SOAK_OUTPUT_BYTES (10240), SOAK_SLOTS (50), SOAK_BACKLOG (2000 runs
-triggered but not finished at most), SOAK_BATCH (500), SOAK_SAMPLE_S (1.0), SOAK_WARMUP_TASKS (50000).
+triggered but not finished at most), SOAK_BATCH (500), SOAK_SAMPLE_S (1.0), SOAK_WARMUP_TASKS (50000),
+SOAK_GATE (`growth+bounds`; `bounds` for a short run, where growth after a short warm-up says
+little), SOAK_OUT (the JSON file; default bench/results/soak-<time>.json).
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ RESULTS = ROOT / "bench" / "results"
 SERVICES = ("api", "dispatcher", "scheduler", "matcher", "replicator")
 GATED = (*SERVICES, "worker")  # the growth limit applies to these; nats is informational
 GROWTH_LIMIT_PCT = 5.0
+# Peak RSS ceilings in MiB, per process (docs/operations.md, "Memory", states the same).
+RSS_BOUNDS_MB: dict[str, float] = {
+    "api": 160, "dispatcher": 120, "scheduler": 200, "matcher": 120, "replicator": 450,
+    "nats": 512, "worker": 120,
+}
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 
 
@@ -56,6 +68,7 @@ BACKLOG = _env_int("SOAK_BACKLOG", 2_000)
 BATCH = _env_int("SOAK_BATCH", 500)
 SAMPLE_S = float(os.environ.get("SOAK_SAMPLE_S", "1.0"))
 WARMUP_TASKS = _env_int("SOAK_WARMUP_TASKS", 50_000)
+GATE = os.environ.get("SOAK_GATE", "growth+bounds")
 DRAIN_TIMEOUT_S = 600.0
 SETTLE_TIMEOUT_S = 180.0
 
@@ -101,11 +114,12 @@ def spawn_worker(name: str) -> subprocess.Popen[bytes]:
 # ------------------------------------------------------------------------------ memory
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident set size of `pid` in MiB, or None when it is gone."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """Resident set size of `pid` in MiB (`field`: VmRSS, or RssAnon for its anonymous part),
+    or None when it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         return None
@@ -128,6 +142,7 @@ class Sample:
     t: float
     completed: int
     rss_mb: dict[str, float]
+    anon_mb: dict[str, float] = field(default_factory=dict)
 
 
 def growth(samples: list[Sample], warmup: int, measured: int) -> dict[str, dict[str, float]]:
@@ -227,7 +242,9 @@ class Soak:
         last_report = 0.0
         while True:
             rss = {name: mb for name, pid in pids.items() if (mb := rss_mb(pid)) is not None}
-            self.samples.append(Sample(time.time(), self.completed, rss))
+            anon = {name: mb for name, pid in pids.items()
+                    if (mb := rss_mb(pid, "RssAnon")) is not None}
+            self.samples.append(Sample(time.time(), self.completed, rss, anon))
             if time.monotonic() - last_report >= 15:
                 last_report = time.monotonic()
                 mem = " ".join(f"{k}={v:.0f}" for k, v in sorted(rss.items()))
@@ -278,8 +295,15 @@ class Soak:
         per_process = growth(self.samples, WARMUP_TASKS, self.triggered - WARMUP_TASKS)
         gated = [v["growth_pct"] for k, v in per_process.items() if k in GATED and "growth_pct" in v]
         worst = max(gated) if gated else None
+        peaks = {k: v["peak_mb"] for k, v in per_process.items()}
         return {
-            "rss_peak_mb": {k: v["peak_mb"] for k, v in per_process.items()},
+            "rss_peak_mb": peaks,
+            "rss_peak_anon_mb": {
+                name: round(max(s.anon_mb[name] for s in self.samples if name in s.anon_mb), 1)
+                for name in peaks if any(name in s.anon_mb for s in self.samples)
+            },
+            "rss_bounds_mb": RSS_BOUNDS_MB,
+            "rss_over_bound": over_bound(peaks),
             "rss_growth_pct": worst,
             "rss_growth_limit_pct": GROWTH_LIMIT_PCT,
             "rss_by_process": per_process,
@@ -323,10 +347,18 @@ def queues_empty(depths: dict[str, Any]) -> bool:
     return not depths["tasks_not_terminal"] and depths["outbox_rows"] == 0 and backlog == 0
 
 
-def passed(report: dict[str, Any]) -> bool:
+def over_bound(peaks: dict[str, float]) -> dict[str, float]:
+    """The processes whose peak RSS went past their bound, with that peak."""
+    return {name: peak for name, peak in peaks.items()
+            if name in RSS_BOUNDS_MB and peak > RSS_BOUNDS_MB[name]}
+
+
+def passed(report: dict[str, Any], gate: str = GATE) -> bool:
     worst = report["rss_growth_pct"]
-    growth_ok = worst is not None and worst <= GROWTH_LIMIT_PCT
-    return growth_ok and report["lost_runs"] == 0 and queues_empty(report["queue_depths"])
+    growth_ok = "growth" not in gate or (worst is not None and worst <= GROWTH_LIMIT_PCT)
+    bounds_ok = "bounds" not in gate or not report["rss_over_bound"]
+    return (growth_ok and bounds_ok and report["lost_runs"] == 0
+            and queues_empty(report["queue_depths"]))
 
 
 def print_report(report: dict[str, Any], out: Path) -> None:
@@ -343,9 +375,10 @@ def print_report(report: dict[str, Any], out: Path) -> None:
     print(f"queues after drain: open tasks {depths['tasks_not_terminal'] or 0}, outbox "
           f"{depths['outbox_rows']}, jetstream backlog {backlog or 0}")
     verdict = "PASS" if report["passed"] else "FAIL"
-    print(f"{verdict}: worst RSS growth after warm-up {report['rss_growth_pct']} % "
-          f"(limit {GROWTH_LIMIT_PCT} %, services and worker)")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"{verdict} ({GATE}): worst RSS growth after warm-up {report['rss_growth_pct']} % "
+          f"(limit {GROWTH_LIMIT_PCT} %, services and worker); over their RSS bound: "
+          f"{report['rss_over_bound'] or 'none'}")
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -358,10 +391,11 @@ def main() -> None:
     report = asyncio.run(Soak().main())
     report["passed"] = passed(report)
     report["config"] = {"tasks": N_TASKS, "output_bytes": OUTPUT_BYTES, "slots": SLOTS,
-                        "backlog": BACKLOG, "batch": BATCH, "warmup_tasks": WARMUP_TASKS}
+                        "backlog": BACKLOG, "batch": BATCH, "warmup_tasks": WARMUP_TASKS,
+                        "gate": GATE}
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"soak-{stamp}.json"
+    out = Path(os.environ.get("SOAK_OUT") or RESULTS / f"soak-{stamp}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report, out)
     if not report["passed"]:

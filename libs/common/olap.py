@@ -22,11 +22,12 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import msgspec
 from nats.aio.client import Client as NATS
 
-from libs.common import subjects
+from libs.common import memory, subjects
 from libs.common.settings import Settings
 from libs.common.statuses import RUN_TERMINAL, RunStatus
 
@@ -221,6 +222,38 @@ def scope_to_tenant(sql: str, params: Params | None, tenant: str) -> dict[str, A
 
 PURGE_INTERVAL_S = 1.0
 
+_MIB = 1024 * 1024
+# The embedded engine's caches and limits. Its defaults suit a server with the machine to
+# itself (mark and primary-index caches of 5 GiB each, memory up to 90 % of RAM); embedded in
+# the replicator it gets small caches (this store's reads are a dashboard's, over recent
+# parts), a ceiling on what it may allocate (past it a query or an insert fails and the
+# replicator naks and retries rather than grow) and two threads per query. These go to the
+# engine as start-up arguments: server-wide ones for the process, query-level ones for the
+# session. docs/operations.md ("Memory") lists what each bounds.
+CHDB_SETTINGS: dict[str, int] = {
+    "max_server_memory_usage": 512 * _MIB,
+    "max_memory_usage": 256 * _MIB,  # per query (a log search, a stats query)
+    "mark_cache_size": 32 * _MIB,
+    "index_mark_cache_size": 8 * _MIB,
+    "primary_index_cache_size": 32 * _MIB,
+    "uncompressed_cache_size": 0,
+    "index_uncompressed_cache_size": 0,
+    "compiled_expression_cache_size": 16 * _MIB,
+    "query_condition_cache_size": 16 * _MIB,
+    "vector_similarity_index_cache_size": 0,
+    "max_threads": 2,
+    "max_insert_threads": 1,
+}
+
+
+# Path fragments of the shared libraries the embedded engine loads.
+ENGINE_LIBRARIES = ("/chdb/", "/pyarrow/", "/numpy/", "/numpy.libs/")
+
+
+def chdb_connection(path: str | Path, settings: Mapping[str, int] = CHDB_SETTINGS) -> str:
+    """chDB's connection string: the data path, then the engine's settings."""
+    return f"{path}?{urlencode(dict(settings))}" if settings else str(path)
+
 
 class ChdbBackend:
     """chDB in-process. Calls run in a worker thread: chDB releases the GIL while it works."""
@@ -229,7 +262,7 @@ class ChdbBackend:
         from chdb import session  # imported lazily: server deployments never load the engine
 
         Path(path).mkdir(parents=True, exist_ok=True)
-        self._session: Any = session.Session(str(path))  # type: ignore[no-untyped-call]
+        self._session: Any = session.Session(chdb_connection(path))  # type: ignore[no-untyped-call]
         # One statement at a time keeps inserts from interleaving with DDL on the one engine.
         self._lock = threading.Lock()
         self._purged_at = time.monotonic()
@@ -261,6 +294,8 @@ class ChdbBackend:
         if now - self._purged_at >= PURGE_INTERVAL_S:
             self._purged_at = now
             self._run("SYSTEM JEMALLOC PURGE")
+            # Likewise the C heap the Python side builds insert bodies in.
+            memory.trim_heap()
 
     async def query(self, sql: str, params: Params | None = None) -> list[Row]:
         check_read(sql)
@@ -268,6 +303,13 @@ class ChdbBackend:
         # 64-bit integers are already unquoted by default in chDB.
         result = await asyncio.to_thread(self._run, sql, params)
         return decode_rows(result.bytes())
+
+    def release_startup_pages(self) -> int:
+        """Give back the library pages read only while the engine started (KiB resident there
+        before); see libs/common/memory.py. The replicator calls it once it is up. chDB's
+        Python package also imports pyarrow (and with it numpy), which the replicator never
+        uses: their pages go too."""
+        return sum(memory.drop_clean_library_pages(marker) for marker in ENGINE_LIBRARIES)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -49,8 +49,8 @@ LIVE_MAX_BYTES = 32 * 1024 * 1024
 # A settled attempt (or one whose worker went away) is kept this long, for the log lines and
 # chunks a worker sends after the report that ended it, and for a worker that reconnects
 # still holding it; then forgotten. Bounded in bytes as well.
-GRACE_S = 60.0
-GRACE_MAX_BYTES = 16 * 1024 * 1024
+GRACE_S = 15.0
+GRACE_MAX_BYTES = 4 * 1024 * 1024
 QUEUE_MAX = 1024  # submissions waiting for the publisher
 PUBLISH_MAX = 2000  # messages per pipelined publish
 PUBLISH_RETRY_S = 10.0  # then the batch is dropped, loudly

@@ -1,9 +1,10 @@
 """Coalesce rows from concurrent consumer batches into one insert per table.
 
 A handler calls `write()` and waits until its rows are in the store; only then does its
-consumer ack. A flush happens when `max_rows` are pending or `linger_s` after the first pending
-row, whichever comes first. Pending rows are bounded without a queue: every consumer has one
-fetched batch in flight and waits on it, so at most consumers * fetch size rows are pending.
+consumer ack. A flush happens when `max_rows` rows or `max_bytes` bytes (what their messages
+weighed) are pending, or `linger_s` after the first pending row, whichever comes first. Pending
+rows are bounded without a queue: every consumer has one fetched batch in flight and waits on
+it, so what is pending is at most the bounds plus one handler's batch.
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ class Batcher:
         backend: OlapBackend,
         *,
         max_rows: int = 5000,
+        max_bytes: int = 8 * 1024 * 1024,
         linger_s: float = 0.2,
         insert_attempts: int = 3,
     ) -> None:
         self._backend = backend
         self._max_rows = max_rows
+        self._max_bytes = max_bytes
         self._linger_s = linger_s
         self._attempts = insert_attempts
         self._pending: dict[str, list[Row]] = {}
         self._pending_rows = 0
+        self._pending_bytes = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._first_at = 0.0
         self._kick = asyncio.Event()
@@ -54,8 +58,15 @@ class Batcher:
                 await self._task
             self._task = None
 
-    async def write(self, rows_by_table: Mapping[str, Sequence[Row]]) -> None:
-        """Return once every row is inserted; raise OlapError if the insert failed."""
+    @property
+    def pending(self) -> tuple[int, int]:
+        """(rows, bytes) waiting for the next insert."""
+        return self._pending_rows, self._pending_bytes
+
+    async def write(self, rows_by_table: Mapping[str, Sequence[Row]], size: int = 0) -> None:
+        """Return once every row is inserted; raise OlapError if the insert failed.
+
+        `size`: what the rows weigh (the bytes of the messages they came from)."""
         count = sum(len(rows) for rows in rows_by_table.values())
         if count == 0:
             return
@@ -66,6 +77,7 @@ class Batcher:
         for table, rows in rows_by_table.items():
             self._pending.setdefault(table, []).extend(rows)
         self._pending_rows += count
+        self._pending_bytes += size
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(done)
         self._kick.set()
@@ -80,7 +92,8 @@ class Batcher:
                 await self._kick.wait()
                 continue
             remaining = self._first_at + self._linger_s - time.monotonic()
-            if self._pending_rows < self._max_rows and remaining > 0 and not self._stopping:
+            full = self._pending_rows >= self._max_rows or self._pending_bytes >= self._max_bytes
+            if not full and remaining > 0 and not self._stopping:
                 self._kick.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), remaining)
@@ -90,6 +103,7 @@ class Batcher:
     async def _flush(self) -> None:
         pending, waiters, count = self._pending, self._waiters, self._pending_rows
         self._pending, self._waiters, self._pending_rows = {}, [], 0
+        self._pending_bytes = 0
         error: Exception | None = None
         for table, rows in pending.items():
             error = await self._insert(table, rows)

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
 
-from libs.common import jetstream, olap, subjects
+from libs.common import jetstream, memory, olap, subjects
 from libs.common.jetstream import BatchConsumer, Rejected
 from libs.common.log_messages import LOG_BATCH_DECODER, LOG_REPLICATOR_DURABLE
 from libs.common.messages import STATE_CHANGES_DECODER
@@ -48,6 +48,10 @@ SKIPPED = Counter(
 )
 
 QUERY_BACKLOG = 256  # pending OLAP requests before NATS drops them (the requester times out)
+# What one pull request may bring per consumer (the server stops sending past it). A state
+# changes message is ~60 KB under load: without it a replicator catching up fetched 2,000 of
+# them (120 MB) per consumer at once.
+PULL_BYTES = jetstream.MIN_PULL_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +82,18 @@ class ReplicatorService(Service):
         *,
         fetch_batch: int = 2000,
         max_rows: int = 5000,
+        max_bytes: int = 8 * 1024 * 1024,
         # Rows wait up to this long to share an insert. Every chDB insert has a large fixed
         # cost (a new part, then merges): at 100 tasks/s, 0.2 s made the replicator the
         # second-largest CPU user per task (1.9-2.5 ms); 1 s brings it to 0.6-0.7 ms and the
         # task path's p99 down with it. Analytics and logs become readable ~1 s later.
         linger_s: float = 1.0,
-        lag_interval_s: float = 2.0,
+        lag_interval_s: float = 10.0,  # a gauge for dashboards; each probe asks NATS 4 times
     ) -> None:
         super().__init__(settings)
         self._fetch_batch = fetch_batch
         self._max_rows = max_rows
+        self._max_bytes = max_bytes
         self._linger_s = linger_s
         self._lag_interval_s = lag_interval_s
         self._nc: NATS | None = None
@@ -108,6 +114,7 @@ class ReplicatorService(Service):
         s = self.settings
         if self._lock is not None:
             self._lock.acquire()  # first: a refused replicator has touched nothing
+        memory.tune_malloc()  # large insert bodies are mapped and unmapped whole
         self._nc = await jetstream.connect(s, "replicator")
         self._js = self._nc.jetstream()
         await jetstream.provision(self._js, s)
@@ -115,7 +122,11 @@ class ReplicatorService(Service):
         await olap.ensure_schema(self.backend)
         await retention.apply(self.backend, s.retention_days)
         await self._backfill_if_empty()
-        self._batcher = Batcher(self.backend, max_rows=self._max_rows, linger_s=self._linger_s)
+        if isinstance(self.backend, olap.ChdbBackend):
+            kib = await asyncio.to_thread(self.backend.release_startup_pages)
+            log.info("released %d MiB of the engine's start-up pages", kib // 1024)
+        self._batcher = Batcher(self.backend, max_rows=self._max_rows, max_bytes=self._max_bytes,
+                                linger_s=self._linger_s)
         self._batcher.start()
         handlers: dict[str, Callable[[list[Msg]], Awaitable[Rejected | None]]] = {
             olap.EVENTS: self._on_events,
@@ -128,6 +139,7 @@ class ReplicatorService(Service):
                 self._js, stream=feed.stream, durable=feed.durable,
                 filter_subject=feed.filter_subject, handler=handlers[feed.table],
                 batch_size=self._fetch_batch, max_deliver=s.max_deliver,
+                max_bytes=PULL_BYTES,
             )
             for feed in FEEDS
         ]
@@ -180,32 +192,19 @@ class ReplicatorService(Service):
 
     # consumers ----------------------------------------------------------------------
     async def _on_changes(self, msgs: list[Msg]) -> Rejected:
-        task_rows: list[Row] = []
-        run_rows: list[Row] = []
-        rejected: Rejected = []
-        for msg in msgs:
-            try:
-                changes = STATE_CHANGES_DECODER.decode(msg.data)
-            except msgspec.DecodeError as exc:
-                rejected.append((msg, f"undecodable state changes: {exc}"))
-                continue
-            task_rows.extend(map(rows.task_event_row, changes.tasks))
-            run_rows.extend(map(rows.run_row, changes.runs))
-        await self._write({olap.TASK_EVENTS: task_rows, olap.RUNS: run_rows}, msgs)
-        return rejected
+        def convert(msg: Msg) -> dict[str, list[Row]]:
+            changes = STATE_CHANGES_DECODER.decode(msg.data)
+            return {olap.TASK_EVENTS: list(map(rows.task_event_row, changes.tasks)),
+                    olap.RUNS: list(map(rows.run_row, changes.runs))}
+
+        return await self._apply(msgs, convert, "undecodable state changes")
 
     async def _on_logs(self, msgs: list[Msg]) -> Rejected:
-        out: list[Row] = []
-        rejected: Rejected = []
-        for msg in msgs:
-            try:
-                batch = LOG_BATCH_DECODER.decode(msg.data)
-            except msgspec.DecodeError as exc:
-                rejected.append((msg, f"undecodable log batch: {exc}"))
-                continue
-            out.extend(rows.log_rows(subjects.tenant_of(msg.subject), batch))
-        await self._write({olap.TASK_LOGS: out}, msgs)
-        return rejected
+        def convert(msg: Msg) -> dict[str, list[Row]]:
+            batch = LOG_BATCH_DECODER.decode(msg.data)
+            return {olap.TASK_LOGS: rows.log_rows(subjects.tenant_of(msg.subject), batch)}
+
+        return await self._apply(msgs, convert, "undecodable log batch")
 
     async def _on_events(self, msgs: list[Msg]) -> None:
         await self._write_lenient("replicator-evt", olap.EVENTS, msgs, _one(rows.event_row))
@@ -218,20 +217,52 @@ class ReplicatorService(Service):
     ) -> None:
         # Other parties publish here (any NATS client for events, the matcher for outcomes):
         # what does not fit is skipped and acked, not dead-lettered.
-        out: list[Row] = []
         skipped = 0
-        for msg in msgs:
+
+        def convert(msg: Msg) -> dict[str, list[Row]]:
+            nonlocal skipped
             found = to_rows(msg)
-            out.extend(found)
             skipped += not found
+            return {table: found}
+
+        await self._apply(msgs, convert, "")
         if skipped:
             SKIPPED.labels(consumer).inc(skipped)
-        await self._write({table: out}, msgs)
+
+    async def _apply(
+        self, msgs: list[Msg], convert: Callable[[Msg], dict[str, list[Row]]], undecodable: str
+    ) -> Rejected:
+        """Convert a fetched batch to rows and write them a slice at a time, so what a batch
+        turns into is bounded whatever its size; a message `convert` cannot decode is rejected
+        (dead-lettered) with `undecodable`. A slice is what fills the batcher (its max_rows
+        rows, or max_bytes of messages), so each one is inserted at once rather than after
+        the linger."""
+        rejected: Rejected = []
+        part: list[Msg] = []
+        tables: dict[str, list[Row]] = {}
+        count = size = 0
+        for msg in msgs:
+            try:
+                out = convert(msg)
+            except msgspec.DecodeError as exc:
+                rejected.append((msg, f"{undecodable}: {exc}"))
+                continue
+            part.append(msg)
+            size += len(msg.data)
+            for table, found in out.items():
+                tables.setdefault(table, []).extend(found)
+                count += len(found)
+            if count >= self._max_rows or size >= self._max_bytes:
+                await self._write(tables, part)
+                part, tables, count, size = [], {}, 0, 0
+        if part:
+            await self._write(tables, part)
+        return rejected
 
     async def _write(self, tables: dict[str, list[Row]], msgs: list[Msg]) -> None:
         assert self._batcher is not None
         try:
-            await self._batcher.write(tables)
+            await self._batcher.write(tables, sum(len(msg.data) for msg in msgs))
         except OlapError as exc:
             # The store is down: ask for redelivery later rather than raising, which would make
             # BatchConsumer retry message by message against the same outage. The ack it sends

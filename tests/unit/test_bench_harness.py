@@ -87,13 +87,19 @@ def test_soak_growth_uses_the_windows_after_warmup() -> None:
 def test_soak_verdict_needs_drained_queues_and_bounded_growth() -> None:
     clean = {"tasks_not_terminal": {}, "outbox_rows": 0,
              "jetstream_pending": {"TASK/scheduler": {"pending": 0, "ack_pending": 0}}}
-    good = {"rss_growth_pct": 3.0, "lost_runs": 0, "queue_depths": clean}
+    good = {"rss_growth_pct": 3.0, "lost_runs": 0, "queue_depths": clean, "rss_over_bound": {}}
     assert soak.passed(good)
     assert not soak.passed({**good, "rss_growth_pct": 6.0})
     assert not soak.passed({**good, "rss_growth_pct": None})
     assert not soak.passed({**good, "lost_runs": 1})
     backlog = {**clean, "jetstream_pending": {"TASK/scheduler": {"pending": 3, "ack_pending": 0}}}
     assert not soak.passed({**good, "queue_depths": backlog})
+    # A peak past its bound fails; a short run gates on the bounds only.
+    over = soak.over_bound({"dispatcher": soak.RSS_BOUNDS_MB["dispatcher"] + 1, "api": 1.0})
+    assert over == {"dispatcher": soak.RSS_BOUNDS_MB["dispatcher"] + 1}
+    assert not soak.passed({**good, "rss_over_bound": over})
+    assert soak.passed({**good, "rss_growth_pct": 40.0}, gate="bounds")
+    assert not soak.passed({**good, "rss_over_bound": over}, gate="bounds")
 
 
 @pytest.fixture

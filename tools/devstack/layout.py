@@ -130,6 +130,32 @@ def nats_sync(environ: Mapping[str, str] = os.environ) -> str | None:
     return sync_interval(environ.get(SYNC_ENV, DEFAULT_SYNC))
 
 
+# What bounds a devstack nats-server's memory and disk (docs/operations.md, "Memory").
+MEMORY_DEFAULTS = {
+    # GOMEMLIMIT: the Go runtime keeps the server's RSS near this once the heap would pass it
+    # (its live data: consumers, dedupe windows, block caches, is far below on this stack).
+    "NATS_MEMLIMIT": "384MiB",
+    # JetStream caps. No stream here is memory-backed. File-backed data is left at the
+    # server's own cap (75 % of the free disk when it starts): at the cap every publish fails,
+    # commands included, and the streams' own limits (age; bytes for LOG and CHUNK) are what
+    # should bound them first.
+    "NATS_MAX_MEMORY_STORE": "64MB",
+    "NATS_MAX_FILE_STORE": "",
+}
+
+
+def nats_memory(environ: Mapping[str, str] = os.environ) -> dict[str, str | None]:
+    """NatsServer keyword arguments from NATS_MEMLIMIT, NATS_MAX_MEMORY_STORE and
+    NATS_MAX_FILE_STORE (an empty value leaves the server's own default)."""
+    value = {name: environ.get(name, default).strip() or None
+             for name, default in MEMORY_DEFAULTS.items()}
+    return {
+        "memory_limit": value["NATS_MEMLIMIT"],
+        "max_memory_store": value["NATS_MAX_MEMORY_STORE"],
+        "max_file_store": value["NATS_MAX_FILE_STORE"],
+    }
+
+
 def nats_nodes(run: Path, count: int) -> list[NatsNode]:
     if count == 1:
         return [NatsNode("nats", run / "nats")]

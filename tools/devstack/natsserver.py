@@ -85,6 +85,10 @@ class NatsServer:
     readiness check needs once auth or TLS is on.
 
     `sync`: the JetStream `sync_interval` (see `sync_interval`; None = the server's default).
+    `memory_limit`: the Go runtime's soft memory limit (GOMEMLIMIT, e.g. `384MiB`): past it the
+    server collects garbage and returns freed memory to the system sooner, so its RSS stays
+    near its live data instead of twice that. `max_memory_store` / `max_file_store`: JetStream's
+    caps on memory-backed and file-backed stream data (`jetstream { ... }`, e.g. `64MB`).
     `monitor_port`: serve the HTTP monitoring endpoints (/varz, /healthz) there.
     A cluster node: `server_name`, its own `cluster_port` and `routes` (the cluster ports of
     every node, its own included; nats-server skips that one). A node cannot answer JetStream
@@ -105,6 +109,9 @@ class NatsServer:
         tls_ca: str | os.PathLike[str] | None = None,
         probe: dict[str, Any] | None = None,
         sync: str | None = None,
+        memory_limit: str | None = None,
+        max_memory_store: str | None = None,
+        max_file_store: str | None = None,
         monitor_port: int = 0,
         server_name: str | None = None,
         cluster_port: int = 0,
@@ -124,6 +131,9 @@ class NatsServer:
         self.tls_ca = Path(tls_ca).absolute() if tls_ca else None
         self.probe = probe or {}
         self.sync = sync
+        self.memory_limit = memory_limit
+        self.max_memory_store = max_memory_store
+        self.max_file_store = max_file_store
         self.monitor_port = monitor_port
         self.server_name = server_name
         self.cluster_port = cluster_port
@@ -178,9 +188,16 @@ class NatsServer:
             parts.append(f"server_name: {self.server_name}\n")
         if self.auth_conf is not None:
             parts.append(self.auth_conf.read_text())
-        if self.sync is not None:
+        jetstream = [
+            f"  {name}: {value}" for name, value in (
+                ("sync_interval", self.sync),
+                ("max_memory_store", self.max_memory_store),
+                ("max_file_store", self.max_file_store),
+            ) if value is not None
+        ]
+        if jetstream:
             # store_dir stays the -sd flag: the server refuses it in both places.
-            parts.append(f"jetstream {{\n  sync_interval: {self.sync}\n}}\n")
+            parts.append("jetstream {\n" + "\n".join(jetstream) + "\n}\n")
         if self.cluster_port:
             routes = "\n".join(f"    nats-route://127.0.0.1:{port}" for port in self.routes)
             parts.append(
@@ -234,9 +251,13 @@ class NatsServer:
         conf = self._write_config()
         if conf is not None:
             cmd += ["-c", str(conf)]
+        env = dict(os.environ)
+        if self.memory_limit is not None:
+            env["GOMEMLIMIT"] = self.memory_limit
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen(
                 cmd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

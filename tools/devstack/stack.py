@@ -96,7 +96,8 @@ def start_nats(ports: dict[str, int], auth: AuthLayout, count: int, sync: str | 
             "`make down` first (the cluster's stores are separate from the single server's)"
         )
     servers = [nats_server(n, auth_conf=auth.server_conf, sync=sync,
-                           probe={"user_credentials": str(auth.tools_creds)}) for n in nodes]
+                           probe={"user_credentials": str(auth.tools_creds)},
+                           **layout.nats_memory()) for n in nodes]
     for node, server in zip(nodes, servers, strict=True):
         running = server.is_running()
         server.port = pick_port(ports, node.client_key, running)
@@ -114,7 +115,7 @@ def start_nats(ports: dict[str, int], auth: AuthLayout, count: int, sync: str | 
         say(f"{node.name} {origin} at {server.url} (pid {server.pid})")
         conf = server.store_dir.parent / f"{server.store_dir.name}.conf"
         if server.adopted and (not conf.exists() or conf.read_text() != server.config_text()):
-            say(f"WARNING: {node.name} runs an older config (auth, NATS_SYNC or cluster): "
+            say(f"WARNING: {node.name} runs an older config (auth, NATS_SYNC, memory or cluster): "
                 "`make down && make up` applies the current one")
     return layout.nats_url(ports, nodes)
 
