@@ -246,8 +246,8 @@ WORKER_INFO_DECODER = msgspec.msgpack.Decoder(WorkerInfo)
 
 
 class RunStateSet(msgspec.Struct, kw_only=True):
-    """A durable task of the run set its state (`ctx.set_state`); the value is read from
-    PostgreSQL (GET /runs/{id}/state), this only says that it changed."""
+    """A durable task of the run set its state (`ctx.set_state`) or made a waitpoint; the
+    values are read from PostgreSQL (GET /runs/{id}/state), this only says they changed."""
 
     tenant: str
     run_id: str

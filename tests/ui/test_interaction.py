@@ -22,6 +22,8 @@ async def test_the_run_page_shows_state_live_answers_a_waitpoint_and_sends_a_sig
     @client.durable_task(name="ui-agent", execution_timeout=timedelta(minutes=2))
     async def agent(input: dict, ctx: DurableContext) -> dict:
         ctx.set_state({"step": "drafting"})
+        await ctx.aio_wait_for_signal("poke")
+        ctx.set_state({"step": "poked"})
         wp = await ctx.aio_create_waitpoint(label="publish the draft?")
         answer = await ctx.aio_wait_for_waitpoint(wp)
         ctx.set_state({"step": "waiting for go", "approved": answer["approved"]})
@@ -38,9 +40,14 @@ async def test_the_run_page_shows_state_live_answers_a_waitpoint_and_sends_a_sig
     page = logged_in
     await page.goto(f"{stack.api_url}/ui/runs/{ref.run_id}")
     await expect(page.locator("#run-state")).to_contain_text('"drafting"')
+    # Sent from outside the page: the page shows the new state without being reloaded.
+    await page.evaluate("window.__same_page = true")
+    await client.runs.aio_signal(ref.run_id, "poke")
+    await expect(page.locator("#run-state")).to_contain_text('"poked"', timeout=30_000)
+    assert await page.evaluate("window.__same_page === true")
     rows = page.locator("#waitpoints tbody tr")
     await expect(rows).to_have_count(1)
-    await expect(rows.first).to_contain_text("publish the draft?")
+    await expect(rows.first).to_contain_text("publish the draft?", timeout=30_000)
     await rows.first.get_by_role("link", name="Answer…").click()
     await page.get_by_label("Comment (optional)").fill("ship it")
     await page.get_by_role("button", name="Approve").click()

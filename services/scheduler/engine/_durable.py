@@ -129,7 +129,8 @@ class Durable:
         # (a child trigger in flight). The service looks them up before the next batch.
         self.run_lookups: set[tuple[str, str]] = set()
         self.writes = DurableWrites()
-        # (tenant, run id) whose state a task set in this batch: the live pages re-read it
+        # runs whose state a task set (or that made a waitpoint) in this batch: their live
+        # pages re-read them
         self.states_changed: set[tuple[str, str, str]] = set()  # tenant, run, task
 
     # the log --------------------------------------------------------------------------
@@ -219,6 +220,7 @@ class Durable:
                 self._touch(e)
                 if step.kind == "state" and len(step.spec) <= MAX_STATE_BYTES:
                     self.writes.states[(task.tenant, task.run_id)] = e
+                if step.kind in ("state", "waitpoint"):  # what the run's page shows changed
                     self.states_changed.add((task.tenant, task.run_id, task.id))
             return
         if e is None:
