@@ -19,6 +19,7 @@ imports neither asyncpg nor persistence (pyproject.toml's import-linter contract
                      workers;
 - `_durable.py`      durable tasks: the log of their waits, wake-ups, durable slots;
 - `_inbox.py`        signals and waitpoint completions sent to a run, until a wait takes them;
+- `_fork.py`         a forked run's reused tasks and kept durable log;
 - `_conditions.py`   DAG conditions (wait_for, skip_if, cancel_if);
 - `_outbox.py`       assignments, cancellations and state transitions to publish;
 - `_history.py`      run history and attempt rows;

@@ -15,7 +15,6 @@ from __future__ import annotations
 from libs.common.messages import (
     Assignment,
     CancelRun,
-    ForkSeed,
     ReplayRun,
     RunStateSet,
     TaskError,
@@ -29,6 +28,7 @@ from services.scheduler.engine import _history, _outbox
 from services.scheduler.engine._batch import Batch
 from services.scheduler.engine._conditions import Conditions
 from services.scheduler.engine._durable import Durable
+from services.scheduler.engine._fork import seed_fork
 from services.scheduler.engine._inbox import Inbox
 from services.scheduler.engine._timers import TIMER_BATCH, Timers
 from services.scheduler.engine.admission.gate import Gate
@@ -145,34 +145,12 @@ class StateMachine:
             self.batch.fx.touch_task(task)
         self.batch.fx.touch_run(run)
         self.history(run, None, "run.created", {"source": cmd.source})
-        if cmd.fork is not None:
-            self._seed_fork(run, cmd.fork)
+        if cmd.fork is not None:  # a forked run: some tasks reused (_fork.py)
+            reused = seed_fork(run, cmd.fork, self.batch, self.durable, self.emit_state)
+            self.history(run, None, "run.forked", {"from_run_id": cmd.fork.from_run_id,
+                                                   "reused": reused})
         self.announce_run(run)
         self.gate.admit_run(run)
-
-    def _seed_fork(self, run: Run, seed: ForkSeed) -> None:
-        """A forked run (docs/interaction.md): the tasks it reuses are SUCCEEDED from the
-        start with the recorded outputs, so their children count them done; a durable task
-        forked `from_step` starts on the kept part of its log."""
-        reused = []
-        for name, output in seed.outputs.items():
-            task = run.tasks.get(name)
-            if task is None or task.role != "task" or task.status != TaskStatus.PENDING:
-                continue
-            task.status = TaskStatus.SUCCEEDED
-            task.output = output
-            task.finished_ms = self.batch.now_ms
-            self.batch.fx.touch_task(task)
-            self.emit_state(task)
-            for child in task.children:
-                run.tasks[child].pending_parents -= 1
-            reused.append(name)
-        for name, steps in seed.logs.items():
-            task = run.tasks.get(name)
-            if task is not None and task.spec.durable:
-                self.durable.seed(task, steps)
-        self.history(run, None, "run.forked", {"from_run_id": seed.from_run_id,
-                                               "reused": sorted(reused)})
 
     def cancel(self, tenant: str, cmd: CancelRun) -> None:
         run = self.runs.get(cmd.run_id)
