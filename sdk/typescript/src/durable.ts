@@ -16,6 +16,8 @@
  * timeout being a sleep with `"timeout": true`; the result `{"index": i, "payload": p}`.
  */
 import { Context, type ContextInit } from "./context.js";
+import type { RestClient } from "./rest.js";
+import { unwrap } from "./rest.js";
 import { type Duration, toMs } from "./duration.js";
 import { NonRetryable } from "./errors.js";
 
@@ -60,7 +62,30 @@ export interface ParentOutputCondition {
   readonly parent?: string;
 }
 
-export type Condition = SleepCondition | EventCondition;
+/** Holds when signal `name` is sent to the run (`r.runs.signal`); an earlier one not yet taken counts. */
+export interface SignalCondition {
+  readonly kind: "signal";
+  readonly name: string;
+}
+
+export type Condition = SleepCondition | EventCondition | SignalCondition;
+
+/** A waitpoint (`ctx.createWaitpoint`): POSTing JSON to `url` completes it, no token needed. */
+export interface Waitpoint {
+  id: string;
+  url: string;
+  expiresAt: Date;
+  label: string;
+}
+
+/** What the server keeps of one `ctx.setState`. */
+export const MAX_STATE_BYTES = 64 * 1024;
+const SIGNAL_NAME = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+export function signal(name: string): SignalCondition {
+  if (!SIGNAL_NAME.test(name)) throw new RangeError(`invalid signal name ${JSON.stringify(name)}: 1 to 128 of A-Z a-z 0-9 _ . : -`);
+  return { kind: "signal", name };
+}
 
 export function sleep(duration: Duration): SleepCondition {
   const ms = toMs(duration, "sleep");
@@ -86,7 +111,7 @@ export interface WaitAnyResult {
 }
 
 /** The registered (JSON) form of a DAG condition, as the Python SDK writes it. */
-export function conditionSpec(c: Condition | ParentOutputCondition): Record<string, unknown> {
+export function conditionSpec(c: SleepCondition | EventCondition | ParentOutputCondition): Record<string, unknown> {
   if (c.kind === "sleep") return { kind: "sleep", sleep_s: c.ms / 1000 };
   if (c.kind === "event") return { kind: "event", key: c.key, expression: c.expression ?? "", scope: c.scope ?? null };
   return { kind: "parent_output", expression: c.expression, parent: c.parent ?? "" };
@@ -95,7 +120,8 @@ export function conditionSpec(c: Condition | ParentOutputCondition): Record<stri
 function waitCond(c: Condition): Record<string, unknown> {
   if (c.kind === "sleep") return { sleep_ms: Math.trunc(c.ms) };
   if (c.kind === "event") return { event: c.key, expression: c.expression ?? "", scope: c.scope ?? null };
-  throw new TypeError(`waitAny takes sleep() and event() conditions, not ${JSON.stringify(c)}`);
+  if (c.kind === "signal") return { signal: c.name };
+  throw new TypeError(`waitAny takes sleep(), event() and signal() conditions, not ${JSON.stringify(c)}`);
 }
 
 /** JSON with sorted keys, no spaces and non-ASCII escaped: byte for byte what Python writes. */
@@ -125,6 +151,8 @@ export type StepSink = (step: { position: number; kind: string; spec: Uint8Array
 export interface DurableContextInit extends ContextInit {
   durableLog?: DurableStep[];
   step?: StepSink;
+  /** REST, for waitpoints; absent in mockRun. */
+  rest?: RestClient;
 }
 
 const utf8 = new TextEncoder();
@@ -135,12 +163,16 @@ export class DurableContext extends Context {
   readonly #log: Map<number, DurableStep>;
   readonly #step: StepSink | undefined;
   readonly #waiters = new Map<number, (result: Uint8Array) => void>();
+  readonly #rest: RestClient | undefined;
   #position = 0;
+  /** The last value this attempt passed to `setState` (what mockRun leaves to look at). */
+  state: unknown = null;
 
   constructor(init: DurableContextInit) {
     super(init);
     this.#log = new Map((init.durableLog ?? []).map((s) => [s.position, s]));
     this.#step = init.step;
+    this.#rest = init.rest;
   }
 
   override get durable(): boolean {
@@ -174,7 +206,78 @@ export class DurableContext extends Context {
     return payload;
   }
 
-  /** Wait for the first of several `sleep()` / `event()` conditions; say which fired. */
+  /**
+   * Wait for signal `name` sent to this run (`r.runs.signal`); return its payload. A signal
+   * sent before this call and not taken by an earlier wait is returned at once (oldest first).
+   * With `timeout`, throws a `TimeoutError` when none arrived in time.
+   */
+  async waitForSignal(name: string, options: { timeout?: Duration } = {}): Promise<unknown> {
+    const conds = [waitCond(signal(name))];
+    if (options.timeout !== undefined) conds.push({ ...waitCond(sleep(options.timeout)), timeout: true });
+    const [index, payload] = await this.#wait(conds);
+    if (index !== 0) throw new WaitTimeoutError(`no ${JSON.stringify(name)} signal arrived within ${options.timeout}`);
+    return payload;
+  }
+
+  /**
+   * Publish the run's state: small JSON (at most 64 KiB) that `r.runs.state(runId)` returns,
+   * the latest winning. Recorded in the durable log: a replay reaching this call again keeps
+   * the value recorded the first time.
+   */
+  setState(value: unknown): void {
+    const raw = canonicalJson(value ?? null);
+    const bytes = utf8.encode(raw);
+    if (bytes.length > MAX_STATE_BYTES) {
+      throw new RangeError(`a run state is at most ${MAX_STATE_BYTES} bytes of JSON, not ${bytes.length}`);
+    }
+    const position = this.#position++;
+    const entry = this.#log.get(position);
+    if (entry !== undefined) {
+      if (entry.kind !== "state") throw new NonDeterminism(position, `the log has a ${entry.kind}, the code set state`);
+      return;
+    }
+    this.state = value;
+    this.#step?.({ position, kind: "state", spec: bytes, result: bytes });
+  }
+
+  /**
+   * Make a waitpoint: a signed URL that completes it when JSON is POSTed to it (no token
+   * needed), for `waitForWaitpoint`. It expires after `timeout` (7 days by default). A replay
+   * returns the same waitpoint.
+   */
+  async createWaitpoint(options: { timeout?: Duration; label?: string } = {}): Promise<Waitpoint> {
+    const label = options.label ?? "";
+    const timeoutS = options.timeout === undefined ? null : toMs(options.timeout, "waitpoint timeout") / 1000;
+    const position = this.#position++;
+    const entry = this.#log.get(position);
+    if (entry !== undefined) {
+      if (entry.kind !== "waitpoint") throw new NonDeterminism(position, `the log has a ${entry.kind}, the code asked for a waitpoint`);
+      return toWaitpoint(JSON.parse(fromUtf8.decode(entry.result)) as WaitpointMemo);
+    }
+    if (this.#rest === undefined || this.#step === undefined) {
+      throw new Error("mockRun cannot make waitpoints: they need the server");
+    }
+    const doc = await unwrap(this.#rest.POST("/runs/{run_id}/waitpoints", {
+      params: { path: { run_id: this.runId } },
+      body: { task_id: this.taskId, position, timeout_s: timeoutS, label },
+    }));
+    const memo: WaitpointMemo = { id: doc.id, url: String(doc.url ?? ""), expires_at: doc.expires_at, label: doc.label };
+    this.#step({
+      position, kind: "waitpoint", spec: utf8.encode(canonicalJson({ label })), result: utf8.encode(canonicalJson(memo)),
+    });
+    return toWaitpoint(memo);
+  }
+
+  /** Wait until the waitpoint is completed; return its JSON. Throws `TimeoutError` once it expired. */
+  async waitForWaitpoint(waitpoint: Waitpoint): Promise<unknown> {
+    const [index, payload] = await this.#wait([
+      { waitpoint: waitpoint.id }, { until_ms: waitpoint.expiresAt.getTime(), timeout: true },
+    ]);
+    if (index !== 0) throw new WaitTimeoutError(`waitpoint ${waitpoint.id} expired before it was completed`);
+    return payload;
+  }
+
+  /** Wait for the first of several `sleep()` / `event()` / `signal()` conditions; say which fired. */
   async waitAny(...conditions: Condition[]): Promise<WaitAnyResult> {
     if (conditions.length === 0) throw new RangeError("waitAny needs at least one condition");
     const [index, payload] = await this.#wait(conditions.map(waitCond));
@@ -226,6 +329,17 @@ export class DurableContext extends Context {
     }).finally(() => this.#waiters.delete(position));
     return outcome(position, result);
   }
+}
+
+interface WaitpointMemo {
+  id: string;
+  url: string;
+  expires_at: string;
+  label: string;
+}
+
+function toWaitpoint(memo: WaitpointMemo): Waitpoint {
+  return { id: memo.id, url: memo.url, expiresAt: new Date(memo.expires_at), label: memo.label ?? "" };
 }
 
 /** mockRun: no scheduler, so sleeps (and timeouts) end at once; events alone never do. */

@@ -21,8 +21,11 @@ export {
   NonDeterminism,
   parentOutput,
   type ParentOutputCondition,
+  signal,
+  type SignalCondition,
   sleep,
   type SleepCondition,
+  type Waitpoint,
   type WaitAnyResult,
   WaitTimeoutError,
 } from "./durable.js";

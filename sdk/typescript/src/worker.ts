@@ -21,11 +21,14 @@ import type { TaskEvent } from "./gen/proto/ratchet/v1/TaskEvent.js";
 import type { WorkerMessage } from "./gen/proto/ratchet/v1/WorkerMessage.js";
 import type { ProtoGrpcType } from "./gen/proto/worker.js";
 import { decodeRef, encodeRef, limitsFromEnv, PayloadStore, PayloadTooLarge } from "./payloads.js";
+import type { RestClient } from "./rest.js";
 import type { Task, Workflow } from "./workflow.js";
 
 /** What a worker needs from the client: its address, token, and workflow registration. */
 export interface WorkerHost {
   readonly config: { readonly token: string; readonly grpcAddr: string; readonly apiUrl: string };
+  /** REST, for what durable tasks ask the API (waitpoints). */
+  readonly rest?: RestClient;
   register(...workflows: Workflow<any>[]): Promise<void>;
 }
 
@@ -507,6 +510,7 @@ export class Worker {
           ...init,
           durableLog: a.durableLog.map((d) => ({ ...d })),
           step: this.#stepSink(a.taskId, a.attempt),
+          ...(this.#host.rest ? { rest: this.#host.rest } : {}),
         })
         : new Context(init);
       running.ctx = ctx;

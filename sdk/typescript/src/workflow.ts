@@ -2,10 +2,11 @@
 import { Context, type TaskRef } from "./context.js";
 import { currentContext } from "./current.js";
 import {
-  type Condition,
   conditionSpec,
   DurableContext,
+  type EventCondition,
   type ParentOutputCondition,
+  type SleepCondition,
 } from "./durable.js";
 import { type Duration, toSeconds } from "./duration.js";
 import { WorkflowDefinitionError } from "./errors.js";
@@ -55,7 +56,7 @@ export interface TaskOptions {
   rateLimits?: RateLimit[];
   desiredLabels?: Record<string, DesiredLabel | string>;
   /** DAG conditions: the task waits (once ready) until all of these hold: `sleep()`, `event()`. */
-  waitFor?: Condition[];
+  waitFor?: (SleepCondition | EventCondition)[];
   /**
    * Skip the task (it ends SKIPPED; its dependants run, seeing null as its output) when any
    * `parentOutput()` condition holds once it is ready.

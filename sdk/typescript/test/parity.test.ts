@@ -10,6 +10,7 @@ import {
   NonRetryable,
   parentOutput,
   RunFailed,
+  signal,
   sleep,
   WaitTimeoutError,
 } from "../src/index.js";
@@ -198,4 +199,39 @@ test("replay, run events, filters and crons", async (t) => {
   assert.ok((await client.crons.list()).some((c) => c.id === cron.id));
   await client.crons.delete(cron.id);
   assert.ok(!(await client.crons.list()).some((c) => c.id === cron.id));
+});
+
+test("durable: run state, a signal, a waitpoint (and waitAny on a signal)", async (t) => {
+  const wf = client.workflow({ name: unique("interact-ts") });
+  wf.durableTask({ name: "review", executionTimeout: "5m" }, async (_input, ctx) => {
+    ctx.setState({ step: "waiting for approve" });
+    const approved = await ctx.waitForSignal("approve", { timeout: "5m" });
+    const wp = await ctx.createWaitpoint({ label: "sign-off", timeout: "10m" });
+    ctx.setState({ step: "waiting for sign-off", waitpoint: wp.id });
+    const signedOff = await ctx.waitForWaitpoint(wp);
+    const fired = await ctx.waitAny(sleep("10m"), signal("done"));
+    return { approved, signedOff, fired: fired.index, done: fired.payload, hasUrl: wp.url.length > 0 };
+  });
+  await startWorker(t, "w-interact", { workflows: [wf], slots: 1 });
+  const ref = await wf.runNoWait({});
+  // Signals wait in the run's inbox until a wait takes them: no need to time them.
+  await eventually(async () => {
+    try {
+      await client.runs.signal(ref.runId, "approve", { by: "ann" });
+      return true;
+    } catch {
+      return false; // the run is not stored yet
+    }
+  });
+  let waitpointId = "";
+  await eventually(async () => {
+    const state = (await client.runs.state(ref.runId)) as { waitpoint?: string } | null;
+    waitpointId = state?.waitpoint ?? "";
+    return waitpointId !== "";
+  }, 30_000);
+  await client.waitpoints.complete(waitpointId, { signed: true });
+  await client.runs.signal(ref.runId, "done", { n: 1 });
+  const out = (await ref.result({ timeoutMs: 60_000 })).review;
+  assert.deepEqual(out, { approved: { by: "ann" }, signedOff: { signed: true }, fired: 1, done: { n: 1 }, hasUrl: true });
+  assert.deepEqual(await client.runs.state(ref.runId), { step: "waiting for sign-off", waitpoint: waitpointId });
 });
