@@ -102,6 +102,7 @@ async def test_failing_runs_give_one_grouped_alert_on_slack_and_email(
         assert len(slack.ok()) == 1 and len(smtp.to(ops)) == 1
         text = slack.ok()[0].json()["text"]
         assert f"3 runs of {wf.name} failed" in text
+        assert "bad input for team a" in text  # the last run's error
         team_a = {r.run_id for r in refs[:3]}
         assert any(f"/ui/runs/{run_id}|" in text for run_id in team_a)
         mail = smtp.to(ops)[0]

@@ -133,8 +133,11 @@ async def count_failed_runs(api: ApiState, tenant: str, runs: list[tuple[str, st
         matching = [r for r in rules if r["workflow"] in (None, workflow)]
         if not matching:
             continue
-        view = await load_run(api, tenant, run_id) if any(r["filter"] for r in matching) \
-            else None
+        view = await load_run(api, tenant, run_id)
+        detail = f"run {run_id} of {workflow} failed"
+        if view is not None and view.errors:
+            task, error = next(iter(view.errors.items()))
+            detail += f": {task}: {error.get('type', 'Error')}: {error.get('message', '')}"[:500]
         for rule in matching:
             if rule["filter"]:
                 if view is None:
@@ -145,7 +148,7 @@ async def count_failed_runs(api: ApiState, tenant: str, runs: list[tuple[str, st
             if not await api.alerts.first_time(tenant, rule["id"], f"run:{run_id}"):
                 continue
             await api.alerts.count(tenant, rule["id"], "run.failed", workflow, rule["window_s"],
-                                   run_id, f"run {run_id} of {workflow} failed")
+                                   run_id, detail)
             counted += 1
     return counted
 

@@ -67,7 +67,7 @@ class AlertPages(Controller):
             return value or None
 
         emails = [e.strip() for e in (one("email") or "").split(",") if e.strip()]
-        raw = {"on": form.get("on", []), "workflow": one("workflow"), "filter": one("filter"),
+        raw: dict[str, object] = {"on": form.get("on", []), "workflow": one("workflow"), "filter": one("filter"),
                "slack_webhook_url": one("slack_webhook_url"), "email": emails,
                "webhook_url": one("webhook_url")}
         window = one("window_s")

@@ -29,6 +29,8 @@ AUDIT_ACTIONS = (
     "run.trigger", "run.trigger_bulk", "run.cancel", "run.replay", "workflow.rollback",
     "token.create", "token.revoke", "limits.set", "filter.create", "filter.update",
     "filter.delete", "cron.create", "cron.delete", "rate_limit.put",
+    "webhook.create", "webhook.delete", "signing_secret.rotate", "alert.create", "alert.delete",
+    "alert.test",
 )
 EXPIRIES_S = {"never": None, "1 hour": 3600, "1 day": 86_400, "7 days": 7 * 86_400,
               "30 days": 30 * 86_400, "90 days": 90 * 86_400, "1 year": 365 * 86_400}
