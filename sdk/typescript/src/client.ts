@@ -63,10 +63,10 @@ export class Ratchet implements WorkflowHost {
     options: TaskOptions & Omit<WorkflowOptions, "name">,
     fn: TaskFn<I, O>,
   ): Workflow<I> {
-    const { onEvents, onCrons, concurrency, description, defaultPriority, sticky, ...taskOptions } = options;
+    const { onEvents, onCrons, concurrency, description, defaultPriority, sticky, debounce, batch, ...taskOptions } = options;
     // As in the Python SDK, `concurrency` here limits runs of the one-task workflow.
     const wf = this.workflow<I>({
-      name: options.name, onEvents, onCrons, concurrency, description, defaultPriority, sticky,
+      name: options.name, onEvents, onCrons, concurrency, description, defaultPriority, sticky, debounce, batch,
     });
     wf.task(taskOptions, fn);
     return wf;

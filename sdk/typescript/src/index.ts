@@ -37,7 +37,9 @@ export { RunRef, type RunView, TERMINAL_STATUSES } from "./runs.js";
 export { Alerts, SIGNATURE_HEADER, verifySignature, Webhooks } from "./webhooks.js";
 export { Worker, type WorkerOptions } from "./worker.js";
 export {
+  type Batch,
   type Concurrency,
+  type Debounce,
   type DesiredLabel,
   type DurableTaskFn,
   type ParentRef,

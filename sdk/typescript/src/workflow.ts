@@ -66,6 +66,26 @@ export interface TaskOptions {
   cancelIf?: ParentOutputCondition[];
 }
 
+/**
+ * Collapse a burst of triggers with the same `key` (CEL over input and metadata; empty: one
+ * window for all) into one run, started `period` after the last trigger of the burst or
+ * `maxWait` (default 10 periods) after its first. `keep: "last"` gives it the last trigger's
+ * input, `"all"` `{items: [inputs in arrival order]}`. Every trigger answers with that run.
+ */
+export interface Debounce {
+  key?: string;
+  period: Duration;
+  maxWait?: Duration;
+  keep?: "last" | "all";
+}
+
+/** Collect triggers with the same `key` into one run with input `{items: [...]}`, started once `size` arrived or `maxWait` after the first. */
+export interface Batch {
+  key?: string;
+  size?: number;
+  maxWait?: Duration;
+}
+
 export interface WorkflowOptions {
   name: string;
   description?: string;
@@ -75,6 +95,8 @@ export interface WorkflowOptions {
   concurrency?: Concurrency | Concurrency[];
   defaultPriority?: 1 | 2 | 3;
   sticky?: "SOFT" | "HARD";
+  debounce?: Debounce;
+  batch?: Batch;
 }
 
 export interface RunOptions {
@@ -359,7 +381,35 @@ export class Workflow<I = Record<string, unknown>> {
       input_schema: null,
       default_priority: o.defaultPriority ?? 1,
       sticky: o.sticky ?? null,
+      ...this.#flow(),
     };
+  }
+
+  #flow(): Partial<WorkflowSpec> {
+    const { debounce, batch } = this.#options;
+    const where = `workflow ${JSON.stringify(this.name)}`;
+    if (debounce && batch) throw new WorkflowDefinitionError(`${where}: debounce and batch do not combine`);
+    const positive = (d: Duration, what: string): number => {
+      const s = toSeconds(d, `${where} ${what}`);
+      if (!(s > 0)) throw new WorkflowDefinitionError(`${where}: ${what} must be positive`);
+      return s;
+    };
+    const out: Partial<WorkflowSpec> = {};
+    if (debounce) {
+      const keep = debounce.keep ?? "last";
+      if (keep !== "last" && keep !== "all") throw new WorkflowDefinitionError(`${where}: keep must be "last" or "all"`);
+      const period = positive(debounce.period, "debounce period");
+      out.debounce = {
+        key: debounce.key ?? "", period_s: period,
+        max_wait_s: debounce.maxWait === undefined ? 10 * period : positive(debounce.maxWait, "debounce maxWait"), keep,
+      };
+    }
+    if (batch) {
+      const size = batch.size ?? 100;
+      if (!Number.isInteger(size) || size < 1) throw new WorkflowDefinitionError(`${where}: batch size must be an integer >= 1`);
+      out.batch = { key: batch.key ?? "", size, max_wait_s: positive(batch.maxWait ?? "1s", "batch maxWait") };
+    }
+    return out;
   }
 
   /**

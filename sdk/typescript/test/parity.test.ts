@@ -235,3 +235,23 @@ test("durable: run state, a signal, a waitpoint (and waitAny on a signal)", asyn
   assert.deepEqual(out, { approved: { by: "ann" }, signedOff: { signed: true }, fired: 1, done: { n: 1 }, hasUrl: true });
   assert.deepEqual(await client.runs.state(ref.runId), { step: "waiting for sign-off", waitpoint: waitpointId });
 });
+
+test("debounce and batch windows: one run per burst or batch", async (t) => {
+  const deb = client.workflow<{ thread: string; n: number }>({
+    name: unique("deb-ts"), debounce: { key: "input.thread", period: "2s", maxWait: "30s" },
+  });
+  deb.task({ name: "echo" }, (input) => input);
+  const bat = client.workflow<{ n: number }>({ name: unique("bat-ts"), batch: { size: 3, maxWait: "30s" } });
+  bat.task({ name: "echo" }, (input) => input);
+  await startWorker(t, "w-windows", { workflows: [deb, bat], slots: 4 });
+  const refs = [];
+  for (let n = 0; n < 4; n++) refs.push(await deb.runNoWait({ thread: "t1", n }));
+  assert.equal(new Set(refs.map((r) => r.runId)).size, 1);
+  assert.deepEqual((await refs[0]!.result({ timeoutMs: 60_000 })).echo, { thread: "t1", n: 3 });
+  const batched = await bat.runMany([{ n: 0 }, { n: 1 }, { n: 2 }]);
+  assert.equal(new Set(batched.map((r) => r.runId)).size, 1);
+  assert.deepEqual((await batched[0]!.result({ timeoutMs: 60_000 })).echo, { items: [{ n: 0 }, { n: 1 }, { n: 2 }] });
+  const both = client.workflow({ name: unique("both"), debounce: { period: "1s" }, batch: {} });
+  both.task({ name: "t" }, () => 1);
+  assert.throws(() => both.spec(), /debounce and batch do not combine/);
+});
