@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import WorkerFactory, eventually
+from conftest import Stack, WorkerFactory, eventually
 from ratchet import ApiError, Context, NonRetryable, Ratchet
 from ratchet.webhooks import SIGNATURE_HEADER, verify_signature
 from receiver import Receiver
@@ -101,3 +101,17 @@ async def test_a_bad_callback_url_is_refused(client: Ratchet) -> None:
     with pytest.raises(ApiError) as exc:
         await wf.aio_run_no_wait({}, callback_url="ftp://example.com/x")
     assert exc.value.status == 400 and "callback_url" in exc.value.detail
+
+
+async def test_old_finished_deliveries_are_pruned(stack: Stack, client: Ratchet,
+                                                  tenant: str) -> None:
+    assert stack.api.state is not None
+    pool = stack.api.state.pool
+    for delivery_id, age_days in (("old", 30), ("new", 1)):
+        await pool.execute(
+            "INSERT INTO outbound_deliveries (tenant_id, id, kind, channel, target, body, status,"
+            " created_at, finished_at) VALUES ($1, $2, 'callback', 'webhook', 'http://x.test',"
+            " '{}', 'delivered', now() - make_interval(days => $3),"
+            " now() - make_interval(days => $3))", tenant, delivery_id, age_days)
+    await stack.api.state.deliveries.prune(7 * 86400, 60 * 86400)
+    assert [d["id"] for d in await client.webhooks.aio_outgoing()] == ["new"]

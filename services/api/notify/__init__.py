@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 DURABLE = "api-notify"
 PRUNE_EVERY_S = 3600.0
-KEEP_FINISHED_S = 7 * 24 * 3600.0
+KEEP_FINISHED_S = 7 * 24 * 3600.0  # delivered or failed deliveries, closed alert groups
+KEEP_CALLBACK_URLS_S = 60 * 24 * 3600.0  # a run's callback_url, from its trigger
 
 
 class Notifier:
@@ -200,7 +201,7 @@ class Notifier:
                 if now >= next_prune:
                     next_prune = now + PRUNE_EVERY_S
                     await self._api.alerts.prune(KEEP_FINISHED_S)
-                    await self._api.deliveries.prune(KEEP_FINISHED_S)
+                    await self._api.deliveries.prune(KEEP_FINISHED_S, KEEP_CALLBACK_URLS_S)
             except Exception:
                 log.exception("notifier: sweeping alerts failed; retrying")
             with contextlib.suppress(TimeoutError):

@@ -129,11 +129,13 @@ class DeliveryRepo:
         )
         return rows
 
-    async def prune(self, older_than_s: float) -> None:
-        """Forget finished deliveries (and callback URLs of runs) older than `older_than_s`."""
+    async def prune(self, older_than_s: float, callbacks_older_than_s: float) -> None:
+        """Forget finished deliveries older than `older_than_s`, and the callback URLs of runs
+        triggered longer than `callbacks_older_than_s` ago (a run still going then is not
+        announced)."""
         await self._pool.execute(
             "DELETE FROM outbound_deliveries WHERE status <> 'pending'"
             " AND finished_at < now() - make_interval(secs => $1)", older_than_s)
         await self._pool.execute(
             "DELETE FROM run_callbacks WHERE created_at < now() - make_interval(secs => $1)",
-            older_than_s)
+            callbacks_older_than_s)
