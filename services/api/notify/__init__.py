@@ -50,6 +50,8 @@ DURABLE = "api-notify"
 PRUNE_EVERY_S = 3600.0
 KEEP_FINISHED_S = 7 * 24 * 3600.0  # delivered or failed deliveries, closed alert groups
 KEEP_CALLBACK_URLS_S = 60 * 24 * 3600.0  # a run's callback_url, from its trigger
+FACT_BACKOFF_S = (0.5, 2.0, 5.0, 15.0, 60.0)
+FACT_MAX_DELIVER = 1500  # ~25 h at the last step
 
 
 class Notifier:
@@ -73,7 +75,9 @@ class Notifier:
         self._consumer = BatchConsumer(
             self._api.js, stream=Stream.TASK, durable=self._durable,
             filter_subject=TASK_CHANGES_ALL, handler=self._on_changes, batch_size=256,
-            max_deliver=s.max_deliver, deliver_new=True,
+            # A batch fails here only when PostgreSQL does: keep retrying for about a day
+            # (the deliveries' own promise) before the batch is dead-lettered.
+            max_deliver=FACT_MAX_DELIVER, backoff_s=FACT_BACKOFF_S, deliver_new=True,
         )
         await self._consumer.start()
         self._loops = asyncio.create_task(self._run_loops(), name="notifier")
