@@ -114,6 +114,7 @@ function runBody(input: unknown, options: RunOptions, parent?: ParentRef): Schem
   if (options.priority !== undefined) body.priority = options.priority;
   if (options.metadata && Object.keys(options.metadata).length > 0) body.metadata = options.metadata;
   if (options.versionId !== undefined) body.version_id = options.versionId;
+  if (options.callbackUrl !== undefined) body.callback_url = options.callbackUrl;
   if (options.idempotencyKey !== undefined) {
     body.idempotency_key = options.idempotencyKey;
     if (options.idempotencyTtlS !== undefined) body.idempotency_ttl = options.idempotencyTtlS;

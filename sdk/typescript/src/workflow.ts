@@ -95,6 +95,8 @@ export interface WorkflowOptions {
   concurrency?: Concurrency | Concurrency[];
   defaultPriority?: 1 | 2 | 3;
   sticky?: "SOFT" | "HARD";
+  /** POSTed every run's id, status and outputs when it ends, signed (docs/webhooks.md). */
+  onFinishWebhook?: string;
   debounce?: Debounce;
   batch?: Batch;
 }
@@ -115,6 +117,8 @@ export interface RunOptions {
    */
   idempotencyKey?: string;
   idempotencyTtlS?: number | "until_finished";
+  /** POSTed the run's id, status and outputs when it ends, signed (docs/webhooks.md). */
+  callbackUrl?: string;
 }
 
 /** `parent` of a run trigger: what makes it a child run of a task (see docs/children.md). */
@@ -381,6 +385,7 @@ export class Workflow<I = Record<string, unknown>> {
       input_schema: null,
       default_priority: o.defaultPriority ?? 1,
       sticky: o.sticky ?? null,
+      ...(o.onFinishWebhook ? { on_finish_webhook: o.onFinishWebhook } : {}),
       ...this.#flow(),
     };
   }

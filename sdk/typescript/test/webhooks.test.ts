@@ -2,10 +2,12 @@
 // alert rule, and checking the signature of a delivery Ratchet sent.
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { test } from "node:test";
 
 import { verifySignature } from "../src/index.js";
-import { client, unique } from "./helpers.js";
+import { client, eventually, startWorker, unique } from "./helpers.js";
 
 test("a github hook takes a signed request and logs it", async () => {
   const name = unique("gh");
@@ -47,4 +49,31 @@ test("verifySignature accepts our signature and refuses tampering", async () => 
   assert.ok(!verifySignature(secret, header, body + " "));
   assert.ok(!verifySignature("whsec_other", header, body));
   assert.ok(!verifySignature(secret, header, body, { nowS: t + 3600 }));
+});
+
+test("a run's callbackUrl hears how it ended, signed", async (t) => {
+  const received: { headers: Record<string, unknown>; body: string }[] = [];
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (chunk: Buffer) => { body += chunk.toString(); });
+    req.on("end", () => {
+      received.push({ headers: req.headers, body });
+      res.writeHead(200).end("ok");
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => server.close());
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/cb`;
+  const wf = client.workflow({ name: unique("ts-cb") });
+  wf.task({ name: "double" }, (input: Record<string, unknown>) => ({ n: Number(input.n) * 2 }));
+  await startWorker(t, "w-cb", { workflows: [wf], slots: 2 });
+  const ref = await wf.runNoWait({ n: 4 }, { callbackUrl: url });
+  await eventually(() => received.length === 1, 30_000);
+  const first = received[0]!;
+  const got = JSON.parse(first.body);
+  assert.equal(got.run_id, ref.runId);
+  assert.equal(got.status, "SUCCEEDED");
+  assert.deepEqual(got.output, { double: { n: 8 } });
+  const secret = await client.webhooks.signingSecret();
+  assert.ok(verifySignature(secret, String(first.headers["ratchet-signature"]), first.body));
 });
