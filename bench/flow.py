@@ -82,6 +82,12 @@ class Bench:
             " AND status = 'SUCCEEDED'", tenant, workflow)
         return count
 
+    async def finished(self, tenant: str, workflow: str) -> int:
+        count: int = await self.pool.fetchval(
+            "SELECT count(*) FROM runs WHERE tenant_id = $1 AND workflow = $2"
+            " AND status NOT IN ('PENDING', 'RUNNING')", tenant, workflow)
+        return count
+
     async def runs(self, tenant: str, workflow: str) -> int:
         count: int = await self.pool.fetchval(
             "SELECT count(*) FROM runs WHERE tenant_id = $1 AND workflow = $2", tenant, workflow)
@@ -104,7 +110,9 @@ async def _stop(worker: Any, task: asyncio.Task[None], r: Ratchet) -> None:
 def _noop(r: Ratchet, name: str, **kw: Any) -> Any:
     wf = r.workflow(name, **kw)
 
-    @wf.task()
+    # Triggers may wait long for the worker (it starts after the request phases of the
+    # idempotency part, on a loaded machine): no schedule timeout may end them first.
+    @wf.task(schedule_timeout=timedelta(hours=2))
     async def noop(input: dict[str, Any], ctx: Context) -> dict[str, Any]:
         return {}
 
@@ -237,9 +245,9 @@ async def idempotency_part(b: Bench) -> dict[str, float]:
 
         async def all_done() -> bool:
             return (await b.succeeded(tenant, keyed) >= IDEMPOTENCY_KEYS
-                    and await b.succeeded(tenant, plain) >= N + len(warm))
+                    and await b.finished(tenant, plain) >= N + len(warm))
 
-        await _until(all_done, 900, "idempotency runs")
+        await _until(all_done, 1800, "idempotency runs")
         await asyncio.sleep(2)
         keyed_runs = await b.runs(tenant, keyed)
         plain_runs = await b.runs(tenant, plain) - len(warm)
@@ -272,17 +280,23 @@ async def main() -> dict[str, Any]:
     run_dir = await asyncio.to_thread(_run_dir)
     stack = Stack(run_dir)
     print(f"bench-flow: starting a private stack in {run_dir}", flush=True)
-    await asyncio.to_thread(stack.up)
     stats: dict[str, Any] = {"n": N, "cpus": os.cpu_count() or 0,
-                             "note": "shared 2-core machine: other work ran meanwhile"}
-    pool = await asyncpg.create_pool(stack.env()["DATABASE_URL"], min_size=1, max_size=2)
+                             "note": "shared 2-core machine: other work ran meanwhile",
+                             "load_average_before": round(os.getloadavg()[0], 1)}
+    pool: asyncpg.Pool | None = None
     try:
+        await asyncio.to_thread(stack.up)
+        pool = await asyncpg.create_pool(stack.env()["DATABASE_URL"], min_size=1, max_size=2)
         b = Bench(stack, pool)
         for part in PARTS:
             print(f"bench-flow: {part.__name__}", flush=True)
-            stats.update(await part(b))
+            got = await part(b)
+            print(json.dumps(got), flush=True)  # each part's figures as soon as it ends
+            stats.update(got)
+        stats["load_average_after"] = round(os.getloadavg()[0], 1)
     finally:
-        await pool.close()
+        if pool is not None:
+            await pool.close()
         await asyncio.to_thread(stack.down)
         shutil.rmtree(run_dir, ignore_errors=True)
     return stats
