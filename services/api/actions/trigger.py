@@ -38,10 +38,15 @@ async def trigger_run(
     """Start a run on the current version of `name`, or on `req.version_id` if given.
 
     A child run (`req.parent`) that exists already (a retried parent) is not started again.
+    With an idempotency key (or the workflow's CEL key) a live key answers its run,
+    deduplicated; a debounced or batched workflow answers the run of the trigger's window
+    (docs/flow-control.md).
 
     Raises:
         NotFound: no such workflow, version or parent task.
-        Invalid: a bad priority, or a parent past its limits.
+        Conflict: the workflow is paused in drop mode (409).
+        Invalid: a bad priority, a parent past its limits, or a flow key that cannot be
+            evaluated for this input.
         InputInvalid: the input does not fit the version's input_schema (422).
         PayloadTooLarge: the input is above RATCHET_MAX_PAYLOAD_BYTES (413).
         LimitExceeded: over the tenant's trigger rate or unfinished runs (429).
