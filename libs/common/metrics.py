@@ -28,6 +28,16 @@ _LATENCY_BUCKETS_S = (
 API_RUNS_TRIGGERED = Counter(
     "ratchet_api_runs_triggered_total", "Runs triggered through the REST API"
 )
+WEBHOOK_REQUESTS = Counter(
+    "ratchet_api_webhook_requests_total",
+    "Requests to incoming webhooks, by source and outcome (accepted, forbidden, ...)",
+    ["source", "outcome"],
+)
+OUTBOUND_DELIVERIES = Counter(
+    "ratchet_api_outbound_delivery_attempts_total",
+    "Attempts to deliver run callbacks and alert messages, by channel and result",
+    ["channel", "result"],
+)
 
 # scheduler -------------------------------------------------------------------------------
 TASK_TRANSITIONS = Counter(

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Stack, eventually
+from prometheus_client import REGISTRY
 from ratchet import ApiError, Context, Ratchet
 
 from services.matcher.service import MatcherService
@@ -57,6 +58,13 @@ async def _runs(client: Ratchet, workflow: str) -> list[dict[str, Any]]:
 
 async def _log(client: Ratchet, hook: str) -> list[dict[str, Any]]:
     return await client.webhooks.aio_deliveries(hook)
+
+
+def _count(source: str, outcome: str) -> float:
+    """The API's counter of hook requests (it runs in this process)."""
+    value = REGISTRY.get_sample_value("ratchet_api_webhook_requests_total",
+                                      {"source": source, "outcome": outcome})
+    return value or 0.0
 
 
 def _mac(secret: str, data: bytes) -> str:
@@ -109,6 +117,7 @@ async def test_github_forged_and_malformed_requests_are_refused_and_logged(
                                      event_key="'gh.' + headers['x-github-event']")
     body = b'{"zen": "hi"}'
     base = {"X-GitHub-Event": "ping", "X-GitHub-Delivery": str(uuid.uuid4())}
+    forbidden_before = _count("github", "forbidden")
     forged = await public.post(f"/hooks/{tenant}/gh", content=body, headers={
         **base, "X-Hub-Signature-256": "sha256=" + _mac("wrong", body)})
     assert forged.status_code == 403
@@ -130,6 +139,7 @@ async def test_github_forged_and_malformed_requests_are_refused_and_logged(
         (400, "bad_request"), (403, "forbidden"), (401, "unauthorized"), (403, "forbidden"),
     ]
     assert all(e["event_id"] is None for e in log)
+    assert _count("github", "forbidden") == forbidden_before + 2  # also a metric
     missing = await _log(client, "_unknown")
     assert missing[0]["status"] == 404 and "'nope'" in missing[0]["detail"]
 

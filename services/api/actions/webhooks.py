@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from libs.common import events as evt
-from libs.common import subjects
+from libs.common import metrics, subjects
 from libs.common.cel import CelError, EvaluationError, Program, compile_filter, to_cel
 from libs.common.limits import LimitExceeded
 from libs.common.payloads import PayloadTooLarge
@@ -185,19 +185,21 @@ async def receive(
         return _error(404, f"webhook {name!r} not found")
     row = await api.webhooks.get(tenant, name)
     if row is None:
+        metrics.WEBHOOK_REQUESTS.labels("", "unknown_hook").inc()
         if await api.webhooks.tenant_exists(tenant):
             await api.webhooks.log_request(tenant, UNKNOWN_HOOK_LOG, 404, "unknown_hook", None,
                                            None, f"no webhook named {name[:128]!r}")
         return _error(404, f"webhook {name!r} not found")
 
+    source = row["source"]
+
     async def answer(status: int, detail: str, event_id: str | None = None,
                      key: str | None = None, outcome: str | None = None) -> HookAnswer:
-        await api.webhooks.log_request(tenant, name, status,
-                                       outcome or _OUTCOMES.get(status, "error"),
-                                       event_id, key, detail)
+        outcome = outcome or _OUTCOMES.get(status, "error")
+        metrics.WEBHOOK_REQUESTS.labels(source, outcome).inc()
+        await api.webhooks.log_request(tenant, name, status, outcome, event_id, key, detail)
         return _error(status, detail)
 
-    source = row["source"]
     config = msgspec.json.decode(row["config"])
     try:
         hook_auth.verify(hook_auth.HookAuth(source, row["secret"], config, time.time()),
@@ -211,6 +213,7 @@ async def receive(
     if (source == "slack" and isinstance(data, dict)
             and data.get("type") == "url_verification"):
         challenge = str(data.get("challenge", ""))
+        metrics.WEBHOOK_REQUESTS.labels(source, "challenge").inc()
         await api.webhooks.log_request(tenant, name, 200, "challenge", None, None,
                                        "Slack url_verification answered")
         return HookAnswer(200, {"challenge": challenge})
@@ -237,6 +240,7 @@ async def receive(
     except PayloadTooLarge as exc:
         return await answer(413, str(exc), event_id, key)
     outcome = "duplicate" if duplicate else "accepted"
+    metrics.WEBHOOK_REQUESTS.labels(source, outcome).inc()
     await api.webhooks.log_request(tenant, name, 202, outcome, event_id, key,
                                    "a redelivery: the same event" if duplicate else "")
     return HookAnswer(202, {"event_id": event_id, "key": key})

@@ -29,6 +29,7 @@ import httpx
 from cachetools import TTLCache
 from nats.aio.msg import Msg
 
+from libs.common import metrics
 from libs.common.jetstream import BatchConsumer, Rejected
 from libs.common.messages import STATE_CHANGES_DECODER
 from libs.common.statuses import RUN_TERMINAL
@@ -179,6 +180,8 @@ class Notifier:
             status, error, retry = exc.status, str(exc), exc.retry
         except Exception as exc:  # a bug must not stop the loop: record it, retry later
             error = f"{type(exc).__name__}: {exc}"
+        metrics.OUTBOUND_DELIVERIES.labels(
+            row["channel"], "delivered" if error is None else "failed").inc()
         wait = backoff_s(row["attempts"], s.delivery_backoff_base_s, s.delivery_backoff_max_s)
         age = time.time() - row["created_at"].timestamp()
         give_up = error is not None and (not retry or age + wait > s.delivery_retry_for_s)
