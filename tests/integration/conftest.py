@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 import uuid
@@ -52,7 +53,9 @@ async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
         # alert windows short enough to watch.
         delivery_backoff_base_s=0.2, delivery_backoff_max_s=1.0, alert_window_s=2.0,
         alert_check_interval_s=1.0, alert_pool_empty_s=2.0,
-        ratchet_smtp_url=f"smtp://127.0.0.1:{_free_port()}?from=alerts@ratchet.test",
+        # RATCHET_SMTP_URL when set, else a free port where test_alerts.py starts aiosmtpd.
+        ratchet_smtp_url=os.environ.get("RATCHET_SMTP_URL")
+        or f"smtp://127.0.0.1:{_free_port()}?from=alerts@ratchet.test",
     )
     scheduler = SchedulerService(settings)
     dispatcher = DispatcherService(settings)
