@@ -16,7 +16,7 @@ import logging
 from nats.js import JetStreamContext
 
 from libs.common import subjects
-from libs.common.jetstream import BatchConsumer, BatchHandler
+from libs.common.jetstream import MIN_PULL_BYTES, BatchConsumer, BatchHandler
 from libs.common.subjects import Stream
 
 log = logging.getLogger(__name__)
@@ -70,18 +70,20 @@ class PartitionConsumers:
             if partition in self._by_partition:
                 continue
             (cmd_stream, cmd_durable), (task_stream, task_durable) = durables(partition)
+            # A pull brings at most MIN_PULL_BYTES: report batches carry outputs (up to 512 KiB
+            # a message), so 1,000 of them fetched by a scheduler catching up could be ~500 MB.
             pair = [
                 BatchConsumer(
                     self._js, stream=cmd_stream, durable=cmd_durable,
                     filter_subject=subjects.cmd_partition(partition),
                     handler=self._on_commands, batch_size=500, max_deliver=self._max_deliver,
-                    fetch_timeout_s=IDLE_PULL_S, ack_wait_s=ACK_WAIT_S,
+                    fetch_timeout_s=IDLE_PULL_S, ack_wait_s=ACK_WAIT_S, max_bytes=MIN_PULL_BYTES,
                 ),
                 BatchConsumer(
                     self._js, stream=task_stream, durable=task_durable,
                     filter_subject=subjects.reports_partition(partition),
                     handler=self._on_reports, batch_size=1000, max_deliver=self._max_deliver,
-                    fetch_timeout_s=IDLE_PULL_S, ack_wait_s=ACK_WAIT_S,
+                    fetch_timeout_s=IDLE_PULL_S, ack_wait_s=ACK_WAIT_S, max_bytes=MIN_PULL_BYTES,
                 ),
             ]
             self._by_partition[partition] = pair
