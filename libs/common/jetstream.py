@@ -8,6 +8,7 @@ import json
 import logging
 import ssl
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,6 +61,12 @@ async def connect(settings: Settings, name: str) -> NATS:
     server is not up yet: that one goes through the retry policy.
     """
     opts = connect_options(settings)
+    hooks: list[Callable[[], None]] = []
+
+    async def reconnected() -> None:
+        for hook in list(hooks):
+            hook()
+
     async for attempt in retry.policy(f"nats.connect.{name}", timeout_s=CONNECT_RETRY_S):
         with attempt:
             nc = await nats.connect(
@@ -67,9 +74,27 @@ async def connect(settings: Settings, name: str) -> NATS:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.2,
                 allow_reconnect=True,
+                reconnected_cb=reconnected,
                 **opts,
             )
+    _RECONNECT_HOOKS[nc] = hooks
     return nc
+
+
+# Per client made by `connect`: what to call once it has reconnected.
+_RECONNECT_HOOKS: weakref.WeakKeyDictionary[NATS, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def on_reconnect(nc: NATS, hook: Callable[[], None]) -> Callable[[], None]:
+    """Call `hook` each time `nc` reconnects (a client `connect` made; others: never).
+    Returns a function that removes it."""
+    hooks = _RECONNECT_HOOKS.get(nc)
+    if hooks is None:
+        return lambda: None
+    hooks.append(hook)
+    return lambda: hooks.remove(hook) if hook in hooks else None
 
 
 # The server's answers to more replicas than it can place.
@@ -289,7 +314,7 @@ class BatchConsumer:
         max_deliver: int = 8,
         ack_wait_s: float = 30.0,
         backoff_s: Sequence[float] = (0.2, 1.0, 2.0, 5.0, 10.0),
-        fetch_timeout_s: float = 1.0,
+        fetch_timeout_s: float = 5.0,
         deliver_new: bool = False,
         max_in_flight: int = 1,
         max_bytes: int = 0,
@@ -310,6 +335,7 @@ class BatchConsumer:
         self._deliver_new = deliver_new
         self._max_in_flight = max(1, max_in_flight)
         self._pulls: nats_compat.PullRequests | None = None
+        self._forget_hook: Callable[[], None] = lambda: None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.dead_lettered = 0
@@ -334,7 +360,11 @@ class BatchConsumer:
         # Create, or update one an earlier version made (a BackOff it had is removed).
         await self._js.add_consumer(self._stream.value, config)
         self._pulls = nats_compat.PullRequests(self._js, self._stream.value, self._durable)
-        await self._pulls.open()
+        inbox = await self._pulls.open()
+        # The server forgets open pull requests across a reconnect: ask again at once rather
+        # than wait out the request's expiry.
+        self._forget_hook = on_reconnect(nats_compat.client_of(self._js),
+                                         lambda: nats_compat.wake(inbox))
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self._durable}")
 
     async def stop(self, drain_timeout_s: float = 10.0) -> None:
@@ -350,6 +380,7 @@ class BatchConsumer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
+        self._forget_hook()
         if self._pulls is not None:
             await self._pulls.close()
             self._pulls = None
@@ -407,7 +438,7 @@ class BatchConsumer:
                 except BaseException:
                     slots.release()
                     raise
-                if first is None:  # stop() woke the loop
+                if first is None:  # stop() woke the loop, or a reconnect: a new request
                     slots.release()
                     break
                 msgs, finished = _take_available(inbox, first, current)

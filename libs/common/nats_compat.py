@@ -21,9 +21,16 @@ import asyncio
 import contextlib
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+
+
+def client_of(js: JetStreamContext) -> NATS:
+    """The client a JetStream context publishes with (`JetStreamContext._nc`)."""
+    nc: NATS = js._nc
+    return nc
 
 
 class PullRequests:
@@ -69,7 +76,7 @@ _WAKE: Any = object()  # what `wake` puts in an inbox's queue (typed as a messag
 
 async def next_delivered(inbox: Subscription, within_s: float) -> Msg | None:
     """The next message delivered to `inbox`, waiting up to `within_s` (then TimeoutError); None
-    once `wake(inbox)` was called.
+    once `wake(inbox)` was called (a stopping consumer, or a reconnected client).
 
     nats-py's own `next_msg` makes a task and a uuid4 per call; a pull loop waits here once per
     message batch and once per idle pull request, so this waits on the queue directly, keeping

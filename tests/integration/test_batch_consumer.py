@@ -21,7 +21,10 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import api as jsapi
 
+from libs.common import jetstream
 from libs.common.jetstream import BatchConsumer
+from libs.common.settings import Settings
+from tools import devstack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -98,3 +101,55 @@ async def test_a_consumer_with_an_old_backoff_is_updated(stream: tuple[Any, str,
         assert info.config.ack_wait == 30
     finally:
         await consumer.stop()
+
+
+async def test_after_a_nats_restart_the_consumer_asks_again_at_once(tmp_path: Any) -> None:
+    """The server forgets open pull requests when it restarts. The consumer's request here
+    would expire only after an hour: messages published after the restart reach the handler
+    because the reconnect makes the consumer send a new request."""
+    server = devstack.NatsServer(tmp_path / "store")
+    url = server.start()
+    nc = await jetstream.connect(Settings(nats_url=url), "restart-test")
+    js = nc.jetstream()
+    await js.add_stream(name="RESTART", subjects=["restart.>"])
+    got: list[bytes] = []
+
+    async def handler(msgs: list[Msg]) -> None:
+        got.extend(m.data for m in msgs)
+
+    consumer = BatchConsumer(
+        js, stream=SimpleNamespace(value="RESTART"),  # type: ignore[arg-type]
+        durable="restart", filter_subject="restart.>", handler=handler,
+        fetch_timeout_s=3600.0,
+    )
+    await consumer.start()
+    try:
+        await js.publish("restart.a", b"before")
+        await _until(lambda: got == [b"before"])
+        server.stop()
+        server.start()
+        await _until(lambda: nc.is_connected)
+        await _until_published(js, "restart.b", b"after")
+        await _until(lambda: got == [b"before", b"after"])
+    finally:
+        await consumer.stop()
+        await nc.close()
+        server.stop()
+
+
+async def _until(check: Any, deadline_s: float = 60.0) -> None:
+    give_up = time.monotonic() + deadline_s
+    while not check():
+        assert time.monotonic() < give_up, "condition not met before the deadline"
+        await asyncio.sleep(0.05)
+
+
+async def _until_published(js: Any, subject: str, body: bytes, deadline_s: float = 60.0) -> None:
+    give_up = time.monotonic() + deadline_s
+    while True:
+        try:
+            await js.publish(subject, body, timeout=2)
+            return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            assert time.monotonic() < give_up, "JetStream did not come back"
+            await asyncio.sleep(0.1)
