@@ -43,7 +43,6 @@ async def test_webhook_request_log_and_outgoing_deliveries(
     await expect(log.locator("tr", has_text="delivery-1")).to_contain_text("accepted")
     await expect(log.locator("tr", has_text="forbidden")).to_contain_text("403")
     await expect(page.locator("table.hooks")).to_contain_text(f"/hooks/{tenant}/gh")
-    SHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / "webhooks.png"), full_page=True)
 
 
@@ -73,7 +72,6 @@ async def test_alert_rules_under_settings_with_a_test_alert(
         assert slack.ok()[0].json()["text"].startswith("Ratchet alert")
         await page.reload()
         await expect(page.locator("table.alert-deliveries")).to_contain_text("delivered")
-        SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / "alerts.png"), full_page=True)
         # A bad form is refused with the API's message, nothing created.
         await page.get_by_role("checkbox", name="run.failed").uncheck()
