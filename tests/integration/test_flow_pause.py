@@ -143,6 +143,13 @@ async def test_cron_triggers_are_skipped_in_drop_mode_and_kept_in_queue_mode(
     wf = _echo(client, "pause-cron", on_crons=["* * * * * *"])  # every second
     await start_worker("w-pause-cron", workflows=[wf], slots=4)
     await client.aregister(wf)
+    try:
+        await _cron_pauses(client)
+    finally:  # a version without the cron: later tests' tickers must not see it
+        await client.aregister(_echo(client, "pause-cron"))
+
+
+async def _cron_pauses(client: Ratchet) -> None:
     await client.workflows.aio_pause("pause-cron", mode="drop")
 
     async def dropped_at_least(n: int) -> bool:
