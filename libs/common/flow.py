@@ -227,7 +227,7 @@ async def join_window(
     else:
         raise ValueError(f"workflow {spec.name!r} has neither debounce nor batch")
     row = await conn.fetchrow(
-        "SELECT run_id, (extract(epoch FROM deadline) * 1000)::bigint AS due, opened, sealed"
+        "SELECT run_id, ceil(extract(epoch FROM deadline) * 1000)::bigint AS due, opened, sealed"
         " FROM ratchet_flow_join($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         tenant, spec.name, kind, key, keep, trigger_id, trigger_id, source, trigger,
         period_ms, max_wait_ms, size,

@@ -216,7 +216,11 @@ class FlowStage:
                 # queue: it waits for the resume
         if not ready:
             return []
-        held = await rows.items(conn, [(w.tenant, w.run_id) for w in ready])
+        # keep="last" needs only the last trigger; a batch or keep="all" all of them.
+        held = await rows.items(conn, [
+            (w.tenant, w.run_id, max(1, w.items) if w.kind == "debounce" and w.keep == "last" else 1)
+            for w in ready
+        ])
         existing = await store.existing_runs(conn, [(w.tenant, w.run_id) for w in ready])
         starts: list[tuple[str, TriggerRun]] = []
         for w in ready:

@@ -18,7 +18,7 @@ import asyncpg
 
 from libs.common.messages import TriggerRun, encode
 
-_DUE_MS = "(extract(epoch FROM deadline) * 1000)::bigint"
+_DUE_MS = "ceil(extract(epoch FROM deadline) * 1000)::bigint"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +30,16 @@ class WindowRow:
     keep: str  # last | all
     state: str  # open | sealed | started | dropped
     due_ms: int
+    items: int = 0  # triggers held; the last one's seq
 
 
 def _row(r: asyncpg.Record) -> WindowRow:
     return WindowRow(r["tenant_id"], r["run_id"], r["workflow"], r["kind"], r["keep"],
-                     r["state"], int(r["due_ms"]))
+                     r["state"], int(r["due_ms"]), int(r["items"]))
 
 
-_WINDOW = f"SELECT tenant_id, run_id, workflow, kind, keep, state, {_DUE_MS} AS due_ms FROM flow_windows"
+_WINDOW = ("SELECT tenant_id, run_id, workflow, kind, keep, state, items,"
+           f" {_DUE_MS} AS due_ms FROM flow_windows")
 
 
 async def pauses(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
@@ -86,15 +88,17 @@ async def sealed_of(conn: asyncpg.Connection, tenant: str, workflow: str) -> lis
     return [_row(r) for r in rows]
 
 
-async def items(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> dict[str, list[bytes]]:
-    """Run id -> the msgpack triggers its window holds, in arrival order."""
+async def items(conn: asyncpg.Connection, keys: list[tuple[str, str, int]]) -> dict[str, list[bytes]]:
+    """Run id -> the msgpack triggers its window holds from seq `from` on (tenant, run id,
+    from), in arrival order: 1 for all of them, the last seq for the last one alone."""
     if not keys:
         return {}
     rows = await conn.fetch(
         "SELECT i.run_id, i.trigger FROM flow_items i"
-        " JOIN unnest($1::text[], $2::text[]) AS x(t, r) ON i.tenant_id = x.t AND i.run_id = x.r"
+        " JOIN unnest($1::text[], $2::text[], $3::integer[]) AS x(t, r, s)"
+        " ON i.tenant_id = x.t AND i.run_id = x.r AND i.seq >= x.s"
         " ORDER BY i.run_id, i.seq",
-        [k[0] for k in keys], [k[1] for k in keys],
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
     )
     out: dict[str, list[bytes]] = {}
     for r in rows:
