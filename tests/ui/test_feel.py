@@ -14,8 +14,8 @@ from tests.ui import seed
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-NAV = ["Runs", "Workflows", "Workers", "Events", "Filters", "Crons & scheduled", "Rate limits",
-       "Analytics", "Settings"]
+NAV = ["Runs", "Workflows", "Workers", "Events", "Filters", "Crons & scheduled", "Webhooks",
+       "Rate limits", "Waitpoints", "Analytics", "Settings"]
 
 
 async def _worker(client: Ratchet, start_worker: Any) -> dict[str, Any]:
