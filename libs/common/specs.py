@@ -130,7 +130,8 @@ class DebounceSpec(msgspec.Struct, frozen=True, kw_only=True):
     comes first; the run's input is the last trigger's (`keep="last"`) or
     `{"items": [...]}` of all of them in arrival order (`keep="all"`)."""
 
-    key: Annotated[str, Meta(max_length=MAX_EXPRESSION_CHARS)] = ""
+    key: Annotated[str, Meta(max_length=MAX_EXPRESSION_CHARS,
+                             extra_json_schema={"extra": {"format": "cel"}})] = ""
     period_s: Duration
     max_wait_s: Duration
     keep: Literal["last", "all"] = "last"
@@ -140,7 +141,8 @@ class BatchSpec(msgspec.Struct, frozen=True, kw_only=True):
     """Triggers with one `key` collect into one run with input `{"items": [...]}` once
     `size` arrived or `max_wait_s` after the first, whichever comes first."""
 
-    key: Annotated[str, Meta(max_length=MAX_EXPRESSION_CHARS)] = ""
+    key: Annotated[str, Meta(max_length=MAX_EXPRESSION_CHARS,
+                             extra_json_schema={"extra": {"format": "cel"}})] = ""
     size: Annotated[int, Meta(ge=1, le=10_000)]
     max_wait_s: Duration
 

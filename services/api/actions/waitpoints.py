@@ -26,10 +26,11 @@ from libs.common.statuses import RUN_TERMINAL
 from services.api.actions.signals import encode_payload, publish_message
 from services.api.repos.errors import Conflict, Forbidden, Gone, Invalid, NotFound, Unavailable
 from services.api.repos.interaction import Waitpoint
+from services.api.schemas.interaction import WAITPOINT_MAX_TIMEOUT_S
 from services.api.state import ApiState
 
 DEFAULT_TIMEOUT_S = 7 * 24 * 3600.0
-MAX_TIMEOUT_S = 366 * 24 * 3600.0
+MAX_TIMEOUT_S = WAITPOINT_MAX_TIMEOUT_S
 MAX_LABEL = 200
 PUBLIC_PATH = "/wp"
 

@@ -7,7 +7,7 @@ waitpoints with a token. The signed URL itself (no token) is a page: services/ap
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -60,7 +60,9 @@ class RunInteractionController(Controller):
           guards=[requires(Scope.WRITE)], operation_id="signalRun",
           responses=errors(400, 404, 409, 413, 429))
     async def signal(
-        self, run_id: str, name: str, caller: Caller, api: Api,
+        self, run_id: str, caller: Caller, api: Api,
+        name: Annotated[str, Parameter(pattern=signals.SIGNAL_NAME.pattern, min_length=1,
+                                       max_length=128)],
         data: Any = Body(default=None, description="the signal's payload: any JSON (null when empty)"),
     ) -> SignalAccepted:
         """Send signal `name` to a run. A durable task waiting for it resumes with the payload;

@@ -39,12 +39,15 @@ class RunStateView(msgspec.Struct, kw_only=True):
     updated_at: str | None = None
 
 
+WAITPOINT_MAX_TIMEOUT_S = 366 * 24 * 3600.0  # a waitpoint lasts a year at most
+
+
 class WaitpointCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What a durable task asks for: the task and log position it waits at."""
 
     task_id: Annotated[str, Meta(min_length=1, max_length=200)]
     position: Annotated[int, Meta(ge=0)]
-    timeout_s: Annotated[float, Meta(gt=0)] | None = None
+    timeout_s: Annotated[float, Meta(gt=0, le=WAITPOINT_MAX_TIMEOUT_S)] | None = None
     label: Annotated[str, Meta(max_length=200)] = ""
 
 

@@ -1289,7 +1289,10 @@ export interface components {
         };
         /** BatchSpec */
         BatchSpec: {
-            /** @default  */
+            /**
+             * Format: cel
+             * @default
+             */
             key: string;
             max_wait_s: number;
             size: number;
@@ -1368,7 +1371,10 @@ export interface components {
              * @enum {string}
              */
             keep: "last" | "all";
-            /** @default  */
+            /**
+             * Format: cel
+             * @default
+             */
             key: string;
             max_wait_s: number;
             period_s: number;
