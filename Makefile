@@ -72,14 +72,8 @@ demo: up
 # nothing is written into the source tree.
 PYCACHE := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache
 
-# Two pytest-xdist processes, whole files each (--dist loadfile): every process has its own
-# nats-server, database and in-process stack (tests/conftest.py), so they share nothing, and
-# most tests wait on I/O. The schema contract test runs on its own afterwards: schemathesis
-# makes its test cases at run time, and under xdist they would be left out silently.
-SCHEMA_TEST := tests/integration/test_schema.py
 test: binaries chromium sdk-ts-deps
-	$(PYCACHE) $(PY) -m pytest -q -n 2 --dist loadfile --ignore=$(SCHEMA_TEST)
-	$(PYCACHE) $(PY) -m pytest -q $(SCHEMA_TEST)
+	$(PYCACHE) $(PY) -m pytest -q
 
 # The inner loop: unit and contract tests, no NATS / PostgreSQL / browser (tests marked `stack`
 # are left out), Hypothesis's `fast` profile (tests/conftest.py). Under a minute.
