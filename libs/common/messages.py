@@ -273,6 +273,16 @@ RUN_STATE_DECODER = msgspec.msgpack.Decoder(RunStateChanged)
 STATE_CHANGES_DECODER = msgspec.msgpack.Decoder(StateChanges)
 
 
+class RunChanges(msgspec.Struct, kw_only=True):
+    """A `StateChanges` message read for its run transitions only: msgpack skips the task
+    transitions without building them (a reader that wants only ended runs, the notifier)."""
+
+    runs: list[RunStateChanged] = []
+
+
+RUN_CHANGES_DECODER = msgspec.msgpack.Decoder(RunChanges)
+
+
 class ReportBatch(msgspec.Struct, kw_only=True):
     """Worker reports of one tenant that a dispatcher publishes together, in arrival order."""
 

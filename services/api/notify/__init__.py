@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 
 from libs.common import metrics
 from libs.common.jetstream import BatchConsumer, Rejected
-from libs.common.messages import STATE_CHANGES_DECODER
+from libs.common.messages import RUN_CHANGES_DECODER
 from libs.common.statuses import RUN_TERMINAL
 from libs.common.subjects import TASK_CHANGES_ALL, Stream
 from services.api.actions import alerts, callbacks
@@ -107,7 +107,7 @@ class Notifier:
         ended: dict[str, dict[str, tuple[str, str]]] = {}
         for msg in msgs:
             try:
-                changes = STATE_CHANGES_DECODER.decode(msg.data)
+                changes = RUN_CHANGES_DECODER.decode(msg.data)
             except Exception as exc:
                 rejected.append((msg, f"undecodable state changes: {exc}"))
                 continue
