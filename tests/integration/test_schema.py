@@ -171,10 +171,13 @@ def _workflow_rules(case: Case) -> None:
     """Make a valid-by-schema workflow definition keep the rules across fields that the
     schema states in prose only (WorkflowSpec's description): unique task names, parents
     among earlier tasks (so no cycle), hooks without parents, one kind of rate limit key
-    and only dynamic ones (a static key must exist first), a usable input_schema."""
+    and only dynamic ones (a static key must exist first), a usable input_schema, debounce or
+    batch but not both."""
     body = case.body
     if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
         return
+    if body.get("debounce") is not None and body.get("batch") is not None:
+        body["batch"] = None
     names: list[str] = []
     for i, task in enumerate(body["tasks"]):
         task["name"] = f"t{i}"
